@@ -1,0 +1,15 @@
+//! shieldgate: a safety-moderation gateway built on Google's ShieldGemma classifier.
+//!
+//! Crate map (module boundaries are drawn where a larger project would split crates):
+//! - [`model`]: pure candle Gemma 2 (weights, forward with a caller-owned KV cache, Yes/No head,
+//!   tokenizer); knows nothing of HTTP or policies.
+//! - [`policy`]: the safety policies (built-in four harms and custom TOML files).
+//! - [`prompt`]: ShieldGemma's two templates and their rendering into prefix + suffixes.
+//! - [`scorer`]: the engine that turns requests into P(Yes) per policy, with prefix reuse.
+//! - [`cli`]: command-line arguments and commands of the `shieldgate` binary.
+
+pub mod cli;
+pub mod model;
+pub mod policy;
+pub mod prompt;
+pub mod scorer;

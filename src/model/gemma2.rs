@@ -1,0 +1,230 @@
+//! The Gemma 2 decoder, written for scoring: the KV cache is passed in and returned, rows of a
+//! batch may differ in length and in cached prefix, and only the Yes/No logits are computed.
+
+use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use super::attention::{Attention, AttentionMask, RopeTables};
+use super::config::Gemma2Config;
+use super::head::YesNoHead;
+use super::kv_cache::KvCache;
+use super::linear::Linear;
+use super::norm::RmsNorm;
+
+/// Token id used for padding slots (`<pad>`); padded slots are masked out.
+const PAD_ID: u32 = 0;
+
+struct Mlp {
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+impl Mlp {
+    fn load(vb: VarBuilder, c: &Gemma2Config) -> Result<Self> {
+        Ok(Self {
+            gate: Linear::load(vb.pp("gate_proj"), c.hidden_size, c.intermediate_size)?,
+            up: Linear::load(vb.pp("up_proj"), c.hidden_size, c.intermediate_size)?,
+            down: Linear::load(vb.pp("down_proj"), c.intermediate_size, c.hidden_size)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // GeGLU with the tanh approximation of gelu.
+        let gate = self.gate.forward(x)?.gelu()?;
+        self.down.forward(&(gate * self.up.forward(x)?)?)
+    }
+}
+
+struct Block {
+    input_norm: RmsNorm,
+    attention: Attention,
+    post_attention_norm: RmsNorm,
+    pre_ffn_norm: RmsNorm,
+    mlp: Mlp,
+    post_ffn_norm: RmsNorm,
+    sliding: bool,
+}
+
+impl Block {
+    fn load(vb: VarBuilder, c: &Gemma2Config, sliding: bool) -> Result<Self> {
+        let norm = |name: &str| RmsNorm::load(vb.pp(name), c.hidden_size, c.rms_norm_eps);
+        Ok(Self {
+            input_norm: norm("input_layernorm")?,
+            attention: Attention::load(vb.pp("self_attn"), c)?,
+            post_attention_norm: norm("post_attention_layernorm")?,
+            pre_ffn_norm: norm("pre_feedforward_layernorm")?,
+            mlp: Mlp::load(vb.pp("mlp"), c)?,
+            post_ffn_norm: norm("post_feedforward_layernorm")?,
+            sliding,
+        })
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: (&Tensor, &Tensor),
+        mask: &AttentionMask,
+        past: Option<&(Tensor, Tensor)>,
+    ) -> Result<(Tensor, (Tensor, Tensor))> {
+        let mask = if self.sliding {
+            &mask.sliding
+        } else {
+            &mask.full
+        };
+        let h = self.input_norm.forward(x)?;
+        let (h, kv) = self.attention.forward(&h, rope, mask, past)?;
+        let x = (x + self.post_attention_norm.forward(&h)?)?;
+        let h = self.mlp.forward(&self.pre_ffn_norm.forward(&x)?)?;
+        let x = (x + self.post_ffn_norm.forward(&h)?)?;
+        Ok((x, kv))
+    }
+}
+
+/// The output of one forward step.
+pub struct Step {
+    /// `[batch, tokens, hidden]` hidden states after the last block (before the final norm).
+    pub hidden: Tensor,
+    /// The cache with this step's keys and values appended.
+    pub cache: KvCache,
+}
+
+/// A loaded Gemma 2 model.
+pub struct Gemma2 {
+    config: Gemma2Config,
+    embed: Tensor,
+    blocks: Vec<Block>,
+    head: YesNoHead,
+    rope: RopeTables,
+    dtype: DType,
+    device: Device,
+}
+
+impl Gemma2 {
+    /// Loads the weights under `model.` (Hugging Face names) in the builder's dtype; the final
+    /// norm and the embedding rows of `head_ids` (Yes, No) are kept in f32.
+    pub fn load(vb: VarBuilder, config: &Gemma2Config, head_ids: [u32; 2]) -> Result<Self> {
+        let vb = vb.pp("model");
+        let embed = vb.get(
+            (config.vocab_size, config.hidden_size),
+            "embed_tokens.weight",
+        )?;
+        let blocks = config
+            .sliding_layers
+            .iter()
+            .enumerate()
+            .map(|(i, &sliding)| Block::load(vb.pp(format!("layers.{i}")), config, sliding))
+            .collect::<Result<Vec<_>>>()?;
+        let final_norm = RmsNorm::load(vb.pp("norm"), config.hidden_size, config.rms_norm_eps)?;
+        let head = YesNoHead::new(&embed, head_ids, final_norm, config.final_logit_softcapping)?;
+        Ok(Self {
+            rope: RopeTables::new(config, vb.dtype(), vb.device())?,
+            config: config.clone(),
+            embed,
+            blocks,
+            head,
+            dtype: vb.dtype(),
+            device: vb.device().clone(),
+        })
+    }
+
+    /// The model's hyper-parameters.
+    pub fn config(&self) -> &Gemma2Config {
+        &self.config
+    }
+
+    /// The dtype the weights and activations use.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The device the model runs on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Runs `tokens[b]` (one row per sequence, any lengths, at least one row) after the cached
+    /// row `b` of `past`, or from position 0 without a cache. Rows are padded internally.
+    pub fn forward(&self, tokens: &[Vec<u32>], past: Option<&KvCache>) -> Result<Step> {
+        let batch = tokens.len();
+        if batch == 0 {
+            candle_core::bail!("forward needs at least one row")
+        }
+        if let Some(p) = past {
+            if p.rows() != batch {
+                candle_core::bail!("{batch} rows of tokens for a cache of {} rows", p.rows())
+            }
+        }
+        let width = tokens.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        let mut ids = Vec::with_capacity(batch * width);
+        let mut query_pos = Vec::with_capacity(batch);
+        let mut rope_pos = Vec::with_capacity(batch);
+        for (b, row) in tokens.iter().enumerate() {
+            let start = past.map_or(0, |p| p.next_position(b));
+            let end = start as usize + row.len();
+            if end > self.config.max_position_embeddings {
+                candle_core::bail!(
+                    "sequence of {end} tokens exceeds the model's {} positions",
+                    self.config.max_position_embeddings
+                )
+            }
+            ids.extend(row.iter().copied());
+            ids.extend(std::iter::repeat_n(PAD_ID, width - row.len()));
+            let positions: Vec<Option<u32>> = (0..width as u32)
+                .map(|t| ((t as usize) < row.len()).then_some(start + t))
+                .collect();
+            rope_pos.push(positions.iter().map(|p| p.unwrap_or(0)).collect::<Vec<_>>());
+            query_pos.push(positions);
+        }
+        let key_pos: Vec<Vec<Option<u32>>> = match past {
+            Some(p) => p
+                .positions
+                .iter()
+                .zip(&query_pos)
+                .map(|(cached, new)| cached.iter().chain(new).copied().collect())
+                .collect(),
+            None => query_pos.clone(),
+        };
+        let mask = AttentionMask::new(
+            &query_pos,
+            &key_pos,
+            self.config.sliding_window,
+            &self.device,
+        )?;
+        let (cos, sin) = self.rope.select(&rope_pos)?;
+
+        let index = Tensor::from_vec(ids, batch * width, &self.device)?;
+        let mut x =
+            self.embed
+                .index_select(&index, 0)?
+                .reshape((batch, width, self.config.hidden_size))?;
+        x = (x * (self.config.hidden_size as f64).sqrt())?;
+        let mut layers = Vec::with_capacity(self.blocks.len());
+        for (i, block) in self.blocks.iter().enumerate() {
+            let layer_past = past.map(|p| &p.layers[i]);
+            let (next, kv) = block.forward(&x, (&cos, &sin), &mask, layer_past)?;
+            x = next;
+            layers.push(kv);
+        }
+        Ok(Step {
+            hidden: x,
+            cache: KvCache {
+                layers,
+                positions: key_pos,
+            },
+        })
+    }
+
+    /// Final soft-capped (Yes, No) logits in f32, `[at.len(), 2]`, at the `(row, token)`
+    /// positions `at` of `hidden` (`[batch, tokens, hidden]`).
+    pub fn yes_no_logits(&self, hidden: &Tensor, at: &[(usize, usize)]) -> Result<Tensor> {
+        let (batch, width, h) = hidden.dims3()?;
+        if at.iter().any(|&(b, t)| b >= batch || t >= width) {
+            candle_core::bail!("bad positions {at:?} for {batch} rows of {width}")
+        }
+        let flat: Vec<u32> = at.iter().map(|&(b, t)| (b * width + t) as u32).collect();
+        let rows = Tensor::from_vec(flat, at.len(), &self.device)?;
+        let last = hidden.reshape((batch * width, h))?.index_select(&rows, 0)?;
+        self.head.forward(&last)
+    }
+}

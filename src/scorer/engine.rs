@@ -1,0 +1,199 @@
+//! The in-process engine: a loaded Gemma 2 model scoring batches of requests with prefix
+//! reuse (each request's shared prefix prefilled once, its policy suffixes batched on top).
+
+use candle_core::Tensor;
+
+use crate::model::{Gemma2, GemmaTokenizer, KvCache, LoadedModel};
+use crate::prompt::Templates;
+
+use super::encode::{encode_request, Encoded, Truncation};
+use super::{p_yes, PolicyScore, RequestScores, Score, ScoreError, ScoreRequest};
+
+/// Engine settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineOptions {
+    /// Reuse each request's shared prefix across its policies (off: every prompt runs whole).
+    pub prefix_reuse: bool,
+    /// Longest prompt, in tokens; longer content is truncated inside its slot.
+    pub max_tokens: usize,
+    /// Tokens per row per forward step during prefill (bounds attention memory).
+    pub prefill_chunk: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            prefix_reuse: true,
+            max_tokens: 8192,
+            prefill_chunk: 512,
+        }
+    }
+}
+
+/// A model, its tokenizer and the templates, ready to score.
+pub struct Engine {
+    model: Gemma2,
+    tokenizer: GemmaTokenizer,
+    templates: Templates,
+    options: EngineOptions,
+    name: String,
+}
+
+impl Engine {
+    /// Wraps a loaded model; `max_tokens` is capped at the model's context.
+    pub fn new(loaded: LoadedModel, mut options: EngineOptions) -> Self {
+        options.max_tokens = options
+            .max_tokens
+            .min(loaded.model.config().max_position_embeddings);
+        options.prefill_chunk = options.prefill_chunk.max(1);
+        Self {
+            model: loaded.model,
+            tokenizer: loaded.tokenizer,
+            templates: Templates::builtin(),
+            options,
+            name: loaded.name,
+        }
+    }
+
+    /// Where the model came from.
+    pub fn model_name(&self) -> &str {
+        &self.name
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &GemmaTokenizer {
+        &self.tokenizer
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Gemma2 {
+        &self.model
+    }
+
+    /// The settings in force.
+    pub fn options(&self) -> EngineOptions {
+        self.options
+    }
+
+    /// Renders and encodes one request.
+    pub fn encode(&self, request: &ScoreRequest) -> Result<(Encoded, Truncation), ScoreError> {
+        if request.policies.is_empty() {
+            return Err(ScoreError::NoPolicies);
+        }
+        let content = request.content();
+        let guidelines: Vec<&str> = request
+            .policies
+            .iter()
+            .map(|p| p.guideline(content.mode()))
+            .collect();
+        encode_request(
+            &self.tokenizer,
+            self.templates.get(content.mode()),
+            &content,
+            &guidelines,
+            self.options.max_tokens,
+        )
+    }
+
+    /// Runs `rows` in chunks after `past` and returns the extended cache and, when asked, the
+    /// (Yes, No) logits at each row's last token.
+    fn prefill(
+        &self,
+        rows: &[&[u32]],
+        mut past: Option<KvCache>,
+        want_logits: bool,
+    ) -> Result<(Option<KvCache>, Vec<[f32; 2]>), ScoreError> {
+        let chunk = self.options.prefill_chunk;
+        let longest = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+        let mut logits = vec![[0f32; 2]; rows.len()];
+        let mut start = 0;
+        while start < longest {
+            let pieces: Vec<Vec<u32>> = rows
+                .iter()
+                .map(|r| r[start.min(r.len())..(start + chunk).min(r.len())].to_vec())
+                .collect();
+            let step = self.model.forward(&pieces, past.as_ref())?;
+            if want_logits {
+                let ending: Vec<(usize, usize)> = rows
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| r.len() > start && r.len() <= start + chunk)
+                    .map(|(b, r)| (b, r.len() - 1 - start))
+                    .collect();
+                if !ending.is_empty() {
+                    let values = self.model.yes_no_logits(&step.hidden, &ending)?;
+                    for ((b, _), pair) in ending.iter().zip(rows_of(&values)?) {
+                        logits[*b] = pair;
+                    }
+                }
+            }
+            past = Some(step.cache);
+            start += chunk;
+        }
+        Ok((past, logits))
+    }
+}
+
+fn rows_of(values: &Tensor) -> candle_core::Result<Vec<[f32; 2]>> {
+    Ok(values
+        .to_vec2::<f32>()?
+        .into_iter()
+        .map(|r| [r[0], r[1]])
+        .collect())
+}
+
+impl Score for Engine {
+    fn score(&self, requests: &[ScoreRequest]) -> Result<Vec<RequestScores>, ScoreError> {
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
+        let encoded = requests
+            .iter()
+            .map(|r| self.encode(r))
+            .collect::<Result<Vec<_>, _>>()?;
+        // One row per (request, policy).
+        let owners: Vec<(usize, usize)> = encoded
+            .iter()
+            .enumerate()
+            .flat_map(|(r, (e, _))| (0..e.suffixes.len()).map(move |k| (r, k)))
+            .collect();
+        let logits = if self.options.prefix_reuse {
+            let prefixes: Vec<&[u32]> = encoded.iter().map(|(e, _)| e.shared.as_slice()).collect();
+            let (cache, _) = self.prefill(&prefixes, None, false)?;
+            let past = match cache {
+                Some(cache) => {
+                    let rows: Vec<usize> = owners.iter().map(|&(r, _)| r).collect();
+                    Some(cache.select_rows(&rows)?)
+                }
+                None => None,
+            };
+            let suffixes: Vec<&[u32]> = owners
+                .iter()
+                .map(|&(r, k)| encoded[r].0.suffixes[k].as_slice())
+                .collect();
+            self.prefill(&suffixes, past, true)?.1
+        } else {
+            let full: Vec<Vec<u32>> = owners.iter().map(|&(r, k)| encoded[r].0.full(k)).collect();
+            let rows: Vec<&[u32]> = full.iter().map(Vec::as_slice).collect();
+            self.prefill(&rows, None, true)?.1
+        };
+        let mut results: Vec<RequestScores> = encoded
+            .iter()
+            .map(|(_, truncation)| RequestScores {
+                scores: Vec::new(),
+                truncated: (*truncation != Truncation::default()).then_some(*truncation),
+            })
+            .collect();
+        for (&(r, k), [yes, no]) in owners.iter().zip(logits) {
+            let (e, _) = &encoded[r];
+            results[r].scores.push(PolicyScore {
+                policy: requests[r].policies[k].id.clone(),
+                p_yes: p_yes(yes, no),
+                yes_logit: yes,
+                no_logit: no,
+                tokens: e.shared.len() + e.suffixes[k].len(),
+            });
+        }
+        Ok(results)
+    }
+}

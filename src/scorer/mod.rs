@@ -1,0 +1,123 @@
+//! The scoring engine: renders each request's ShieldGemma prompts, prefills the shared prefix
+//! once, runs every policy's suffix in one batch on top of it, and turns the Yes/No logits
+//! into P(Yes). The [`Score`] trait lets the proxy and audit run on a scripted scorer in tests.
+
+pub mod encode;
+mod engine;
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+pub use encode::{Cut, Encoded, Truncation};
+pub use engine::{Engine, EngineOptions};
+
+use crate::model::ModelError;
+use crate::policy::Policy;
+use crate::prompt::Content;
+
+/// One text to score against a set of policies.
+#[derive(Debug, Clone)]
+pub struct ScoreRequest {
+    /// The user's turn.
+    pub user: String,
+    /// The chatbot's response; when present the prompt-response template is used.
+    pub response: Option<String>,
+    /// The policies to score, each as its own prompt.
+    pub policies: Arc<[Policy]>,
+}
+
+impl ScoreRequest {
+    /// The content as the prompt templates see it.
+    pub fn content(&self) -> Content<'_> {
+        Content {
+            user: &self.user,
+            response: self.response.as_deref(),
+        }
+    }
+}
+
+/// The score of one policy.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PolicyScore {
+    /// The policy's id.
+    pub policy: String,
+    /// P(Yes) = softmax over the Yes and No logits.
+    pub p_yes: f64,
+    /// The final (soft-capped) logit of `Yes` at the last position.
+    pub yes_logit: f32,
+    /// The final (soft-capped) logit of `No` at the last position.
+    pub no_logit: f32,
+    /// Tokens in this policy's prompt.
+    pub tokens: usize,
+}
+
+/// The scores of one request, in the order of its policies.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RequestScores {
+    /// One entry per policy.
+    pub scores: Vec<PolicyScore>,
+    /// Set when the content was cut to fit the model's context.
+    pub truncated: Option<Truncation>,
+}
+
+/// P(Yes) from the two logits, computed stably in f64.
+pub fn p_yes(yes: f32, no: f32) -> f64 {
+    1.0 / (1.0 + (f64::from(no) - f64::from(yes)).exp())
+}
+
+/// Scores batches of requests.
+pub trait Score: Send + Sync {
+    /// Scores every request; the result has one entry per request, in order.
+    fn score(&self, requests: &[ScoreRequest]) -> Result<Vec<RequestScores>, ScoreError>;
+}
+
+/// Why scoring failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ScoreError {
+    /// The model failed (load or computation).
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// A request had no policies.
+    #[error("no policies to score: choose at least one")]
+    NoPolicies,
+    /// The template and guideline alone exceed the context.
+    #[error(
+        "the prompt template and guideline need {needed} tokens, more than the limit of \
+         {max_tokens}; shorten the custom guideline or raise --max-tokens"
+    )]
+    TooLong {
+        /// Tokens needed with empty content.
+        needed: usize,
+        /// The limit.
+        max_tokens: usize,
+    },
+    /// Truncation did not converge.
+    #[error("could not cut the content to fit {max_tokens} tokens")]
+    Truncation {
+        /// The limit.
+        max_tokens: usize,
+    },
+    /// The template uses a marker the tokenizer does not know.
+    #[error("prompt template: {0}")]
+    Template(String),
+}
+
+impl From<candle_core::Error> for ScoreError {
+    fn from(e: candle_core::Error) -> Self {
+        Self::Model(ModelError::Candle(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn p_yes_is_the_two_way_softmax() {
+        assert_eq!(p_yes(1.0, 1.0), 0.5);
+        assert!((p_yes(2.0, 0.0) - 0.880_797_077_977_882_3).abs() < 1e-12);
+        assert!(p_yes(-30.0, 30.0) > 0.0);
+        assert!(p_yes(30.0, -30.0) < 1.0 + 1e-12);
+    }
+}
