@@ -6,10 +6,11 @@ implements too, so neither side commits weights:
 
     seed  = FNV-1a 64 of the tensor's Hugging Face name (UTF-8)
     z     = splitmix64(seed + index * 0x9E3779B97F4A7C15)     (wrapping u64)
-    value = (2 * (z >> 40) - 2**24) / 2**(24 + shift)          (exact in f32)
+    value = (2 * (z >> (64 - bits)) - 2**bits) / 2**(bits + shift)   (exact in f32)
 
 `shift` is 0 for the embedding, 2 for norm weights, and ceil(log2(fan_in) / 2)
-(computed as (bit_length(fan_in - 1) + 1) // 2) for the linear layers.
+(computed as (bit_length(fan_in - 1) + 1) // 2) for the linear layers. `bits` is 24,
+except 12 for norm weights, so that llama.cpp's stored (1 + w) is exact in f32 too.
 
 Commands:
   model      write a Hugging Face folder (config.json, safetensors, tokenizer.json)
@@ -84,7 +85,7 @@ def fnv1a64(data: bytes) -> int:
     return h
 
 
-def formula(name: str, count: int, shift: int) -> np.ndarray:
+def formula(name: str, count: int, shift: int, bits: int = 24) -> np.ndarray:
     idx = np.arange(count, dtype=np.uint64)
     with np.errstate(over="ignore"):
         z = np.uint64(fnv1a64(name.encode())) + idx * np.uint64(GOLDEN)
@@ -92,8 +93,8 @@ def formula(name: str, count: int, shift: int) -> np.ndarray:
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         z = z ^ (z >> np.uint64(31))
-    u = (z >> np.uint64(40)).astype(np.int64)
-    return ((2 * u - (1 << 24)).astype(np.float64) / float(1 << (24 + shift))).astype(np.float32)
+    u = (z >> np.uint64(64 - bits)).astype(np.int64)
+    return ((2 * u - (1 << bits)).astype(np.float64) / float(1 << (bits + shift))).astype(np.float32)
 
 
 def linear_shift(fan_in: int) -> int:
@@ -108,7 +109,8 @@ def weights(cfg):
     out = {}
 
     def put(name, shape, shift):
-        out[name] = formula(name, int(np.prod(shape)), shift).reshape(shape)
+        bits = 12 if len(shape) == 1 else 24
+        out[name] = formula(name, int(np.prod(shape)), shift, bits).reshape(shape)
 
     put("model.embed_tokens.weight", (cfg["vocab_size"], h), 0)
     for i in range(cfg["num_hidden_layers"]):
@@ -199,10 +201,29 @@ def cmd_model(args):
     tensors = weights(cfg)
     (out / "config.json").write_text(json.dumps(dict(cfg, torch_dtype="float32"), indent=2))
     (out / "tokenizer.json").write_bytes(tok.read_bytes())
-    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    if args.shards <= 1:
+        save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    else:
+        write_shards(out, tensors, args.shards)
     for dtype in args.gguf:
         write_gguf(out / f"model-{dtype}.gguf", cfg, tensors, dtype)
     print(f"wrote {out}")
+
+
+def write_shards(out, tensors, count):
+    """Hugging Face's sharded layout: model-0000N-of-0000M.safetensors plus an index."""
+    from safetensors.numpy import save_file
+
+    names = sorted(tensors)
+    weight_map = {}
+    for i in range(count):
+        shard = f"model-{i + 1:05d}-of-{count:05d}.safetensors"
+        part = {n: tensors[n] for n in names[i::count]}
+        save_file(part, str(out / shard), metadata={"format": "pt"})
+        weight_map.update({n: shard for n in part})
+    total = sum(t.nbytes for t in tensors.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
 
 
 def render(template, **slots):
@@ -284,6 +305,7 @@ def main():
     m.add_argument("--tokenizer", required=True, help="path to the Gemma tokenizer.json")
     m.add_argument("--out", required=True)
     m.add_argument("--gguf", nargs="*", default=["f32", "f16"], choices=["f32", "f16"])
+    m.add_argument("--shards", type=int, default=1, help="safetensors shards (1: one file)")
     m.set_defaults(func=cmd_model)
     r = sub.add_parser("reference", help="record transformers' ids and logits")
     r.add_argument("--tokenizer", required=True)

@@ -6,10 +6,13 @@
 //! - [`policy`]: the safety policies (built-in four harms and custom TOML files).
 //! - [`prompt`]: ShieldGemma's two templates and their rendering into prefix + suffixes.
 //! - [`scorer`]: the engine that turns requests into P(Yes) per policy, with prefix reuse.
-//! - [`cli`]: command-line arguments and commands of the `shieldgate` binary.
+//! - [`cli`]: command-line arguments of the `shieldgate` binary; [`commands`] runs them.
+//! - [`telemetry`]: logging setup.
 
 pub mod cli;
+pub mod commands;
 pub mod model;
 pub mod policy;
 pub mod prompt;
 pub mod scorer;
+pub mod telemetry;

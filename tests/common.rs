@@ -1,7 +1,8 @@
 //! Shared helpers: test assets and the reference fixture.
 
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
 
 use serde::Deserialize;
 use shieldgate::model::loader::{load, LoadOptions, ModelSource};
@@ -18,10 +19,45 @@ pub fn tokenizer_path() -> PathBuf {
     let path = root().join("tests/assets/tokenizer.json");
     assert!(
         path.is_file(),
-        "{} is missing: run scripts/test-assets.sh (or scripts/fetch-tokenizer.sh) first",
+        "{} is missing: run scripts/fetch-tokenizer.sh first",
         path.display()
     );
     path
+}
+
+/// Test models on disk, written once per test run by the real `shieldgate export`:
+/// `tiny/` (one safetensors file, plus `model-f32.gguf` and `model-f16.gguf`) and `odd/`
+/// (three safetensors shards with an index).
+pub fn assets() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = root().join("target/test-assets");
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).expect("old test assets removed");
+        }
+        let tokenizer = tokenizer_path();
+        let export = |preset: &str, out: &str, extra: &[&str]| {
+            let status = Command::new(env!("CARGO_BIN_EXE_shieldgate"))
+                .args([
+                    "export",
+                    "--model",
+                    &format!("synthetic:{preset}"),
+                    "--tokenizer",
+                ])
+                .arg(&tokenizer)
+                .arg("--out")
+                .arg(dir.join(out))
+                .args(extra)
+                .status()
+                .expect("shieldgate export runs");
+            assert!(status.success(), "export {preset} to {out} failed");
+        };
+        export("tiny", "tiny", &[]);
+        export("tiny", "tiny/model-f32.gguf", &[]);
+        export("tiny", "tiny/model-f16.gguf", &["--dtype", "f16"]);
+        export("odd", "odd", &["--shards", "3"]);
+        dir
+    })
 }
 
 /// A synthetic test model (`tiny`, `odd`) loaded with the real tokenizer.
@@ -69,7 +105,6 @@ pub struct Case {
     pub policy: String,
     pub user: String,
     pub response: Option<String>,
-    pub text: String,
     pub ids: Vec<u32>,
 }
 

@@ -1,4 +1,7 @@
 //! Integration tests, compiled into one binary.
 
+mod cli;
 mod common;
+mod golden;
+mod hub;
 mod parity;

@@ -1,1 +1,144 @@
-//! Command-line interface.
+//! Command-line arguments of the `shieldgate` binary (clap structs only; the commands live in
+//! [`crate::commands`]).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// A safety-moderation gateway built on Google's ShieldGemma classifier.
+#[derive(Debug, Parser)]
+#[command(name = "shieldgate", version, about)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Log filter (tracing's env-filter syntax); RUST_LOG also works.
+    #[arg(long, global = true, default_value = "warn")]
+    pub log_level: String,
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Score text against the safety policies and print JSON.
+    Score(Box<ScoreArgs>),
+    /// Write a model as a Hugging Face folder or a GGUF file (F32/F16).
+    Export(ExportArgs),
+}
+
+/// `shieldgate export`.
+#[derive(Debug, Clone, Args)]
+pub struct ExportArgs {
+    /// The model to read: a folder, a .gguf file, a hub id or synthetic:PRESET.
+    #[arg(long)]
+    pub model: String,
+    /// tokenizer.json to use instead of the one beside the weights; it is copied beside the
+    /// output.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Output: a folder (Hugging Face layout), or a file ending in .gguf.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Precision of the written weights: f32 or f16 (bf16 too for folders).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16", "f16"])]
+    pub dtype: String,
+    /// Number of safetensors shards for a folder (1: model.safetensors).
+    #[arg(long, default_value_t = 1)]
+    pub shards: usize,
+    /// Replace an existing output.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Which model to load and how to run it.
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// A model folder (config.json, tokenizer.json, safetensors), a .gguf file, a hub id
+    /// (downloaded into the HF cache; HF_TOKEN and HF_HUB_OFFLINE are honoured), or
+    /// synthetic:PRESET for a random-weight model (tiny, odd, 2b, 9b, 27b).
+    #[arg(
+        long,
+        env = "SHIELDGATE_MODEL",
+        default_value = "google/shieldgemma-2b"
+    )]
+    pub model: String,
+    /// tokenizer.json to use instead of the one beside the weights (needed for GGUF files
+    /// without one beside them and for synthetic models).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Weight and activation precision; the Yes/No head always runs in f32.
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16", "f16"])]
+    pub dtype: String,
+    /// cpu, cuda, cuda:N or metal (GPU builds need --features cuda or metal).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Longest prompt in tokens; longer content is cut inside its slot, never the template.
+    #[arg(long, default_value_t = 8192)]
+    pub max_tokens: usize,
+    /// Tokens per sequence per prefill step (bounds attention memory on long inputs).
+    #[arg(long, default_value_t = 512)]
+    pub prefill_chunk: usize,
+    /// Run each policy's prompt whole instead of sharing the content prefix across policies.
+    #[arg(long)]
+    pub no_prefix_reuse: bool,
+}
+
+/// Which policies to score and at which thresholds.
+#[derive(Debug, Clone, Args)]
+pub struct PolicyArgs {
+    /// Policy ids to score (repeatable); default: every policy.
+    #[arg(long = "policy", value_name = "ID")]
+    pub policies: Vec<String>,
+    /// Load every *.toml policy of this folder instead of the four built-in harms.
+    #[arg(long, value_name = "DIR")]
+    pub policies_dir: Option<PathBuf>,
+    /// Add a custom policy file (repeatable).
+    #[arg(long, value_name = "FILE")]
+    pub policy_file: Vec<PathBuf>,
+    /// Override a policy's threshold, as ID=VALUE (repeatable).
+    #[arg(long, value_name = "ID=VALUE")]
+    pub threshold: Vec<String>,
+}
+
+/// `shieldgate score`.
+#[derive(Debug, Clone, Args)]
+pub struct ScoreArgs {
+    /// The user prompt to score. Without it (and without --file) the text is read from stdin.
+    pub text: Option<String>,
+    /// Read the input from this file ('-' for stdin).
+    #[arg(long, short, conflicts_with = "text")]
+    pub file: Option<PathBuf>,
+    /// The input is JSON lines: {"prompt": "...", "response": "...", "id": ...} per line.
+    #[arg(long)]
+    pub jsonl: bool,
+    /// A chatbot response to score with the prompt-response template.
+    #[arg(long, conflicts_with_all = ["jsonl", "response_file"])]
+    pub response: Option<String>,
+    /// Read the chatbot response from this file.
+    #[arg(long, conflicts_with = "jsonl")]
+    pub response_file: Option<PathBuf>,
+    /// Inputs scored together in one engine batch (JSON lines mode).
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Pretty-print the JSON output.
+    #[arg(long)]
+    pub pretty: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub policy: PolicyArgs,
+}

@@ -274,6 +274,51 @@ impl Gemma2Config {
         }
     }
 
+    /// The Hugging Face `config.json` text of this configuration.
+    pub fn to_hf_json(&self) -> String {
+        let layer_types: Vec<&str> = self
+            .sliding_layers
+            .iter()
+            .map(|&s| {
+                if s {
+                    "sliding_attention"
+                } else {
+                    "full_attention"
+                }
+            })
+            .collect();
+        let json = serde_json::json!({
+            "architectures": ["Gemma2ForCausalLM"],
+            "model_type": "gemma2",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            // transformers validates this field as an integer, as every release ships it.
+            "query_pre_attn_scalar": if self.query_pre_attn_scalar.fract() == 0.0 {
+                serde_json::json!(self.query_pre_attn_scalar as u64)
+            } else {
+                serde_json::json!(self.query_pre_attn_scalar)
+            },
+            "attn_logit_softcapping": self.attn_logit_softcapping,
+            "final_logit_softcapping": self.final_logit_softcapping,
+            "sliding_window": self.sliding_window,
+            "layer_types": layer_types,
+            "max_position_embeddings": self.max_position_embeddings,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "hidden_activation": "gelu_pytorch_tanh",
+            "bos_token_id": 2,
+            "eos_token_id": 1,
+            "pad_token_id": 0,
+            "tie_word_embeddings": true,
+        });
+        format!("{json:#}\n")
+    }
+
     /// Query heads that share one key/value head.
     pub fn group_size(&self) -> usize {
         self.num_attention_heads / self.num_key_value_heads
@@ -315,7 +360,7 @@ impl Gemma2Config {
             ("final_logit_softcapping", self.final_logit_softcapping),
             ("rope_theta", self.rope_theta),
         ];
-        if let Some((name, v)) = positive_f.iter().find(|(_, v)| !(*v > 0.0)) {
+        if let Some((name, v)) = positive_f.iter().find(|(_, v)| v.is_nan() || *v <= 0.0) {
             return Err(format!("{name} must be positive, got {v}"));
         }
         Ok(())
@@ -382,6 +427,13 @@ mod tests {
         );
         let c = Gemma2Config::from_hf_json(&text, "c").expect("valid");
         assert_eq!(c.sliding_layers, vec![false, true, false, false]);
+    }
+
+    #[test]
+    fn hf_json_round_trips() {
+        let c = Gemma2Config::shieldgemma_27b();
+        let back = Gemma2Config::from_hf_json(&c.to_hf_json(), "c").expect("parses");
+        assert_eq!(back, c);
     }
 
     #[test]

@@ -43,7 +43,6 @@ pub fn hf_name(gguf: &str) -> Option<(String, bool)> {
 }
 
 /// The inverse of [`hf_name`].
-#[cfg(test)]
 pub fn gguf_name(hf: &str) -> Option<String> {
     match hf {
         "model.embed_tokens.weight" => return Some("token_embd.weight".into()),

@@ -9,10 +9,13 @@ use hf_hub::{Cache, Repo};
 use super::loader::HfFiles;
 use super::ModelError;
 
+/// Resolves one file of the repository to a local path.
+type Fetch<'a> = Box<dyn Fn(&str) -> Result<PathBuf, ModelError> + 'a>;
+
 /// Fetches (or finds in the cache) config.json, tokenizer.json and the safetensors weights.
 pub(crate) fn download(id: &str) -> Result<HfFiles, ModelError> {
     let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1" || v == "true");
-    let fetch: Box<dyn Fn(&str) -> Result<PathBuf, ModelError>> = if offline {
+    let fetch: Fetch = if offline {
         let cache = Cache::from_env().repo(Repo::model(id.to_string()));
         Box::new(move |file: &str| {
             cache.get(file).ok_or_else(|| ModelError::Hub {

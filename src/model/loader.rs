@@ -130,18 +130,28 @@ pub fn parse_device(s: &str) -> Result<Device, ModelError> {
     }
 }
 
-/// Loads a model from `source`.
-pub fn load(source: &ModelSource, opts: &LoadOptions) -> Result<LoadedModel, ModelError> {
+/// A model's weights opened for reading, before the network is built.
+pub struct Weights {
+    /// The hyper-parameters.
+    pub config: Gemma2Config,
+    /// The tensors under their Hugging Face names.
+    pub vb: VarBuilder<'static>,
+    /// The tokenizer.json to use.
+    pub tokenizer: PathBuf,
+    /// Where the model came from, for outputs and logs.
+    pub name: String,
+}
+
+/// Opens the config and weights of `source` (nothing is computed yet).
+pub fn open(source: &ModelSource, opts: &LoadOptions) -> Result<Weights, ModelError> {
+    let tokenizer_or = |default: PathBuf| opts.tokenizer.clone().unwrap_or(default);
     match source {
         ModelSource::Folder(dir) => {
             let files = HfFiles::in_folder(dir)?;
-            load_hf(&files, opts, dir.display().to_string())
+            open_hf(files, opts, dir.display().to_string())
         }
         #[cfg(feature = "hub")]
-        ModelSource::Hub(id) => {
-            let files = super::hub::download(id)?;
-            load_hf(&files, opts, id.clone())
-        }
+        ModelSource::Hub(id) => open_hf(super::hub::download(id)?, opts, id.clone()),
         #[cfg(not(feature = "hub"))]
         ModelSource::Hub(id) => Err(ModelError::Hub {
             model: id.clone(),
@@ -150,27 +160,52 @@ pub fn load(source: &ModelSource, opts: &LoadOptions) -> Result<LoadedModel, Mod
                 .into(),
         }),
         ModelSource::Gguf(path) => {
-            let tokenizer = tokenizer_beside(opts, path.parent().unwrap_or(Path::new(".")))?;
             let (config, vb) = super::gguf::load(path, opts.dtype, &opts.device)?;
-            let name = path.display().to_string();
-            build(vb, &config, tokenizer, &name)
+            let dir = path.parent().unwrap_or(Path::new("."));
+            Ok(Weights {
+                config,
+                vb,
+                tokenizer: tokenizer_or(dir.join("tokenizer.json")),
+                name: path.display().to_string(),
+            })
         }
         ModelSource::Synthetic(preset) => {
             let config = synthetic::preset(preset).ok_or_else(|| {
                 ModelError::Unsupported(format!("unknown synthetic preset {preset:?}"))
             })?;
-            let Some(tokenizer) = &opts.tokenizer else {
+            let Some(tokenizer) = opts.tokenizer.clone() else {
                 return Err(ModelError::Unsupported(
                     "a synthetic model needs --tokenizer PATH (scripts/fetch-tokenizer.sh \
                      writes tests/assets/tokenizer.json)"
                         .into(),
                 ));
             };
-            let tokenizer = GemmaTokenizer::from_file(tokenizer)?;
-            let vb = synthetic::var_builder(opts.dtype, &opts.device);
-            build(vb, &config, tokenizer, &format!("synthetic:{preset}"))
+            Ok(Weights {
+                config,
+                vb: synthetic::var_builder(opts.dtype, &opts.device),
+                tokenizer,
+                name: format!("synthetic:{preset}"),
+            })
         }
     }
+}
+
+/// Loads a model from `source`.
+pub fn load(source: &ModelSource, opts: &LoadOptions) -> Result<LoadedModel, ModelError> {
+    let weights = open(source, opts)?;
+    let tokenizer = GemmaTokenizer::from_file(&weights.tokenizer)?;
+    let model =
+        Gemma2::load(weights.vb, &weights.config, [tokenizer.yes, tokenizer.no]).map_err(|e| {
+            ModelError::Weights {
+                origin: weights.name.clone(),
+                reason: format!("{e} (is this a Gemma 2 checkpoint matching its config.json?)"),
+            }
+        })?;
+    Ok(LoadedModel {
+        model,
+        tokenizer,
+        name: weights.name,
+    })
 }
 
 /// The files of a Hugging Face checkpoint.
@@ -276,30 +311,18 @@ fn shards_from_index(index: &Path) -> Result<Vec<String>, ModelError> {
     Ok(shards)
 }
 
-fn tokenizer_beside(opts: &LoadOptions, dir: &Path) -> Result<GemmaTokenizer, ModelError> {
-    let path = opts
-        .tokenizer
-        .clone()
-        .unwrap_or_else(|| dir.join("tokenizer.json"));
-    GemmaTokenizer::from_file(&path)
-}
-
-pub(crate) fn load_hf(
-    files: &HfFiles,
-    opts: &LoadOptions,
-    name: String,
-) -> Result<LoadedModel, ModelError> {
+fn open_hf(files: HfFiles, opts: &LoadOptions, name: String) -> Result<Weights, ModelError> {
     let text = std::fs::read_to_string(&files.config).map_err(|source| ModelError::Io {
         path: files.config.clone(),
         source,
     })?;
     let config = Gemma2Config::from_hf_json(&text, &files.config.display().to_string())?;
-    let tokenizer = match &opts.tokenizer {
-        Some(path) => GemmaTokenizer::from_file(path)?,
-        None => GemmaTokenizer::from_file(&files.tokenizer)?,
-    };
-    let vb = mmap_safetensors(&files.weights, opts)?;
-    build(vb, &config, tokenizer, &name)
+    Ok(Weights {
+        config,
+        vb: mmap_safetensors(&files.weights, opts)?,
+        tokenizer: opts.tokenizer.clone().unwrap_or(files.tokenizer),
+        name,
+    })
 }
 
 #[allow(unsafe_code)]
@@ -322,25 +345,6 @@ fn describe(paths: &[PathBuf]) -> String {
         [one] => one.display().to_string(),
         _ => format!("{} safetensors shards", paths.len()),
     }
-}
-
-fn build(
-    vb: VarBuilder,
-    config: &Gemma2Config,
-    tokenizer: GemmaTokenizer,
-    name: &str,
-) -> Result<LoadedModel, ModelError> {
-    let model = Gemma2::load(vb, config, [tokenizer.yes, tokenizer.no]).map_err(|e| {
-        ModelError::Weights {
-            origin: name.to_string(),
-            reason: format!("{e} (is this a Gemma 2 checkpoint matching its config.json?)"),
-        }
-    })?;
-    Ok(LoadedModel {
-        model,
-        tokenizer,
-        name: name.to_string(),
-    })
 }
 
 #[cfg(test)]

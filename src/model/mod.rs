@@ -4,6 +4,7 @@
 
 mod attention;
 pub mod config;
+pub mod export;
 mod gemma2;
 mod gguf;
 mod head;

@@ -3,9 +3,10 @@
 //! files and the reference fixtures describe exactly the same model.
 //!
 //! For element `i` of the tensor named `name` (its Hugging Face name):
-//! `z = splitmix64(fnv1a64(name) + i * GOLDEN)`, `value = (2 * (z >> 40) - 2^24) / 2^(24 + shift)`,
-//! exact in every float type we load; `shift` is 0 for the embedding, 2 for norms and
-//! `ceil(log2(fan_in) / 2)` for linear layers.
+//! `z = splitmix64(fnv1a64(name) + i * GOLDEN)`,
+//! `value = (2 * (z >> (64 - bits)) - 2^bits) / 2^(bits + shift)`, exact in f32; `shift` is 0
+//! for the embedding, 2 for norms and `ceil(log2(fan_in) / 2)` for linear layers; `bits` is 24
+//! except 12 for norms, so that llama.cpp's stored `1 + w` is exact in f32 as well.
 
 use candle_core::{DType, Device, Result, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
@@ -70,13 +71,14 @@ pub fn var_builder(dtype: DType, device: &Device) -> VarBuilder<'static> {
 pub fn values(name: &str, shape: &[usize]) -> Vec<f32> {
     let count: usize = shape.iter().product();
     let shift = shift_for(name, shape);
+    let bits = if shape.len() == 1 { 12 } else { 24 };
     let seed = fnv1a64(name.as_bytes());
-    let scale = 1.0 / (1u64 << (24 + shift)) as f32;
+    let scale = 1.0 / (1u64 << (bits + shift)) as f32;
     (0..count as u64)
         .map(|i| {
             let z = splitmix64(seed.wrapping_add(i.wrapping_mul(GOLDEN)));
-            let u = (z >> 40) as i64;
-            (2 * u - (1 << 24)) as f32 * scale
+            let u = (z >> (64 - bits)) as i64;
+            (2 * u - (1 << bits)) as f32 * scale
         })
         .collect()
 }
@@ -137,6 +139,12 @@ mod tests {
     }
 
     #[test]
+    fn norm_weights_survive_the_gguf_one_plus_w_round_trip() {
+        let w = values("model.layers.3.input_layernorm.weight", &[64]);
+        assert!(w.iter().all(|&v| (1.0 + v) - 1.0 == v));
+    }
+
+    #[test]
     fn shifts_follow_fan_in() {
         assert_eq!(shift_for("model.embed_tokens.weight", &[10, 64]), 0);
         assert_eq!(shift_for("model.norm.weight", &[64]), 2);
@@ -148,13 +156,8 @@ mod tests {
 
     #[test]
     fn matches_the_python_generator() {
-        // scripts/fixtures.py: formula("model.norm.weight", 4, 2)
-        let expected = [
-            -0.225_656_092_166_900_63_f32,
-            -0.181_089_967_489_242_55,
-            -0.048_971_533_775_329_59,
-            0.070_303_559_303_283_69,
-        ];
+        // scripts/fixtures.py: formula("model.norm.weight", 4, 2, 12)
+        let expected = [-1849.0f32, -1484.0, -402.0, 575.0].map(|v| v / 8192.0);
         assert_eq!(values("model.norm.weight", &[4]), expected);
     }
 }

@@ -60,11 +60,9 @@ fn encode_pieces<'a>(
     for piece in pieces {
         match piece {
             Piece::Text(text) => out.extend(tokenizer.encode(text)?),
-            Piece::Special(marker) => out.push(
-                tokenizer
-                    .special_id(marker)
-                    .map_err(|reason| ScoreError::Template(reason))?,
-            ),
+            Piece::Special(marker) => {
+                out.push(tokenizer.special_id(marker).map_err(ScoreError::Template)?)
+            }
         }
     }
     Ok(())

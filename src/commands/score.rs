@@ -1,0 +1,300 @@
+//! `shieldgate score`: one text (argument, file or stdin) or JSON lines, scored against the
+//! selected policies, one JSON object per input on stdout.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+use crate::cli::ScoreArgs;
+use crate::policy::Policy;
+use crate::prompt::Mode;
+use crate::scorer::verdict::Verdict;
+use crate::scorer::{Engine, Score, ScoreRequest};
+
+use super::{load_engine, load_policies, Outcome};
+
+/// One output line.
+#[derive(Serialize)]
+struct Output<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    line: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<serde_json::Value>,
+    mode: Mode,
+    model: &'a str,
+    #[serde(flatten)]
+    verdict: Verdict,
+}
+
+/// The output line of an input that could not be scored.
+#[derive(Serialize)]
+struct ErrorOutput {
+    line: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<serde_json::Value>,
+    error: String,
+}
+
+/// One JSON line of input.
+#[derive(Deserialize)]
+struct JsonInput {
+    prompt: String,
+    #[serde(default)]
+    response: Option<String>,
+    #[serde(default)]
+    id: Option<serde_json::Value>,
+}
+
+/// Runs the command.
+pub fn run(args: &ScoreArgs) -> anyhow::Result<Outcome> {
+    let policies = load_policies(&args.policy)?;
+    if args.jsonl {
+        let reader: Box<dyn Read> = match args.file.as_deref() {
+            Some(path) if path != Path::new("-") => Box::new(
+                std::fs::File::open(path)
+                    .with_context(|| format!("cannot open input file {}", path.display()))?,
+            ),
+            _ => Box::new(std::io::stdin()),
+        };
+        let engine = load_engine(&args.model)?;
+        return score_lines(&engine, BufReader::new(reader), &policies, args);
+    }
+    let user = match (&args.text, &args.file) {
+        (Some(text), _) => text.clone(),
+        (None, Some(path)) => read_text(Some(path))?,
+        (None, None) => read_text(None)?,
+    };
+    let response = match (&args.response, &args.response_file) {
+        (Some(text), _) => Some(text.clone()),
+        (None, Some(path)) => Some(read_text(Some(path))?),
+        (None, None) => None,
+    };
+    let engine = load_engine(&args.model)?;
+    let request = ScoreRequest {
+        user,
+        response,
+        policies: policies.clone(),
+    };
+    let scores = engine.score(std::slice::from_ref(&request))?;
+    let verdict = Verdict::new(&scores[0], &policies);
+    let flagged = !verdict.violated.is_empty();
+    let output = Output {
+        line: None,
+        id: None,
+        mode: request.content().mode(),
+        model: engine.model_name(),
+        verdict,
+    };
+    write_json(&mut std::io::stdout().lock(), &output, args.pretty)?;
+    Ok(if flagged {
+        Outcome::Flagged
+    } else {
+        Outcome::Clean
+    })
+}
+
+/// Reads a whole text file (or stdin for `None` / `-`) as UTF-8.
+fn read_text(path: Option<&Path>) -> anyhow::Result<String> {
+    let mut bytes = Vec::new();
+    let name = match path {
+        Some(p) if p != Path::new("-") => {
+            bytes = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
+            p.display().to_string()
+        }
+        _ => {
+            std::io::stdin()
+                .read_to_end(&mut bytes)
+                .context("cannot read stdin")?;
+            "stdin".to_string()
+        }
+    };
+    match String::from_utf8(bytes) {
+        Ok(text) => Ok(text),
+        Err(e) => bail!(
+            "{name} is not valid UTF-8 (first invalid byte at offset {}); convert it to UTF-8",
+            e.utf8_error().valid_up_to()
+        ),
+    }
+}
+
+/// A line waiting for its batch to be scored.
+enum Pending {
+    Ready { line: usize, input: JsonInput },
+    Failed(ErrorOutput),
+}
+
+fn score_lines(
+    engine: &Engine,
+    mut reader: impl BufRead,
+    policies: &Arc<[Policy]>,
+    args: &ScoreArgs,
+) -> anyhow::Result<Outcome> {
+    let mut out = std::io::stdout().lock();
+    let mut pending: Vec<Pending> = Vec::new();
+    let mut ready = 0;
+    let mut totals = Totals::default();
+    let mut line = 0;
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        let n = reader
+            .read_until(b'\n', &mut buf)
+            .with_context(|| format!("cannot read input after line {line}"))?;
+        if n == 0 {
+            break;
+        }
+        line += 1;
+        if buf.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let entry = parse_line(line, &buf);
+        ready += usize::from(matches!(entry, Pending::Ready { .. }));
+        pending.push(entry);
+        if ready >= args.batch_size.max(1) {
+            flush(engine, &mut pending, policies, args, &mut out, &mut totals)?;
+            ready = 0;
+        }
+    }
+    flush(engine, &mut pending, policies, args, &mut out, &mut totals)?;
+    tracing::info!(
+        scored = totals.scored,
+        flagged = totals.flagged,
+        errors = totals.errors,
+        "done"
+    );
+    eprintln!(
+        "shieldgate score: {} scored, {} flagged, {} errors",
+        totals.scored, totals.flagged, totals.errors
+    );
+    Ok(if totals.errors > 0 {
+        Outcome::InputErrors
+    } else if totals.flagged > 0 {
+        Outcome::Flagged
+    } else {
+        Outcome::Clean
+    })
+}
+
+fn parse_line(line: usize, bytes: &[u8]) -> Pending {
+    let failed = |error: String, id| Pending::Failed(ErrorOutput { line, id, error });
+    let text = match std::str::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            return failed(
+                format!(
+                    "not valid UTF-8 (first invalid byte at column {})",
+                    e.valid_up_to() + 1
+                ),
+                None,
+            )
+        }
+    };
+    let value: serde_json::Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(e) => return failed(format!("not valid JSON: {e}"), None),
+    };
+    let id = value.get("id").cloned();
+    match serde_json::from_value::<JsonInput>(value) {
+        Ok(input) => Pending::Ready { line, input },
+        Err(e) => failed(
+            format!("expected {{\"prompt\": string, \"response\"?: string}}: {e}"),
+            id,
+        ),
+    }
+}
+
+#[derive(Default)]
+struct Totals {
+    scored: usize,
+    flagged: usize,
+    errors: usize,
+}
+
+/// Scores the ready lines of `pending` as one batch and writes every pending line in order.
+fn flush(
+    engine: &Engine,
+    pending: &mut Vec<Pending>,
+    policies: &Arc<[Policy]>,
+    args: &ScoreArgs,
+    out: &mut impl Write,
+    totals: &mut Totals,
+) -> anyhow::Result<()> {
+    let requests: Vec<ScoreRequest> = pending
+        .iter()
+        .filter_map(|p| match p {
+            Pending::Ready { input, .. } => Some(ScoreRequest {
+                user: input.prompt.clone(),
+                response: input.response.clone(),
+                policies: policies.clone(),
+            }),
+            Pending::Failed(_) => None,
+        })
+        .collect();
+    // A batch fails as a whole only when one request cannot be scored: then score each alone
+    // so that only that line is reported.
+    let mut results = match engine.score(&requests) {
+        Ok(scores) => scores.into_iter().map(Ok).collect::<Vec<_>>(),
+        Err(_) => requests
+            .iter()
+            .map(|r| {
+                engine
+                    .score(std::slice::from_ref(r))
+                    .map(|mut v| v.remove(0))
+            })
+            .collect(),
+    }
+    .into_iter();
+    for entry in pending.drain(..) {
+        match entry {
+            Pending::Failed(error) => {
+                totals.errors += 1;
+                write_json(out, &error, args.pretty)?;
+            }
+            Pending::Ready { line, input } => match results.next() {
+                Some(Ok(scores)) => {
+                    let verdict = Verdict::new(&scores, policies);
+                    totals.scored += 1;
+                    totals.flagged += usize::from(!verdict.violated.is_empty());
+                    let mode = if input.response.is_some() {
+                        Mode::Response
+                    } else {
+                        Mode::Prompt
+                    };
+                    let output = Output {
+                        line: Some(line),
+                        id: input.id,
+                        mode,
+                        model: engine.model_name(),
+                        verdict,
+                    };
+                    write_json(out, &output, args.pretty)?;
+                }
+                Some(Err(e)) => {
+                    totals.errors += 1;
+                    let error = ErrorOutput {
+                        line,
+                        id: input.id,
+                        error: e.to_string(),
+                    };
+                    write_json(out, &error, args.pretty)?;
+                }
+                None => bail!("internal error: the engine returned fewer results than requests"),
+            },
+        }
+    }
+    out.flush().context("cannot write to stdout")?;
+    Ok(())
+}
+
+fn write_json(out: &mut impl Write, value: &impl Serialize, pretty: bool) -> anyhow::Result<()> {
+    if pretty {
+        serde_json::to_writer_pretty(&mut *out, value)?;
+    } else {
+        serde_json::to_writer(&mut *out, value)?;
+    }
+    writeln!(out).context("cannot write to stdout")?;
+    Ok(())
+}

@@ -1,0 +1,95 @@
+//! Verdicts: scores compared with each policy's threshold.
+
+use serde::Serialize;
+
+use crate::policy::Policy;
+
+use super::{RequestScores, Truncation};
+
+/// One policy's score and whether it crosses the threshold.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PolicyVerdict {
+    /// The policy's id.
+    pub id: String,
+    /// P(Yes).
+    pub p_yes: f64,
+    /// Raw final logit of `Yes`.
+    pub yes_logit: f32,
+    /// Raw final logit of `No`.
+    pub no_logit: f32,
+    /// The threshold in force.
+    pub threshold: f64,
+    /// `p_yes >= threshold`.
+    pub violated: bool,
+    /// Tokens in this policy's prompt.
+    pub tokens: usize,
+}
+
+/// The verdicts of one request.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Verdict {
+    /// One entry per policy, in the request's order.
+    pub policies: Vec<PolicyVerdict>,
+    /// Ids of the violated policies.
+    pub violated: Vec<String>,
+    /// Present when the content was cut to fit the context.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub truncated: Option<Truncation>,
+}
+
+impl Verdict {
+    /// Compares `scores` (in the order of `policies`) with the policies' thresholds.
+    pub fn new(scores: &RequestScores, policies: &[Policy]) -> Self {
+        let policies: Vec<PolicyVerdict> = scores
+            .scores
+            .iter()
+            .zip(policies)
+            .map(|(s, p)| PolicyVerdict {
+                id: s.policy.clone(),
+                p_yes: s.p_yes,
+                yes_logit: s.yes_logit,
+                no_logit: s.no_logit,
+                threshold: p.threshold,
+                violated: s.p_yes >= p.threshold,
+                tokens: s.tokens,
+            })
+            .collect();
+        Self {
+            violated: policies
+                .iter()
+                .filter(|p| p.violated)
+                .map(|p| p.id.clone())
+                .collect(),
+            policies,
+            truncated: scores.truncated,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::PolicySet;
+    use crate::scorer::PolicyScore;
+
+    #[test]
+    fn threshold_is_inclusive() {
+        let mut policies: Vec<Policy> = PolicySet::builtin().iter().take(2).cloned().collect();
+        policies[0].threshold = 0.25;
+        policies[1].threshold = 0.9;
+        let score = |policy: &str, p_yes| PolicyScore {
+            policy: policy.into(),
+            p_yes,
+            yes_logit: 0.0,
+            no_logit: 0.0,
+            tokens: 10,
+        };
+        let scores = RequestScores {
+            scores: vec![score("dangerous", 0.25), score("harassment", 0.5)],
+            truncated: None,
+        };
+        let v = Verdict::new(&scores, &policies);
+        assert_eq!(v.violated, ["dangerous"]);
+        assert!(!v.policies[1].violated);
+    }
+}
