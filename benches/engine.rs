@@ -1,17 +1,22 @@
 //! Engine benchmark: one 4-policy check on a random-weight model of the exact ShieldGemma-2B
 //! shape (built in-process, no weight file) with the real Gemma tokenizer, for short, medium
-//! and long user prompts; full forward vs prefix reuse; f32 and bf16. Prints a table.
+//! and long user prompts; full forward vs prefix reuse; f32, bf16 and weights quantized while
+//! loading (q8_0, q4_k_m, q4_0). Prints a table, with each quantized row's largest P(Yes)
+//! difference from the f32 row when f32 runs first.
 //!
 //! Run: `scripts/fetch-tokenizer.sh && cargo bench --bench engine`
 //! Environment: SHIELDGATE_BENCH_PRESET (2b; tiny for a smoke run), SHIELDGATE_BENCH_DTYPES
-//! (f32,bf16), SHIELDGATE_BENCH_BUCKETS (short,medium,long), SHIELDGATE_BENCH_ITERS (timed
+//! (f32,bf16,q8_0,q4_k_m), SHIELDGATE_BENCH_BUCKETS (short,medium,long), SHIELDGATE_BENCH_ITERS (timed
 //! runs per cell, default 1).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+use candle_core::DType;
 use shieldgate::model::loader::{load, parse_dtype, LoadOptions, ModelSource};
+use shieldgate::model::quantize::GgufType;
 use shieldgate::policy::{Policy, PolicySet};
 use shieldgate::scorer::{Engine, EngineOptions, Score, ScoreRequest};
 
@@ -68,7 +73,7 @@ fn main() {
         std::process::exit(2);
     }
     let preset = env_or("SHIELDGATE_BENCH_PRESET", "2b");
-    let dtypes = env_or("SHIELDGATE_BENCH_DTYPES", "f32,bf16");
+    let dtypes = env_or("SHIELDGATE_BENCH_DTYPES", "f32,bf16,q8_0,q4_k_m");
     let wanted = env_or("SHIELDGATE_BENCH_BUCKETS", "short,medium,long");
     let iters: usize = env_or("SHIELDGATE_BENCH_ITERS", "1")
         .parse()
@@ -82,14 +87,16 @@ fn main() {
     );
     println!();
     println!(
-        "| dtype | bucket | user tokens | mode | tokens run | latency (s) | prefill tok/s | peak RSS (MiB) |"
+        "| weights | bucket | user tokens | mode | tokens run | latency (s) | prefill tok/s | peak RSS (MiB) | max abs ΔP(Yes) vs f32 |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let mut f32_scores: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for dtype_name in dtypes.split(',').map(str::trim) {
-        let dtype = match parse_dtype(dtype_name) {
-            Ok(d) => d,
-            Err(e) => {
-                eprintln!("{e}");
+        let (dtype, quantize) = match (parse_dtype(dtype_name), GgufType::parse(dtype_name)) {
+            (Ok(d), _) => (d, None),
+            (Err(_), Some(q)) => (DType::F32, Some(q)),
+            (Err(e), None) => {
+                eprintln!("{e} (or q8_0, q4_0, q4_k_m)");
                 std::process::exit(2);
             }
         };
@@ -97,6 +104,7 @@ fn main() {
         let opts = LoadOptions {
             dtype,
             tokenizer: Some(tokenizer.clone()),
+            quantize,
             ..LoadOptions::default()
         };
         let start = Instant::now();
@@ -139,16 +147,35 @@ fn main() {
                     }
                 };
                 let mut best = f64::INFINITY;
+                let mut scores = Vec::new();
                 for _ in 0..iters {
                     let t = Instant::now();
-                    if let Err(err) = engine.score(std::slice::from_ref(&request)) {
-                        eprintln!("scoring failed: {err}");
-                        std::process::exit(2);
+                    match engine.score(std::slice::from_ref(&request)) {
+                        Ok(r) => scores = r[0].scores.iter().map(|s| s.p_yes).collect(),
+                        Err(err) => {
+                            eprintln!("scoring failed: {err}");
+                            std::process::exit(2);
+                        }
                     }
                     best = best.min(t.elapsed().as_secs_f64());
                 }
+                let delta = match (dtype_name, f32_scores.get(bucket)) {
+                    ("f32", _) => {
+                        f32_scores.insert(bucket, scores);
+                        "0".to_string()
+                    }
+                    (_, Some(reference)) => {
+                        let d = reference
+                            .iter()
+                            .zip(&scores)
+                            .map(|(a, b)| (a - b).abs())
+                            .fold(0.0, f64::max);
+                        format!("{d:.4}")
+                    }
+                    (_, None) => "-".to_string(),
+                };
                 println!(
-                    "| {dtype_name} | {bucket} | {user_tokens} | {} | {tokens_run} | {best:.2} | {:.1} | {:.0} |",
+                    "| {dtype_name} | {bucket} | {user_tokens} | {} | {tokens_run} | {best:.2} | {:.1} | {:.0} | {delta} |",
                     if prefix_reuse { "prefix reuse" } else { "full forward" },
                     tokens_run as f64 / best,
                     peak_rss_mib().unwrap_or(f64::NAN)

@@ -214,15 +214,7 @@ fn stdin_text_policy_choice_and_thresholds() {
 
 #[test]
 fn custom_policy_files_are_scored() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("pii.toml");
-    std::fs::write(
-        &file,
-        "id = \"pii\"\nname = \"Personal data\"\nthreshold = 0.99\n[guideline]\n\
-         prompt = '\"No PII\": The prompt shall not contain personal data.'\n\
-         response = '\"No PII\": The chatbot shall not reveal personal data.'\n",
-    )
-    .expect("write");
+    let file = common::root().join("tests/fixtures/custom-policy.toml");
     let out = shieldgate(
         &[
             "score",

@@ -26,8 +26,8 @@ pub fn tokenizer_path() -> PathBuf {
 }
 
 /// Test models on disk, written once per test run by the real `shieldgate export`:
-/// `tiny/` (one safetensors file, plus `model-f32.gguf` and `model-f16.gguf`) and `odd/`
-/// (three safetensors shards with an index).
+/// `tiny/` (one safetensors file, plus `model-{f32,f16,q8_0,q4_0}.gguf`) and `odd/` (three
+/// safetensors shards with an index).
 pub fn assets() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
@@ -56,6 +56,8 @@ pub fn assets() -> &'static Path {
         export("tiny", "tiny/model-f32.gguf", &[]);
         export("tiny", "tiny/model-f16.gguf", &["--dtype", "f16"]);
         export("odd", "odd", &["--shards", "3"]);
+        export("tiny", "tiny/model-q8_0.gguf", &["--dtype", "q8_0"]);
+        export("tiny", "tiny/model-q4_0.gguf", &["--dtype", "q4_0"]);
         dir
     })
 }
@@ -64,14 +66,19 @@ pub fn assets() -> &'static Path {
 pub fn engine(preset: &str, dtype: candle_core::DType, options: EngineOptions) -> Engine {
     let opts = LoadOptions {
         dtype,
-        tokenizer: Some(tokenizer_path()),
         ..LoadOptions::default()
     };
-    let source = ModelSource::Synthetic(preset.to_string());
-    Engine::new(
-        load(&source, &opts).expect("synthetic model loads"),
-        options,
-    )
+    engine_from(&ModelSource::Synthetic(preset.to_string()), opts).with_options(options)
+}
+
+/// Any model source, with the real tokenizer and default engine options.
+pub fn engine_from(source: &ModelSource, opts: LoadOptions) -> Engine {
+    let opts = LoadOptions {
+        tokenizer: Some(tokenizer_path()),
+        ..opts
+    };
+    let loaded = load(source, &opts).unwrap_or_else(|e| panic!("{source:?} loads: {e}"));
+    Engine::new(loaded, EngineOptions::default())
 }
 
 /// The four built-in policies.

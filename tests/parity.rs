@@ -7,7 +7,7 @@ use shieldgate::scorer::{Engine, EngineOptions, RequestScores, Score, ScoreReque
 use crate::common::{self, Case, Fixture};
 
 /// The fixture's cases grouped into requests: one per (sample, mode), policies in file order.
-fn requests(fixture: &Fixture) -> Vec<(ScoreRequest, &[Case])> {
+pub fn requests(fixture: &Fixture) -> Vec<(ScoreRequest, &[Case])> {
     fixture
         .cases
         .chunk_by(|a, b| a.sample == b.sample && a.mode == b.mode)
@@ -123,7 +123,7 @@ fn a_batch_scores_exactly_like_each_request_alone() {
                 (a.yes_logit - b.yes_logit).abs() <= 1e-5
                     && (a.no_logit - b.no_logit).abs() <= 1e-5,
                 "{} alone {:?} vs batched {:?}",
-                a.policy,
+                a.id,
                 (a.yes_logit, a.no_logit),
                 (b.yes_logit, b.no_logit)
             );

@@ -5,3 +5,4 @@ mod common;
 mod golden;
 mod hub;
 mod parity;
+mod quantized;

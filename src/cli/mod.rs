@@ -34,7 +34,8 @@ pub enum LogFormat {
 pub enum Command {
     /// Score text against the safety policies and print JSON.
     Score(Box<ScoreArgs>),
-    /// Write a model as a Hugging Face folder or a GGUF file (F32/F16).
+    /// Write a model as a Hugging Face folder or a GGUF file (F32, F16, Q8_0, Q4_0, Q4_K_M).
+    #[command(visible_alias = "quantize")]
     Export(ExportArgs),
 }
 
@@ -51,8 +52,9 @@ pub struct ExportArgs {
     /// Output: a folder (Hugging Face layout), or a file ending in .gguf.
     #[arg(long)]
     pub out: PathBuf,
-    /// Precision of the written weights: f32 or f16 (bf16 too for folders).
-    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16", "f16"])]
+    /// Weight type: f32, f16 or bf16 for folders; f32, f16, q8_0, q4_0 or q4_k_m for GGUF.
+    #[arg(long, default_value = "f32",
+          value_parser = ["f32", "bf16", "f16", "q8_0", "q4_0", "q4_k_m"])]
     pub dtype: String,
     /// Number of safetensors shards for a folder (1: model.safetensors).
     #[arg(long, default_value_t = 1)]
@@ -81,6 +83,9 @@ pub struct ModelArgs {
     /// Weight and activation precision; the Yes/No head always runs in f32.
     #[arg(long, default_value = "f32", value_parser = ["f32", "bf16", "f16"])]
     pub dtype: String,
+    /// Quantize the weight matrices while loading: q8_0, q4_0 or q4_k_m (activations in f32).
+    #[arg(long, value_parser = ["q8_0", "q4_0", "q4_k_m"])]
+    pub quantize: Option<String>,
     /// cpu, cuda, cuda:N or metal (GPU builds need --features cuda or metal).
     #[arg(long, default_value = "cpu")]
     pub device: String,

@@ -9,6 +9,7 @@ use anyhow::{bail, Context};
 
 use crate::cli::{ModelArgs, PolicyArgs};
 use crate::model::loader::{self, LoadOptions, ModelSource};
+use crate::model::quantize::GgufType;
 use crate::policy::{Policy, PolicySet};
 use crate::scorer::{Engine, EngineOptions};
 
@@ -41,6 +42,7 @@ pub fn load_engine(args: &ModelArgs) -> anyhow::Result<Engine> {
         dtype: loader::parse_dtype(&args.dtype)?,
         device: loader::parse_device(&args.device)?,
         tokenizer: args.tokenizer.clone(),
+        quantize: args.quantize.as_deref().and_then(GgufType::parse),
     };
     tracing::info!(model = %args.model, dtype = %args.dtype, "loading model");
     let loaded = loader::load(&source, &opts)?;

@@ -3,10 +3,10 @@
 //! prefixes all attend exactly as a lone, unpadded sequence would.
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
-use candle_nn::VarBuilder;
 
 use super::config::Gemma2Config;
 use super::linear::Linear;
+use super::weights::WeightSource;
 
 /// Which keys each query may see: causal, optionally within a sliding window.
 pub struct AttentionMask {
@@ -76,14 +76,14 @@ pub struct Attention {
 
 impl Attention {
     /// Loads `self_attn.{q,k,v,o}_proj`.
-    pub fn load(vb: VarBuilder, c: &Gemma2Config) -> Result<Self> {
+    pub fn load(ws: &WeightSource, c: &Gemma2Config) -> Result<Self> {
         let q_out = c.num_attention_heads * c.head_dim;
         let kv_out = c.num_key_value_heads * c.head_dim;
         Ok(Self {
-            q_proj: Linear::load(vb.pp("q_proj"), c.hidden_size, q_out)?,
-            k_proj: Linear::load(vb.pp("k_proj"), c.hidden_size, kv_out)?,
-            v_proj: Linear::load(vb.pp("v_proj"), c.hidden_size, kv_out)?,
-            o_proj: Linear::load(vb.pp("o_proj"), q_out, c.hidden_size)?,
+            q_proj: ws.linear(c.hidden_size, q_out, "q_proj")?,
+            k_proj: ws.linear(c.hidden_size, kv_out, "k_proj")?,
+            v_proj: ws.linear(c.hidden_size, kv_out, "v_proj")?,
+            o_proj: ws.linear(q_out, c.hidden_size, "o_proj")?,
             heads: c.num_attention_heads,
             kv_heads: c.num_key_value_heads,
             head_dim: c.head_dim,

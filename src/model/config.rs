@@ -144,7 +144,10 @@ impl Gemma2Config {
     }
 
     /// Reads the `gemma2.*` metadata of a GGUF file; `origin` names the file in errors.
-    pub fn from_gguf(metadata: &HashMap<String, Value>, origin: &str) -> Result<Self, ModelError> {
+    pub fn from_tensors(
+        metadata: &HashMap<String, Value>,
+        origin: &str,
+    ) -> Result<Self, ModelError> {
         let invalid = |reason: String| ModelError::Config {
             origin: origin.to_string(),
             reason,

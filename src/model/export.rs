@@ -1,5 +1,6 @@
 //! Writes a model as a Hugging Face folder (config.json, tokenizer.json, single or sharded
-//! safetensors with an index) or as a llama.cpp-convention GGUF file (F32 or F16).
+//! safetensors with an index) or as a llama.cpp-convention GGUF file (F32, F16, Q8_0, Q4_0 or
+//! the Q4_K_M mix).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -7,68 +8,34 @@ use std::path::{Path, PathBuf};
 use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Tensor};
-use candle_nn::VarBuilder;
 
+use super::quantize::{tensor_shapes, GgufType};
+use super::weights::WeightSource;
 use super::{gguf, Gemma2Config, ModelError};
-
-/// Every weight of a Gemma 2 checkpoint: Hugging Face name and shape (`[out, in]`).
-pub fn tensor_shapes(c: &Gemma2Config) -> Vec<(String, Vec<usize>)> {
-    let h = c.hidden_size;
-    let q = c.num_attention_heads * c.head_dim;
-    let kv = c.num_key_value_heads * c.head_dim;
-    let f = c.intermediate_size;
-    let mut out = vec![(
-        "model.embed_tokens.weight".to_string(),
-        vec![c.vocab_size, h],
-    )];
-    for i in 0..c.num_hidden_layers {
-        let p = format!("model.layers.{i}.");
-        for norm in [
-            "input_layernorm",
-            "post_attention_layernorm",
-            "pre_feedforward_layernorm",
-            "post_feedforward_layernorm",
-        ] {
-            out.push((format!("{p}{norm}.weight"), vec![h]));
-        }
-        for (name, shape) in [
-            ("self_attn.q_proj", vec![q, h]),
-            ("self_attn.k_proj", vec![kv, h]),
-            ("self_attn.v_proj", vec![kv, h]),
-            ("self_attn.o_proj", vec![h, q]),
-            ("mlp.gate_proj", vec![f, h]),
-            ("mlp.up_proj", vec![f, h]),
-            ("mlp.down_proj", vec![h, f]),
-        ] {
-            out.push((format!("{p}{name}.weight"), shape));
-        }
-    }
-    out.push(("model.norm.weight".to_string(), vec![h]));
-    out
-}
 
 /// The output layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExportFormat {
-    /// A Hugging Face folder with this many safetensors shards (1: `model.safetensors`).
+    /// A Hugging Face folder with this many safetensors shards (1: `model.safetensors`), in
+    /// this float dtype.
     Folder {
         /// Number of shards.
         shards: usize,
+        /// f32, f16 or bf16.
+        dtype: DType,
     },
-    /// One GGUF file.
-    Gguf,
+    /// One GGUF file with matrices of this type.
+    Gguf(GgufType),
 }
 
-/// Reads every tensor of `config` from `vb` and writes it to `out` in `format`, in `dtype`
-/// (f32 or f16 for GGUF, whose norm weights stay f32 as llama.cpp stores them). The tokenizer
-/// is copied beside the weights.
+/// Reads every tensor of `config` from `source` and writes it to `out` in `format` (GGUF norm
+/// weights stay f32, as llama.cpp stores them). The tokenizer is copied beside the weights.
 pub fn export(
-    vb: &VarBuilder,
+    source: &WeightSource,
     config: &Gemma2Config,
     tokenizer: &Path,
     out: &Path,
     format: ExportFormat,
-    dtype: DType,
 ) -> Result<(), ModelError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -76,21 +43,21 @@ pub fn export(
     };
     let folder = match format {
         ExportFormat::Folder { .. } => out.to_path_buf(),
-        ExportFormat::Gguf => out.parent().unwrap_or(Path::new(".")).to_path_buf(),
+        ExportFormat::Gguf(_) => out.parent().unwrap_or(Path::new(".")).to_path_buf(),
     };
     std::fs::create_dir_all(&folder).map_err(io(&folder))?;
     let tensors = tensor_shapes(config)
         .into_iter()
         .map(|(name, shape)| {
-            let t = vb.get(shape, &name)?.to_dtype(DType::F32)?;
+            let t = source.tensor(shape, &name)?.to_dtype(DType::F32)?;
             Ok((name, t))
         })
         .collect::<Result<Vec<_>, candle_core::Error>>()?;
     match format {
-        ExportFormat::Folder { shards } => {
+        ExportFormat::Folder { shards, dtype } => {
             write_folder(out, config, tensors, shards.max(1), dtype)?
         }
-        ExportFormat::Gguf => write_gguf(out, config, tensors, dtype)?,
+        ExportFormat::Gguf(kind) => write_gguf(out, config, tensors, kind)?,
     }
     let target = folder.join("tokenizer.json");
     if tokenizer != target {
@@ -153,26 +120,13 @@ fn write_gguf(
     path: &Path,
     c: &Gemma2Config,
     tensors: Vec<(String, Tensor)>,
-    dtype: DType,
+    kind: GgufType,
 ) -> Result<(), ModelError> {
-    let ggml = match dtype {
-        DType::F32 => GgmlDType::F32,
-        DType::F16 => GgmlDType::F16,
-        other => {
-            return Err(ModelError::Unsupported(format!(
-                "GGUF export writes f32 or f16, not {other:?}"
-            )))
-        }
-    };
     let u32_of = |v: usize| Value::U32(v as u32);
     let metadata: Vec<(&str, Value)> = vec![
         ("general.architecture", Value::String("gemma2".into())),
         ("general.name", Value::String("shieldgate export".into())),
-        // llama.cpp's file types: 0 = all F32, 1 = mostly F16.
-        (
-            "general.file_type",
-            Value::U32(u32::from(dtype == DType::F16)),
-        ),
+        ("general.file_type", Value::U32(kind.file_type())),
         ("gemma2.context_length", u32_of(c.max_position_embeddings)),
         ("gemma2.embedding_length", u32_of(c.hidden_size)),
         ("gemma2.block_count", u32_of(c.num_hidden_layers)),
@@ -214,7 +168,7 @@ fn write_gguf(
             // llama.cpp stores Gemma norm weights as (1 + w), in f32.
             QTensor::quantize(&(t + 1.0)?, GgmlDType::F32)?
         } else {
-            QTensor::quantize(t, ggml)?
+            kind.quantize_matrix(name, t, c.num_hidden_layers)?
         };
         quantized.push((gguf_name, q));
     }

@@ -2,7 +2,6 @@
 //! batch may differ in length and in cached prefix, and only the Yes/No logits are computed.
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::VarBuilder;
 
 use super::attention::{Attention, AttentionMask, RopeTables};
 use super::config::Gemma2Config;
@@ -10,6 +9,7 @@ use super::head::YesNoHead;
 use super::kv_cache::KvCache;
 use super::linear::Linear;
 use super::norm::RmsNorm;
+use super::weights::WeightSource;
 
 /// Token id used for padding slots (`<pad>`); padded slots are masked out.
 const PAD_ID: u32 = 0;
@@ -21,11 +21,11 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn load(vb: VarBuilder, c: &Gemma2Config) -> Result<Self> {
+    fn load(ws: &WeightSource, c: &Gemma2Config) -> Result<Self> {
         Ok(Self {
-            gate: Linear::load(vb.pp("gate_proj"), c.hidden_size, c.intermediate_size)?,
-            up: Linear::load(vb.pp("up_proj"), c.hidden_size, c.intermediate_size)?,
-            down: Linear::load(vb.pp("down_proj"), c.intermediate_size, c.hidden_size)?,
+            gate: ws.linear(c.hidden_size, c.intermediate_size, "gate_proj")?,
+            up: ws.linear(c.hidden_size, c.intermediate_size, "up_proj")?,
+            down: ws.linear(c.intermediate_size, c.hidden_size, "down_proj")?,
         })
     }
 
@@ -47,14 +47,14 @@ struct Block {
 }
 
 impl Block {
-    fn load(vb: VarBuilder, c: &Gemma2Config, sliding: bool) -> Result<Self> {
-        let norm = |name: &str| RmsNorm::load(vb.pp(name), c.hidden_size, c.rms_norm_eps);
+    fn load(ws: &WeightSource, c: &Gemma2Config, sliding: bool) -> Result<Self> {
+        let norm = |name: &str| RmsNorm::load(&ws.pp(name), c.hidden_size, c.rms_norm_eps);
         Ok(Self {
             input_norm: norm("input_layernorm")?,
-            attention: Attention::load(vb.pp("self_attn"), c)?,
+            attention: Attention::load(&ws.pp("self_attn"), c)?,
             post_attention_norm: norm("post_attention_layernorm")?,
             pre_ffn_norm: norm("pre_feedforward_layernorm")?,
-            mlp: Mlp::load(vb.pp("mlp"), c)?,
+            mlp: Mlp::load(&ws.pp("mlp"), c)?,
             post_ffn_norm: norm("post_feedforward_layernorm")?,
             sliding,
         })
@@ -103,9 +103,9 @@ pub struct Gemma2 {
 impl Gemma2 {
     /// Loads the weights under `model.` (Hugging Face names) in the builder's dtype; the final
     /// norm and the embedding rows of `head_ids` (Yes, No) are kept in f32.
-    pub fn load(vb: VarBuilder, config: &Gemma2Config, head_ids: [u32; 2]) -> Result<Self> {
-        let vb = vb.pp("model");
-        let embed = vb.get(
+    pub fn load(ws: &WeightSource, config: &Gemma2Config, head_ids: [u32; 2]) -> Result<Self> {
+        let ws = ws.pp("model");
+        let embed = ws.tensor(
             (config.vocab_size, config.hidden_size),
             "embed_tokens.weight",
         )?;
@@ -113,18 +113,18 @@ impl Gemma2 {
             .sliding_layers
             .iter()
             .enumerate()
-            .map(|(i, &sliding)| Block::load(vb.pp(format!("layers.{i}")), config, sliding))
+            .map(|(i, &sliding)| Block::load(&ws.pp(format!("layers.{i}")), config, sliding))
             .collect::<Result<Vec<_>>>()?;
-        let final_norm = RmsNorm::load(vb.pp("norm"), config.hidden_size, config.rms_norm_eps)?;
+        let final_norm = RmsNorm::load(&ws.pp("norm"), config.hidden_size, config.rms_norm_eps)?;
         let head = YesNoHead::new(&embed, head_ids, final_norm, config.final_logit_softcapping)?;
         Ok(Self {
-            rope: RopeTables::new(config, vb.dtype(), vb.device())?,
+            rope: RopeTables::new(config, ws.dtype(), ws.device())?,
             config: config.clone(),
             embed,
             blocks,
             head,
-            dtype: vb.dtype(),
-            device: vb.device().clone(),
+            dtype: ws.dtype(),
+            device: ws.device().clone(),
         })
     }
 

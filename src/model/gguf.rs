@@ -4,10 +4,13 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::quantized::gguf_file::Content;
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
+use std::sync::Arc;
 
+use candle_core::quantized::gguf_file::Content;
+use candle_core::quantized::GgmlDType;
+use candle_core::{DType, Device};
+
+use super::weights::{StoredTensor, WeightSource};
 use super::{Gemma2Config, ModelError};
 
 /// llama.cpp block tensor names and their Hugging Face names; `true` marks norms.
@@ -57,12 +60,14 @@ pub fn gguf_name(hf: &str) -> Option<String> {
         .map(|(g, _, _)| format!("blk.{layer}.{g}.weight"))
 }
 
-/// Reads a GGUF file into a config and a `VarBuilder` over dequantized, renamed tensors.
+/// Reads a GGUF file into a config and its tensors under Hugging Face names: norms and the
+/// embedding dequantized (norms back from `1 + w` to `w`), float matrices as dense tensors,
+/// quantized matrices kept quantized.
 pub fn load(
     path: &Path,
     dtype: DType,
     device: &Device,
-) -> Result<(Gemma2Config, VarBuilder<'static>), ModelError> {
+) -> Result<(Gemma2Config, WeightSource), ModelError> {
     let origin = path.display().to_string();
     let mut file = std::fs::File::open(path).map_err(|source| match source.kind() {
         std::io::ErrorKind::NotFound => ModelError::MissingFile {
@@ -80,7 +85,7 @@ pub fn load(
     };
     let content =
         Content::read(&mut file).map_err(|e| bad(format!("not a readable GGUF file: {e}")))?;
-    let config = Gemma2Config::from_gguf(&content.metadata, &origin)?;
+    let config = Gemma2Config::from_tensors(&content.metadata, &origin)?;
     let mut tensors = HashMap::new();
     for name in content.tensor_infos.keys() {
         let Some((hf, is_norm)) = hf_name(name) else {
@@ -89,18 +94,24 @@ pub fn load(
         let q = content
             .tensor(&mut file, name, device)
             .map_err(|e| bad(format!("tensor {name}: {e}")))?;
-        let mut t: Tensor = q
-            .dequantize(device)
-            .map_err(|e| bad(format!("tensor {name}: {e}")))?;
-        if is_norm {
-            t = (t - 1.0)?;
-        }
-        tensors.insert(hf, t.to_dtype(dtype)?);
+        let float = matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
+        let entry = if float || is_norm || hf == "model.embed_tokens.weight" {
+            let mut t = q
+                .dequantize(device)
+                .map_err(|e| bad(format!("tensor {name}: {e}")))?;
+            if is_norm {
+                t = (t - 1.0)?;
+            }
+            StoredTensor::Dense(t.to_dtype(dtype)?)
+        } else {
+            StoredTensor::Quantized(Arc::new(q))
+        };
+        tensors.insert(hf, entry);
     }
     if !tensors.contains_key("model.embed_tokens.weight") {
         return Err(bad("no token_embd.weight tensor".into()));
     }
-    Ok((config, VarBuilder::from_tensors(tensors, dtype, device)))
+    Ok((config, WeightSource::from_tensors(tensors, dtype, device)))
 }
 
 #[cfg(test)]

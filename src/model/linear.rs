@@ -1,20 +1,15 @@
-//! A bias-free linear layer that multiplies all tokens of a batch as one matrix.
+//! A bias-free linear layer that multiplies all tokens of a batch as one matrix, with dense
+//! or quantized (GGUF) weights.
 
-use candle_core::{Module, Result, Tensor};
-use candle_nn::VarBuilder;
+use candle_core::quantized::QMatMul;
+use candle_core::{DType, Module, Result, Tensor};
 
 /// `y = x W^T` with `W` stored `[out, in]` as in the checkpoints.
-pub struct Linear {
-    weight: Tensor,
-}
-
-impl Linear {
-    /// Loads `weight` of shape `[out, in]`.
-    pub fn load(vb: VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
-        Ok(Self {
-            weight: vb.get((out_dim, in_dim), "weight")?,
-        })
-    }
+pub enum Linear {
+    /// A plain weight matrix in the model's dtype.
+    Dense(Tensor),
+    /// A quantized matrix (Q8_0, Q4_K, ...); activations go through it in f32.
+    Quantized(QMatMul),
 }
 
 impl Module for Linear {
@@ -22,10 +17,14 @@ impl Module for Linear {
         let dims = x.dims();
         let in_dim = dims.last().copied().unwrap_or(0);
         let rows: usize = dims[..dims.len().saturating_sub(1)].iter().product();
-        let y = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
+        let x2 = x.reshape((rows, in_dim))?;
+        let y = match self {
+            Self::Dense(w) => x2.matmul(&w.t()?)?,
+            Self::Quantized(q) => q.forward(&x2.to_dtype(DType::F32)?)?.to_dtype(x.dtype())?,
+        };
         let mut out_shape = dims.to_vec();
         if let Some(last) = out_shape.last_mut() {
-            *last = self.weight.dim(0)?;
+            *last = y.dim(1)?;
         }
         y.reshape(out_shape)
     }

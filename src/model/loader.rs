@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
+use super::quantize::{quantize, GgufType};
+use super::weights::WeightSource;
 use super::{synthetic, Gemma2, Gemma2Config, GemmaTokenizer, ModelError};
 
 /// Where a model comes from.
@@ -70,6 +72,8 @@ pub struct LoadOptions {
     pub device: Device,
     /// A tokenizer.json to use instead of the one beside the weights.
     pub tokenizer: Option<PathBuf>,
+    /// Quantize the matrices to this type while loading.
+    pub quantize: Option<GgufType>,
 }
 
 impl Default for LoadOptions {
@@ -78,6 +82,7 @@ impl Default for LoadOptions {
             dtype: DType::F32,
             device: Device::Cpu,
             tokenizer: None,
+            quantize: None,
         }
     }
 }
@@ -135,7 +140,7 @@ pub struct Weights {
     /// The hyper-parameters.
     pub config: Gemma2Config,
     /// The tensors under their Hugging Face names.
-    pub vb: VarBuilder<'static>,
+    pub source: WeightSource,
     /// The tokenizer.json to use.
     pub tokenizer: PathBuf,
     /// Where the model came from, for outputs and logs.
@@ -160,11 +165,11 @@ pub fn open(source: &ModelSource, opts: &LoadOptions) -> Result<Weights, ModelEr
                 .into(),
         }),
         ModelSource::Gguf(path) => {
-            let (config, vb) = super::gguf::load(path, opts.dtype, &opts.device)?;
+            let (config, source) = super::gguf::load(path, opts.dtype, &opts.device)?;
             let dir = path.parent().unwrap_or(Path::new("."));
             Ok(Weights {
                 config,
-                vb,
+                source,
                 tokenizer: tokenizer_or(dir.join("tokenizer.json")),
                 name: path.display().to_string(),
             })
@@ -182,7 +187,10 @@ pub fn open(source: &ModelSource, opts: &LoadOptions) -> Result<Weights, ModelEr
             };
             Ok(Weights {
                 config,
-                vb: synthetic::var_builder(opts.dtype, &opts.device),
+                source: WeightSource::from_var_builder(synthetic::var_builder(
+                    opts.dtype,
+                    &opts.device,
+                )),
                 tokenizer,
                 name: format!("synthetic:{preset}"),
             })
@@ -192,15 +200,20 @@ pub fn open(source: &ModelSource, opts: &LoadOptions) -> Result<Weights, ModelEr
 
 /// Loads a model from `source`.
 pub fn load(source: &ModelSource, opts: &LoadOptions) -> Result<LoadedModel, ModelError> {
-    let weights = open(source, opts)?;
+    let mut weights = open(source, opts)?;
     let tokenizer = GemmaTokenizer::from_file(&weights.tokenizer)?;
-    let model =
-        Gemma2::load(weights.vb, &weights.config, [tokenizer.yes, tokenizer.no]).map_err(|e| {
-            ModelError::Weights {
-                origin: weights.name.clone(),
-                reason: format!("{e} (is this a Gemma 2 checkpoint matching its config.json?)"),
-            }
-        })?;
+    if let Some(kind) = opts.quantize {
+        weights.source = quantize(&weights.source, &weights.config, kind)?;
+    }
+    let model = Gemma2::load(
+        &weights.source,
+        &weights.config,
+        [tokenizer.yes, tokenizer.no],
+    )
+    .map_err(|e| ModelError::Weights {
+        origin: weights.name.clone(),
+        reason: format!("{e} (is this a Gemma 2 checkpoint matching its config.json?)"),
+    })?;
     Ok(LoadedModel {
         model,
         tokenizer,
@@ -319,7 +332,7 @@ fn open_hf(files: HfFiles, opts: &LoadOptions, name: String) -> Result<Weights, 
     let config = Gemma2Config::from_hf_json(&text, &files.config.display().to_string())?;
     Ok(Weights {
         config,
-        vb: mmap_safetensors(&files.weights, opts)?,
+        source: WeightSource::from_var_builder(mmap_safetensors(&files.weights, opts)?),
         tokenizer: opts.tokenizer.clone().unwrap_or(files.tokenizer),
         name,
     })

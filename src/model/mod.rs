@@ -14,8 +14,10 @@ mod kv_cache;
 mod linear;
 pub mod loader;
 mod norm;
+pub mod quantize;
 pub mod synthetic;
 pub mod tokenizer;
+pub mod weights;
 
 use std::path::PathBuf;
 

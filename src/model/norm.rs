@@ -1,7 +1,8 @@
 //! Gemma's RMSNorm: `x / rms(x) * (1 + w)`, computed in f32 whatever the model dtype.
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::VarBuilder;
+
+use super::weights::WeightSource;
 
 /// An RMSNorm with its `1 + w` scale precomputed in f32.
 pub struct RmsNorm {
@@ -11,8 +12,8 @@ pub struct RmsNorm {
 
 impl RmsNorm {
     /// Loads `weight` (the Hugging Face convention: the stored value is `w`, applied as `1 + w`).
-    pub fn load(vb: VarBuilder, size: usize, eps: f64) -> Result<Self> {
-        let w = vb.get(size, "weight")?.to_dtype(DType::F32)?;
+    pub fn load(ws: &WeightSource, size: usize, eps: f64) -> Result<Self> {
+        let w = ws.tensor(size, "weight")?.to_dtype(DType::F32)?;
         Ok(Self {
             scale: (w + 1.0)?,
             eps: eps as f32,

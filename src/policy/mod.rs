@@ -272,9 +272,7 @@ mod tests {
         let file = dir.path().join("pii.toml");
         std::fs::write(
             &file,
-            "id = \"pii\"\nname = \"Personal data\"\nthreshold = 0.3\n[guideline]\n\
-             prompt = '\"No PII\": The prompt shall not contain personal data.'\n\
-             response = '\"No PII\": The chatbot shall not reveal personal data.'\n",
+            include_str!("../../tests/fixtures/custom-policy.toml"),
         )
         .expect("write");
         let mut set = PolicySet::builtin();

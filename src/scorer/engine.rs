@@ -194,7 +194,7 @@ impl Score for Engine {
         for (&(r, k), [yes, no]) in owners.iter().zip(logits) {
             let (e, _) = &encoded[r];
             results[r].scores.push(PolicyScore {
-                policy: requests[r].policies[k].id.clone(),
+                id: requests[r].policies[k].id.clone(),
                 p_yes: p_yes(yes, no),
                 yes_logit: yes,
                 no_logit: no,

@@ -42,7 +42,7 @@ impl ScoreRequest {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PolicyScore {
     /// The policy's id.
-    pub policy: String,
+    pub id: String,
     /// P(Yes) = softmax over the Yes and No logits.
     pub p_yes: f64,
     /// The final (soft-capped) logit of `Yes` at the last position.

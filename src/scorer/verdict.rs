@@ -4,25 +4,18 @@ use serde::Serialize;
 
 use crate::policy::Policy;
 
-use super::{RequestScores, Truncation};
+use super::{PolicyScore, RequestScores, Truncation};
 
 /// One policy's score and whether it crosses the threshold.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PolicyVerdict {
-    /// The policy's id.
-    pub id: String,
-    /// P(Yes).
-    pub p_yes: f64,
-    /// Raw final logit of `Yes`.
-    pub yes_logit: f32,
-    /// Raw final logit of `No`.
-    pub no_logit: f32,
+    /// The score.
+    #[serde(flatten)]
+    pub score: PolicyScore,
     /// The threshold in force.
     pub threshold: f64,
     /// `p_yes >= threshold`.
     pub violated: bool,
-    /// Tokens in this policy's prompt.
-    pub tokens: usize,
 }
 
 /// The verdicts of one request.
@@ -45,20 +38,16 @@ impl Verdict {
             .iter()
             .zip(policies)
             .map(|(s, p)| PolicyVerdict {
-                id: s.policy.clone(),
-                p_yes: s.p_yes,
-                yes_logit: s.yes_logit,
-                no_logit: s.no_logit,
+                score: s.clone(),
                 threshold: p.threshold,
                 violated: s.p_yes >= p.threshold,
-                tokens: s.tokens,
             })
             .collect();
         Self {
             violated: policies
                 .iter()
                 .filter(|p| p.violated)
-                .map(|p| p.id.clone())
+                .map(|p| p.score.id.clone())
                 .collect(),
             policies,
             truncated: scores.truncated,
@@ -70,15 +59,14 @@ impl Verdict {
 mod tests {
     use super::*;
     use crate::policy::PolicySet;
-    use crate::scorer::PolicyScore;
 
     #[test]
     fn threshold_is_inclusive() {
         let mut policies: Vec<Policy> = PolicySet::builtin().iter().take(2).cloned().collect();
         policies[0].threshold = 0.25;
         policies[1].threshold = 0.9;
-        let score = |policy: &str, p_yes| PolicyScore {
-            policy: policy.into(),
+        let score = |id: &str, p_yes| PolicyScore {
+            id: id.into(),
             p_yes,
             yes_logit: 0.0,
             no_logit: 0.0,

@@ -1,0 +1,142 @@
+//! Where the model's tensors come from: a candle `VarBuilder` (safetensors, synthetic weights)
+//! or stored tensors (a GGUF file, or a model quantized in memory) whose quantized matrices
+//! stay quantized.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{DType, Device, Result, Shape, Tensor};
+use candle_nn::VarBuilder;
+
+use super::linear::Linear;
+
+/// One stored tensor (from a GGUF file or quantized in memory), under its Hugging Face name.
+pub enum StoredTensor {
+    /// Stored as (or dequantized to) a plain tensor.
+    Dense(Tensor),
+    /// A quantized matrix, multiplied as is.
+    Quantized(Arc<QTensor>),
+}
+
+enum Backend {
+    Var(VarBuilder<'static>),
+    Gguf {
+        tensors: HashMap<String, StoredTensor>,
+        dtype: DType,
+        device: Device,
+    },
+}
+
+/// A view of the model's tensors under a name prefix.
+#[derive(Clone)]
+pub struct WeightSource {
+    backend: Arc<Backend>,
+    prefix: String,
+}
+
+impl WeightSource {
+    /// Tensors from a `VarBuilder`, converted to its dtype.
+    pub fn from_var_builder(vb: VarBuilder<'static>) -> Self {
+        Self {
+            backend: Arc::new(Backend::Var(vb)),
+            prefix: String::new(),
+        }
+    }
+
+    /// Tensors read from a GGUF file or quantized in memory; dense ones are used in `dtype`.
+    pub fn from_tensors(
+        tensors: HashMap<String, StoredTensor>,
+        dtype: DType,
+        device: &Device,
+    ) -> Self {
+        Self {
+            backend: Arc::new(Backend::Gguf {
+                tensors,
+                dtype,
+                device: device.clone(),
+            }),
+            prefix: String::new(),
+        }
+    }
+
+    /// The same source under `prefix.name`.
+    pub fn pp(&self, name: impl AsRef<str>) -> Self {
+        let prefix = if self.prefix.is_empty() {
+            name.as_ref().to_string()
+        } else {
+            format!("{}.{}", self.prefix, name.as_ref())
+        };
+        Self {
+            backend: self.backend.clone(),
+            prefix,
+        }
+    }
+
+    fn full_name(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
+    }
+
+    /// The dtype of dense tensors.
+    pub fn dtype(&self) -> DType {
+        match self.backend.as_ref() {
+            Backend::Var(vb) => vb.dtype(),
+            Backend::Gguf { dtype, .. } => *dtype,
+        }
+    }
+
+    /// The device tensors live on.
+    pub fn device(&self) -> &Device {
+        match self.backend.as_ref() {
+            Backend::Var(vb) => vb.device(),
+            Backend::Gguf { device, .. } => device,
+        }
+    }
+
+    fn gguf_entry(&self, shape: &Shape, name: &str) -> Result<&StoredTensor> {
+        let Backend::Gguf { tensors, .. } = self.backend.as_ref() else {
+            candle_core::bail!("not a GGUF source")
+        };
+        let full = self.full_name(name);
+        let entry = tensors
+            .get(&full)
+            .ok_or_else(|| candle_core::Error::Msg(format!("cannot find tensor {full}")))?;
+        let found = match entry {
+            StoredTensor::Dense(t) => t.shape().clone(),
+            StoredTensor::Quantized(q) => q.shape().clone(),
+        };
+        if &found != shape {
+            candle_core::bail!("shape mismatch for {full}: expected {shape:?}, found {found:?}")
+        }
+        Ok(entry)
+    }
+
+    /// A tensor of this shape, dense, in the source's dtype (quantized ones are dequantized).
+    pub fn tensor(&self, shape: impl Into<Shape>, name: &str) -> Result<Tensor> {
+        let shape = shape.into();
+        match self.backend.as_ref() {
+            Backend::Var(vb) => vb.get(shape, &self.full_name(name)),
+            Backend::Gguf { dtype, device, .. } => match self.gguf_entry(&shape, name)? {
+                StoredTensor::Dense(t) => t.to_dtype(*dtype),
+                StoredTensor::Quantized(q) => q.dequantize(device)?.to_dtype(*dtype),
+            },
+        }
+    }
+
+    /// The linear layer `name` (its `weight`, `[out, in]`), quantized if stored quantized.
+    pub fn linear(&self, in_dim: usize, out_dim: usize, name: &str) -> Result<Linear> {
+        let source = self.pp(name);
+        if let Backend::Gguf { .. } = self.backend.as_ref() {
+            if let StoredTensor::Quantized(q) =
+                source.gguf_entry(&Shape::from((out_dim, in_dim)), "weight")?
+            {
+                return Ok(Linear::Quantized(QMatMul::from_arc(q.clone())?));
+            }
+        }
+        Ok(Linear::Dense(source.tensor((out_dim, in_dim), "weight")?))
+    }
+}

@@ -1,0 +1,92 @@
+//! Quantized weights (GGUF Q8_0 / Q4_0 files and in-memory quantization) against the f32 path:
+//! P(Yes) on every parity-fixture prompt.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use candle_core::DType;
+use shieldgate::model::loader::{LoadOptions, ModelSource};
+use shieldgate::model::quantize::GgufType;
+use shieldgate::scorer::{Engine, Score, ScoreRequest};
+
+use crate::common;
+use crate::parity::requests;
+
+fn p_yes(engine: &Engine, batch: &[ScoreRequest]) -> Vec<f64> {
+    engine
+        .score(batch)
+        .expect("scores")
+        .iter()
+        .flat_map(|r| r.scores.iter().map(|s| s.p_yes))
+        .collect()
+}
+
+fn fixture_requests() -> Vec<ScoreRequest> {
+    let fixture = common::fixture();
+    requests(&fixture).into_iter().map(|(r, _)| r).collect()
+}
+
+/// P(Yes) of the f32 model of `preset` on the fixture requests, computed once per preset.
+fn reference(preset: &str) -> Vec<f64> {
+    static CACHE: Mutex<BTreeMap<String, Vec<f64>>> = Mutex::new(BTreeMap::new());
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    cache
+        .entry(preset.to_string())
+        .or_insert_with(|| {
+            let engine = common::engine(preset, DType::F32, Default::default());
+            p_yes(&engine, &fixture_requests())
+        })
+        .clone()
+}
+
+/// (max, mean) |ΔP(Yes)| of `engine` against the f32 model of the same preset.
+fn deltas(preset: &str, engine: &Engine) -> (f64, f64) {
+    let want = reference(preset);
+    let got = p_yes(engine, &fixture_requests());
+    let diffs: Vec<f64> = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).collect();
+    let max = diffs.iter().copied().fold(0.0, f64::max);
+    (max, diffs.iter().sum::<f64>() / diffs.len() as f64)
+}
+
+fn gguf(relative: &str) -> ModelSource {
+    ModelSource::Gguf(common::assets().join(relative))
+}
+
+#[test]
+fn q8_0_gguf_stays_within_0_02_of_f32() {
+    let engine = common::engine_from(&gguf("tiny/model-q8_0.gguf"), LoadOptions::default());
+    let (max, mean) = deltas("tiny", &engine);
+    eprintln!("Q8_0 GGUF: max |ΔP(Yes)| {max:.4}, mean {mean:.4}");
+    assert!(max <= 0.02, "max |ΔP(Yes)| {max}");
+}
+
+#[test]
+fn q4_0_gguf_runs_close_to_f32() {
+    let engine = common::engine_from(&gguf("tiny/model-q4_0.gguf"), LoadOptions::default());
+    let (max, mean) = deltas("tiny", &engine);
+    eprintln!("Q4_0 GGUF: max |ΔP(Yes)| {max:.4}, mean {mean:.4}");
+    assert!(max <= 0.1, "max |ΔP(Yes)| {max}");
+}
+
+#[test]
+fn quantizing_while_loading_matches_f32_closely() {
+    for (preset, kind, bound) in [
+        ("tiny", GgufType::Q8_0, 0.02),
+        // Rows of 48 and 80 do not split into blocks of 32: those matrices stay f16.
+        ("odd", GgufType::Q8_0, 0.02),
+        ("tiny", GgufType::Q4_0, 0.1),
+    ] {
+        let opts = LoadOptions {
+            quantize: Some(kind),
+            ..LoadOptions::default()
+        };
+        let engine = common::engine_from(&ModelSource::Synthetic(preset.into()), opts);
+        let (max, mean) = deltas(preset, &engine);
+        eprintln!("{preset} {kind:?} in memory: max |ΔP(Yes)| {max:.4}, mean {mean:.4}");
+        assert!(max <= bound, "{preset} {kind:?}: max |ΔP(Yes)| {max}");
+        assert!(
+            max > 0.0,
+            "{preset} {kind:?} changed nothing: not quantized?"
+        );
+    }
+}
