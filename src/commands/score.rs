@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cli::ScoreArgs;
 use crate::policy::Policy;
-use crate::prompt::Mode;
+use crate::prompt::{Content, Mode};
 use crate::scorer::verdict::Verdict;
 use crate::scorer::{Engine, Score, ScoreRequest};
 
@@ -258,11 +258,11 @@ fn flush(
                     let verdict = Verdict::new(&scores, policies);
                     totals.scored += 1;
                     totals.flagged += usize::from(!verdict.violated.is_empty());
-                    let mode = if input.response.is_some() {
-                        Mode::Response
-                    } else {
-                        Mode::Prompt
-                    };
+                    let mode = Content {
+                        user: &input.prompt,
+                        response: input.response.as_deref(),
+                    }
+                    .mode();
                     let output = Output {
                         line: Some(line),
                         id: input.id,

@@ -322,11 +322,6 @@ impl Gemma2Config {
         format!("{json:#}\n")
     }
 
-    /// Query heads that share one key/value head.
-    pub fn group_size(&self) -> usize {
-        self.num_attention_heads / self.num_key_value_heads
-    }
-
     fn validate(&self) -> Result<(), String> {
         let positive = [
             ("vocab_size", self.vocab_size),
@@ -389,7 +384,6 @@ mod tests {
         assert_eq!(c.sliding_layers, vec![true, false, true, false]);
         assert_eq!(c.attn_logit_softcapping, 50.0);
         assert_eq!(c.final_logit_softcapping, 30.0);
-        assert_eq!(c.group_size(), 2);
     }
 
     #[test]

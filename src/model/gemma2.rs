@@ -1,7 +1,7 @@
 //! The Gemma 2 decoder, written for scoring: the KV cache is passed in and returned, rows of a
 //! batch may differ in length and in cached prefix, and only the Yes/No logits are computed.
 
-use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_core::{Device, Module, Result, Tensor};
 
 use super::attention::{Attention, AttentionMask, RopeTables};
 use super::config::Gemma2Config;
@@ -96,7 +96,6 @@ pub struct Gemma2 {
     blocks: Vec<Block>,
     head: YesNoHead,
     rope: RopeTables,
-    dtype: DType,
     device: Device,
 }
 
@@ -123,7 +122,6 @@ impl Gemma2 {
             embed,
             blocks,
             head,
-            dtype: ws.dtype(),
             device: ws.device().clone(),
         })
     }
@@ -131,16 +129,6 @@ impl Gemma2 {
     /// The model's hyper-parameters.
     pub fn config(&self) -> &Gemma2Config {
         &self.config
-    }
-
-    /// The dtype the weights and activations use.
-    pub fn dtype(&self) -> DType {
-        self.dtype
-    }
-
-    /// The device the model runs on.
-    pub fn device(&self) -> &Device {
-        &self.device
     }
 
     /// Runs `tokens[b]` (one row per sequence, any lengths, at least one row) after the cached

@@ -17,16 +17,6 @@ impl KvCache {
         self.positions.len()
     }
 
-    /// Number of slots per row, padding included.
-    pub fn slots(&self) -> usize {
-        self.positions.first().map_or(0, Vec::len)
-    }
-
-    /// The number of real (non-padding) tokens of `row`.
-    pub fn tokens(&self, row: usize) -> usize {
-        self.positions[row].iter().flatten().count()
-    }
-
     /// The position the next token of `row` takes.
     pub(crate) fn next_position(&self, row: usize) -> u32 {
         self.positions[row]

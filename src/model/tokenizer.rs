@@ -108,9 +108,4 @@ impl GemmaTokenizer {
             .map(|(&id, &(start, _))| (id, start))
             .collect())
     }
-
-    /// The text of one token id, for display.
-    pub fn token_text(&self, id: u32) -> Option<String> {
-        self.inner.id_to_token(id)
-    }
 }

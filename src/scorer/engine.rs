@@ -72,11 +72,6 @@ impl Engine {
         &self.tokenizer
     }
 
-    /// The model.
-    pub fn model(&self) -> &Gemma2 {
-        &self.model
-    }
-
     /// The settings in force.
     pub fn options(&self) -> EngineOptions {
         self.options
