@@ -5,7 +5,9 @@
 //!   tokenizer); knows nothing of HTTP or policies.
 //! - [`policy`]: the safety policies (built-in four harms and custom TOML files).
 //! - [`prompt`]: ShieldGemma's two templates and their rendering into prefix + suffixes.
-//! - [`scorer`]: the engine that turns requests into P(Yes) per policy, with prefix reuse.
+//! - [`scorer`]: the engine that turns requests into P(Yes) per policy, with prefix reuse, and
+//!   the worker thread that serves it to async code.
+//! - [`proxy`]: the HTTP server (moderation endpoint, health checks).
 //! - [`cli`]: command-line arguments of the `shieldgate` binary; [`commands`] runs them.
 //! - [`telemetry`]: logging setup.
 
@@ -14,5 +16,6 @@ pub mod commands;
 pub mod model;
 pub mod policy;
 pub mod prompt;
+pub mod proxy;
 pub mod scorer;
 pub mod telemetry;

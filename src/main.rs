@@ -13,6 +13,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Score(args) => commands::score::run(args),
         Command::Export(args) => commands::export::run(args),
+        Command::Serve(args) => commands::serve::run(args),
     };
     match result {
         Ok(outcome) => ExitCode::from(outcome.exit_code()),

@@ -6,3 +6,4 @@ mod golden;
 mod hub;
 mod parity;
 mod quantized;
+mod serve;

@@ -34,6 +34,8 @@ pub enum LogFormat {
 pub enum Command {
     /// Score text against the safety policies and print JSON.
     Score(Box<ScoreArgs>),
+    /// Serve the OpenAI-compatible moderation endpoint (the chat proxy is not built yet).
+    Serve(Box<ServeArgs>),
     /// Write a model as a Hugging Face folder or a GGUF file (F32, F16, Q8_0, Q4_0, Q4_K_M).
     #[command(visible_alias = "quantize")]
     Export(ExportArgs),
@@ -140,6 +142,29 @@ pub struct ScoreArgs {
     /// Pretty-print the JSON output.
     #[arg(long)]
     pub pretty: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub policy: PolicyArgs,
+}
+
+/// `shieldgate serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port; the address is printed on stdout).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Largest accepted request body, in bytes (413 beyond).
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_body_bytes: usize,
+    /// Requests that may wait for the scorer before new ones get 429.
+    #[arg(long, default_value_t = 64)]
+    pub queue: usize,
+    /// Most texts scored together in one engine batch.
+    #[arg(long, default_value_t = 16)]
+    pub max_batch: usize,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub model: ModelArgs,

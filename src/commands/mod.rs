@@ -2,6 +2,7 @@
 
 pub mod export;
 pub mod score;
+pub mod serve;
 
 use std::sync::Arc;
 

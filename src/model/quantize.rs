@@ -161,31 +161,16 @@ mod tests {
 
     #[test]
     fn q4_k_m_gives_more_bits_where_llama_cpp_does() {
-        let kind = GgufType::Q4KM;
-        assert_eq!(
-            kind.matrix_type("model.embed_tokens.weight", 26),
-            GgmlDType::Q6K
-        );
-        assert_eq!(
-            kind.matrix_type("model.layers.0.self_attn.v_proj.weight", 26),
-            GgmlDType::Q6K
-        );
-        assert_eq!(
-            kind.matrix_type("model.layers.4.mlp.down_proj.weight", 26),
-            GgmlDType::Q4K
-        );
-        assert_eq!(
-            kind.matrix_type("model.layers.5.mlp.down_proj.weight", 26),
-            GgmlDType::Q6K
-        );
-        assert_eq!(
-            kind.matrix_type("model.layers.5.mlp.up_proj.weight", 26),
-            GgmlDType::Q4K
-        );
-        assert_eq!(
-            kind.matrix_type("model.layers.25.self_attn.v_proj.weight", 26),
-            GgmlDType::Q6K
-        );
+        for (name, want) in [
+            ("model.embed_tokens.weight", GgmlDType::Q6K),
+            ("model.layers.0.self_attn.v_proj.weight", GgmlDType::Q6K),
+            ("model.layers.4.mlp.down_proj.weight", GgmlDType::Q4K),
+            ("model.layers.5.mlp.down_proj.weight", GgmlDType::Q6K),
+            ("model.layers.5.mlp.up_proj.weight", GgmlDType::Q4K),
+            ("model.layers.25.self_attn.v_proj.weight", GgmlDType::Q6K),
+        ] {
+            assert_eq!(GgufType::Q4KM.matrix_type(name, 26), want, "{name}");
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 pub mod encode;
 mod engine;
 pub mod verdict;
+pub mod worker;
 
 use std::sync::Arc;
 

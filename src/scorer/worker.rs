@@ -1,0 +1,117 @@
+//! The scorer worker: one OS thread owns the scorer, async callers reach it through a bounded
+//! queue, and jobs waiting in the queue are scored together as one batch.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{RequestScores, Score, ScoreError, ScoreRequest};
+
+/// Why a job was not scored.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The queue is full: the caller should shed load (429/503).
+    #[error("the scoring queue is full")]
+    QueueFull,
+    /// The worker thread has stopped.
+    #[error("the scorer has stopped")]
+    Stopped,
+    /// The scorer failed.
+    #[error(transparent)]
+    Score(#[from] ScoreError),
+}
+
+impl WorkerError {
+    /// A stable name for error bodies, metrics and logs.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            Self::QueueFull => "queue_full",
+            Self::Stopped => "scorer_stopped",
+            Self::Score(_) => "scoring_failed",
+        }
+    }
+}
+
+struct Job {
+    requests: Vec<ScoreRequest>,
+    reply: oneshot::Sender<Result<Vec<RequestScores>, ScoreError>>,
+    span: tracing::Span,
+}
+
+/// A cloneable handle to the worker thread.
+#[derive(Clone)]
+pub struct ScorerHandle {
+    tx: mpsc::Sender<Job>,
+}
+
+impl ScorerHandle {
+    /// Starts the worker thread. `queue` jobs may wait; up to `max_batch` requests from waiting
+    /// jobs are scored in one batch.
+    pub fn spawn(scorer: Arc<dyn Score>, queue: usize, max_batch: usize) -> std::io::Result<Self> {
+        let (tx, mut rx) = mpsc::channel::<Job>(queue.max(1));
+        std::thread::Builder::new()
+            .name("shieldgate-scorer".into())
+            .spawn(move || {
+                while let Some(first) = rx.blocking_recv() {
+                    let mut jobs = vec![first];
+                    let mut size = jobs[0].requests.len();
+                    while size < max_batch {
+                        match rx.try_recv() {
+                            Ok(job) => {
+                                size += job.requests.len();
+                                jobs.push(job);
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    run_batch(scorer.as_ref(), jobs);
+                }
+            })?;
+        Ok(Self { tx })
+    }
+
+    /// Scores `requests` on the worker; fails at once when the queue is full.
+    pub async fn score(
+        &self,
+        requests: Vec<ScoreRequest>,
+    ) -> Result<Vec<RequestScores>, WorkerError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            requests,
+            reply,
+            span: tracing::Span::current(),
+        };
+        self.tx.try_send(job).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => WorkerError::QueueFull,
+            mpsc::error::TrySendError::Closed(_) => WorkerError::Stopped,
+        })?;
+        Ok(answer.await.map_err(|_| WorkerError::Stopped)??)
+    }
+}
+
+/// Scores several jobs as one batch; if the batch fails, each job is scored alone so that one
+/// bad job does not fail the others.
+fn run_batch(scorer: &dyn Score, jobs: Vec<Job>) {
+    let all: Vec<ScoreRequest> = jobs.iter().flat_map(|j| j.requests.clone()).collect();
+    let _span = jobs.first().map(|j| j.span.clone().entered());
+    match scorer.score(&all) {
+        Ok(mut scores) => {
+            for job in jobs {
+                let rest = scores.split_off(job.requests.len().min(scores.len()));
+                let mine = std::mem::replace(&mut scores, rest);
+                let _ = job.reply.send(Ok(mine));
+            }
+        }
+        Err(e) => {
+            let single = jobs.len() == 1;
+            let mut error = Some(e);
+            for job in jobs {
+                let result = match error.take() {
+                    Some(e) if single => Err(e),
+                    _ => scorer.score(&job.requests),
+                };
+                let _ = job.reply.send(result);
+            }
+        }
+    }
+}
