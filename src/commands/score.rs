@@ -12,7 +12,7 @@ use crate::cli::ScoreArgs;
 use crate::policy::Policy;
 use crate::prompt::{Content, Mode};
 use crate::scorer::verdict::Verdict;
-use crate::scorer::{Engine, Score, ScoreRequest};
+use crate::scorer::{score_each, Engine, Score, ScoreError, ScoreRequest};
 
 use super::{load_engine, load_policies, Outcome};
 
@@ -233,20 +233,7 @@ fn flush(
             Pending::Failed(_) => None,
         })
         .collect();
-    // A batch fails as a whole only when one request cannot be scored: then score each alone
-    // so that only that line is reported.
-    let mut results = match engine.score(&requests) {
-        Ok(scores) => scores.into_iter().map(Ok).collect::<Vec<_>>(),
-        Err(_) => requests
-            .iter()
-            .map(|r| {
-                engine
-                    .score(std::slice::from_ref(r))
-                    .map(|mut v| v.remove(0))
-            })
-            .collect(),
-    }
-    .into_iter();
+    let mut results = score_each(engine, &requests).into_iter();
     for entry in pending.drain(..) {
         match entry {
             Pending::Failed(error) => {
@@ -281,7 +268,7 @@ fn flush(
                     };
                     write_json(out, &error, args.pretty)?;
                 }
-                None => bail!("internal error: the engine returned fewer results than requests"),
+                None => return Err(ScoreError::MissingResult.into()),
             },
         }
     }

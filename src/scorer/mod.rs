@@ -74,6 +74,29 @@ pub trait Score: Send + Sync {
     fn score(&self, requests: &[ScoreRequest]) -> Result<Vec<RequestScores>, ScoreError>;
 }
 
+/// Scores a batch and returns one result per request: when the batch fails as a whole (one
+/// request cannot be scored), each request is scored alone so that only the bad ones fail.
+pub fn score_each(
+    scorer: &dyn Score,
+    requests: &[ScoreRequest],
+) -> Vec<Result<RequestScores, ScoreError>> {
+    let one = |r: &ScoreRequest| {
+        scorer
+            .score(std::slice::from_ref(r))?
+            .pop()
+            .ok_or(ScoreError::MissingResult)
+    };
+    match scorer.score(requests) {
+        Ok(scores) if scores.len() == requests.len() => scores.into_iter().map(Ok).collect(),
+        Ok(_) => requests
+            .iter()
+            .map(|_| Err(ScoreError::MissingResult))
+            .collect(),
+        Err(e) if requests.len() == 1 => vec![Err(e)],
+        Err(_) => requests.iter().map(one).collect(),
+    }
+}
+
 /// Why scoring failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ScoreError {
@@ -100,6 +123,9 @@ pub enum ScoreError {
         /// The limit.
         max_tokens: usize,
     },
+    /// A scorer broke its contract of one result per request.
+    #[error("internal error: the scorer returned fewer results than requests")]
+    MissingResult,
     /// The template uses a marker the tokenizer does not know.
     #[error("prompt template: {0}")]
     Template(String),
@@ -114,6 +140,43 @@ impl From<candle_core::Error> for ScoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::policy::PolicySet;
+
+    /// Fails any batch that holds a request whose user text is "bad".
+    struct FailsOnBad;
+
+    impl Score for FailsOnBad {
+        fn score(&self, requests: &[ScoreRequest]) -> Result<Vec<RequestScores>, ScoreError> {
+            if requests.iter().any(|r| r.user == "bad") {
+                return Err(ScoreError::NoPolicies);
+            }
+            Ok(requests
+                .iter()
+                .map(|_| RequestScores {
+                    scores: Vec::new(),
+                    truncated: None,
+                })
+                .collect())
+        }
+    }
+
+    fn request(user: &str) -> ScoreRequest {
+        ScoreRequest {
+            user: user.into(),
+            response: None,
+            policies: PolicySet::builtin().iter().cloned().collect(),
+        }
+    }
+
+    #[test]
+    fn one_bad_request_fails_alone() {
+        let results = score_each(&FailsOnBad, &[request("a"), request("bad"), request("c")]);
+        let ok: Vec<bool> = results.iter().map(Result::is_ok).collect();
+        assert_eq!(ok, [true, false, true]);
+        let single = score_each(&FailsOnBad, &[request("bad")]);
+        assert!(matches!(single[..], [Err(ScoreError::NoPolicies)]));
+    }
 
     #[test]
     fn p_yes_is_the_two_way_softmax() {

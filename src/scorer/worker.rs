@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{RequestScores, Score, ScoreError, ScoreRequest};
+use super::{score_each, RequestScores, Score, ScoreError, ScoreRequest};
 
 /// Why a job was not scored.
 #[derive(Debug, thiserror::Error)]
@@ -89,29 +89,13 @@ impl ScorerHandle {
     }
 }
 
-/// Scores several jobs as one batch; if the batch fails, each job is scored alone so that one
-/// bad job does not fail the others.
+/// Scores several jobs as one batch; a request that cannot be scored fails only its own job.
 fn run_batch(scorer: &dyn Score, jobs: Vec<Job>) {
     let all: Vec<ScoreRequest> = jobs.iter().flat_map(|j| j.requests.clone()).collect();
     let _span = jobs.first().map(|j| j.span.clone().entered());
-    match scorer.score(&all) {
-        Ok(mut scores) => {
-            for job in jobs {
-                let rest = scores.split_off(job.requests.len().min(scores.len()));
-                let mine = std::mem::replace(&mut scores, rest);
-                let _ = job.reply.send(Ok(mine));
-            }
-        }
-        Err(e) => {
-            let single = jobs.len() == 1;
-            let mut error = Some(e);
-            for job in jobs {
-                let result = match error.take() {
-                    Some(e) if single => Err(e),
-                    _ => scorer.score(&job.requests),
-                };
-                let _ = job.reply.send(result);
-            }
-        }
+    let mut results = score_each(scorer, &all).into_iter();
+    for job in jobs {
+        let mine: Result<Vec<_>, _> = results.by_ref().take(job.requests.len()).collect();
+        let _ = job.reply.send(mine);
     }
 }
