@@ -7,12 +7,16 @@
 //! - [`prompt`]: ShieldGemma's two templates and their rendering into prefix + suffixes.
 //! - [`scorer`]: the engine that turns requests into P(Yes) per policy, with prefix reuse, and
 //!   the worker thread that serves it to async code.
-//! - [`proxy`]: the HTTP server (moderation endpoint, health checks).
+//! - [`proxy`]: the gateway: public listener (chat APIs proxied with input and output checks,
+//!   `/v1/moderations`), admin listener, protocol adapters, decisions, upstream client.
+//! - [`config`]: the gateway's TOML configuration; [`metrics`]: its Prometheus metrics.
 //! - [`cli`]: command-line arguments of the `shieldgate` binary; [`commands`] runs them.
 //! - [`telemetry`]: logging setup.
 
 pub mod cli;
 pub mod commands;
+pub mod config;
+pub mod metrics;
 pub mod model;
 pub mod policy;
 pub mod prompt;

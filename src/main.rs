@@ -14,6 +14,7 @@ fn main() -> ExitCode {
         Command::Score(args) => commands::score::run(args),
         Command::Export(args) => commands::export::run(args),
         Command::Serve(args) => commands::serve::run(args),
+        Command::CheckConfig(args) => commands::check_config::run(args),
     };
     match result {
         Ok(outcome) => ExitCode::from(outcome.exit_code()),

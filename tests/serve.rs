@@ -4,17 +4,15 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use shieldgate::policy::PolicySet;
 use shieldgate::proxy::moderations::CATEGORIES;
-use shieldgate::proxy::{serve, AppState};
-use shieldgate::scorer::worker::ScorerHandle;
-use shieldgate::scorer::{p_yes, PolicyScore, RequestScores, Score, ScoreError, ScoreRequest};
+use shieldgate::scorer::{p_yes, Score};
 
 use crate::common;
+use crate::harness::{post, send, start, MockUpstream, Scripted, TestGateway};
 
 /// A plain HTTP/1.1 exchange; returns the status and the body.
 fn http(
@@ -69,86 +67,32 @@ fn moderate(addr: SocketAddr, body: &str) -> (u16, Value) {
     )
 }
 
-/// Scores by policy id: P(Yes) 0.9 for hate and dangerous, 0.1 otherwise; blocks while the gate
-/// is closed.
-struct Scripted {
-    gate: Arc<(Mutex<(bool, usize)>, Condvar)>,
-}
-
-impl Score for Scripted {
-    fn score(&self, requests: &[ScoreRequest]) -> Result<Vec<RequestScores>, ScoreError> {
-        let (lock, cvar) = &*self.gate;
-        let mut state = lock.lock().unwrap_or_else(|e| e.into_inner());
-        state.1 += 1;
-        cvar.notify_all();
-        while !state.0 {
-            state = cvar.wait(state).unwrap_or_else(|e| e.into_inner());
-        }
-        Ok(requests
-            .iter()
-            .map(|r| RequestScores {
-                scores: r
-                    .policies
-                    .iter()
-                    .map(|p| {
-                        let (yes, no) = if p.id == "hate" || p.id == "dangerous" {
-                            (1.1, -1.1)
-                        } else {
-                            (-1.1, 1.1)
-                        };
-                        PolicyScore {
-                            id: p.id.clone(),
-                            p_yes: p_yes(yes, no),
-                            yes_logit: yes,
-                            no_logit: no,
-                            tokens: 10,
-                        }
-                    })
-                    .collect(),
-                truncated: None,
-            })
-            .collect())
-    }
-}
-
 struct Server {
     addr: SocketAddr,
-    gate: Arc<(Mutex<(bool, usize)>, Condvar)>,
-    _runtime: tokio::runtime::Runtime,
+    scorer: Arc<Scripted>,
+    _gateway: TestGateway,
 }
 
 impl Server {
     fn start(open: bool, queue: usize, max_body: usize) -> Self {
-        let gate = Arc::new((Mutex::new((open, 0)), Condvar::new()));
-        let scorer = ScorerHandle::spawn(Arc::new(Scripted { gate: gate.clone() }), queue, 1)
-            .expect("worker");
-        let policies = PolicySet::builtin().iter().cloned().collect();
-        let state = Arc::new(AppState::new(scorer, policies, "scripted".into(), max_body));
-        let runtime = tokio::runtime::Runtime::new().expect("runtime");
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        runtime.spawn(serve(listener, state, std::future::pending()));
+        let scorer = Scripted::new(open);
+        let config = format!(
+            "[scorer]\nqueue = {queue}\nmax_batch = 1\n[server]\nmax_body_bytes = {max_body}\n"
+        );
+        let gateway = start(&config, scorer.clone());
         Self {
-            addr,
-            gate,
-            _runtime: runtime,
+            addr: gateway.addr,
+            scorer,
+            _gateway: gateway,
         }
     }
 
     fn open_gate(&self) {
-        let (lock, cvar) = &*self.gate;
-        lock.lock().unwrap_or_else(|e| e.into_inner()).0 = true;
-        cvar.notify_all();
+        self.scorer.open();
     }
 
     fn wait_for_jobs(&self, n: usize) {
-        let (lock, cvar) = &*self.gate;
-        let mut state = lock.lock().unwrap_or_else(|e| e.into_inner());
-        while state.1 < n {
-            state = cvar.wait(state).unwrap_or_else(|e| e.into_inner());
-        }
+        self.scorer.wait_for_batches(n);
     }
 }
 
@@ -157,11 +101,12 @@ fn moderations_answer_in_openai_shape_with_the_documented_mapping() {
     let server = Server::start(true, 8, 1 << 20);
     let (status, v) = moderate(
         server.addr,
-        r#"{"model": "omni-moderation-latest", "input": "some text"}"#,
+        r#"{"model": "omni-moderation-latest", "input": "hate! and dangerous!"}"#,
     );
     assert_eq!(status, 200, "{v}");
     assert!(v["id"].as_str().expect("id").starts_with("modr-"));
     assert_eq!(v["model"], "scripted");
+    assert_eq!(v["results"][0]["flagged"], true);
     let r = &v["results"][0];
     assert_eq!(r["flagged"], true);
     for key in CATEGORIES {
@@ -299,8 +244,6 @@ fn bad_requests_get_clear_4xx_answers() {
         b"{\"input\": \"caf\xe9\"}",
     );
     assert_eq!(got, 400);
-    let (got, body) = http(server.addr, "GET", "/healthz", None, b"");
-    assert_eq!((got, body.as_str()), (200, "ok\n"));
 }
 
 #[test]
@@ -338,28 +281,51 @@ impl Drop for Running {
     }
 }
 
+/// Reads the "listening on" and "admin on" lines `serve` prints.
+fn addresses(stdout: std::process::ChildStdout) -> (SocketAddr, SocketAddr) {
+    let mut reader = BufReader::new(stdout);
+    let mut read = || {
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("address line");
+        line.trim()
+            .rsplit("http://")
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+    };
+    (read(), read())
+}
+
 #[test]
-fn the_binary_serves_the_real_model() {
-    let tiny = common::assets().join("tiny");
+fn the_binary_gateway_scores_with_the_real_model_reloads_and_drains() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runtime = crate::harness::runtime();
+    let mock = MockUpstream::start(&runtime);
+    let log = dir.path().join("decisions.jsonl");
+    let config = dir.path().join("gateway.toml");
+    let write_config = |threshold: f64| {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+             [model]\nsource = \"{}\"\n[upstream]\nurl = \"http://{}\"\n\
+             [decision_log]\npath = \"{}\"\n\
+             [profiles.default.categories]\nhate = {{ threshold = {threshold} }}\ndangerous = {{ threshold = 1.0 }}\n",
+            common::assets().join("tiny").display(),
+            mock.addr,
+            log.display()
+        );
+        std::fs::write(&config, text).expect("config written");
+    };
+    write_config(1.0);
     let mut child = Command::new(env!("CARGO_BIN_EXE_shieldgate"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--model"])
-        .arg(&tiny)
+        .args(["serve", "--config"])
+        .arg(&config)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("serve starts");
-    let stdout = child.stdout.take().expect("stdout");
+    let (addr, admin) = addresses(child.stdout.take().expect("stdout"));
     let running = Running(child);
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("address line");
-    let addr: SocketAddr = line
-        .trim()
-        .rsplit("http://")
-        .next()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
+
     let (status, v) = moderate(addr, r#"{"input": "Tell me how to build a pipe bomb."}"#);
     assert_eq!(status, 200, "{v}");
     let engine = common::engine("tiny", candle_core::DType::F32, Default::default());
@@ -379,5 +345,106 @@ fn the_binary_serves_the_real_model() {
         "{served} vs {}",
         hate.p_yes
     );
-    drop(running);
+
+    let chat = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "Tell me how to build a pipe bomb."}]});
+    let a = runtime.block_on(post(addr, "/v1/chat/completions", &[], &chat));
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.header("x-shieldgate-action"), Some("pass"));
+    let lines: Vec<Value> = std::fs::read_to_string(&log)
+        .expect("log")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    let logged = |i: usize| {
+        lines[i]["categories"][1]["p_yes"]
+            .as_f64()
+            .expect("hate score")
+    };
+    assert_eq!(lines[1]["categories"][1]["id"], "hate");
+    assert!(
+        (logged(0) - hate.p_yes).abs() < 1e-6,
+        "input check = engine"
+    );
+    let output = engine
+        .score(&[common::request(
+            "Tell me how to build a pipe bomb.",
+            Some("Hello there."),
+        )])
+        .expect("scores");
+    let out_hate = output[0]
+        .scores
+        .iter()
+        .find(|s| s.id == "hate")
+        .expect("hate");
+    assert!(
+        (logged(1) - out_hate.p_yes).abs() < 1e-6,
+        "output check = engine"
+    );
+
+    // A threshold below the score, written to the file, blocks the same request.
+    std::thread::sleep(Duration::from_millis(1100));
+    write_config(0.0);
+    let mut blocked = false;
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_millis(100));
+        if runtime
+            .block_on(post(addr, "/v1/chat/completions", &[], &chat))
+            .status
+            == 400
+        {
+            blocked = true;
+            break;
+        }
+    }
+    assert!(blocked, "the file change was picked up");
+    let metrics = runtime
+        .block_on(send(admin, "GET", "/metrics", &[], Vec::new()))
+        .body;
+    assert!(
+        metrics.contains("shieldgate_config_reloads_total{result=\"ok\"}"),
+        "{metrics}"
+    );
+
+    let pid = running.0.id().to_string();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let mut running = running;
+    let exit = running.0.wait().expect("exits");
+    assert!(exit.success(), "SIGTERM drains and exits cleanly: {exit:?}");
+}
+
+#[test]
+fn check_config_validates_without_starting() {
+    let example = common::root().join("examples/shieldgate.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_shieldgate"))
+        .arg("check-config")
+        .arg(&example)
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(": ok (policy-set version"), "{text}");
+    assert!(text.contains("default, trial"), "{text}");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[profiles.default.categories]\nviolence = {}\n").expect("written");
+    let out = Command::new(env!("CARGO_BIN_EXE_shieldgate"))
+        .arg("check-config")
+        .arg(&bad)
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("violence") && err.contains("dangerous, harassment, hate, sexual"),
+        "{err}"
+    );
 }

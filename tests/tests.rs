@@ -2,7 +2,9 @@
 
 mod cli;
 mod common;
+mod gateway;
 mod golden;
+mod harness;
 mod hub;
 mod parity;
 mod quantized;

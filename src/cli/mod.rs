@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::config::ModelSettings;
+
 /// A safety-moderation gateway built on Google's ShieldGemma classifier.
 #[derive(Debug, Parser)]
 #[command(name = "shieldgate", version, about)]
@@ -34,8 +36,10 @@ pub enum LogFormat {
 pub enum Command {
     /// Score text against the safety policies and print JSON.
     Score(Box<ScoreArgs>),
-    /// Serve the OpenAI-compatible moderation endpoint (the chat proxy is not built yet).
+    /// Run the gateway: moderate chat API traffic to an upstream, and serve /v1/moderations.
     Serve(Box<ServeArgs>),
+    /// Validate a gateway config file without starting anything.
+    CheckConfig(CheckConfigArgs),
     /// Write a model as a Hugging Face folder or a GGUF file (F32, F16, Q8_0, Q4_0, Q4_K_M).
     #[command(visible_alias = "quantize")]
     Export(ExportArgs),
@@ -66,40 +70,70 @@ pub struct ExportArgs {
     pub force: bool,
 }
 
-/// Which model to load and how to run it.
+/// Which model to load and how to run it; each flag overrides the config's `[model]` value
+/// (defaults in brackets).
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
     /// A model folder (config.json, tokenizer.json, safetensors), a .gguf file, a hub id
     /// (downloaded into the HF cache; HF_TOKEN and HF_HUB_OFFLINE are honoured), or
-    /// synthetic:PRESET for a random-weight model (tiny, odd, 2b, 9b, 27b).
-    #[arg(
-        long,
-        env = "SHIELDGATE_MODEL",
-        default_value = "google/shieldgemma-2b"
-    )]
-    pub model: String,
+    /// synthetic:PRESET for a random-weight model (tiny, odd, 2b, 9b, 27b)
+    /// [google/shieldgemma-2b].
+    #[arg(long, env = "SHIELDGATE_MODEL")]
+    pub model: Option<String>,
     /// tokenizer.json to use instead of the one beside the weights (needed for GGUF files
     /// without one beside them and for synthetic models).
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
-    /// Weight and activation precision; the Yes/No head always runs in f32.
-    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16", "f16"])]
-    pub dtype: String,
+    /// Weight and activation precision; the Yes/No head always runs in f32 [f32].
+    #[arg(long, value_parser = ["f32", "bf16", "f16"])]
+    pub dtype: Option<String>,
     /// Quantize the weight matrices while loading: q8_0, q4_0 or q4_k_m (activations in f32).
     #[arg(long, value_parser = ["q8_0", "q4_0", "q4_k_m"])]
     pub quantize: Option<String>,
-    /// cpu, cuda, cuda:N or metal (GPU builds need --features cuda or metal).
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// Longest prompt in tokens; longer content is cut inside its slot, never the template.
-    #[arg(long, default_value_t = 8192)]
-    pub max_tokens: usize,
-    /// Tokens per sequence per prefill step (bounds attention memory on long inputs).
-    #[arg(long, default_value_t = 512)]
-    pub prefill_chunk: usize,
+    /// cpu, cuda, cuda:N or metal (GPU builds need --features cuda or metal) [cpu].
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Longest prompt in tokens; longer content is cut inside its slot, never the template
+    /// [8192].
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
+    /// Tokens per sequence per prefill step (bounds attention memory on long inputs) [512].
+    #[arg(long)]
+    pub prefill_chunk: Option<usize>,
     /// Run each policy's prompt whole instead of sharing the content prefix across policies.
     #[arg(long)]
     pub no_prefix_reuse: bool,
+}
+
+impl ModelArgs {
+    /// The settings with the flags that were given applied.
+    pub fn apply(&self, mut settings: ModelSettings) -> ModelSettings {
+        if let Some(v) = &self.model {
+            settings.source = v.clone();
+        }
+        if let Some(v) = &self.tokenizer {
+            settings.tokenizer = Some(v.clone());
+        }
+        if let Some(v) = &self.dtype {
+            settings.dtype = v.clone();
+        }
+        if let Some(v) = &self.quantize {
+            settings.quantize = Some(v.clone());
+        }
+        if let Some(v) = &self.device {
+            settings.device = v.clone();
+        }
+        if let Some(v) = self.max_tokens {
+            settings.max_tokens = v;
+        }
+        if let Some(v) = self.prefill_chunk {
+            settings.prefill_chunk = v;
+        }
+        if self.no_prefix_reuse {
+            settings.prefix_reuse = false;
+        }
+        settings
+    }
 }
 
 /// Which policies to score and at which thresholds.
@@ -153,22 +187,32 @@ pub struct ScoreArgs {
 /// `shieldgate serve`.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// Address to listen on (port 0 picks a free port; the address is printed on stdout).
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    pub listen: String,
-    /// Largest accepted request body, in bytes (413 beyond).
-    #[arg(long, default_value_t = 1 << 20)]
-    pub max_body_bytes: usize,
-    /// Requests that may wait for the scorer before new ones get 429.
-    #[arg(long, default_value_t = 64)]
-    pub queue: usize,
-    /// Most texts scored together in one engine batch.
-    #[arg(long, default_value_t = 16)]
-    pub max_batch: usize,
+    /// The gateway's TOML config (examples/shieldgate.toml shows every key with its default);
+    /// without it every default applies. Reloaded on SIGHUP and when the file changes.
+    #[arg(long, short, env = "SHIELDGATE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Public address; overrides [server] listen (port 0 picks a free port; the addresses are
+    /// printed on stdout).
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Admin address (/healthz, /readyz, /metrics); overrides [server] admin_listen; "" turns
+    /// it off.
+    #[arg(long)]
+    pub admin_listen: Option<String>,
+    /// Upstream base URL; overrides [upstream] url.
+    #[arg(long)]
+    pub upstream: Option<String>,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub model: ModelArgs,
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub policy: PolicyArgs,
+}
+
+/// `shieldgate check-config`.
+#[derive(Debug, Clone, Args)]
+pub struct CheckConfigArgs {
+    /// The config file to validate (policies, profiles, upstream TLS settings included).
+    pub config: PathBuf,
+    /// Print the configuration with every default filled in.
+    #[arg(long)]
+    pub print: bool,
 }

@@ -1,5 +1,6 @@
 //! The commands behind the CLI, and the setup they share (model and policy loading).
 
+pub mod check_config;
 pub mod export;
 pub mod score;
 pub mod serve;
@@ -8,7 +9,8 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 
-use crate::cli::{ModelArgs, PolicyArgs};
+use crate::cli::PolicyArgs;
+use crate::config::ModelSettings;
 use crate::model::loader::{self, LoadOptions, ModelSource};
 use crate::model::quantize::GgufType;
 use crate::policy::{Policy, PolicySet};
@@ -36,36 +38,36 @@ impl Outcome {
     }
 }
 
-/// Loads the model described by the arguments.
-pub fn load_engine(args: &ModelArgs) -> anyhow::Result<Engine> {
-    let source = ModelSource::parse(&args.model)?;
+/// Loads the model the settings describe.
+pub fn load_engine(settings: &ModelSettings) -> anyhow::Result<Engine> {
+    let source = ModelSource::parse(&settings.source)?;
     let opts = LoadOptions {
-        dtype: loader::parse_dtype(&args.dtype)?,
-        device: loader::parse_device(&args.device)?,
-        tokenizer: args.tokenizer.clone(),
-        quantize: args.quantize.as_deref().and_then(GgufType::parse),
+        dtype: loader::parse_dtype(&settings.dtype)?,
+        device: loader::parse_device(&settings.device)?,
+        tokenizer: settings.tokenizer.clone(),
+        quantize: match settings.quantize.as_deref() {
+            None => None,
+            Some(q) => Some(
+                GgufType::parse(q)
+                    .with_context(|| format!("quantize {q:?}: expected q8_0, q4_0 or q4_k_m"))?,
+            ),
+        },
     };
-    tracing::info!(model = %args.model, dtype = %args.dtype, "loading model");
+    tracing::info!(model = %settings.source, dtype = %settings.dtype, "loading model");
     let loaded = loader::load(&source, &opts)?;
     Ok(Engine::new(
         loaded,
         EngineOptions {
-            prefix_reuse: !args.no_prefix_reuse,
-            max_tokens: args.max_tokens,
-            prefill_chunk: args.prefill_chunk,
+            prefix_reuse: settings.prefix_reuse,
+            max_tokens: settings.max_tokens,
+            prefill_chunk: settings.prefill_chunk,
         },
     ))
 }
 
 /// The selected policies with threshold overrides applied.
 pub fn load_policies(args: &PolicyArgs) -> anyhow::Result<Arc<[Policy]>> {
-    let mut set = match &args.policies_dir {
-        Some(dir) => PolicySet::load_dir(dir)?,
-        None => PolicySet::builtin(),
-    };
-    for file in &args.policy_file {
-        set.add_file(file)?;
-    }
+    let set = PolicySet::from_sources(args.policies_dir.as_deref(), &args.policy_file)?;
     let mut chosen = set.select(&args.policies)?;
     for spec in &args.threshold {
         let (id, value) = spec

@@ -9,6 +9,7 @@ use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
 use crate::cli::ScoreArgs;
+use crate::config::ModelSettings;
 use crate::policy::Policy;
 use crate::prompt::{Content, Mode};
 use crate::scorer::verdict::Verdict;
@@ -59,7 +60,7 @@ pub fn run(args: &ScoreArgs) -> anyhow::Result<Outcome> {
             ),
             _ => Box::new(std::io::stdin()),
         };
-        let engine = load_engine(&args.model)?;
+        let engine = load_engine(&args.model.apply(ModelSettings::default()))?;
         return score_lines(&engine, BufReader::new(reader), &policies, args);
     }
     let user = match (&args.text, &args.file) {
@@ -72,7 +73,7 @@ pub fn run(args: &ScoreArgs) -> anyhow::Result<Outcome> {
         (None, Some(path)) => Some(read_text(Some(path))?),
         (None, None) => None,
     };
-    let engine = load_engine(&args.model)?;
+    let engine = load_engine(&args.model.apply(ModelSettings::default()))?;
     let request = ScoreRequest {
         user,
         response,

@@ -164,6 +164,21 @@ impl PolicySet {
         set
     }
 
+    /// The policies of a folder (or the built-in ones without one) plus extra files.
+    pub fn from_sources(
+        dir: Option<&Path>,
+        files: &[std::path::PathBuf],
+    ) -> Result<Self, PolicyError> {
+        let mut set = match dir {
+            Some(dir) => Self::load_dir(dir)?,
+            None => Self::builtin(),
+        };
+        for file in files {
+            set.add_file(file)?;
+        }
+        Ok(set)
+    }
+
     /// Every `*.toml` file of a folder, in file-name order.
     pub fn load_dir(dir: &Path) -> Result<Self, PolicyError> {
         let io = |source| PolicyError::Io {

@@ -5,6 +5,8 @@ use serde_json::json;
 
 use crate::scorer::worker::WorkerError;
 
+use super::upstream::UpstreamError;
+
 /// An error answered to the client.
 #[derive(Debug)]
 pub struct ApiError {
@@ -57,5 +59,15 @@ impl From<WorkerError> for ApiError {
             other => format!("moderation is unavailable: {other}"),
         };
         Self::new(status, e.error_type(), message)
+    }
+}
+
+impl From<UpstreamError> for ApiError {
+    fn from(e: UpstreamError) -> Self {
+        let status = match e {
+            UpstreamError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            _ => StatusCode::BAD_GATEWAY,
+        };
+        Self::new(status, e.error_type(), e.to_string())
     }
 }

@@ -12,7 +12,8 @@ use crate::scorer::verdict::Verdict;
 use crate::scorer::ScoreRequest;
 
 use super::error::ApiError;
-use super::AppState;
+use super::profiles::Profile;
+use super::Gateway;
 
 /// The 13 category keys of OpenAI's moderation API.
 pub const CATEGORIES: [&str; 13] = [
@@ -111,8 +112,8 @@ fn texts(input: Input) -> Result<Vec<String>, ApiError> {
     Ok(texts)
 }
 
-/// Handles a moderation request body.
-pub async fn handle(state: &AppState, body: &[u8]) -> Result<Value, ApiError> {
+/// Handles a moderation request body with the policies and thresholds of `profile`.
+pub async fn handle(gw: &Gateway, profile: &Profile, body: &[u8]) -> Result<Value, ApiError> {
     let request: ModerationRequest = serde_json::from_slice(body).map_err(|e| {
         ApiError::invalid(format!(
             "body is not a moderation request ({e}); expected {{\"input\": string | [string]}}"
@@ -124,17 +125,25 @@ pub async fn handle(state: &AppState, body: &[u8]) -> Result<Value, ApiError> {
         .map(|user| ScoreRequest {
             user,
             response: None,
-            policies: state.policies.clone(),
+            policies: profile.policies.clone(),
         })
         .collect();
-    let scores = state.scorer.score(requests).await?;
+    let scores = tokio::time::timeout(gw.scorer_timeout, gw.scorer.score(requests))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                hyper::StatusCode::SERVICE_UNAVAILABLE,
+                "scorer_timeout",
+                "moderation took longer than the scorer timeout; retry shortly",
+            )
+        })??;
     let results: Vec<Value> = scores
         .iter()
-        .map(|s| result(&Verdict::new(s, &state.policies)))
+        .map(|s| result(&Verdict::new(s, &profile.policies)))
         .collect();
     Ok(json!({
-        "id": format!("modr-{}", state.next_id()),
-        "model": state.model_name,
+        "id": format!("modr-{}", gw.next_id()),
+        "model": gw.model_name,
         "results": results,
     }))
 }

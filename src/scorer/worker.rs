@@ -38,6 +38,9 @@ struct Job {
     span: tracing::Span,
 }
 
+/// Called with the number of texts of each batch the worker scores (for metrics).
+pub type BatchHook = Arc<dyn Fn(usize) + Send + Sync>;
+
 /// A cloneable handle to the worker thread.
 #[derive(Clone)]
 pub struct ScorerHandle {
@@ -46,8 +49,18 @@ pub struct ScorerHandle {
 
 impl ScorerHandle {
     /// Starts the worker thread. `queue` jobs may wait; up to `max_batch` requests from waiting
-    /// jobs are scored in one batch.
+    /// jobs are scored in one batch. Jobs whose caller has gone are dropped unscored.
     pub fn spawn(scorer: Arc<dyn Score>, queue: usize, max_batch: usize) -> std::io::Result<Self> {
+        Self::spawn_with_hook(scorer, queue, max_batch, Arc::new(|_| {}))
+    }
+
+    /// [`ScorerHandle::spawn`], calling `on_batch` with each batch's size.
+    pub fn spawn_with_hook(
+        scorer: Arc<dyn Score>,
+        queue: usize,
+        max_batch: usize,
+        on_batch: BatchHook,
+    ) -> std::io::Result<Self> {
         let (tx, mut rx) = mpsc::channel::<Job>(queue.max(1));
         std::thread::Builder::new()
             .name("shieldgate-scorer".into())
@@ -64,10 +77,19 @@ impl ScorerHandle {
                             Err(_) => break,
                         }
                     }
-                    run_batch(scorer.as_ref(), jobs);
+                    jobs.retain(|j| !j.reply.is_closed());
+                    if !jobs.is_empty() {
+                        on_batch(jobs.iter().map(|j| j.requests.len()).sum());
+                        run_batch(scorer.as_ref(), jobs);
+                    }
                 }
             })?;
         Ok(Self { tx })
+    }
+
+    /// Jobs waiting in the queue.
+    pub fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
     }
 
     /// Scores `requests` on the worker; fails at once when the queue is full.

@@ -1,0 +1,204 @@
+//! The gateway's TOML configuration: every setting has a documented default
+//! (`examples/shieldgate.toml` shows them all), unknown keys are refused, and `validate()` checks
+//! what serde cannot. The file is re-read on reload; only `[policies]`, `[profiles]` and
+//! `[proxy]` take effect without a restart.
+
+mod model;
+mod profile;
+mod proxy;
+mod server;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use model::ModelSettings;
+pub use profile::{Action, CategoryRule, ProfileConfig};
+pub use proxy::{BadRequest, FailMode, OutputMode, ProxyConfig, Reveal, Scan, UnknownPaths};
+pub use server::{DecisionLogConfig, ScorerConfig, ServerConfig, UpstreamConfig};
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read the config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The TOML does not parse or has unknown keys.
+    #[error("{origin}: {reason}")]
+    Parse {
+        /// Where the text came from.
+        origin: String,
+        /// The parser's message.
+        reason: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("{origin}: {reason}")]
+    Invalid {
+        /// Where the text came from.
+        origin: String,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Listeners and limits.
+    pub server: ServerConfig,
+    /// Which model to load.
+    pub model: ModelSettings,
+    /// The scorer worker.
+    pub scorer: ScorerConfig,
+    /// Where custom policies come from.
+    pub policies: PoliciesConfig,
+    /// The chat API behind the gateway; without it only `/v1/moderations` is served.
+    pub upstream: Option<UpstreamConfig>,
+    /// What is scanned and how blocks look.
+    pub proxy: ProxyConfig,
+    /// The JSONL decision log.
+    pub decision_log: DecisionLogConfig,
+    /// Thresholds and actions, by profile name; `default` applies when no other matches.
+    pub profiles: BTreeMap<String, ProfileConfig>,
+}
+
+/// Policy files loaded in addition to (or instead of) the four built-in harms.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoliciesConfig {
+    /// Load every `*.toml` of this folder instead of the built-in policies.
+    pub dir: Option<PathBuf>,
+    /// Extra policy files.
+    pub files: Vec<PathBuf>,
+}
+
+impl Config {
+    /// Parses and validates a configuration text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_string(),
+            reason: e.to_string(),
+        })?;
+        config.validate().map_err(|reason| ConfigError::Invalid {
+            origin: origin.to_string(),
+            reason,
+        })?;
+        Ok(config)
+    }
+
+    /// Reads, parses and validates a file. Relative paths inside it are taken from the file's
+    /// folder.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config = Self::parse(&text, &path.display().to_string())?;
+        if let Some(base) = path.parent() {
+            config.resolve_paths(base);
+        }
+        Ok(config)
+    }
+
+    /// Makes relative file paths relative to `base`.
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        self.policies.dir.iter_mut().for_each(fix);
+        self.policies.files.iter_mut().for_each(fix);
+        self.model.tokenizer.iter_mut().for_each(fix);
+        self.decision_log.path.iter_mut().for_each(fix);
+        if let Some(upstream) = &mut self.upstream {
+            upstream.ca_file.iter_mut().for_each(fix);
+        }
+        let model = base.join(&self.model.source);
+        if !self.model.source.contains(':') && model.exists() {
+            self.model.source = model.display().to_string();
+        }
+    }
+
+    /// Checks what the types cannot express.
+    pub fn validate(&self) -> Result<(), String> {
+        self.server.validate()?;
+        self.scorer.validate()?;
+        self.proxy.validate()?;
+        if let Some(upstream) = &self.upstream {
+            upstream.validate()?;
+        }
+        for (name, profile) in &self.profiles {
+            profile
+                .validate()
+                .map_err(|e| format!("[profiles.{name}]: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// The configuration as TOML (what `check-config --print` shows).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_is_the_default_plus_an_upstream() {
+        let text = include_str!("../../examples/shieldgate.toml");
+        let config = Config::parse(text, "examples/shieldgate.toml").expect("example parses");
+        let expected = Config {
+            upstream: config.upstream.clone(),
+            profiles: config.profiles.clone(),
+            ..Config::default()
+        };
+        assert_eq!(config, expected, "the example must show the defaults");
+        assert!(config.upstream.is_some());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused_with_the_origin() {
+        let e = Config::parse("[server]\nlisten_addr = \"x\"\n", "a.toml").expect_err("must fail");
+        assert!(e.to_string().starts_with("a.toml:"), "{e}");
+        assert!(e.to_string().contains("listen_addr"), "{e}");
+        let e = Config::parse("[scorer]\nqueue = 0\n", "b.toml").expect_err("must fail");
+        assert!(e.to_string().contains("queue"), "{e}");
+        let e = Config::parse(
+            "[profiles.x.categories]\nhate = { threshold = 1.5 }\n",
+            "c.toml",
+        )
+        .expect_err("must fail");
+        assert!(e.to_string().contains("[profiles.x]"), "{e}");
+        let e = Config::parse("[proxy]\nscan = []\n", "d.toml").expect_err("must fail");
+        assert!(e.to_string().contains("scan"), "{e}");
+    }
+
+    #[test]
+    fn relative_paths_follow_the_config_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("gw.toml");
+        std::fs::write(
+            &path,
+            "[policies]\nfiles = [\"extra.toml\"]\n[decision_log]\npath = \"/abs/log.jsonl\"\n",
+        )
+        .expect("written");
+        let config = Config::load(&path).expect("loads");
+        assert_eq!(config.policies.files, [dir.path().join("extra.toml")]);
+        assert_eq!(
+            config.decision_log.path.as_deref(),
+            Some(Path::new("/abs/log.jsonl"))
+        );
+        let e = Config::load(&dir.path().join("missing.toml")).expect_err("must fail");
+        assert!(e.to_string().contains("missing.toml"), "{e}");
+    }
+}

@@ -1,0 +1,179 @@
+//! Listeners, limits, the scorer worker, the upstream and the decision log.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Listeners and limits of the public server.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Public address (clients and their chat traffic).
+    pub listen: String,
+    /// Admin address (/healthz, /readyz, /metrics); never the public one. Empty: no admin
+    /// listener.
+    pub admin_listen: String,
+    /// Largest accepted request body in bytes (413 beyond).
+    pub max_body_bytes: usize,
+    /// Largest request head (request line and headers) in bytes (431 beyond).
+    pub max_header_bytes: usize,
+    /// Time allowed from the request's arrival to the response head, in milliseconds (504
+    /// beyond).
+    pub request_timeout_ms: u64,
+    /// On shutdown, how long open connections and streams may finish, in milliseconds.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            admin_listen: "127.0.0.1:9090".into(),
+            max_body_bytes: 1 << 20,
+            max_header_bytes: 64 << 10,
+            request_timeout_ms: 300_000,
+            shutdown_grace_ms: 30_000,
+        }
+    }
+}
+
+impl ServerConfig {
+    pub(super) fn validate(&self) -> Result<(), String> {
+        if self.listen.is_empty() {
+            return Err("[server] listen is empty; give an address such as 127.0.0.1:8080".into());
+        }
+        if !self.admin_listen.is_empty()
+            && self.admin_listen == self.listen
+            && !self.listen.ends_with(":0")
+        {
+            return Err(
+                "[server] admin_listen must differ from listen: metrics are not public".into(),
+            );
+        }
+        if self.max_body_bytes == 0 || self.max_header_bytes < 1024 {
+            return Err("[server] max_body_bytes must be > 0 and max_header_bytes ≥ 1024".into());
+        }
+        positive("[server] request_timeout_ms", self.request_timeout_ms)
+    }
+}
+
+/// The scorer worker.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScorerConfig {
+    /// Checks that may wait for the scorer; beyond it new ones are shed (429 or fail-open).
+    pub queue: usize,
+    /// Most texts scored together in one engine batch.
+    pub max_batch: usize,
+    /// Longest wait for one check, in milliseconds, before it counts as an evaluation error.
+    pub timeout_ms: u64,
+}
+
+impl Default for ScorerConfig {
+    fn default() -> Self {
+        Self {
+            queue: 64,
+            max_batch: 16,
+            timeout_ms: 60_000,
+        }
+    }
+}
+
+impl ScorerConfig {
+    pub(super) fn validate(&self) -> Result<(), String> {
+        if self.queue == 0 || self.max_batch == 0 {
+            return Err("[scorer] queue and max_batch must be at least 1".into());
+        }
+        positive("[scorer] timeout_ms", self.timeout_ms)
+    }
+}
+
+/// The chat API the gateway forwards to.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Base URL, `http://` or `https://`; the request path is appended to it.
+    pub url: String,
+    /// A PEM file of extra CA certificates trusted besides the system roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// TCP + TLS connect timeout in milliseconds.
+    #[serde(default = "default_connect_ms")]
+    pub connect_timeout_ms: u64,
+    /// Longest wait for the upstream's response head, in milliseconds.
+    #[serde(default = "default_response_ms")]
+    pub response_timeout_ms: u64,
+    /// Longest silence between two body chunks of the upstream, in milliseconds.
+    #[serde(default = "default_idle_ms")]
+    pub idle_timeout_ms: u64,
+    /// Idle pooled connections are closed after this many milliseconds.
+    #[serde(default = "default_pool_ms")]
+    pub pool_idle_timeout_ms: u64,
+}
+
+fn default_connect_ms() -> u64 {
+    5_000
+}
+fn default_response_ms() -> u64 {
+    120_000
+}
+fn default_idle_ms() -> u64 {
+    60_000
+}
+fn default_pool_ms() -> u64 {
+    90_000
+}
+
+impl UpstreamConfig {
+    /// An upstream at `url` with the default timeouts.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            ca_file: None,
+            connect_timeout_ms: default_connect_ms(),
+            response_timeout_ms: default_response_ms(),
+            idle_timeout_ms: default_idle_ms(),
+            pool_idle_timeout_ms: default_pool_ms(),
+        }
+    }
+
+    pub(super) fn validate(&self) -> Result<(), String> {
+        let uri: hyper::Uri = self
+            .url
+            .parse()
+            .map_err(|e| format!("[upstream] url {:?} is not a URL: {e}", self.url))?;
+        match (uri.scheme_str(), uri.host()) {
+            (Some("http" | "https"), Some(_)) => {}
+            _ => {
+                return Err(format!(
+                    "[upstream] url {:?} needs an http:// or https:// scheme and a host",
+                    self.url
+                ))
+            }
+        }
+        if uri.query().is_some() {
+            return Err("[upstream] url must not carry a query string".into());
+        }
+        positive("[upstream] connect_timeout_ms", self.connect_timeout_ms)?;
+        positive("[upstream] response_timeout_ms", self.response_timeout_ms)?;
+        positive("[upstream] idle_timeout_ms", self.idle_timeout_ms)
+    }
+}
+
+/// The JSONL decision log: one line per moderated exchange and direction.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DecisionLogConfig {
+    /// The file appended to; absent: no decision log.
+    pub path: Option<PathBuf>,
+    /// Also record the scanned text (off by default: only its SHA-256 is recorded).
+    pub include_content: bool,
+}
+
+fn positive(name: &str, value: u64) -> Result<(), String> {
+    if value == 0 {
+        Err(format!("{name} must be greater than 0"))
+    } else {
+        Ok(())
+    }
+}

@@ -1,0 +1,251 @@
+//! Anthropic Messages (`POST /v1/messages`), JSON and SSE. A blocked prompt is a 400 in
+//! Anthropic's error envelope; a withheld answer has the replacement text and
+//! `stop_reason: "refusal"`.
+
+use hyper::StatusCode;
+use serde_json::{json, Value};
+
+use crate::config::Scan;
+use crate::proxy::sse::{frame, Event};
+
+use super::{
+    add_user_turns, block_message, content_text, filter_results, messages, push_part, role, start,
+    Adapter, Block, Conversation, StreamCollector,
+};
+
+/// The Messages adapter.
+pub struct AnthropicMessages;
+
+impl Adapter for AnthropicMessages {
+    fn protocol(&self) -> &'static str {
+        "anthropic_messages"
+    }
+
+    fn conversation(&self, body: &Value, scan: &[Scan]) -> Result<Conversation, String> {
+        let messages = messages(body)?;
+        let mut conv = start(body);
+        if scan.contains(&Scan::System) {
+            if let Some(system) = body.get("system") {
+                let text = content_text(system, "system", &mut conv.unscanned);
+                push_part(&mut conv.parts, text);
+            }
+        }
+        let mut users = Vec::new();
+        for (i, m) in messages.iter().enumerate() {
+            let role = role(m, i)?;
+            let place = format!("messages[{i}]");
+            let content = m.get("content").unwrap_or(&Value::Null);
+            let blocks = content.as_array().map_or(&[][..], Vec::as_slice);
+            let (tools, rest): (Vec<&Value>, Vec<&Value>) = blocks.iter().partition(|b| {
+                matches!(
+                    b.get("type").and_then(Value::as_str),
+                    Some("tool_use" | "tool_result")
+                )
+            });
+            for tool in tools {
+                let text = match tool.get("type").and_then(Value::as_str) {
+                    Some("tool_use") if scan.contains(&Scan::ToolCalls) => {
+                        tool.get("input").map(Value::to_string).unwrap_or_default()
+                    }
+                    Some("tool_result") if scan.contains(&Scan::ToolResults) => content_text(
+                        tool.get("content").unwrap_or(&Value::Null),
+                        &place,
+                        &mut conv.unscanned,
+                    ),
+                    _ => String::new(),
+                };
+                push_part(&mut conv.parts, text);
+            }
+            if role == "user" {
+                let text = if content.is_string() {
+                    content_text(content, &place, &mut conv.unscanned)
+                } else {
+                    let rest = Value::Array(rest.into_iter().cloned().collect());
+                    content_text(&rest, &place, &mut conv.unscanned)
+                };
+                if !text.is_empty() {
+                    users.push(text);
+                }
+            }
+        }
+        add_user_turns(&mut conv, users, scan);
+        Ok(conv)
+    }
+
+    fn error(&self, status: StatusCode, _code: &str, message: &str) -> Value {
+        let kind = match status.as_u16() {
+            400 | 415 => "invalid_request_error",
+            401 => "authentication_error",
+            404 => "not_found_error",
+            413 => "request_too_large",
+            429 => "rate_limit_error",
+            503 | 529 => "overloaded_error",
+            _ => "api_error",
+        };
+        json!({"type": "error", "error": {"type": kind, "message": message}})
+    }
+
+    fn input_blocked(&self, block: &Block<'_>) -> Value {
+        let mut body = self.error(
+            StatusCode::BAD_REQUEST,
+            "content_filter",
+            &block_message("prompt", block),
+        );
+        body["error"]["content_filter"] = filter_results(block);
+        body
+    }
+
+    fn outputs(&self, body: &Value) -> Vec<String> {
+        vec![message_text(body.get("content").unwrap_or(&Value::Null))]
+    }
+
+    fn block_outputs(&self, body: &mut Value, blocked: &[bool], block: &Block<'_>) {
+        if blocked.first().copied().unwrap_or(false) {
+            body["content"] = json!([{"type": "text", "text": block.replacement}]);
+            body["stop_reason"] = json!("refusal");
+            body["stop_sequence"] = Value::Null;
+        }
+    }
+
+    fn collector(&self) -> Box<dyn StreamCollector> {
+        Box::new(MessageStream::default())
+    }
+}
+
+/// The text and tool inputs of an answer's content blocks.
+fn message_text(content: &Value) -> String {
+    content
+        .as_array()
+        .map(|blocks| {
+            blocks
+                .iter()
+                .filter_map(|b| match b.get("type").and_then(Value::as_str) {
+                    Some("text") => b.get("text").and_then(Value::as_str).map(str::to_string),
+                    Some("tool_use") => b.get("input").map(Value::to_string),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default()
+}
+
+/// The state of a streamed message.
+#[derive(Default)]
+struct MessageStream {
+    start: Option<Value>,
+    blocks: Vec<String>,
+    usage: Option<Value>,
+}
+
+impl StreamCollector for MessageStream {
+    fn event(&mut self, event: &Event) {
+        let Ok(data) = serde_json::from_str::<Value>(&event.data) else {
+            return;
+        };
+        let index = data.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
+        if self.blocks.len() <= index {
+            self.blocks.resize(index + 1, String::new());
+        }
+        match data.get("type").and_then(Value::as_str) {
+            Some("message_start") => self.start = data.get("message").cloned(),
+            Some("content_block_start") => {
+                let text = message_text(&json!([data.get("content_block")]));
+                self.blocks[index].push_str(&text);
+            }
+            Some("content_block_delta") => {
+                let delta = data.get("delta").unwrap_or(&Value::Null);
+                let piece = delta
+                    .get("text")
+                    .or_else(|| delta.get("partial_json"))
+                    .and_then(Value::as_str);
+                self.blocks[index].push_str(piece.unwrap_or(""));
+            }
+            Some("message_delta") => self.usage = data.get("usage").cloned(),
+            _ => {}
+        }
+    }
+
+    fn outputs(&self) -> Vec<String> {
+        let texts: Vec<&str> = self
+            .blocks
+            .iter()
+            .map(String::as_str)
+            .filter(|t| !t.is_empty())
+            .collect();
+        vec![texts.join("\n")]
+    }
+
+    fn blocked_stream(&self, _blocked: &[bool], block: &Block<'_>) -> String {
+        let mut message = self.start.clone().unwrap_or_else(|| {
+            json!({"type": "message", "role": "assistant", "model": "", "usage": {"input_tokens": 0, "output_tokens": 0}})
+        });
+        message["content"] = json!([]);
+        message["stop_reason"] = Value::Null;
+        let event = |name: &str, data: Value| frame(Some(name), &data.to_string());
+        [
+            event("message_start", json!({"type": "message_start", "message": message})),
+            event(
+                "content_block_start",
+                json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+            ),
+            event(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": block.replacement}}),
+            ),
+            event("content_block_stop", json!({"type": "content_block_stop", "index": 0})),
+            event(
+                "message_delta",
+                json!({"type": "message_delta", "delta": {"stop_reason": "refusal", "stop_sequence": null},
+                       "usage": self.usage.clone().unwrap_or_else(|| json!({"output_tokens": 0}))}),
+            ),
+            event("message_stop", json!({"type": "message_stop"})),
+        ]
+        .concat()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::adapters::EVERY_SCAN;
+    use crate::proxy::sse::Parser;
+
+    #[test]
+    fn tool_blocks_and_system_follow_the_scan_settings() {
+        let body = json!({"model": "c", "max_tokens": 10, "system": [{"type": "text", "text": "sys"}], "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {"q": 1}}]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "t", "content": "found"},
+                {"type": "image", "source": {}},
+                {"type": "text", "text": "and now?"}]},
+        ]});
+        let conv = AnthropicMessages
+            .conversation(&body, &[Scan::LastUser])
+            .expect("ok");
+        assert_eq!(conv.parts, ["and now?"]);
+        assert_eq!(conv.unscanned, ["image in messages[2]"]);
+        let conv = AnthropicMessages
+            .conversation(&body, &EVERY_SCAN)
+            .expect("ok");
+        assert_eq!(conv.parts, ["sys", "{\"q\":1}", "found", "hi", "and now?"]);
+    }
+
+    #[test]
+    fn a_streamed_message_is_reassembled() {
+        let text = concat!(
+            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[]}}\n\n",
+            "event: ping\ndata: {\"type\":\"ping\"}\n\n",
+            "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi \"}}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"there\"}}\n\n",
+            "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":2}}\n\n",
+        );
+        let mut c = AnthropicMessages.collector();
+        for e in Parser::new().feed(text.as_bytes()) {
+            c.event(&e);
+        }
+        assert_eq!(c.outputs(), ["Hi there"]);
+    }
+}

@@ -1,0 +1,300 @@
+//! Protocol adapters, one file per wire protocol: what the input check scans in a request,
+//! the text of a response (whole or streamed), and how a block looks in that protocol.
+
+pub mod anthropic_messages;
+pub mod openai_chat;
+pub mod openai_completions;
+pub mod openai_responses;
+
+use hyper::StatusCode;
+use serde_json::{json, Map, Value};
+
+use crate::config::{Action, Reveal, Scan};
+
+use super::decision::Decision;
+use super::sse::Event;
+
+/// What a request asks the model, as the checks see it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Conversation {
+    /// Texts the input check scores, each on its own.
+    pub parts: Vec<String>,
+    /// The user turn the output check pairs with the response.
+    pub prompt: String,
+    /// Parts that cannot be scanned (images, audio, files), with where they are.
+    pub unscanned: Vec<String>,
+    /// The client asked for a stream.
+    pub stream: bool,
+}
+
+/// How a block is shown.
+pub struct Block<'a> {
+    /// The decision behind it.
+    pub decision: &'a Decision,
+    /// What may be revealed.
+    pub reveal: Reveal,
+    /// The text put in place of a withheld response.
+    pub replacement: &'a str,
+}
+
+/// One wire protocol.
+pub trait Adapter: Send + Sync {
+    /// The protocol's name in logs, metrics and headers.
+    fn protocol(&self) -> &'static str;
+    /// Extracts what to scan; an error says what is wrong with the request.
+    fn conversation(&self, body: &Value, scan: &[Scan]) -> Result<Conversation, String>;
+    /// An error body in the protocol's envelope.
+    fn error(&self, status: StatusCode, code: &str, message: &str) -> Value {
+        openai_error(status, code, message, None)
+    }
+    /// The body of the 400 answered when the input is blocked (Azure's shape by default).
+    fn input_blocked(&self, block: &Block<'_>) -> Value {
+        azure_input_blocked(block)
+    }
+    /// The texts of a whole response, one per choice.
+    fn outputs(&self, body: &Value) -> Vec<String>;
+    /// Withholds the choices marked in `blocked`.
+    fn block_outputs(&self, body: &mut Value, blocked: &[bool], block: &Block<'_>);
+    /// A collector for a streamed response.
+    fn collector(&self) -> Box<dyn StreamCollector>;
+}
+
+/// Follows a streamed response, event by event.
+pub trait StreamCollector: Send {
+    /// Takes the next event.
+    fn event(&mut self, event: &Event);
+    /// The texts so far, one per choice.
+    fn outputs(&self) -> Vec<String>;
+    /// A complete, valid stream that withholds the choices marked in `blocked`.
+    fn blocked_stream(&self, blocked: &[bool], block: &Block<'_>) -> String;
+}
+
+/// The adapter for a POST to `path`, if one applies.
+pub fn for_path(path: &str) -> Option<&'static dyn Adapter> {
+    if path.ends_with("/chat/completions") {
+        Some(&openai_chat::OpenAiChat)
+    } else if path.ends_with("/v1/responses") {
+        Some(&openai_responses::OpenAiResponses)
+    } else if path.ends_with("/completions") {
+        Some(&openai_completions::OpenAiCompletions)
+    } else if path.ends_with("/v1/messages") {
+        Some(&anthropic_messages::AnthropicMessages)
+    } else {
+        None
+    }
+}
+
+/// OpenAI's error envelope.
+pub fn openai_error(status: StatusCode, code: &str, message: &str, param: Option<&str>) -> Value {
+    let kind = if status.is_client_error() {
+        "invalid_request_error"
+    } else {
+        "server_error"
+    };
+    json!({"error": {"message": message, "type": kind, "code": code, "param": param}})
+}
+
+/// The text of an OpenAI or Anthropic `content`: a string, or parts with text; other parts are
+/// noted in `unscanned` with `place`.
+pub fn content_text(content: &Value, place: &str, unscanned: &mut Vec<String>) -> String {
+    match content {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => {
+            let mut texts = Vec::new();
+            for part in parts {
+                let kind = part
+                    .get("type")
+                    .and_then(Value::as_str)
+                    .unwrap_or("unknown");
+                match (kind, part.get("text").and_then(Value::as_str)) {
+                    ("text" | "input_text" | "output_text", Some(t)) => texts.push(t),
+                    ("refusal", _) => {}
+                    _ => unscanned.push(format!("{kind} in {place}")),
+                }
+            }
+            texts.join("\n")
+        }
+        _ => String::new(),
+    }
+}
+
+/// An empty conversation with the body's `stream` flag.
+pub fn start(body: &Value) -> Conversation {
+    Conversation {
+        stream: body.get("stream").and_then(Value::as_bool).unwrap_or(false),
+        ..Conversation::default()
+    }
+}
+
+/// The body's `messages` array.
+pub fn messages(body: &Value) -> Result<&[Value], String> {
+    body.get("messages")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .ok_or_else(|| "the request has no \"messages\" array".to_string())
+}
+
+/// The role of message `i`.
+pub fn role(message: &Value, i: usize) -> Result<&str, String> {
+    message
+        .get("role")
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("messages[{i}] has no \"role\""))
+}
+
+/// Makes the last user turn the output check's prompt and adds the user turns the scan asks
+/// for to the scanned parts.
+pub fn add_user_turns(conv: &mut Conversation, users: Vec<String>, scan: &[Scan]) {
+    conv.prompt = users.last().cloned().unwrap_or_default();
+    if scan.contains(&Scan::AllUser) {
+        users
+            .into_iter()
+            .for_each(|u| push_part(&mut conv.parts, u));
+    } else if scan.contains(&Scan::LastUser) {
+        push_part(&mut conv.parts, conv.prompt.clone());
+    }
+}
+
+/// The body's `choices` array (empty when absent).
+pub fn choices(body: &Value) -> &[Value] {
+    body.get("choices")
+        .and_then(Value::as_array)
+        .map_or(&[], Vec::as_slice)
+}
+
+/// Applies `withhold` to each choice marked in `blocked`.
+pub fn withhold_choices(body: &mut Value, blocked: &[bool], withhold: impl Fn(&mut Value)) {
+    if let Some(choices) = body.get_mut("choices").and_then(Value::as_array_mut) {
+        for (choice, _) in choices.iter_mut().zip(blocked).filter(|(_, b)| **b) {
+            withhold(choice);
+        }
+    }
+}
+
+/// The fields of a stream's first chunk that every rewritten chunk repeats.
+pub fn chunk_meta(chunk: &Value, keys: &[&str]) -> Value {
+    let mut meta = chunk.clone();
+    if let Some(m) = meta.as_object_mut() {
+        m.retain(|k, _| keys.contains(&k.as_str()));
+    }
+    meta
+}
+
+/// One text per choice index from 0 to the highest seen (missing ones empty).
+pub fn indexed_outputs<T>(
+    choices: &std::collections::BTreeMap<u64, T>,
+    text: impl Fn(&T) -> String,
+) -> Vec<String> {
+    let last = choices.keys().next_back().map_or(0, |k| k + 1);
+    (0..last)
+        .map(|i| choices.get(&i).map_or_else(String::new, &text))
+        .collect()
+}
+
+/// Adds `text` to the scanned parts unless it is blank.
+pub fn push_part(parts: &mut Vec<String>, text: String) {
+    if !text.trim().is_empty() {
+        parts.push(text);
+    }
+}
+
+/// A sentence naming the blocked categories, when they may be revealed.
+pub fn block_message(what: &str, block: &Block<'_>) -> String {
+    let blocked = block.decision.violated(Action::Block);
+    if block.reveal == Reveal::None || blocked.is_empty() {
+        format!("The {what} was filtered by the content policy.")
+    } else {
+        format!(
+            "The {what} was filtered by the content policy ({}).",
+            blocked.join(", ")
+        )
+    }
+}
+
+/// Azure's `content_filter_result(s)` map: per category `filtered` and `severity`, plus the
+/// score and threshold when scores may be revealed; empty when nothing may be revealed.
+pub fn filter_results(block: &Block<'_>) -> Value {
+    let mut map = Map::new();
+    if block.reveal == Reveal::None {
+        return Value::Object(map);
+    }
+    for c in &block.decision.categories {
+        let filtered = c.violated && c.action == Action::Block;
+        let mut entry = json!({
+            "filtered": filtered,
+            "severity": if c.violated { "high" } else { "safe" },
+        });
+        if block.reveal == Reveal::Scores {
+            entry["score"] = json!(c.p_yes);
+            entry["threshold"] = json!(c.threshold);
+        }
+        map.insert(c.id.clone(), entry);
+    }
+    Value::Object(map)
+}
+
+/// The Azure-style 400 for a blocked prompt, shared by the OpenAI surfaces.
+pub fn azure_input_blocked(block: &Block<'_>) -> Value {
+    let mut body = openai_error(
+        StatusCode::BAD_REQUEST,
+        "content_filter",
+        &block_message("prompt", block),
+        Some("prompt"),
+    );
+    body["error"]["type"] = Value::Null;
+    body["error"]["status"] = json!(400);
+    body["error"]["innererror"] = json!({
+        "code": "ResponsibleAIPolicyViolation",
+        "content_filter_result": filter_results(block),
+    });
+    body
+}
+
+/// `data: {json}` followed by a blank line.
+pub fn data_frame(value: &Value) -> String {
+    super::sse::frame(None, &value.to_string())
+}
+
+/// Every scan setting (tests).
+#[cfg(test)]
+pub const EVERY_SCAN: [Scan; 5] = [
+    Scan::LastUser,
+    Scan::AllUser,
+    Scan::System,
+    Scan::ToolCalls,
+    Scan::ToolResults,
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_pick_their_adapter() {
+        let name = |p: &str| for_path(p).map(|a| a.protocol());
+        assert_eq!(name("/v1/chat/completions"), Some("openai_chat"));
+        assert_eq!(
+            name("/openai/deployments/gpt/chat/completions"),
+            Some("openai_chat")
+        );
+        assert_eq!(name("/v1/completions"), Some("openai_completions"));
+        assert_eq!(name("/v1/responses"), Some("openai_responses"));
+        assert_eq!(name("/v1/messages"), Some("anthropic_messages"));
+        assert_eq!(name("/v1/threads/t1/messages"), None);
+        assert_eq!(name("/v1/models"), None);
+    }
+
+    #[test]
+    fn content_keeps_text_and_reports_the_rest() {
+        let mut unscanned = Vec::new();
+        let content = json!([
+            {"type": "text", "text": "a"},
+            {"type": "image_url", "image_url": {"url": "x"}},
+            {"type": "text", "text": "b"},
+        ]);
+        assert_eq!(content_text(&content, "message 0", &mut unscanned), "a\nb");
+        assert_eq!(unscanned, ["image_url in message 0"]);
+        assert_eq!(content_text(&json!("plain"), "m", &mut unscanned), "plain");
+        assert_eq!(content_text(&Value::Null, "m", &mut unscanned), "");
+    }
+}

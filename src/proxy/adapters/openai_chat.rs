@@ -1,0 +1,248 @@
+//! OpenAI Chat Completions (`POST /v1/chat/completions`, also Azure's deployment paths), JSON
+//! and SSE. A withheld choice gets the replacement text and `finish_reason: "content_filter"`.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+
+use crate::config::Scan;
+
+use super::{
+    add_user_turns, choices, chunk_meta, content_text, data_frame, filter_results, indexed_outputs,
+    messages, push_part, role, start, withhold_choices, Adapter, Block, Conversation,
+    StreamCollector,
+};
+use crate::proxy::sse::Event;
+
+/// The Chat Completions adapter.
+pub struct OpenAiChat;
+
+impl Adapter for OpenAiChat {
+    fn protocol(&self) -> &'static str {
+        "openai_chat"
+    }
+
+    fn conversation(&self, body: &Value, scan: &[Scan]) -> Result<Conversation, String> {
+        let messages = messages(body)?;
+        let mut conv = start(body);
+        let mut users = Vec::new();
+        for (i, m) in messages.iter().enumerate() {
+            let role = role(m, i)?;
+            let place = format!("messages[{i}]");
+            let content = m.get("content").unwrap_or(&Value::Null);
+            match role {
+                "user" => users.push(content_text(content, &place, &mut conv.unscanned)),
+                "system" | "developer" if scan.contains(&Scan::System) => {
+                    let text = content_text(content, &place, &mut conv.unscanned);
+                    push_part(&mut conv.parts, text);
+                }
+                "tool" if scan.contains(&Scan::ToolResults) => {
+                    let text = content_text(content, &place, &mut conv.unscanned);
+                    push_part(&mut conv.parts, text);
+                }
+                "assistant" if scan.contains(&Scan::ToolCalls) => {
+                    push_part(&mut conv.parts, tool_arguments(m));
+                }
+                _ => {}
+            }
+        }
+        add_user_turns(&mut conv, users, scan);
+        Ok(conv)
+    }
+
+    fn outputs(&self, body: &Value) -> Vec<String> {
+        choices(body)
+            .iter()
+            .map(|c| {
+                let m = c.get("message").unwrap_or(&Value::Null);
+                let text = m.get("content").and_then(Value::as_str).unwrap_or("");
+                join(text, &tool_arguments(m))
+            })
+            .collect()
+    }
+
+    fn block_outputs(&self, body: &mut Value, blocked: &[bool], block: &Block<'_>) {
+        let results = filter_results(block);
+        withhold_choices(body, blocked, |choice| {
+            choice["message"] = json!({"role": "assistant", "content": block.replacement});
+            choice["finish_reason"] = json!("content_filter");
+            choice["content_filter_results"] = results.clone();
+        });
+    }
+
+    fn collector(&self) -> Box<dyn StreamCollector> {
+        Box::new(ChatStream::default())
+    }
+}
+
+/// The arguments of an assistant message's tool calls, one per line.
+fn tool_arguments(message: &Value) -> String {
+    message
+        .get("tool_calls")
+        .and_then(Value::as_array)
+        .map(|calls| {
+            calls
+                .iter()
+                .filter_map(|c| c.pointer("/function/arguments").and_then(Value::as_str))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default()
+}
+
+fn join(a: &str, b: &str) -> String {
+    match (a.is_empty(), b.is_empty()) {
+        (_, true) => a.to_string(),
+        (true, false) => b.to_string(),
+        (false, false) => format!("{a}\n{b}"),
+    }
+}
+
+#[derive(Default)]
+struct ChoiceText {
+    text: String,
+    tools: BTreeMap<u64, String>,
+    finish: Value,
+}
+
+/// The state of a streamed chat completion.
+#[derive(Default)]
+struct ChatStream {
+    meta: Option<Value>,
+    choices: BTreeMap<u64, ChoiceText>,
+    usage: Option<Value>,
+}
+
+impl StreamCollector for ChatStream {
+    fn event(&mut self, event: &Event) {
+        let Ok(chunk) = serde_json::from_str::<Value>(&event.data) else {
+            return;
+        };
+        if self.meta.is_none() {
+            let keys = ["id", "object", "created", "model", "system_fingerprint"];
+            self.meta = Some(chunk_meta(&chunk, &keys));
+        }
+        if chunk.get("usage").is_some_and(|u| !u.is_null()) {
+            self.usage = chunk.get("usage").cloned();
+        }
+        for c in choices(&chunk) {
+            let index = c.get("index").and_then(Value::as_u64).unwrap_or(0);
+            let state = self.choices.entry(index).or_default();
+            if let Some(t) = c.pointer("/delta/content").and_then(Value::as_str) {
+                state.text.push_str(t);
+            }
+            for call in c
+                .pointer("/delta/tool_calls")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let i = call.get("index").and_then(Value::as_u64).unwrap_or(0);
+                if let Some(a) = call.pointer("/function/arguments").and_then(Value::as_str) {
+                    state.tools.entry(i).or_default().push_str(a);
+                }
+            }
+            if let Some(f) = c.get("finish_reason").filter(|f| !f.is_null()) {
+                state.finish = f.clone();
+            }
+        }
+    }
+
+    fn outputs(&self) -> Vec<String> {
+        indexed_outputs(&self.choices, |c| {
+            let tools: Vec<&str> = c.tools.values().map(String::as_str).collect();
+            join(
+                &c.text,
+                &tools.join(
+                    "
+",
+                ),
+            )
+        })
+    }
+
+    fn blocked_stream(&self, blocked: &[bool], block: &Block<'_>) -> String {
+        let meta = self
+            .meta
+            .clone()
+            .unwrap_or_else(|| json!({"object": "chat.completion.chunk"}));
+        let chunk = |choice: Value| {
+            let mut c = meta.clone();
+            c["choices"] = json!([choice]);
+            data_frame(&c)
+        };
+        let mut out = String::new();
+        for (&index, c) in &self.choices {
+            let withheld = blocked.get(index as usize).copied().unwrap_or(false);
+            let (text, finish) = if withheld {
+                (block.replacement.to_string(), json!("content_filter"))
+            } else {
+                (c.text.clone(), c.finish.clone())
+            };
+            out += &chunk(
+                json!({"index": index, "delta": {"role": "assistant", "content": text}, "finish_reason": null}),
+            );
+            let mut last = json!({"index": index, "delta": {}, "finish_reason": finish});
+            if withheld {
+                last["content_filter_results"] = filter_results(block);
+            }
+            out += &chunk(last);
+        }
+        if let Some(usage) = &self.usage {
+            let mut c = meta.clone();
+            c["choices"] = json!([]);
+            c["usage"] = usage.clone();
+            out += &data_frame(&c);
+        }
+        out + "data: [DONE]\n\n"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::adapters::EVERY_SCAN;
+    use crate::proxy::sse::Parser;
+
+    #[test]
+    fn scan_settings_choose_the_parts() {
+        let body = json!({"model": "m", "stream": true, "messages": [
+            {"role": "system", "content": "sys"},
+            {"role": "user", "content": "first"},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{\"q\":1}"}}]},
+            {"role": "tool", "tool_call_id": "c", "content": "result"},
+            {"role": "user", "content": [{"type": "text", "text": "last"}, {"type": "input_audio", "input_audio": {}}]},
+        ]});
+        let conv = OpenAiChat
+            .conversation(&body, &[Scan::LastUser])
+            .expect("ok");
+        assert_eq!(conv.parts, ["last"]);
+        assert_eq!(conv.prompt, "last");
+        assert_eq!(conv.unscanned, ["input_audio in messages[4]"]);
+        assert!(conv.stream);
+        let conv = OpenAiChat.conversation(&body, &EVERY_SCAN).expect("ok");
+        assert_eq!(conv.parts, ["sys", "{\"q\":1}", "result", "first", "last"]);
+        assert!(OpenAiChat
+            .conversation(&json!({"messages": "x"}), &EVERY_SCAN)
+            .is_err());
+        assert!(OpenAiChat
+            .conversation(&json!({"messages": [{}]}), &EVERY_SCAN)
+            .is_err());
+    }
+
+    #[test]
+    fn streamed_choices_are_reassembled() {
+        let text = concat!(
+            "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}\n\n",
+            "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"},\"finish_reason\":null}]}\n\n",
+            "data: {\"id\":\"c1\",\"choices\":[{\"index\":1,\"delta\":{\"content\":\"Other\"},\"finish_reason\":\"stop\"}]}\n\n",
+            "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"lo\"},\"finish_reason\":\"stop\"}]}\n\n",
+            "data: [DONE]\n\n",
+        );
+        let mut collector = OpenAiChat.collector();
+        for e in Parser::new().feed(text.as_bytes()) {
+            collector.event(&e);
+        }
+        assert_eq!(collector.outputs(), ["Hello", "Other"]);
+    }
+}

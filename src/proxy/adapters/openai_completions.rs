@@ -1,0 +1,147 @@
+//! OpenAI legacy Completions (`POST /v1/completions`), JSON and SSE: the prompt is the user
+//! turn; a withheld choice gets the replacement text and `finish_reason: "content_filter"`.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+
+use crate::config::Scan;
+
+use super::{
+    choices, chunk_meta, data_frame, filter_results, indexed_outputs, push_part, start,
+    withhold_choices, Adapter, Block, Conversation, StreamCollector,
+};
+use crate::proxy::sse::Event;
+
+/// The Completions adapter.
+pub struct OpenAiCompletions;
+
+impl Adapter for OpenAiCompletions {
+    fn protocol(&self) -> &'static str {
+        "openai_completions"
+    }
+
+    fn conversation(&self, body: &Value, _scan: &[Scan]) -> Result<Conversation, String> {
+        let mut conv = start(body);
+        let prompts: Vec<String> = match body.get("prompt") {
+            Some(Value::String(s)) => vec![s.clone()],
+            Some(Value::Array(items)) if items.iter().all(Value::is_string) => items
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect(),
+            Some(Value::Array(_)) => {
+                conv.unscanned.push("token ids in prompt".into());
+                Vec::new()
+            }
+            _ => return Err("the request has no \"prompt\" string".into()),
+        };
+        conv.prompt = prompts.join("\n");
+        prompts
+            .into_iter()
+            .for_each(|p| push_part(&mut conv.parts, p));
+        Ok(conv)
+    }
+
+    fn outputs(&self, body: &Value) -> Vec<String> {
+        choices(body)
+            .iter()
+            .map(|c| {
+                c.get("text")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .collect()
+    }
+
+    fn block_outputs(&self, body: &mut Value, blocked: &[bool], block: &Block<'_>) {
+        let results = filter_results(block);
+        withhold_choices(body, blocked, |choice| {
+            choice["text"] = json!(block.replacement);
+            choice["finish_reason"] = json!("content_filter");
+            choice["content_filter_results"] = results.clone();
+        });
+    }
+
+    fn collector(&self) -> Box<dyn StreamCollector> {
+        Box::new(CompletionStream::default())
+    }
+}
+
+/// The state of a streamed completion.
+#[derive(Default)]
+struct CompletionStream {
+    meta: Option<Value>,
+    choices: BTreeMap<u64, (String, Value)>,
+}
+
+impl StreamCollector for CompletionStream {
+    fn event(&mut self, event: &Event) {
+        let Ok(chunk) = serde_json::from_str::<Value>(&event.data) else {
+            return;
+        };
+        if self.meta.is_none() {
+            self.meta = Some(chunk_meta(&chunk, &["id", "object", "created", "model"]));
+        }
+        for c in choices(&chunk) {
+            let index = c.get("index").and_then(Value::as_u64).unwrap_or(0);
+            let state = self
+                .choices
+                .entry(index)
+                .or_insert((String::new(), Value::Null));
+            if let Some(t) = c.get("text").and_then(Value::as_str) {
+                state.0.push_str(t);
+            }
+            if let Some(f) = c.get("finish_reason").filter(|f| !f.is_null()) {
+                state.1 = f.clone();
+            }
+        }
+    }
+
+    fn outputs(&self) -> Vec<String> {
+        indexed_outputs(&self.choices, |c| c.0.clone())
+    }
+
+    fn blocked_stream(&self, blocked: &[bool], block: &Block<'_>) -> String {
+        let meta = self
+            .meta
+            .clone()
+            .unwrap_or_else(|| json!({"object": "text_completion"}));
+        let mut out = String::new();
+        for (&index, (text, finish)) in &self.choices {
+            let withheld = blocked.get(index as usize).copied().unwrap_or(false);
+            let mut choice = if withheld {
+                json!({"index": index, "text": block.replacement, "finish_reason": "content_filter",
+                       "content_filter_results": filter_results(block)})
+            } else {
+                json!({"index": index, "text": text, "finish_reason": finish})
+            };
+            choice["logprobs"] = Value::Null;
+            let mut c = meta.clone();
+            c["choices"] = json!([choice]);
+            out += &data_frame(&c);
+        }
+        out + "data: [DONE]\n\n"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompts_are_the_parts() {
+        let conv = OpenAiCompletions
+            .conversation(
+                &json!({"prompt": ["a", "b"], "stream": false}),
+                &[Scan::LastUser],
+            )
+            .expect("ok");
+        assert_eq!(conv.parts, ["a", "b"]);
+        let conv = OpenAiCompletions
+            .conversation(&json!({"prompt": [1, 2]}), &[Scan::LastUser])
+            .expect("ok");
+        assert_eq!(conv.unscanned, ["token ids in prompt"]);
+        assert!(OpenAiCompletions.conversation(&json!({}), &[]).is_err());
+    }
+}

@@ -1,0 +1,197 @@
+//! Response bodies: one boxed type for whole and streamed bodies, a channel-fed body for
+//! streams the gateway relays, and the helpers that build simple responses.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Body as HttpBody, Frame, Incoming};
+use hyper::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
+use hyper::{Response, StatusCode};
+use tokio::sync::mpsc;
+
+use super::error::ApiError;
+
+/// Errors inside a body.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Every response body of the gateway.
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// A whole body.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// A response with a JSON body.
+pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    with_type(status, full(value.to_string()), "application/json")
+}
+
+/// A response with a plain-text body.
+pub fn text_response(status: StatusCode, text: impl Into<Bytes>) -> Response<Body> {
+    with_type(status, full(text), "text/plain; charset=utf-8")
+}
+
+fn with_type(status: StatusCode, body: Body, content_type: &'static str) -> Response<Body> {
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// A body fed by a channel (see [`relay`]).
+pub struct ChannelBody {
+    rx: mpsc::Receiver<Result<Bytes, BoxError>>,
+}
+
+/// A streamed body and the sender that feeds it; the body ends when the sender is dropped,
+/// and fails where an `Err` is sent.
+pub fn channel(capacity: usize) -> (mpsc::Sender<Result<Bytes, BoxError>>, Body) {
+    let (tx, rx) = mpsc::channel(capacity);
+    (tx, ChannelBody { rx }.boxed())
+}
+
+impl HttpBody for ChannelBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.rx
+            .poll_recv(cx)
+            .map(|item| item.map(|r| r.map(Frame::data)))
+    }
+}
+
+/// How a relayed body ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayEnd {
+    /// The upstream finished the body.
+    Complete,
+    /// The upstream failed or fell silent for longer than the idle timeout.
+    UpstreamFailed,
+    /// The client went away; the upstream body was dropped.
+    ClientGone,
+}
+
+/// Relays an upstream body to the client as it arrives (after `prefix`, the part already
+/// read), showing each piece to `tap` and the way it ended to `done`.
+pub fn relay(
+    mut upstream: Incoming,
+    idle: Duration,
+    prefix: Bytes,
+    mut tap: impl FnMut(&Bytes) + Send + 'static,
+    done: impl FnOnce(RelayEnd) + Send + 'static,
+) -> Body {
+    let (tx, body) = channel(16);
+    tokio::spawn(async move {
+        if !prefix.is_empty() && tx.send(Ok(prefix)).await.is_err() {
+            done(RelayEnd::ClientGone);
+            return;
+        }
+        let end = loop {
+            match tokio::time::timeout(idle, upstream.frame()).await {
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        tap(&data);
+                        if tx.send(Ok(data)).await.is_err() {
+                            break RelayEnd::ClientGone;
+                        }
+                    }
+                }
+                Ok(None) => break RelayEnd::Complete,
+                Ok(Some(Err(e))) => {
+                    let _ = tx.send(Err(Box::new(e) as BoxError)).await;
+                    break RelayEnd::UpstreamFailed;
+                }
+                Err(_) => {
+                    let _ = tx.send(Err("the upstream body stalled".into())).await;
+                    break RelayEnd::UpstreamFailed;
+                }
+            }
+        };
+        done(end);
+    });
+    body
+}
+
+/// Why a body could not be read whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CollectError {
+    /// It is larger than the limit; what was read so far.
+    TooLarge(Bytes),
+    /// The peer failed or stalled.
+    Failed,
+}
+
+/// Reads a whole body of at most `limit` bytes, waiting at most `idle` for each piece.
+pub async fn collect<B>(body: &mut B, limit: usize, idle: Duration) -> Result<Bytes, CollectError>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+{
+    let mut out = Vec::new();
+    loop {
+        match tokio::time::timeout(idle, body.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    out.extend_from_slice(&data);
+                    if out.len() > limit {
+                        return Err(CollectError::TooLarge(out.into()));
+                    }
+                }
+            }
+            Ok(None) => return Ok(out.into()),
+            Ok(Some(Err(_))) | Err(_) => return Err(CollectError::Failed),
+        }
+    }
+}
+
+/// Reads a JSON request body: the content type must be JSON (415) and the size within
+/// `limit` (413).
+pub async fn read_json_request(
+    headers: &HeaderMap,
+    body: Incoming,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    let is_json = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            let v = v.trim_start().to_ascii_lowercase();
+            v.starts_with("application/json")
+                || (v.starts_with("application/") && v.contains("+json"))
+        });
+    if !is_json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as Content-Type: application/json",
+        ));
+    }
+    read_limited(body, limit).await
+}
+
+/// Reads a whole request body of at most `limit` bytes (413 beyond).
+pub async fn read_limited(body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the request body exceeds {limit} bytes"),
+        )),
+        Err(e) => Err(ApiError::invalid(format!(
+            "cannot read the request body: {e}"
+        ))),
+    }
+}

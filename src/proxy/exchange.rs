@@ -1,0 +1,398 @@
+//! One moderated exchange on an adapter's path: read and parse the request, check the input,
+//! forward it, check the response (held whole in `buffer` mode, relayed and scored afterwards
+//! in `audit` mode) and answer in the protocol's own shape.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::header::{ACCEPT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use hyper::{Request, Response, StatusCode};
+use serde_json::Value;
+
+use crate::config::{BadRequest, FailMode, OutputMode};
+
+use super::adapters::{Adapter, Block, Conversation, StreamCollector};
+use super::body::{collect, full, json_response, read_json_request, relay, Body, CollectError};
+use super::check::{self, CheckInput};
+use super::decision::{Decision, Direction, Disposition};
+use super::error::ApiError;
+use super::headers::{annotate, Annotation, REQUEST_ID};
+use super::profiles::{Profile, Selector};
+use super::sse::Parser;
+use super::upstream::strip_hop_by_hop;
+use super::{Gateway, Settings};
+
+/// What the steps of one exchange share.
+struct Exchange {
+    gw: Arc<Gateway>,
+    adapter: &'static dyn Adapter,
+    settings: Arc<Settings>,
+    profile: Profile,
+    request_id: String,
+}
+
+/// Handles a POST on an adapter's path.
+pub async fn handle(
+    gw: Arc<Gateway>,
+    adapter: &'static dyn Adapter,
+    req: Request<Incoming>,
+    request_id: String,
+) -> Response<Body> {
+    let settings = gw.settings();
+    let (mut parts, body) = req.into_parts();
+    let profile = settings
+        .profiles
+        .select(&Selector {
+            path: parts.uri.path(),
+            headers: &parts.headers,
+            tenant_header: &settings.proxy.tenant_header,
+        })
+        .clone();
+    let ex = Exchange {
+        gw,
+        adapter,
+        settings,
+        profile,
+        request_id,
+    };
+    let proxy = &ex.settings.proxy;
+    let bytes = match read_json_request(&parts.headers, body, ex.gw.max_body_bytes).await {
+        Ok(b) => b,
+        Err(e) => return ex.error(e),
+    };
+    let parsed = serde_json::from_slice::<Value>(&bytes)
+        .map_err(|e| format!("the body is not valid JSON: {e}"))
+        .and_then(|v| ex.adapter.conversation(&v, &proxy.scan));
+    let mut decisions = Vec::new();
+    let conversation = match parsed {
+        Ok(c) => {
+            if proxy.input_check {
+                let input = CheckInput {
+                    direction: Direction::Input,
+                    profile: &ex.profile,
+                    texts: c.parts.iter().map(|p| (p.clone(), None)).collect(),
+                    fail: proxy.on_input_error,
+                    unscanned: c.unscanned.clone(),
+                };
+                decisions.push(check::run(&ex.gw, input, &ex.request_id, adapter.protocol()).await);
+            }
+            c
+        }
+        Err(message) if proxy.on_bad_request == BadRequest::Reject => {
+            return ex.error(ApiError::invalid(message))
+        }
+        Err(message) => {
+            tracing::info!(request_id = %ex.request_id, %message, "forwarding an unparsable request unscanned");
+            let mut d = Decision::failed(
+                Direction::Input,
+                &ex.profile,
+                "unparsable_request",
+                FailMode::Open,
+            );
+            d.unscanned.push("the whole request".into());
+            decisions.push(d);
+            Conversation::default()
+        }
+    };
+    if let Some(input) = decisions.first() {
+        match input.disposition {
+            Disposition::Block => {
+                let body = ex.adapter.input_blocked(&ex.block(input));
+                let response = json_response(StatusCode::BAD_REQUEST, &body);
+                return ex.annotated(response, &[input]);
+            }
+            Disposition::Unavailable => return ex.unavailable(input),
+            Disposition::Pass | Disposition::Flag => {}
+        }
+    }
+    let Some(upstream) = &ex.gw.upstream else {
+        return ex.error(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "no_upstream",
+            "this gateway has no [upstream] configured; only /v1/moderations is served",
+        ));
+    };
+    if proxy.output_mode != OutputMode::Off {
+        // The output check reads the body: ask for it uncompressed.
+        parts.headers.remove(ACCEPT_ENCODING);
+    }
+    let started = Instant::now();
+    let response = match upstream.send(&parts, bytes).await {
+        Ok(r) => r,
+        Err(e) => return ex.error(e.into()),
+    };
+    let (mut head, upstream_body) = response.into_parts();
+    ex.gw
+        .metrics
+        .upstream_seconds
+        .with_label_values(&[&format!("{}xx", head.status.as_u16() / 100)])
+        .observe(started.elapsed().as_secs_f64());
+    strip_hop_by_hop(&mut head.headers);
+    let idle = upstream.idle_timeout;
+    let refs: Vec<&Decision> = decisions.iter().collect();
+    if !head.status.is_success() || proxy.output_mode == OutputMode::Off {
+        let body = relay(upstream_body, idle, Bytes::new(), |_| {}, |_| {});
+        return ex.annotated(Response::from_parts(head, body), &refs);
+    }
+    let is_stream = head
+        .headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if proxy.output_mode == OutputMode::Audit {
+        let body = ex.audit(upstream_body, is_stream, conversation.prompt, idle);
+        return ex.annotated(Response::from_parts(head, body), &refs);
+    }
+    let mut upstream_body = upstream_body;
+    let bytes = match collect(&mut upstream_body, proxy.max_response_bytes, idle).await {
+        Ok(b) => b,
+        Err(CollectError::TooLarge(prefix)) => {
+            let d = ex.output_failed("response_too_large");
+            if d.disposition == Disposition::Unavailable {
+                return ex.unavailable(&d);
+            }
+            decisions.push(d);
+            let refs: Vec<&Decision> = decisions.iter().collect();
+            let body = relay(upstream_body, idle, prefix, |_| {}, |_| {});
+            return ex.annotated(Response::from_parts(head, body), &refs);
+        }
+        Err(CollectError::Failed) => {
+            return ex.error(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream_failed",
+                "the upstream's response broke off before it was complete",
+            ))
+        }
+    };
+    let Outputs {
+        texts,
+        collector,
+        json,
+    } = read_outputs(ex.adapter, &bytes, is_stream);
+    let output = match texts {
+        Some(outputs) => {
+            let input = CheckInput {
+                direction: Direction::Output,
+                profile: &ex.profile,
+                texts: outputs
+                    .into_iter()
+                    .map(|o| (conversation.prompt.clone(), Some(o)))
+                    .collect(),
+                fail: proxy.on_output_error,
+                unscanned: Vec::new(),
+            };
+            check::run(&ex.gw, input, &ex.request_id, adapter.protocol()).await
+        }
+        None => ex.output_failed("unparsable_response"),
+    };
+    let body = match output.disposition {
+        Disposition::Unavailable => return ex.unavailable(&output),
+        Disposition::Block => {
+            let block = ex.block(&output);
+            head.headers.remove(CONTENT_LENGTH);
+            match (collector, json) {
+                (Some(c), _) => full(c.blocked_stream(&output.parts_blocked, &block)),
+                (None, Some(mut v)) => {
+                    ex.adapter
+                        .block_outputs(&mut v, &output.parts_blocked, &block);
+                    full(v.to_string())
+                }
+                (None, None) => full(bytes),
+            }
+        }
+        Disposition::Pass | Disposition::Flag => full(bytes),
+    };
+    decisions.push(output);
+    let refs: Vec<&Decision> = decisions.iter().collect();
+    ex.annotated(Response::from_parts(head, body), &refs)
+}
+
+/// A whole response as the output check sees it.
+struct Outputs {
+    /// One text per choice; `None` when the body is not what the protocol promises.
+    texts: Option<Vec<String>>,
+    /// The stream's collector (streamed responses).
+    collector: Option<Box<dyn StreamCollector>>,
+    /// The parsed body (JSON responses).
+    json: Option<Value>,
+}
+
+fn read_outputs(adapter: &dyn Adapter, bytes: &[u8], is_stream: bool) -> Outputs {
+    if is_stream {
+        let mut collector = adapter.collector();
+        let mut parser = Parser::new();
+        let mut events = parser.feed(bytes);
+        events.extend(parser.finish());
+        for event in &events {
+            collector.event(event);
+        }
+        Outputs {
+            texts: Some(collector.outputs()),
+            collector: Some(collector),
+            json: None,
+        }
+    } else {
+        let json = serde_json::from_slice::<Value>(bytes).ok();
+        Outputs {
+            texts: json.as_ref().map(|v| adapter.outputs(v)),
+            collector: None,
+            json,
+        }
+    }
+}
+
+/// What an audited response accumulates while it is relayed.
+struct AuditState {
+    parser: Parser,
+    collector: Box<dyn StreamCollector>,
+    json: Vec<u8>,
+    overflow: bool,
+}
+
+impl Exchange {
+    fn block<'a>(&'a self, decision: &'a Decision) -> Block<'a> {
+        Block {
+            decision,
+            reveal: self.settings.proxy.reveal,
+            replacement: &self.settings.proxy.replacement_text,
+        }
+    }
+
+    /// An error in the protocol's envelope.
+    fn error(&self, e: ApiError) -> Response<Body> {
+        self.gw.metrics.errors.with_label_values(&[e.code]).inc();
+        tracing::info!(request_id = %self.request_id, code = e.code, status = e.status.as_u16(), "request refused");
+        let body = self.adapter.error(e.status, e.code, &e.message);
+        self.annotated(json_response(e.status, &body), &[])
+    }
+
+    /// The fail-closed answer: 429 when the scorer's queue is full, 503 otherwise.
+    fn unavailable(&self, decision: &Decision) -> Response<Body> {
+        let full_queue = decision.evaluation_error.as_deref() == Some("queue_full");
+        let status = if full_queue {
+            StatusCode::TOO_MANY_REQUESTS
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        let message = format!(
+            "moderation is unavailable ({}); retry shortly",
+            decision.evaluation_error.as_deref().unwrap_or("unknown")
+        );
+        let body = self
+            .adapter
+            .error(status, "moderation_unavailable", &message);
+        let mut response = self.annotated(json_response(status, &body), &[decision]);
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, hyper::header::HeaderValue::from_static("1"));
+        response
+    }
+
+    /// A failed output check, recorded like any other.
+    fn output_failed(&self, error: &str) -> Decision {
+        let d = Decision::failed(
+            Direction::Output,
+            &self.profile,
+            error,
+            self.settings.proxy.on_output_error,
+        );
+        self.gw
+            .metrics
+            .evaluation_errors
+            .with_label_values(&["output", error])
+            .inc();
+        d
+    }
+
+    fn annotated(&self, mut response: Response<Body>, decisions: &[&Decision]) -> Response<Body> {
+        let headers = response.headers_mut();
+        if decisions.is_empty() {
+            if let Ok(v) = self.request_id.parse() {
+                headers.insert(REQUEST_ID, v);
+            }
+            return response;
+        }
+        annotate(
+            headers,
+            &Annotation {
+                request_id: &self.request_id,
+                policy_version: &self.settings.profiles.version,
+                decisions,
+                reveal: self.settings.proxy.reveal,
+            },
+        );
+        response
+    }
+
+    /// Relays the response at once and scores it when it is complete (record only).
+    fn audit(&self, upstream: Incoming, is_stream: bool, prompt: String, idle: Duration) -> Body {
+        let limit = self.settings.proxy.max_response_bytes;
+        let state = Arc::new(Mutex::new(AuditState {
+            parser: Parser::new(),
+            collector: self.adapter.collector(),
+            json: Vec::new(),
+            overflow: false,
+        }));
+        let tap_state = state.clone();
+        let tap = move |data: &Bytes| {
+            let mut s = tap_state.lock().unwrap_or_else(|e| e.into_inner());
+            if is_stream {
+                for event in s.parser.feed(data) {
+                    s.collector.event(&event);
+                }
+            } else if s.json.len() + data.len() <= limit {
+                s.json.extend_from_slice(data);
+            } else {
+                s.overflow = true;
+            }
+        };
+        let gw = self.gw.clone();
+        let profile = self.profile.clone();
+        let request_id = self.request_id.clone();
+        let adapter = self.adapter;
+        let fail = self.settings.proxy.on_output_error;
+        let done = move |end: super::body::RelayEnd| {
+            if end != super::body::RelayEnd::Complete {
+                return;
+            }
+            let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+            let outputs = if is_stream {
+                if let Some(event) = s.parser.finish() {
+                    s.collector.event(&event);
+                }
+                Some(s.collector.outputs())
+            } else if s.overflow {
+                None
+            } else {
+                serde_json::from_slice::<Value>(&s.json)
+                    .ok()
+                    .map(|v| adapter.outputs(&v))
+            };
+            drop(s);
+            tokio::spawn(async move {
+                let Some(outputs) = outputs else {
+                    gw.metrics
+                        .evaluation_errors
+                        .with_label_values(&["output", "unparsable_response"])
+                        .inc();
+                    return;
+                };
+                let input = CheckInput {
+                    direction: Direction::Output,
+                    profile: &profile,
+                    texts: outputs
+                        .into_iter()
+                        .map(|o| (prompt.clone(), Some(o)))
+                        .collect(),
+                    fail,
+                    unscanned: Vec::new(),
+                };
+                let d = check::run(&gw, input, &request_id, adapter.protocol()).await;
+                tracing::info!(request_id = %request_id, action = d.disposition.as_str(), "audited response");
+            });
+        };
+        relay(upstream, idle, Bytes::new(), tap, done)
+    }
+}

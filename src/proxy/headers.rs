@@ -1,0 +1,113 @@
+//! Decision headers on every moderated response, so flag and shadow modes can be observed
+//! without reading bodies. What they reveal follows `[proxy] reveal`.
+
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::config::{Action, Reveal};
+
+use super::decision::{Decision, Disposition};
+
+/// The overall action.
+pub const ACTION: &str = "x-shieldgate-action";
+/// Violated `block` and `flag` categories.
+pub const CATEGORIES: &str = "x-shieldgate-categories";
+/// Violated `shadow` categories (would have been blocked).
+pub const SHADOW: &str = "x-shieldgate-shadow";
+/// Scores of every category (reveal = scores).
+pub const SCORES: &str = "x-shieldgate-scores";
+/// Why a check could not be made.
+pub const EVALUATION_ERROR: &str = "x-shieldgate-evaluation-error";
+/// How many parts could not be scanned.
+pub const UNSCANNED: &str = "x-shieldgate-unscanned";
+/// The policy-set version.
+pub const POLICY_VERSION: &str = "x-shieldgate-policy-version";
+/// The profile applied.
+pub const PROFILE: &str = "x-shieldgate-profile";
+/// The request id (also in the decision log).
+pub const REQUEST_ID: &str = "x-shieldgate-request-id";
+
+/// What the headers describe.
+pub struct Annotation<'a> {
+    /// The request id.
+    pub request_id: &'a str,
+    /// The policy-set version.
+    pub policy_version: &'a str,
+    /// The checks made (input, then output when there was one).
+    pub decisions: &'a [&'a Decision],
+    /// What may be revealed.
+    pub reveal: Reveal,
+}
+
+/// Sets the decision headers.
+pub fn annotate(headers: &mut HeaderMap, a: &Annotation<'_>) {
+    let mut set = |name: &'static str, value: String| {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(HeaderName::from_static(name), v);
+        }
+    };
+    set(REQUEST_ID, a.request_id.to_string());
+    set(POLICY_VERSION, a.policy_version.to_string());
+    let Some(first) = a.decisions.first() else {
+        return;
+    };
+    let action = a
+        .decisions
+        .iter()
+        .map(|d| d.disposition)
+        .max()
+        .unwrap_or(Disposition::Pass);
+    set(ACTION, action.as_str().to_string());
+    set(PROFILE, first.profile.clone());
+    let errors: Vec<&str> = a
+        .decisions
+        .iter()
+        .filter_map(|d| d.evaluation_error.as_deref())
+        .collect();
+    if !errors.is_empty() {
+        set(EVALUATION_ERROR, errors.join(","));
+    }
+    let unscanned: usize = a.decisions.iter().map(|d| d.unscanned.len()).sum();
+    if unscanned > 0 {
+        set(UNSCANNED, unscanned.to_string());
+    }
+    if a.reveal == Reveal::None {
+        return;
+    }
+    let list = |action: Action| {
+        let mut ids: Vec<&str> = a
+            .decisions
+            .iter()
+            .flat_map(|d| d.violated(action))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids.join(",")
+    };
+    let mut categories = list(Action::Block);
+    let flagged = list(Action::Flag);
+    if !flagged.is_empty() {
+        if !categories.is_empty() {
+            categories.push(',');
+        }
+        categories.push_str(&flagged);
+    }
+    if !categories.is_empty() {
+        set(CATEGORIES, categories);
+    }
+    let shadow = list(Action::Shadow);
+    if !shadow.is_empty() {
+        set(SHADOW, shadow);
+    }
+    if a.reveal == Reveal::Scores {
+        let scores: Vec<String> = a
+            .decisions
+            .iter()
+            .flat_map(|d| {
+                d.categories
+                    .iter()
+                    .map(move |c| format!("{}:{}={:.4}", d.direction.as_str(), c.id, c.p_yes))
+            })
+            .collect();
+        set(SCORES, scores.join(","));
+    }
+}

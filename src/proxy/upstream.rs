@@ -1,0 +1,222 @@
+//! The upstream client: pooled HTTP/1.1 and HTTP/2 (by ALPN) over plain TCP or rustls
+//! (system roots plus an optional CA file), with connect and response-head timeouts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::header::{HeaderMap, HeaderName, HOST};
+use hyper::{Request, Response, Uri, Version};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+
+use crate::config::UpstreamConfig;
+
+use super::body::{full, Body};
+
+/// Why the upstream gave no response.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The client cannot be built from the configuration.
+    #[error("cannot set up the upstream client: {0}")]
+    Setup(String),
+    /// No connection or no response head.
+    #[error("the upstream is unreachable: {0}")]
+    Unreachable(String),
+    /// The response head did not arrive in time.
+    #[error("the upstream did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+impl UpstreamError {
+    /// A stable name for error bodies, metrics and logs.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            Self::Setup(_) => "upstream_setup",
+            Self::Unreachable(_) => "upstream_unreachable",
+            Self::Timeout(_) => "upstream_timeout",
+        }
+    }
+}
+
+/// Hop-by-hop headers, never forwarded.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Removes hop-by-hop headers, including those the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(hyper::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// The configured upstream.
+pub struct Upstream {
+    client: Client<HttpsConnector<HttpConnector>, Body>,
+    base: Uri,
+    response_timeout: Duration,
+    /// Longest silence between two body pieces.
+    pub idle_timeout: Duration,
+}
+
+impl Upstream {
+    /// Builds the client; fails on an unreadable CA file.
+    pub fn new(config: &UpstreamConfig) -> Result<Self, UpstreamError> {
+        let base: Uri = config
+            .url
+            .trim_end_matches('/')
+            .parse()
+            .map_err(|e| UpstreamError::Setup(format!("url {:?}: {e}", config.url)))?;
+        let mut roots = rustls::RootCertStore::empty();
+        let native = rustls_native_certs::load_native_certs();
+        let (added, _) = roots.add_parsable_certificates(native.certs);
+        if let Some(path) = &config.ca_file {
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| UpstreamError::Setup(format!("CA file {}: {e}", path.display())))?;
+            if certs.is_empty() {
+                return Err(UpstreamError::Setup(format!(
+                    "CA file {} holds no PEM certificate",
+                    path.display()
+                )));
+            }
+            for cert in certs {
+                roots.add(cert).map_err(|e| {
+                    UpstreamError::Setup(format!("CA file {}: {e}", path.display()))
+                })?;
+            }
+        }
+        tracing::debug!(system_roots = added, "upstream TLS roots loaded");
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| UpstreamError::Setup(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(Duration::from_millis(config.connect_timeout_ms)));
+        http.set_nodelay(true);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_millis(config.pool_idle_timeout_ms))
+            .build(connector);
+        Ok(Self {
+            client,
+            base,
+            response_timeout: Duration::from_millis(config.response_timeout_ms),
+            idle_timeout: Duration::from_millis(config.idle_timeout_ms),
+        })
+    }
+
+    /// The upstream URI for a request's path and query.
+    fn target(&self, path_and_query: &str) -> Result<Uri, UpstreamError> {
+        let base = self.base.to_string();
+        format!("{}{}", base.trim_end_matches('/'), path_and_query)
+            .parse()
+            .map_err(|e| UpstreamError::Unreachable(format!("bad target path: {e}")))
+    }
+
+    /// Sends a request with `body` to the upstream; headers are forwarded without hop-by-hop
+    /// ones and with the upstream's host.
+    pub async fn send(
+        &self,
+        parts: &hyper::http::request::Parts,
+        body: Bytes,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut request = Request::new(full(body.clone()));
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = self.target(path)?;
+        *request.version_mut() = Version::HTTP_11;
+        let headers = request.headers_mut();
+        *headers = parts.headers.clone();
+        strip_hop_by_hop(headers);
+        headers.remove(HOST);
+        headers.insert(hyper::header::CONTENT_LENGTH, body.len().into());
+        match tokio::time::timeout(self.response_timeout, self.client.request(request)).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(e)) => Err(UpstreamError::Unreachable(error_chain(&e))),
+            Err(_) => Err(UpstreamError::Timeout(self.response_timeout)),
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_dropped() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            "keep-alive, x-private".parse().expect("value"),
+        );
+        h.insert("x-private", "1".parse().expect("value"));
+        h.insert("transfer-encoding", "chunked".parse().expect("value"));
+        h.insert("authorization", "Bearer k".parse().expect("value"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("authorization"));
+    }
+
+    #[test]
+    fn a_missing_ca_file_is_a_clear_setup_error() {
+        let mut config = UpstreamConfig::new("https://example.invalid");
+        config.ca_file = Some("/nonexistent/ca.pem".into());
+        let e = Upstream::new(&config).err().expect("fails");
+        assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
+    }
+
+    #[test]
+    fn paths_join_the_base() {
+        let u = Upstream::new(&UpstreamConfig::new("http://127.0.0.1:9/openai/")).expect("ok");
+        assert_eq!(
+            u.target("/v1/chat/completions?x=1")
+                .expect("uri")
+                .to_string(),
+            "http://127.0.0.1:9/openai/v1/chat/completions?x=1"
+        );
+    }
+}
