@@ -8,4 +8,5 @@ mod harness;
 mod hub;
 mod parity;
 mod quantized;
+mod sdk;
 mod serve;
