@@ -716,3 +716,108 @@ fn shutdown_lets_open_exchanges_finish_and_refuses_new_ones() {
         "no new connections after shutdown"
     );
 }
+
+#[test]
+fn incremental_mode_relays_checked_text_and_cuts_the_stream_where_it_turns() {
+    let (gw, _mock, scorer) =
+        gateway("[proxy]\noutput_mode = \"incremental\"\nincremental_chars = 8\n");
+    let rt = &gw.runtime;
+    let a = rt.block_on(post(
+        gw.addr,
+        "/v1/chat/completions",
+        &[],
+        &chat("say: all of this is fine text", true),
+    ));
+    assert_eq!(
+        a.body,
+        chat_stream("all of this is fine text"),
+        "a clean stream is unchanged"
+    );
+    let checks: Vec<String> = scorer
+        .seen
+        .lock()
+        .expect("seen")
+        .iter()
+        .filter_map(|s| s.1.clone())
+        .collect();
+    assert!(
+        checks.len() >= 3,
+        "the growing answer is checked several times: {checks:?}"
+    );
+    assert!(
+        checks.windows(2).all(|w| w[1].starts_with(&w[0])),
+        "{checks:?}"
+    );
+    assert_eq!(
+        checks.last().map(String::as_str),
+        Some("all of this is fine text")
+    );
+
+    let a = rt.block_on(post(
+        gw.addr,
+        "/v1/chat/completions",
+        &[],
+        &chat("say: fine start then hate~ later on", true),
+    ));
+    assert!(
+        !a.body.contains("hate!") && !a.body.contains("later"),
+        "{}",
+        a.body
+    );
+    let data = a.sse_data();
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).expect("json"))
+        .collect();
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert!(
+        text.starts_with("fine start"),
+        "checked text was relayed: {text:?}"
+    );
+    assert_eq!(
+        chunks.last().expect("chunk")["choices"][0]["finish_reason"],
+        "content_filter"
+    );
+
+    let a = rt.block_on(post(
+        gw.addr,
+        "/v1/messages",
+        &[],
+        &json!({"model": "c", "max_tokens": 9, "stream": true,
+        "messages": [{"role": "user", "content": "say: fine start then hate~ later on"}]}),
+    ));
+    assert!(!a.body.contains("hate!"), "{}", a.body);
+    let events: Vec<&str> = a
+        .body
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect();
+    assert_eq!(events.first(), Some(&"message_start"));
+    assert_eq!(
+        &events[events.len() - 3..],
+        ["content_block_stop", "message_delta", "message_stop"]
+    );
+    assert!(
+        events.contains(&"content_block_delta"),
+        "checked text was relayed"
+    );
+    let delta: Value = serde_json::from_str(&a.sse_data()[a.sse_data().len() - 2]).expect("json");
+    assert_eq!(delta["delta"]["stop_reason"], "refusal");
+
+    let a = rt.block_on(post(
+        gw.addr,
+        "/v1/responses",
+        &[],
+        &json!({"model": "m", "stream": true, "input": "say: fine start then hate~ later"}),
+    ));
+    let last: Value = serde_json::from_str(a.sse_data().last().expect("events")).expect("json");
+    assert_eq!(last["type"], "response.incomplete");
+    assert!(
+        a.body.contains("response.output_text.delta"),
+        "checked text was relayed"
+    );
+}

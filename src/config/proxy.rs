@@ -14,6 +14,8 @@ pub struct ProxyConfig {
     pub input_check: bool,
     /// How responses are checked.
     pub output_mode: OutputMode,
+    /// In `incremental` mode, new answer characters between two checks.
+    pub incremental_chars: usize,
     /// What a block tells the client about the decision.
     pub reveal: Reveal,
     /// The text that replaces a blocked response.
@@ -39,6 +41,7 @@ impl Default for ProxyConfig {
             scan: vec![Scan::LastUser],
             input_check: true,
             output_mode: OutputMode::Buffer,
+            incremental_chars: 200,
             reveal: Reveal::Categories,
             replacement_text: "This response was withheld by the content policy.".into(),
             on_input_error: FailMode::Open,
@@ -63,6 +66,9 @@ impl ProxyConfig {
                 "[proxy] tenant_header {:?} is not a header name",
                 self.tenant_header
             ));
+        }
+        if self.incremental_chars == 0 {
+            return Err("[proxy] incremental_chars must be greater than 0".into());
         }
         if self.max_response_bytes == 0 {
             return Err("[proxy] max_response_bytes must be greater than 0".into());
@@ -103,6 +109,10 @@ pub enum Scan {
 pub enum OutputMode {
     /// Hold the response (or the whole stream) until it is scored.
     Buffer,
+    /// Relay a stream as it is scored: check the growing answer every `incremental_chars`
+    /// characters, hold back the unscored tail, end the stream inside the protocol when a
+    /// threshold is crossed. Whole (non-stream) responses are held as in `buffer`.
+    Incremental,
     /// Pass the response through at once, score it afterwards, record only.
     Audit,
     /// No output check.

@@ -52,9 +52,12 @@ pub struct ChannelBody {
     rx: mpsc::Receiver<Result<Bytes, BoxError>>,
 }
 
+/// The feeding end of a [`channel`] body.
+pub type ChannelSender = mpsc::Sender<Result<Bytes, BoxError>>;
+
 /// A streamed body and the sender that feeds it; the body ends when the sender is dropped,
 /// and fails where an `Err` is sent.
-pub fn channel(capacity: usize) -> (mpsc::Sender<Result<Bytes, BoxError>>, Body) {
+pub fn channel(capacity: usize) -> (ChannelSender, Body) {
     let (tx, rx) = mpsc::channel(capacity);
     (tx, ChannelBody { rx }.boxed())
 }

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{ACCEPT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Request, Response, StatusCode};
@@ -14,7 +15,10 @@ use serde_json::Value;
 use crate::config::{BadRequest, FailMode, OutputMode};
 
 use super::adapters::{Adapter, Block, Conversation, StreamCollector};
-use super::body::{collect, full, json_response, read_json_request, relay, Body, CollectError};
+use super::body::{
+    channel, collect, full, json_response, read_json_request, relay, Body, ChannelSender,
+    CollectError,
+};
 use super::check::{self, CheckInput};
 use super::decision::{Decision, Direction, Disposition};
 use super::error::ApiError;
@@ -25,6 +29,7 @@ use super::upstream::strip_hop_by_hop;
 use super::{Gateway, Settings};
 
 /// What the steps of one exchange share.
+#[derive(Clone)]
 struct Exchange {
     gw: Arc<Gateway>,
     adapter: &'static dyn Adapter,
@@ -143,6 +148,10 @@ pub async fn handle(
         .is_some_and(|v| v.starts_with("text/event-stream"));
     if proxy.output_mode == OutputMode::Audit {
         let body = ex.audit(upstream_body, is_stream, conversation.prompt, idle);
+        return ex.annotated(Response::from_parts(head, body), &refs);
+    }
+    if is_stream && proxy.output_mode == OutputMode::Incremental {
+        let body = ex.incremental(upstream_body, conversation.prompt, idle);
         return ex.annotated(Response::from_parts(head, body), &refs);
     }
     let mut upstream_body = upstream_body;
@@ -324,6 +333,102 @@ impl Exchange {
             },
         );
         response
+    }
+
+    /// Relays a stream as it is scored; see [`OutputMode::Incremental`].
+    fn incremental(&self, upstream: Incoming, prompt: String, idle: Duration) -> Body {
+        let (tx, body) = channel(16);
+        let ex = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = ex.run_incremental(upstream, &prompt, idle, &tx).await {
+                let _ = tx.send(Err(e.into())).await;
+            }
+        });
+        body
+    }
+
+    async fn run_incremental(
+        &self,
+        mut upstream: Incoming,
+        prompt: &str,
+        idle: Duration,
+        tx: &ChannelSender,
+    ) -> Result<(), &'static str> {
+        let every = self.settings.proxy.incremental_chars;
+        let mut scoring = (Parser::new(), self.adapter.collector());
+        let mut released = (Parser::new(), self.adapter.collector());
+        let mut held: Vec<u8> = Vec::new();
+        let (mut total, mut sent, mut checked) = (0u64, 0u64, 0usize);
+        loop {
+            let done = match tokio::time::timeout(idle, upstream.frame()).await {
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        total += data.len() as u64;
+                        held.extend_from_slice(&data);
+                        for event in scoring.0.feed(&data) {
+                            scoring.1.event(&event);
+                        }
+                    }
+                    false
+                }
+                Ok(None) => {
+                    if let Some(event) = scoring.0.finish() {
+                        scoring.1.event(&event);
+                    }
+                    true
+                }
+                Ok(Some(Err(_))) => return Err("the upstream stream broke off"),
+                Err(_) => return Err("the upstream stream stalled"),
+            };
+            let outputs = scoring.1.outputs();
+            let length: usize = outputs.iter().map(String::len).sum();
+            if !done && length < checked + every {
+                continue;
+            }
+            if length > checked || (done && checked == 0) {
+                checked = length;
+                let input = CheckInput {
+                    direction: Direction::Output,
+                    profile: &self.profile,
+                    texts: outputs
+                        .into_iter()
+                        .map(|o| (prompt.to_string(), Some(o)))
+                        .collect(),
+                    fail: self.settings.proxy.on_output_error,
+                    unscanned: Vec::new(),
+                };
+                let d =
+                    check::run(&self.gw, input, &self.request_id, self.adapter.protocol()).await;
+                if matches!(d.disposition, Disposition::Block | Disposition::Unavailable) {
+                    let block = self.block(&d);
+                    let end = if sent == 0 {
+                        scoring.1.blocked_stream(&d.parts_blocked, &block)
+                    } else {
+                        released.1.terminate(&block)
+                    };
+                    let _ = tx.send(Ok(Bytes::from(end))).await;
+                    return Ok(());
+                }
+            }
+            let upto = if done {
+                total
+            } else {
+                scoring.0.complete_through()
+            };
+            if upto > sent {
+                let release: Vec<u8> = held.drain(..(upto - sent) as usize).collect();
+                for event in released.0.feed(&release) {
+                    released.1.event(&event);
+                }
+                sent = upto;
+                if tx.send(Ok(Bytes::from(release))).await.is_err() {
+                    return Ok(());
+                }
+            }
+            if done {
+                return Ok(());
+            }
+        }
     }
 
     /// Relays the response at once and scores it when it is complete (record only).

@@ -16,6 +16,10 @@ pub struct Parser {
     pending: Vec<u8>,
     current: Event,
     has_data: bool,
+    /// Stream offset of the first byte of `pending`.
+    offset: u64,
+    /// Stream offset just past the last blank line (the end of the last complete event).
+    complete: u64,
 }
 
 impl Parser {
@@ -36,12 +40,22 @@ impl Parser {
                 .unwrap_or(&self.pending[start..end]);
             let line = String::from_utf8_lossy(line).into_owned();
             start = end + 1;
+            if line.is_empty() {
+                self.complete = self.offset + start as u64;
+            }
             if let Some(event) = self.line(&line) {
                 events.push(event);
             }
         }
         self.pending.drain(..start);
+        self.offset += start as u64;
         events
+    }
+
+    /// How many bytes of the stream form complete events (comments included): a prefix that
+    /// can be relayed without cutting an event.
+    pub fn complete_through(&self) -> u64 {
+        self.complete
     }
 
     /// Ends the stream: an event not closed by a blank line is still returned.
@@ -142,6 +156,17 @@ mod tests {
                 "pieces of {piece}"
             );
         }
+    }
+
+    #[test]
+    fn complete_through_marks_the_end_of_the_last_whole_event() {
+        let mut parser = Parser::new();
+        parser.feed(b"data: a\n\nda");
+        assert_eq!(parser.complete_through(), 9);
+        parser.feed(b"ta: b\r\n");
+        assert_eq!(parser.complete_through(), 9);
+        parser.feed(b"\r\n: ping\n\n");
+        assert_eq!(parser.complete_through(), 28);
     }
 
     #[test]

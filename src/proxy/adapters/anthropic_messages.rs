@@ -136,6 +136,7 @@ struct MessageStream {
     start: Option<Value>,
     blocks: Vec<String>,
     usage: Option<Value>,
+    open: Option<usize>,
 }
 
 impl StreamCollector for MessageStream {
@@ -149,7 +150,9 @@ impl StreamCollector for MessageStream {
         }
         match data.get("type").and_then(Value::as_str) {
             Some("message_start") => self.start = data.get("message").cloned(),
+            Some("content_block_stop") => self.open = None,
             Some("content_block_start") => {
+                self.open = Some(index);
                 let text = message_text(&json!([data.get("content_block")]));
                 self.blocks[index].push_str(&text);
             }
@@ -182,7 +185,6 @@ impl StreamCollector for MessageStream {
         });
         message["content"] = json!([]);
         message["stop_reason"] = Value::Null;
-        let event = |name: &str, data: Value| frame(Some(name), &data.to_string());
         [
             event("message_start", json!({"type": "message_start", "message": message})),
             event(
@@ -194,15 +196,38 @@ impl StreamCollector for MessageStream {
                 json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": block.replacement}}),
             ),
             event("content_block_stop", json!({"type": "content_block_stop", "index": 0})),
-            event(
-                "message_delta",
-                json!({"type": "message_delta", "delta": {"stop_reason": "refusal", "stop_sequence": null},
-                       "usage": self.usage.clone().unwrap_or_else(|| json!({"output_tokens": 0}))}),
-            ),
-            event("message_stop", json!({"type": "message_stop"})),
+            refusal_end(self.usage.clone()),
         ]
         .concat()
     }
+
+    fn terminate(&self, block: &Block<'_>) -> String {
+        if self.start.is_none() {
+            return self.blocked_stream(&[true], block);
+        }
+        let mut out = String::new();
+        if let Some(index) = self.open {
+            out += &event(
+                "content_block_stop",
+                json!({"type": "content_block_stop", "index": index}),
+            );
+        }
+        out += &refusal_end(self.usage.clone());
+        out
+    }
+}
+
+fn event(name: &str, data: Value) -> String {
+    frame(Some(name), &data.to_string())
+}
+
+/// The `message_delta` with `stop_reason: "refusal"` and the `message_stop` after it.
+fn refusal_end(usage: Option<Value>) -> String {
+    event(
+        "message_delta",
+        json!({"type": "message_delta", "delta": {"stop_reason": "refusal", "stop_sequence": null},
+               "usage": usage.unwrap_or_else(|| json!({"output_tokens": 0}))}),
+    ) + &event("message_stop", json!({"type": "message_stop"}))
 }
 
 #[cfg(test)]

@@ -67,6 +67,9 @@ pub trait StreamCollector: Send {
     fn outputs(&self) -> Vec<String>;
     /// A complete, valid stream that withholds the choices marked in `blocked`.
     fn blocked_stream(&self, blocked: &[bool], block: &Block<'_>) -> String;
+    /// The frames that end, for content filtering, a stream of which the client has seen
+    /// exactly the events this collector was given.
+    fn terminate(&self, block: &Block<'_>) -> String;
 }
 
 /// The adapter for a POST to `path`, if one applies.

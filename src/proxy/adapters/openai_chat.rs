@@ -196,6 +196,30 @@ impl StreamCollector for ChatStream {
         }
         out + "data: [DONE]\n\n"
     }
+
+    fn terminate(&self, block: &Block<'_>) -> String {
+        let meta = self
+            .meta
+            .clone()
+            .unwrap_or_else(|| json!({"object": "chat.completion.chunk"}));
+        let open: Vec<u64> = match self.choices.is_empty() {
+            true => vec![0],
+            false => self
+                .choices
+                .iter()
+                .filter(|(_, c)| c.finish.is_null())
+                .map(|(i, _)| *i)
+                .collect(),
+        };
+        let mut out = String::new();
+        for index in open {
+            let mut c = meta.clone();
+            c["choices"] = json!([{"index": index, "delta": {}, "finish_reason": "content_filter",
+                                   "content_filter_results": filter_results(block)}]);
+            out += &data_frame(&c);
+        }
+        out + "data: [DONE]\n\n"
+    }
 }
 
 #[cfg(test)]

@@ -123,6 +123,30 @@ impl StreamCollector for CompletionStream {
         }
         out + "data: [DONE]\n\n"
     }
+
+    fn terminate(&self, block: &Block<'_>) -> String {
+        let meta = self
+            .meta
+            .clone()
+            .unwrap_or_else(|| json!({"object": "text_completion"}));
+        let mut open: Vec<u64> = self
+            .choices
+            .iter()
+            .filter(|(_, c)| c.1.is_null())
+            .map(|(i, _)| *i)
+            .collect();
+        if self.choices.is_empty() {
+            open.push(0);
+        }
+        let mut out = String::new();
+        for index in open {
+            let mut c = meta.clone();
+            c["choices"] = json!([{"index": index, "text": "", "finish_reason": "content_filter",
+                                   "logprobs": null, "content_filter_results": filter_results(block)}]);
+            out += &data_frame(&c);
+        }
+        out + "data: [DONE]\n\n"
+    }
 }
 
 #[cfg(test)]

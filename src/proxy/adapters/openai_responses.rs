@@ -132,6 +132,7 @@ struct ResponseStream {
     response: Option<Value>,
     text: String,
     item: Option<String>,
+    sequence: u64,
 }
 
 impl StreamCollector for ResponseStream {
@@ -139,6 +140,9 @@ impl StreamCollector for ResponseStream {
         let Ok(data) = serde_json::from_str::<Value>(&event.data) else {
             return;
         };
+        if let Some(n) = data.get("sequence_number").and_then(Value::as_u64) {
+            self.sequence = self.sequence.max(n);
+        }
         match data.get("type").and_then(Value::as_str) {
             Some("response.output_text.delta" | "response.function_call_arguments.delta") => {
                 let item = data
@@ -174,14 +178,25 @@ impl StreamCollector for ResponseStream {
         created["status"] = json!("in_progress");
         created["output"] = json!([]);
         withhold(&mut response, block.replacement);
-        let event = |name: &str, seq: u64, r: &Value| {
-            frame(
-                Some(name),
-                &json!({"type": name, "sequence_number": seq, "response": r}).to_string(),
-            )
-        };
         event("response.created", 0, &created) + &event("response.incomplete", 1, &response)
     }
+
+    fn terminate(&self, block: &Block<'_>) -> String {
+        let Some(response) = &self.response else {
+            return self.blocked_stream(&[true], block);
+        };
+        let mut response = response.clone();
+        withhold(&mut response, block.replacement);
+        event("response.incomplete", self.sequence + 1, &response)
+    }
+}
+
+/// A lifecycle event carrying the whole response.
+fn event(name: &str, sequence: u64, response: &Value) -> String {
+    frame(
+        Some(name),
+        &json!({"type": name, "sequence_number": sequence, "response": response}).to_string(),
+    )
 }
 
 #[cfg(test)]
