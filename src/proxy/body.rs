@@ -1,6 +1,7 @@
 //! Response bodies: one boxed type for whole and streamed bodies, a channel-fed body for
 //! streams the gateway relays, and the helpers that build simple responses.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -76,6 +77,67 @@ impl HttpBody for ChannelBody {
     }
 }
 
+/// An upstream body passed on as it is, after `prefix` (what was already read), failing when
+/// the upstream falls silent for longer than the idle timeout. No task, no copy.
+pub fn pass_through(upstream: Incoming, idle: Duration, prefix: Bytes) -> Body {
+    IdleBody {
+        inner: upstream,
+        idle,
+        timer: Box::pin(tokio::time::sleep(idle)),
+        prefix: (!prefix.is_empty()).then_some(prefix),
+    }
+    .boxed()
+}
+
+struct IdleBody {
+    inner: Incoming,
+    idle: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    prefix: Option<Bytes>,
+}
+
+impl HttpBody for IdleBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if let Some(prefix) = this.prefix.take() {
+            return Poll::Ready(Some(Ok(Frame::data(prefix))));
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let deadline = tokio::time::Instant::now() + this.idle;
+                this.timer.as_mut().reset(deadline);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => match this.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err("the upstream body stalled".into()))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        let mut hint = self.inner.size_hint();
+        let extra = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
+        hint.set_lower(hint.lower() + extra);
+        if let Some(upper) = hint.upper() {
+            hint.set_upper(upper + extra);
+        }
+        hint
+    }
+}
+
 /// How a relayed body ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RelayEnd {
@@ -87,21 +149,16 @@ pub enum RelayEnd {
     ClientGone,
 }
 
-/// Relays an upstream body to the client as it arrives (after `prefix`, the part already
-/// read), showing each piece to `tap` and the way it ended to `done`.
+/// Relays an upstream body to the client as it arrives, showing each piece to `tap` and the
+/// way it ended to `done`.
 pub fn relay(
     mut upstream: Incoming,
     idle: Duration,
-    prefix: Bytes,
     mut tap: impl FnMut(&Bytes) + Send + 'static,
     done: impl FnOnce(RelayEnd) + Send + 'static,
 ) -> Body {
     let (tx, body) = channel(16);
     tokio::spawn(async move {
-        if !prefix.is_empty() && tx.send(Ok(prefix)).await.is_err() {
-            done(RelayEnd::ClientGone);
-            return;
-        }
         let end = loop {
             match tokio::time::timeout(idle, upstream.frame()).await {
                 Ok(Some(Ok(frame))) => {

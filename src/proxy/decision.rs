@@ -204,6 +204,7 @@ sexual = { threshold = 0.2, action = "shadow" }
         Profiles::build(&config)
             .expect("profiles")
             .default_profile()
+            .as_ref()
             .clone()
     }
 

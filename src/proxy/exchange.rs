@@ -16,8 +16,8 @@ use crate::config::{BadRequest, FailMode, OutputMode};
 
 use super::adapters::{Adapter, Block, Conversation, StreamCollector};
 use super::body::{
-    channel, collect, full, json_response, read_json_request, relay, Body, ChannelSender,
-    CollectError,
+    channel, collect, full, json_response, pass_through, read_json_request, relay, Body,
+    ChannelSender, CollectError,
 };
 use super::check::{self, CheckInput};
 use super::decision::{Decision, Direction, Disposition};
@@ -34,7 +34,7 @@ struct Exchange {
     gw: Arc<Gateway>,
     adapter: &'static dyn Adapter,
     settings: Arc<Settings>,
-    profile: Profile,
+    profile: Arc<Profile>,
     request_id: String,
 }
 
@@ -138,7 +138,7 @@ pub async fn handle(
     let idle = upstream.idle_timeout;
     let refs: Vec<&Decision> = decisions.iter().collect();
     if !head.status.is_success() || proxy.output_mode == OutputMode::Off {
-        let body = relay(upstream_body, idle, Bytes::new(), |_| {}, |_| {});
+        let body = pass_through(upstream_body, idle, Bytes::new());
         return ex.annotated(Response::from_parts(head, body), &refs);
     }
     let is_stream = head
@@ -164,7 +164,7 @@ pub async fn handle(
             }
             decisions.push(d);
             let refs: Vec<&Decision> = decisions.iter().collect();
-            let body = relay(upstream_body, idle, prefix, |_| {}, |_| {});
+            let body = pass_through(upstream_body, idle, prefix);
             return ex.annotated(Response::from_parts(head, body), &refs);
         }
         Err(CollectError::Failed) => {
@@ -498,6 +498,6 @@ impl Exchange {
                 tracing::info!(request_id = %request_id, action = d.disposition.as_str(), "audited response");
             });
         };
-        relay(upstream, idle, Bytes::new(), tap, done)
+        relay(upstream, idle, tap, done)
     }
 }

@@ -26,7 +26,7 @@ pub struct Profile {
 /// Every profile; `default` always exists.
 #[derive(Debug, Clone)]
 pub struct Profiles {
-    list: Vec<Profile>,
+    list: Vec<Arc<Profile>>,
     /// Short hash of the policies, thresholds and actions in force.
     pub version: String,
 }
@@ -53,10 +53,12 @@ impl Profiles {
         let mut list = Vec::new();
         let default = ProfileConfig::default();
         if !config.profiles.contains_key("default") {
-            list.push(build_one("default", &default, &set).map_err(invalid)?);
+            list.push(Arc::new(
+                build_one("default", &default, &set).map_err(invalid)?,
+            ));
         }
         for (name, profile) in &config.profiles {
-            list.push(build_one(name, profile, &set).map_err(invalid)?);
+            list.push(Arc::new(build_one(name, profile, &set).map_err(invalid)?));
         }
         let mut hash = Sha256::new();
         for p in &list {
@@ -82,7 +84,7 @@ impl Profiles {
     }
 
     /// The profile named `default`.
-    pub fn default_profile(&self) -> &Profile {
+    pub fn default_profile(&self) -> &Arc<Profile> {
         self.list
             .iter()
             .find(|p| p.name == "default")
@@ -91,7 +93,7 @@ impl Profiles {
 
     /// The profile for a request: API-key hash, then tenant, then longest route prefix, then
     /// `default`.
-    pub fn select(&self, request: &Selector<'_>) -> &Profile {
+    pub fn select(&self, request: &Selector<'_>) -> &Arc<Profile> {
         if let Some(key) = api_key(request.headers) {
             let digest = hex::encode(Sha256::digest(key.as_bytes()));
             if let Some(p) = self.list.iter().find(|p| p.key_hashes.contains(&digest)) {

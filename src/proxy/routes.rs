@@ -11,7 +11,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use crate::config::UnknownPaths;
 
 use super::adapters;
-use super::body::{json_response, read_json_request, read_limited, relay, Body};
+use super::body::{json_response, pass_through, read_json_request, read_limited, Body};
 use super::error::ApiError;
 use super::headers::REQUEST_ID;
 use super::profiles::Selector;
@@ -119,7 +119,7 @@ async fn passthrough(gw: &Gateway, req: Request<Incoming>) -> Result<Response<Bo
     let response = upstream.send(&parts, bytes).await?;
     let (mut head, body) = response.into_parts();
     strip_hop_by_hop(&mut head.headers);
-    let body = relay(body, upstream.idle_timeout, Bytes::new(), |_| {}, |_| {});
+    let body = pass_through(body, upstream.idle_timeout, Bytes::new());
     Ok(Response::from_parts(head, body))
 }
 

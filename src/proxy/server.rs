@@ -59,6 +59,11 @@ where
             },
             () = &mut shutdown => break,
         };
+        // Streamed bodies go out in several writes: without NODELAY, Nagle's algorithm and the
+        // peer's delayed ACK add ~40 ms to each of them.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
+        }
         let handler = handler.clone();
         let service = service_fn(move |req| {
             let handler = handler.clone();

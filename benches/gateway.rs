@@ -1,0 +1,276 @@
+//! Gateway overhead benchmark: added latency (p50/p99) and throughput of the gateway over going
+//! straight to a local upstream, side by side with nginx as a plain reverse proxy, in one run
+//! on the same requests. The scorer is a constant-time stand-in (no model), so this measures
+//! the gateway itself: parsing, the input and output check round-trips through the scorer
+//! worker, headers, decision, relaying.
+//!
+//! Run: `scripts/bench-gateway.sh` (installs nginx from Debian if needed), or
+//! `cargo bench --bench gateway` with nginx on PATH. Environment: SHIELDGATE_BENCH_CONCURRENCY
+//! (8), SHIELDGATE_BENCH_REQUESTS (per target, 4000), SHIELDGATE_BENCH_NGINX (nginx binary),
+//! SHIELDGATE_BENCH_CONFIG (TOML appended to the gateway's config, e.g. `[proxy]` settings).
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::{Request, Response};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::json;
+use shieldgate::config::Config;
+use shieldgate::metrics::Metrics;
+use shieldgate::proxy::body::{full, Body};
+use shieldgate::proxy::server::{serve, Limits};
+use shieldgate::proxy::{route, Gateway};
+use shieldgate::scorer::worker::ScorerHandle;
+use shieldgate::scorer::{PolicyScore, RequestScores, Score, ScoreError, ScoreRequest};
+
+/// Answers every request with the same low scores at once.
+struct Constant;
+
+impl Score for Constant {
+    fn score(&self, requests: &[ScoreRequest]) -> Result<Vec<RequestScores>, ScoreError> {
+        Ok(requests
+            .iter()
+            .map(|r| RequestScores {
+                scores: r
+                    .policies
+                    .iter()
+                    .map(|p| PolicyScore {
+                        id: p.id.clone(),
+                        p_yes: 0.01,
+                        yes_logit: -2.3,
+                        no_logit: 2.3,
+                        tokens: 1,
+                    })
+                    .collect(),
+                truncated: None,
+            })
+            .collect())
+    }
+}
+
+const ANSWER: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"Sure, here is a short and friendly answer to your question."},"finish_reason":"stop"}],"usage":{"prompt_tokens":20,"completion_tokens":12,"total_tokens":32}}"#;
+
+fn runtime(threads: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn limits() -> Limits {
+    Limits {
+        max_header_bytes: 65536,
+        shutdown_grace: Duration::from_secs(1),
+    }
+}
+
+async fn upstream_answer(_: Request<hyper::body::Incoming>) -> Response<Body> {
+    let mut r = Response::new(full(Bytes::from_static(ANSWER.as_bytes())));
+    r.headers_mut()
+        .insert("content-type", "application/json".parse().expect("ct"));
+    r
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// nginx (one process: `master_process off`, so killing it leaves no worker behind) and its
+/// folder.
+struct Nginx {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_nginx(binary: &str, upstream: SocketAddr) -> Option<(Nginx, SocketAddr)> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let conf = format!(
+        "master_process off;\nworker_processes 1;\nerror_log stderr error;\npid {dir}/nginx.pid;\n\
+         events {{ worker_connections 1024; }}\n\
+         http {{\n access_log off;\n client_body_temp_path {dir};\n proxy_temp_path {dir};\n\
+         upstream up {{ server {upstream}; keepalive 64; }}\n\
+         server {{ listen 127.0.0.1:{port};\n  location / {{ proxy_pass http://up; proxy_http_version 1.1;\n\
+         proxy_set_header Connection \"\"; proxy_buffering off; }} }}\n}}\n",
+        dir = dir.path().display()
+    );
+    let path = dir.path().join("nginx.conf");
+    std::fs::write(&path, conf).expect("nginx.conf written");
+    let child = Command::new(binary)
+        .arg("-c")
+        .arg(&path)
+        .arg("-p")
+        .arg(dir.path())
+        .args(["-g", "daemon off;"])
+        .stdout(Stdio::null())
+        .spawn()
+        .ok()?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return Some((Nginx { child, _dir: dir }, addr));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+/// Latencies in microseconds, sorted, and the wall time.
+async fn load(addr: SocketAddr, concurrency: usize, requests: usize) -> (Vec<u64>, Duration) {
+    let client: Client<_, Body> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(concurrency)
+        .build_http();
+    let body = json!({"model": "m", "messages": [{"role": "user", "content": "What is a good name for a cat?"}]})
+        .to_string();
+    let started = Instant::now();
+    let per_task = requests / concurrency;
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let client = client.clone();
+        let body = body.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut times = Vec::with_capacity(per_task);
+            for _ in 0..per_task {
+                let req = Request::post(format!("http://{addr}/v1/chat/completions"))
+                    .header("content-type", "application/json")
+                    .header("authorization", "Bearer sk-bench")
+                    .body(full(body.clone()))
+                    .expect("request");
+                let t = Instant::now();
+                let response = client.request(req).await.expect("response");
+                assert!(response.status().is_success(), "{}", response.status());
+                response.into_body().collect().await.expect("body");
+                times.push(t.elapsed().as_micros() as u64);
+            }
+            times
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("task"));
+    }
+    let wall = started.elapsed();
+    all.sort_unstable();
+    (all, wall)
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+fn main() {
+    let concurrency: usize = std::env::var("SHIELDGATE_BENCH_CONCURRENCY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
+    let requests: usize = std::env::var("SHIELDGATE_BENCH_REQUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4000);
+    let nginx_bin = std::env::var("SHIELDGATE_BENCH_NGINX").unwrap_or_else(|_| "nginx".into());
+
+    let upstream_rt = runtime(1);
+    let upstream = upstream_rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(serve(
+            listener,
+            limits(),
+            upstream_answer,
+            std::future::pending(),
+        ));
+        addr
+    });
+
+    let gateway_rt = runtime(2);
+    let extra = std::env::var("SHIELDGATE_BENCH_CONFIG").unwrap_or_default();
+    let config = Config::parse(
+        &format!("[upstream]\nurl = \"http://{upstream}\"\n{extra}"),
+        "bench",
+    )
+    .expect("config");
+    let scorer = ScorerHandle::spawn(Arc::new(Constant), 1024, 16).expect("worker");
+    let gw = Arc::new(
+        Gateway::new(&config, scorer, "constant".into(), Arc::new(Metrics::new()))
+            .expect("gateway"),
+    );
+    let gateway = gateway_rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let timeout = Duration::from_secs(30);
+        tokio::spawn(serve(
+            listener,
+            limits(),
+            move |req| route(gw.clone(), req, timeout),
+            std::future::pending(),
+        ));
+        addr
+    });
+    let nginx = start_nginx(&nginx_bin, upstream);
+    if nginx.is_none() {
+        eprintln!(
+            "nginx ({nginx_bin}) did not start: run scripts/bench-gateway.sh, which installs it"
+        );
+    }
+
+    let client_rt = runtime(1);
+    let mut targets = vec![("direct", upstream)];
+    if let Some((_, addr)) = &nginx {
+        targets.push(("nginx", *addr));
+    }
+    targets.push(("shieldgate", gateway));
+    println!(
+        "gateway overhead: POST /v1/chat/completions (JSON), {concurrency} concurrent, {requests} requests per target, constant-time scorer; gateway on 2 runtime threads + its scorer thread (as `serve` runs), nginx 1 worker process, upstream and client 1 thread each; {} cores",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let mut rows = Vec::new();
+    for (name, addr) in &targets {
+        client_rt.block_on(load(*addr, concurrency, requests.min(400)));
+        let (times, wall) = client_rt.block_on(load(*addr, concurrency, requests));
+        let p50 = percentile(&times, 0.5);
+        let p99 = percentile(&times, 0.99);
+        let rps = times.len() as f64 / wall.as_secs_f64();
+        rows.push((*name, p50, p99, rps));
+    }
+    let direct = rows[0];
+    println!("| target | p50 ms | p99 ms | added p50 ms | added p99 ms | requests/s |");
+    println!("|---|---|---|---|---|---|");
+    for (name, p50, p99, rps) in &rows {
+        println!(
+            "| {name} | {p50:.3} | {p99:.3} | {:.3} | {:.3} | {rps:.0} |",
+            p50 - direct.1,
+            p99 - direct.2
+        );
+    }
+    if let (Some(n), Some(g)) = (
+        rows.iter().find(|r| r.0 == "nginx"),
+        rows.iter().find(|r| r.0 == "shieldgate"),
+    ) {
+        println!(
+            "shieldgate added p99 / nginx added p99 = {:.2} (target ≤ 2); throughput ratio shieldgate/nginx = {:.2}",
+            (g.2 - direct.2) / (n.2 - direct.2),
+            g.3 / n.3
+        );
+    }
+}
