@@ -821,3 +821,108 @@ fn incremental_mode_relays_checked_text_and_cuts_the_stream_where_it_turns() {
         "checked text was relayed"
     );
 }
+
+#[test]
+fn a_tls_upstream_is_trusted_through_the_configured_ca_file_only() {
+    let mock_runtime = Box::leak(Box::new(crate::harness::runtime()));
+    let (mock, ca) = MockUpstream::start_tls(mock_runtime);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca).expect("CA written");
+    let url = format!("https://localhost:{}", mock.addr.port());
+    let trusted = start(
+        &format!(
+            "[upstream]\nurl = \"{url}\"\nca_file = \"{}\"\n",
+            ca_file.display()
+        ),
+        Scripted::new(true),
+    );
+    let a = trusted.runtime.block_on(post(
+        trusted.addr,
+        "/v1/chat/completions",
+        &[],
+        &chat("say: over TLS", true),
+    ));
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.body, chat_stream("over TLS"));
+    assert_eq!(mock.count(), 1);
+
+    let untrusted = start(
+        &format!("[upstream]\nurl = \"{url}\"\n"),
+        Scripted::new(true),
+    );
+    let a = untrusted.runtime.block_on(post(
+        untrusted.addr,
+        "/v1/chat/completions",
+        &[],
+        &chat("hello", false),
+    ));
+    assert_eq!(a.status, 502);
+    assert_eq!(a.json()["error"]["code"], "upstream_unreachable");
+    assert!(a.body.contains("certificate"), "{}", a.body);
+    assert_eq!(
+        mock.count(),
+        1,
+        "nothing was sent over an unverified connection"
+    );
+}
+
+#[test]
+fn h2c_clients_are_served_on_the_same_port() {
+    let (gw, _mock, _) = gateway("");
+    let a = gw.runtime.block_on(async {
+        let client: hyper_util::client::legacy::Client<_, shieldgate::proxy::body::Body> =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .http2_only(true)
+                .build_http();
+        let req = hyper::Request::post(format!("http://{}/v1/chat/completions", gw.addr))
+            .header("content-type", "application/json")
+            .body(shieldgate::proxy::body::full(
+                chat("hello over h2", false).to_string(),
+            ))
+            .expect("request");
+        let response = client.request(req).await.expect("h2 response");
+        assert_eq!(response.version(), hyper::Version::HTTP_2);
+        let action = response.headers().get("x-shieldgate-action").cloned();
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .expect("body");
+        (action, body.to_bytes())
+    });
+    assert_eq!(a.0.as_ref().map(|v| v.as_bytes()), Some(&b"pass"[..]));
+    let v: Value = serde_json::from_slice(&a.1).expect("json");
+    assert_eq!(v["choices"][0]["message"]["content"], "Hello there.");
+}
+
+#[test]
+fn a_client_that_goes_away_cancels_its_pending_check() {
+    let mock_runtime = Box::leak(Box::new(crate::harness::runtime()));
+    let mock = MockUpstream::start(mock_runtime);
+    let held = Scripted::new(false);
+    let gw = start(
+        &format!(
+            "[upstream]\nurl = \"http://{}\"\n[scorer]\nmax_batch = 1\n",
+            mock.addr
+        ),
+        held.clone(),
+    );
+    let addr = gw.addr;
+    let first = gw
+        .runtime
+        .spawn(async move { post(addr, "/v1/chat/completions", &[], &chat("first", false)).await });
+    held.wait_for_batches(1);
+    let gone = gw.runtime.spawn(async move {
+        post(addr, "/v1/chat/completions", &[], &chat("abandoned", false)).await
+    });
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    gone.abort();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    held.open();
+    assert_eq!(gw.runtime.block_on(first).expect("first").status, 200);
+    let seen = held.seen.lock().expect("seen").clone();
+    assert!(
+        seen.iter().all(|(user, _)| user != "abandoned"),
+        "the abandoned check was dropped unscored: {seen:?}"
+    );
+    assert_eq!(mock.count(), 1, "and never forwarded");
+}

@@ -320,6 +320,64 @@ impl MockUpstream {
         Self { addr, received }
     }
 
+    /// Starts the mock behind TLS (HTTP/2 and HTTP/1.1 by ALPN) with a certificate for
+    /// `localhost` issued by a fresh CA; returns the CA certificate as PEM.
+    pub fn start_tls(runtime: &tokio::runtime::Runtime) -> (Self, String) {
+        let ca_key = rcgen::KeyPair::generate().expect("CA key");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).expect("CA");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .expect("params")
+            .signed_by(&key, &ca, &ca_key)
+            .expect("certificate");
+        let private =
+            rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).expect("key der");
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], private)
+        .expect("server config");
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let received: Arc<Mutex<Vec<Received>>> = Arc::default();
+        let log = received.clone();
+        let addr =
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind");
+                let addr = listener.local_addr().expect("addr");
+                tokio::spawn(async move {
+                    while let Ok((tcp, _)) = listener.accept().await {
+                        let acceptor = acceptor.clone();
+                        let log = log.clone();
+                        tokio::spawn(async move {
+                            let Ok(tls) = acceptor.accept(tcp).await else {
+                                return;
+                            };
+                            let service = hyper::service::service_fn(move |req| {
+                                let log = log.clone();
+                                async move {
+                                    Ok::<_, std::convert::Infallible>(mock_answer(log, req).await)
+                                }
+                            });
+                            let _ =
+                                hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                                    .await;
+                        });
+                    }
+                });
+                addr
+            });
+        (Self { addr, received }, ca.pem())
+    }
+
     /// The last request received.
     pub fn last(&self) -> Received {
         self.received
