@@ -926,3 +926,32 @@ fn a_client_that_goes_away_cancels_its_pending_check() {
     );
     assert_eq!(mock.count(), 1, "and never forwarded");
 }
+
+#[test]
+fn oversized_heads_and_slow_exchanges_get_431_and_504() {
+    let (gw, _mock, _) = gateway("[server]\nmax_header_bytes = 1024\nrequest_timeout_ms = 300\n");
+    let rt = &gw.runtime;
+    let big = "x".repeat(20_000);
+    let a = rt.block_on(post(
+        gw.addr,
+        "/v1/chat/completions",
+        &[("x-big", big.as_str())],
+        &chat("hello", false),
+    ));
+    assert_eq!(a.status, 431);
+    let a = rt.block_on(post(
+        gw.addr,
+        "/v1/chat/completions",
+        &[("x-mock-stall-ms", "2000")],
+        &chat("hello", false),
+    ));
+    assert_eq!(a.status, 504, "{}", a.body);
+    assert_eq!(a.json()["error"]["code"], "request_timeout");
+    let a = rt.block_on(post(
+        gw.addr,
+        "/v1/chat/completions",
+        &[],
+        &chat("hello", false),
+    ));
+    assert_eq!(a.status, 200, "the gateway still serves");
+}

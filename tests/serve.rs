@@ -448,3 +448,68 @@ fn check_config_validates_without_starting() {
         "{err}"
     );
 }
+
+#[test]
+fn debug_logs_never_hold_keys_or_content() {
+    let runtime = crate::harness::runtime();
+    let mock = MockUpstream::start(&runtime);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shieldgate"))
+        .args(["--log-level", "debug", "--log-format", "json", "serve"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--model",
+        ])
+        .arg(common::assets().join("tiny"))
+        .arg("--upstream")
+        .arg(format!("http://{}", mock.addr))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("serve starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let (addr, _) = addresses(child.stdout.take().expect("stdout"));
+    let running = Running(child);
+    let chat = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "my-private-words say: secret-answer"}]});
+    let headers = [
+        ("authorization", "Bearer sk-do-not-log"),
+        ("x-api-key", "ak-do-not-log"),
+    ];
+    let a = runtime.block_on(post(addr, "/v1/chat/completions", &headers, &chat));
+    // The random model may flag it: either way the exchange was moderated.
+    assert!(a.header("x-shieldgate-action").is_some(), "{}", a.body);
+    let bad = runtime.block_on(send(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        &[("content-type", "application/json"), headers[0]],
+        "{my-private-words",
+    ));
+    assert_eq!(bad.status, 400);
+    let pid = running.0.id().to_string();
+    Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
+    let mut running = running;
+    running.0.wait().expect("exits");
+    let mut logs = String::new();
+    std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut logs).expect("logs");
+    assert!(
+        logs.contains("\"level\":\"DEBUG\"") || logs.contains("\"level\":\"INFO\""),
+        "{logs}"
+    );
+    for secret in [
+        "sk-do-not-log",
+        "ak-do-not-log",
+        "my-private-words",
+        "secret-answer",
+    ] {
+        assert!(
+            !logs.contains(secret),
+            "{secret} leaked into the logs:\n{logs}"
+        );
+    }
+}
