@@ -10,9 +10,11 @@
 //! - [`proxy`]: the gateway: public listener (chat APIs proxied with input and output checks,
 //!   `/v1/moderations`), admin listener, protocol adapters, decisions, upstream client.
 //! - [`config`]: the gateway's TOML configuration; [`metrics`]: its Prometheus metrics.
+//! - [`audit`]: batch scoring of stored conversation logs (readers, resumable run, summary).
 //! - [`cli`]: command-line arguments of the `shieldgate` binary; [`commands`] runs them.
 //! - [`telemetry`]: logging setup.
 
+pub mod audit;
 pub mod cli;
 pub mod commands;
 pub mod config;

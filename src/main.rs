@@ -15,6 +15,7 @@ fn main() -> ExitCode {
         Command::Export(args) => commands::export::run(args),
         Command::Serve(args) => commands::serve::run(args),
         Command::CheckConfig(args) => commands::check_config::run(args),
+        Command::Audit(args) => commands::audit::run(args),
     };
     match result {
         Ok(outcome) => ExitCode::from(outcome.exit_code()),

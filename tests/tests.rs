@@ -1,5 +1,6 @@
 //! Integration tests, compiled into one binary.
 
+mod audit;
 mod cli;
 mod common;
 mod gateway;

@@ -40,6 +40,8 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Validate a gateway config file without starting anything.
     CheckConfig(CheckConfigArgs),
+    /// Score every turn of stored conversation logs (resumable; results, errors, summary).
+    Audit(Box<AuditArgs>),
     /// Write a model as a Hugging Face folder or a GGUF file (F32, F16, Q8_0, Q4_0, Q4_K_M).
     #[command(visible_alias = "quantize")]
     Export(ExportArgs),
@@ -215,4 +217,67 @@ pub struct CheckConfigArgs {
     /// Print the configuration with every default filled in.
     #[arg(long)]
     pub print: bool,
+}
+
+/// `shieldgate audit`.
+#[derive(Debug, Clone, Args)]
+pub struct AuditArgs {
+    /// JSONL log files, read in this order ('-' reads standard input, which cannot be resumed).
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+    /// Output folder: results.jsonl, errors.jsonl, summary.json, checkpoint.json.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Gateway config whose profile gives the policies and thresholds (default: the four
+    /// built-in policies at their thresholds).
+    #[arg(long, short, env = "SHIELDGATE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The config's profile to apply.
+    #[arg(long, default_value = "default")]
+    pub profile: String,
+    /// For flat records: the field holding the user text.
+    #[arg(long)]
+    pub text_field: Option<String>,
+    /// For flat records: the field holding the response (scored after the user text).
+    #[arg(long, requires = "text_field")]
+    pub response_field: Option<String>,
+    /// Turns scored per engine batch and between checkpoints.
+    #[arg(long, default_value_t = 32)]
+    pub batch_turns: usize,
+    /// Longer turns go to errors.jsonl instead of being scored.
+    #[arg(long, default_value_t = 20_000)]
+    pub max_turn_chars: usize,
+    /// Audit only shard I of N (lines are dealt round-robin over all inputs), as I/N.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
+    /// Copy each turn's text into results.jsonl.
+    #[arg(long)]
+    pub include_text: bool,
+    /// Ignore the output folder's checkpoint and start over.
+    #[arg(long)]
+    pub restart: bool,
+    /// Exit 0/1 even when some lines could not be read or scored (they are still in
+    /// errors.jsonl); by default that exits 3.
+    #[arg(long)]
+    pub allow_errors: bool,
+    /// Crash test hook: abort right after the Nth batch is written, before its checkpoint.
+    #[arg(long, hide = true)]
+    pub abort_after_writes: Option<u64>,
+    /// Progress on stderr: a status line on a terminal (auto), JSON lines, or none.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub model: ModelArgs,
+}
+
+/// How `audit` reports progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProgressMode {
+    /// A status line when stderr is a terminal, nothing otherwise.
+    Auto,
+    /// One JSON object per batch on stderr.
+    Json,
+    /// Nothing.
+    None,
 }

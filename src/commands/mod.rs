@@ -1,5 +1,6 @@
 //! The commands behind the CLI, and the setup they share (model and policy loading).
 
+pub mod audit;
 pub mod check_config;
 pub mod export;
 pub mod score;

@@ -83,6 +83,11 @@ impl Profiles {
         self.list.iter().map(|p| p.name.as_str()).collect()
     }
 
+    /// The profile with this name.
+    pub fn get(&self, name: &str) -> Option<&Arc<Profile>> {
+        self.list.iter().find(|p| p.name == name)
+    }
+
     /// The profile named `default`.
     pub fn default_profile(&self) -> &Arc<Profile> {
         self.list

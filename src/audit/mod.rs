@@ -1,0 +1,447 @@
+//! `shieldgate audit`: scores every turn of stored conversation logs, offline, in batches,
+//! with results, errors and a summary in an output folder; resumable from a checkpoint after
+//! any interruption, deterministic in its output order, shardable across machines.
+
+pub mod checkpoint;
+pub mod reader;
+pub mod summary;
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::policy::Policy;
+use crate::scorer::{score_each, Score, ScoreRequest};
+
+use self::checkpoint::Checkpoint;
+use self::reader::{read_line, Conversation, Fields, Role};
+use self::summary::{summarize, Counts, Summary};
+
+/// Why an audit stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// An input or output file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The output folder holds a run with other inputs or options.
+    #[error("{0}")]
+    Mismatch(String),
+}
+
+/// An input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// A file.
+    File(PathBuf),
+    /// Standard input (cannot be resumed).
+    Stdin,
+}
+
+impl Input {
+    fn name(&self) -> String {
+        match self {
+            Self::File(p) => p.display().to_string(),
+            Self::Stdin => "-".into(),
+        }
+    }
+}
+
+/// What to audit and how.
+pub struct AuditOptions {
+    /// The logs, read in this order.
+    pub inputs: Vec<Input>,
+    /// The output folder.
+    pub out: PathBuf,
+    /// Field names of flat records.
+    pub fields: Fields,
+    /// Policies with their thresholds.
+    pub policies: Arc<[Policy]>,
+    /// Turns scored per batch (and between checkpoints).
+    pub batch_turns: usize,
+    /// Longer turns are recorded as errors instead of scored.
+    pub max_turn_chars: usize,
+    /// This run's shard `(index, count)`.
+    pub shard: (u64, u64),
+    /// Copy each turn's text into results.jsonl.
+    pub include_text: bool,
+    /// Ignore an existing checkpoint and start over.
+    pub restart: bool,
+    /// Crash test hook: abort the process right after this many batches were written, before
+    /// their checkpoint (the worst moment to be killed).
+    pub abort_after_writes: Option<u64>,
+}
+
+/// Output file names inside the folder.
+pub const RESULTS: &str = "results.jsonl";
+/// Errors, one JSON line each.
+pub const ERRORS: &str = "errors.jsonl";
+/// The summary.
+pub const SUMMARY: &str = "summary.json";
+/// The checkpoint.
+pub const CHECKPOINT: &str = "checkpoint.json";
+
+/// Progress as reported after every batch.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    /// Counts so far.
+    pub counts: Counts,
+    /// Input bytes handled and in all (files only).
+    pub bytes: (u64, u64),
+}
+
+/// A line read and waiting for its batch.
+struct Pending {
+    file: String,
+    line: u64,
+    /// `None` when the line itself could not be read.
+    conversation: Option<Conversation>,
+    errors: Vec<Value>,
+}
+
+/// The run's open outputs and position.
+struct Run<'a> {
+    opts: &'a AuditOptions,
+    scorer: &'a dyn Score,
+    results: File,
+    errors: File,
+    state: Checkpoint,
+    pending: Vec<Pending>,
+    bytes_done: u64,
+    writes: u64,
+}
+
+/// Runs (or resumes) an audit; `progress` is called after every batch.
+pub fn run(
+    scorer: &dyn Score,
+    opts: &AuditOptions,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<Summary, AuditError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| AuditError::Io { path, source }
+    };
+    std::fs::create_dir_all(&opts.out).map_err(io(&opts.out))?;
+    let checkpoint_path = opts.out.join(CHECKPOINT);
+    let fingerprint = fingerprint(opts).map_err(io(&opts.out))?;
+    let previous = if opts.restart {
+        None
+    } else {
+        Checkpoint::load(&checkpoint_path).map_err(io(&checkpoint_path))?
+    };
+    let state = match previous {
+        Some(c) if c.fingerprint != fingerprint => {
+            return Err(AuditError::Mismatch(format!(
+                "{} holds an audit of other inputs or options; pass --restart to start over there, or choose another --out",
+                opts.out.display()
+            )))
+        }
+        Some(c) if opts.inputs.contains(&Input::Stdin) && !c.complete => {
+            return Err(AuditError::Mismatch(
+                "a run that read standard input cannot be resumed; pass --restart".into(),
+            ))
+        }
+        Some(c) => c,
+        None => Checkpoint {
+            fingerprint,
+            ..Checkpoint::default()
+        },
+    };
+    let open = |name: &str, len: u64| -> Result<File, AuditError> {
+        let path = opts.out.join(name);
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        file.set_len(len).map_err(io(&path))?;
+        Ok(file)
+    };
+    let total: u64 = opts
+        .inputs
+        .iter()
+        .filter_map(|i| match i {
+            Input::File(p) => std::fs::metadata(p).ok().map(|m| m.len()),
+            Input::Stdin => None,
+        })
+        .sum();
+    let mut run = Run {
+        opts,
+        scorer,
+        results: open(RESULTS, state.results_len)?,
+        errors: open(ERRORS, state.errors_len)?,
+        bytes_done: 0,
+        writes: 0,
+        state,
+        pending: Vec::new(),
+    };
+    if !run.state.complete {
+        for index in run.state.file..opts.inputs.len() {
+            run.read_input(index, total, progress)?;
+        }
+        run.state.complete = true;
+        run.state.file = opts.inputs.len();
+        run.save()?;
+    }
+    let results = opts.out.join(RESULTS);
+    let summary = summarize(&results, run.state.counts).map_err(io(&results))?;
+    let path = opts.out.join(SUMMARY);
+    let text = serde_json::to_string_pretty(&summary).unwrap_or_default();
+    std::fs::write(&path, text).map_err(io(&path))?;
+    Ok(summary)
+}
+
+impl Run<'_> {
+    fn read_input(
+        &mut self,
+        index: usize,
+        total: u64,
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Result<(), AuditError> {
+        let input = &self.opts.inputs[index];
+        let name = input.name();
+        let io = |source| AuditError::Io {
+            path: PathBuf::from(&name),
+            source,
+        };
+        let resume = self.state.file == index;
+        let (mut line, mut offset) = if resume {
+            (self.state.line, self.state.offset)
+        } else {
+            (0, 0)
+        };
+        let mut reader: Box<dyn BufRead> = match input {
+            Input::File(path) => {
+                let mut file = File::open(path).map_err(io)?;
+                file.seek(SeekFrom::Start(offset)).map_err(io)?;
+                Box::new(BufReader::new(file))
+            }
+            Input::Stdin => Box::new(BufReader::new(std::io::stdin())),
+        };
+        let mut buf = Vec::new();
+        let (shard, shards) = self.opts.shard;
+        loop {
+            buf.clear();
+            let n = reader.by_ref().read_until(b'\n', &mut buf).map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            line += 1;
+            offset += n as u64;
+            self.bytes_done += n as u64;
+            let global = self.state.global_line;
+            self.state.global_line += 1;
+            self.state.counts.lines_read += 1;
+            if global % shards != shard {
+                self.state.counts.lines_other_shards += 1;
+            } else {
+                self.take_line(&name, line, &buf);
+            }
+            let turns: usize = self
+                .pending
+                .iter()
+                .filter_map(|p| p.conversation.as_ref())
+                .map(|c| c.turns.len())
+                .sum();
+            if turns >= self.opts.batch_turns {
+                self.flush(index, line, offset)?;
+                progress(&Progress {
+                    counts: self.state.counts,
+                    bytes: (self.bytes_done, total),
+                });
+            }
+        }
+        self.flush(index + 1, 0, 0)?;
+        progress(&Progress {
+            counts: self.state.counts,
+            bytes: (self.bytes_done, total),
+        });
+        Ok(())
+    }
+
+    /// Reads one line into the pending batch (or records why it cannot be read).
+    fn take_line(&mut self, file: &str, line: u64, raw: &[u8]) {
+        let complete = raw.ends_with(b"\n");
+        let text = raw.strip_suffix(b"\n").unwrap_or(raw);
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
+        let unreadable = |reason: String| Pending {
+            file: file.to_string(),
+            line,
+            conversation: None,
+            errors: vec![json!({"file": file, "line": line, "reason": reason})],
+        };
+        if text.iter().all(u8::is_ascii_whitespace) {
+            self.state.counts.lines_skipped += 1;
+            return;
+        }
+        match read_line(text, &format!("{file}:{line}"), &self.opts.fields) {
+            Ok(conversation) => {
+                let mut errors = Vec::new();
+                let max = self.opts.max_turn_chars;
+                let (ok, long): (Vec<_>, Vec<_>) = conversation
+                    .turns
+                    .clone()
+                    .into_iter()
+                    .partition(|t| t.text.chars().count() <= max);
+                for t in long {
+                    errors.push(json!({"file": file, "line": line, "turn": t.index,
+                        "reason": format!("turn longer than {max} characters (--max-turn-chars)")}));
+                }
+                self.state.counts.turns_skipped += conversation.skipped.len() as u64;
+                self.pending.push(Pending {
+                    file: file.to_string(),
+                    line,
+                    conversation: Some(Conversation {
+                        turns: ok,
+                        ..conversation
+                    }),
+                    errors,
+                });
+            }
+            Err(reason) if !complete => self.pending.push(unreadable(format!(
+                "truncated last line (no newline at the end): {reason}"
+            ))),
+            Err(reason) => self.pending.push(unreadable(reason)),
+        }
+    }
+
+    /// Scores the pending lines, writes their results and errors in input order, then saves
+    /// the checkpoint at (`file`, `line`, `offset`).
+    fn flush(&mut self, file: usize, line: u64, offset: u64) -> Result<(), AuditError> {
+        let pending = std::mem::take(&mut self.pending);
+        let requests: Vec<ScoreRequest> = pending
+            .iter()
+            .filter_map(|p| p.conversation.as_ref())
+            .flat_map(|c| c.turns.iter())
+            .map(|t| ScoreRequest {
+                user: t.prompt.clone().unwrap_or_else(|| t.text.clone()),
+                response: (t.role == Role::Assistant).then(|| t.text.clone()),
+                policies: self.opts.policies.clone(),
+            })
+            .collect();
+        let mut scores = score_each(self.scorer, &requests).into_iter();
+        let mut results = String::new();
+        let mut errors = String::new();
+        for p in pending {
+            for e in &p.errors {
+                errors.push_str(&e.to_string());
+                errors.push('\n');
+            }
+            let Some(conversation) = &p.conversation else {
+                self.state.counts.lines_errored += 1;
+                continue;
+            };
+            let mut turn_errors = p.errors.len();
+            for turn in &conversation.turns {
+                match scores.next() {
+                    Some(Ok(s)) => {
+                        let mut map = Map::new();
+                        let mut violated = Vec::new();
+                        for (score, policy) in s.scores.iter().zip(self.opts.policies.iter()) {
+                            map.insert(score.id.clone(), json!(score.p_yes));
+                            if score.p_yes >= policy.threshold {
+                                violated.push(score.id.clone());
+                            }
+                        }
+                        self.state.counts.turns_scored += 1;
+                        if !violated.is_empty() {
+                            self.state.counts.turns_flagged += 1;
+                        }
+                        let mut r = json!({"file": p.file, "line": p.line, "conversation": conversation.id,
+                            "turn": turn.index, "role": turn.role, "scores": map, "violated": violated});
+                        if s.truncated.is_some() {
+                            r["truncated"] = json!(true);
+                        }
+                        if self.opts.include_text {
+                            r["text"] = json!(turn.text);
+                        }
+                        results.push_str(&r.to_string());
+                        results.push('\n');
+                    }
+                    Some(Err(e)) => {
+                        turn_errors += 1;
+                        errors.push_str(
+                            &json!({"file": p.file, "line": p.line, "turn": turn.index,
+                            "reason": e.to_string()})
+                            .to_string(),
+                        );
+                        errors.push('\n');
+                    }
+                    None => {}
+                }
+            }
+            self.state.counts.turns_errored += turn_errors as u64;
+            if turn_errors > 0 {
+                self.state.counts.lines_errored += 1;
+            } else if conversation.turns.is_empty() {
+                self.state.counts.lines_skipped += 1;
+            } else {
+                self.state.counts.lines_scored += 1;
+            }
+        }
+        let path = self.opts.out.join(RESULTS);
+        let io = |path: PathBuf| move |source| AuditError::Io { path, source };
+        self.results
+            .write_all(results.as_bytes())
+            .map_err(io(path.clone()))?;
+        self.results.sync_data().map_err(io(path.clone()))?;
+        let epath = self.opts.out.join(ERRORS);
+        self.errors
+            .write_all(errors.as_bytes())
+            .map_err(io(epath.clone()))?;
+        self.errors.sync_data().map_err(io(epath))?;
+        self.writes += 1;
+        if self.opts.abort_after_writes == Some(self.writes) {
+            std::process::abort();
+        }
+        self.state.results_len = self.results.metadata().map_err(io(path))?.len();
+        self.state.errors_len = self.errors.metadata().map(|m| m.len()).unwrap_or(0);
+        self.state.file = file;
+        self.state.line = line;
+        self.state.offset = offset;
+        self.save()
+    }
+
+    fn save(&self) -> Result<(), AuditError> {
+        let path = self.opts.out.join(CHECKPOINT);
+        self.state
+            .save(&path)
+            .map_err(|source| AuditError::Io { path, source })
+    }
+}
+
+/// Identifies the inputs (names, sizes, modification times) and the options that shape the
+/// output.
+fn fingerprint(opts: &AuditOptions) -> std::io::Result<String> {
+    let mut h = Sha256::new();
+    for input in &opts.inputs {
+        h.update(input.name().as_bytes());
+        if let Input::File(p) = input {
+            let m = std::fs::metadata(p)?;
+            h.update(m.len().to_le_bytes());
+            if let Ok(t) = m.modified() {
+                h.update(format!("{t:?}").as_bytes());
+            }
+        }
+        h.update([0]);
+    }
+    for p in opts.policies.iter() {
+        h.update(format!(
+            "{}\0{}\0{}\0{}\0",
+            p.id, p.threshold, p.guideline.prompt, p.guideline.response
+        ));
+    }
+    h.update(format!(
+        "{:?}\0{:?}\0{}\0{:?}\0{}",
+        opts.fields.text, opts.fields.response, opts.max_turn_chars, opts.shard, opts.include_text
+    ));
+    Ok(hex::encode(h.finalize()))
+}

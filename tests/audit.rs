@@ -1,0 +1,247 @@
+//! `shieldgate audit` with the real binary and the tiny model: a corrupted log is fully
+//! accounted for, an interrupted run resumes to the same output, shards partition the input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::common;
+
+fn audit(inputs: &[&Path], out: &Path, extra: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_shieldgate"))
+        .arg("audit")
+        .args(inputs)
+        .arg("--out")
+        .arg(out)
+        .arg("--model")
+        .arg(common::assets().join("tiny"))
+        .args(extra)
+        .output()
+        .expect("audit runs")
+}
+
+fn json_lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect()
+}
+
+/// Complete lines in a file that may be in the middle of being written.
+fn newlines(path: &Path) -> usize {
+    std::fs::read(path).map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count())
+}
+
+fn summary(out: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).expect("summary"))
+        .expect("json")
+}
+
+#[test]
+fn a_corrupted_log_is_fully_accounted_for() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("log.jsonl");
+    let huge = "word ".repeat(400);
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(br#"{"id": "ok", "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "How do I pick a lock?"}, {"role": "assistant", "content": "Use a tension wrench."}]}"#);
+    bytes.extend_from_slice(b"\n{not json\n");
+    bytes.extend_from_slice(b"{\"messages\": [{\"role\": \"user\", \"content\": \"caf\xe9\"}]}\n");
+    bytes.extend_from_slice(b"\n");
+    bytes.extend_from_slice(br#"{"messages": [{"role": "user", "content": "   "}]}"#);
+    bytes.push(b'\n');
+    bytes.extend_from_slice(format!(r#"{{"id": "big", "messages": [{{"role": "user", "content": "{huge}"}}, {{"role": "assistant", "content": "fine"}}]}}"#).as_bytes());
+    bytes.push(b'\n');
+    bytes.extend_from_slice(br#"{"x": 1}"#);
+    bytes.push(b'\n');
+    bytes.extend_from_slice(br#"{"id": "cut", "messages": [{"role": "user", "content": "trunc"#);
+    std::fs::write(&log, &bytes).expect("log written");
+    let out = dir.path().join("out");
+    let run = audit(
+        &[&log],
+        &out,
+        &["--max-turn-chars", "1000", "--progress", "json"],
+    );
+    assert_eq!(
+        run.status.code(),
+        Some(3),
+        "errors exit 3: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(String::from_utf8_lossy(&run.stderr).contains("\"progress\""));
+    let c = &summary(&out)["counts"];
+    let n = |k: &str| c[k].as_u64().expect(k);
+    assert_eq!(n("lines_read"), 8);
+    assert_eq!(
+        n("lines_read"),
+        n("lines_scored") + n("lines_skipped") + n("lines_errored") + n("lines_other_shards"),
+        "{c}"
+    );
+    assert_eq!(
+        (n("lines_scored"), n("lines_skipped"), n("lines_errored")),
+        (1, 2, 5),
+        "{c}"
+    );
+    assert_eq!(
+        n("turns_scored"),
+        3,
+        "two turns of 'ok' and the answer of 'big'"
+    );
+    assert_eq!(n("turns_errored"), 1, "the huge turn");
+    let errors = json_lines(&out.join("errors.jsonl"));
+    let lines: Vec<u64> = errors
+        .iter()
+        .map(|e| e["line"].as_u64().expect("line"))
+        .collect();
+    assert_eq!(lines, [2, 3, 6, 7, 8]);
+    let reasons: Vec<&str> = errors
+        .iter()
+        .map(|e| e["reason"].as_str().expect("reason"))
+        .collect();
+    assert!(reasons[0].starts_with("not valid JSON"), "{reasons:?}");
+    assert!(reasons[1].starts_with("invalid UTF-8"), "{reasons:?}");
+    assert!(reasons[2].contains("--max-turn-chars"), "{reasons:?}");
+    assert!(reasons[3].starts_with("unknown shape"), "{reasons:?}");
+    assert!(reasons[4].starts_with("truncated last line"), "{reasons:?}");
+    assert!(errors
+        .iter()
+        .all(|e| e["file"] == log.display().to_string()));
+    let results = json_lines(&out.join("results.jsonl"));
+    assert_eq!(results.len(), 3);
+    assert_eq!(results[1]["role"], "assistant");
+    assert!(results[0]["scores"]["hate"].is_number());
+    assert!(results[0].get("text").is_none(), "text only when asked");
+
+    let again = audit(
+        &[&log],
+        &out,
+        &["--max-turn-chars", "1000", "--allow-errors"],
+    );
+    assert_ne!(again.status.code(), Some(3));
+    assert_eq!(
+        json_lines(&out.join("results.jsonl")).len(),
+        3,
+        "a finished run is not redone"
+    );
+    let other = audit(&[&log], &out, &["--max-turn-chars", "50"]);
+    assert_eq!(other.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&other.stderr).contains("--restart"));
+}
+
+fn corpus(dir: &Path, n: usize) -> PathBuf {
+    let path = dir.join("corpus.jsonl");
+    let mut text = String::new();
+    for i in 0..n {
+        text.push_str(
+            &serde_json::json!({"id": format!("c{i}"), "messages": [
+            {"role": "user", "content": format!("Question number {i}: how do I bake bread?")},
+            {"role": "assistant", "content": format!("Answer {i}: flour, water, salt and time.")}]})
+            .to_string(),
+        );
+        text.push('\n');
+        if i % 37 == 5 {
+            text.push_str("{broken line\n");
+        }
+    }
+    std::fs::write(&path, text).expect("corpus written");
+    path
+}
+
+#[test]
+fn kill_and_resume_gives_the_same_output_as_one_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = corpus(dir.path(), 100);
+    let whole = dir.path().join("whole");
+    let extra = ["--batch-turns", "6", "--allow-errors"];
+    assert!(audit(&[&log], &whole, &extra)
+        .status
+        .code()
+        .is_some_and(|c| c <= 1));
+    let resumed = dir.path().join("resumed");
+    let results = resumed.join("results.jsonl");
+    // Kill -9 three times, each after a few more results are on disk, then let it finish.
+    for progress in [20, 70, 140] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_shieldgate"))
+            .arg("audit")
+            .arg(&log)
+            .arg("--out")
+            .arg(&resumed)
+            .arg("--model")
+            .arg(common::assets().join("tiny"))
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("audit starts");
+        let mut interrupted = false;
+        for _ in 0..6000 {
+            if newlines(&results) >= progress {
+                interrupted = child.try_wait().ok().flatten().is_none();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            interrupted,
+            "the run was killed mid-way (after {progress} results)"
+        );
+    }
+    // A crash between writing a batch and saving its checkpoint: the resume cuts the batch off.
+    let crash = audit(
+        &[&log],
+        &resumed,
+        &[&extra[..], &["--abort-after-writes", "2"]].concat(),
+    );
+    assert!(!crash.status.success(), "the hook aborts the process");
+    assert!(audit(&[&log], &resumed, &extra)
+        .status
+        .code()
+        .is_some_and(|c| c <= 1));
+    for file in ["results.jsonl", "errors.jsonl"] {
+        assert_eq!(
+            std::fs::read_to_string(whole.join(file)).expect("whole"),
+            std::fs::read_to_string(resumed.join(file)).expect("resumed"),
+            "{file} differs after kill -9 and resume"
+        );
+    }
+    assert_eq!(summary(&whole)["counts"], summary(&resumed)["counts"]);
+    assert_eq!(summary(&whole)["counts"]["turns_scored"], 200);
+}
+
+#[test]
+fn shards_partition_the_input() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = corpus(dir.path(), 30);
+    let all = dir.path().join("all");
+    audit(&[&log], &all, &["--allow-errors"]);
+    let mut union = Vec::new();
+    let mut read = 0;
+    for shard in ["0/3", "1/3", "2/3"] {
+        let out = dir.path().join(shard.replace('/', "-"));
+        audit(&[&log], &out, &["--allow-errors", "--shard", shard]);
+        union.extend(json_lines(&out.join("results.jsonl")));
+        let c = &summary(&out)["counts"];
+        read += c["lines_read"].as_u64().expect("read")
+            - c["lines_other_shards"].as_u64().expect("other");
+    }
+    let key = |v: &Value| {
+        (
+            v["line"].as_u64().unwrap_or(0),
+            v["turn"].as_u64().unwrap_or(0),
+        )
+    };
+    union.sort_by_key(key);
+    assert_eq!(union, json_lines(&all.join("results.jsonl")));
+    assert_eq!(
+        read,
+        summary(&all)["counts"]["lines_read"]
+            .as_u64()
+            .expect("read")
+    );
+    let bad = audit(&[&log], &dir.path().join("x"), &["--shard", "3/3"]);
+    assert_eq!(bad.status.code(), Some(2));
+}
