@@ -245,3 +245,37 @@ fn shards_partition_the_input() {
     let bad = audit(&[&log], &dir.path().join("x"), &["--shard", "3/3"]);
     assert_eq!(bad.status.code(), Some(2));
 }
+
+#[test]
+fn the_sample_log_gets_a_self_contained_report() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sample = common::root().join("examples/sample-log.jsonl");
+    let hostile = dir.path().join("hostile.jsonl");
+    std::fs::write(
+        &hostile,
+        r#"{"id": "<script>alert(1)</script>", "messages": [{"role": "user", "content": "hi"}]}
+"#,
+    )
+    .expect("written");
+    let out = dir.path().join("out");
+    let run = audit(&[&sample, &hostile], &out, &[]);
+    assert_eq!(run.status.code(), Some(3), "the sample has one cut line");
+    let c = &summary(&out)["counts"];
+    assert_eq!(c["lines_read"], 10);
+    assert_eq!(c["lines_errored"], 1);
+    let report = std::fs::read_to_string(out.join("report.html")).expect("report");
+    assert!(report.starts_with("<!doctype html>"));
+    assert_eq!(
+        report.matches("<svg").count(),
+        4,
+        "one histogram per policy"
+    );
+    for id in ["dangerous", "harassment", "hate", "sexual"] {
+        assert!(report.contains(&format!("<h3>{id}</h3>")), "{id}");
+    }
+    assert!(!report.contains("<script"), "input text is escaped");
+    assert!(
+        !report.contains("http://") && !report.contains("https://"),
+        "nothing is fetched"
+    );
+}

@@ -4,6 +4,7 @@
 
 pub mod checkpoint;
 pub mod reader;
+pub mod report;
 pub mod summary;
 
 use std::fs::{File, OpenOptions};
@@ -88,6 +89,8 @@ pub const ERRORS: &str = "errors.jsonl";
 pub const SUMMARY: &str = "summary.json";
 /// The checkpoint.
 pub const CHECKPOINT: &str = "checkpoint.json";
+/// The HTML report.
+pub const REPORT: &str = "report.html";
 
 /// Progress as reported after every batch.
 #[derive(Debug, Clone, Copy)]
@@ -196,6 +199,10 @@ pub fn run(
     let path = opts.out.join(SUMMARY);
     let text = serde_json::to_string_pretty(&summary).unwrap_or_default();
     std::fs::write(&path, text).map_err(io(&path))?;
+    let path = opts.out.join(REPORT);
+    let names: Vec<String> = opts.inputs.iter().map(Input::name).collect();
+    let title = format!("shieldgate audit of {}", names.join(", "));
+    std::fs::write(&path, report::html(&summary, &title)).map_err(io(&path))?;
     Ok(summary)
 }
 

@@ -1,0 +1,155 @@
+//! The audit's HTML report: one self-contained page (inline CSS and SVG, no scripts, nothing
+//! fetched) that a trust-and-safety lead can open in any browser: the counts, each category's
+//! flag rate and score histogram, and the top-scoring turns.
+
+use std::fmt::Write;
+
+use serde_json::Value;
+
+use super::summary::Summary;
+
+/// Escapes text for HTML element content and attribute values.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A bar chart of the ten P(Yes) deciles.
+fn histogram_svg(bins: &[u64; 10]) -> String {
+    let max = bins.iter().copied().max().unwrap_or(0).max(1) as f64;
+    let (w, h, bar) = (320.0, 120.0, 28.0);
+    let mut svg = format!(
+        "<svg viewBox=\"0 0 {w} {}\" width=\"{w}\" height=\"{}\" role=\"img\" aria-label=\"P(Yes) histogram\">",
+        h + 20.0,
+        h + 20.0
+    );
+    for (i, &n) in bins.iter().enumerate() {
+        let bh = h * n as f64 / max;
+        let x = 4.0 + i as f64 * (bar + 4.0);
+        let fill = if i >= 5 { "#c0392b" } else { "#7f8c8d" };
+        let _ = write!(
+            svg,
+            "<rect x=\"{x}\" y=\"{}\" width=\"{bar}\" height=\"{bh}\" fill=\"{fill}\"><title>{:.1}–{:.1}: {n}</title></rect>\
+             <text x=\"{}\" y=\"{}\" font-size=\"9\" text-anchor=\"middle\">{:.1}</text>",
+            h - bh,
+            i as f64 / 10.0,
+            (i + 1) as f64 / 10.0,
+            x + bar / 2.0,
+            h + 12.0,
+            i as f64 / 10.0
+        );
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+/// The whole page.
+pub fn html(summary: &Summary, title: &str) -> String {
+    let c = &summary.counts;
+    let mut page = String::new();
+    let _ = write!(
+        page,
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title><style>\
+         body{{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1100px}}\
+         table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}\
+         .cats{{display:flex;flex-wrap:wrap;gap:2em}}.cat{{border:1px solid #ddd;padding:1em;border-radius:6px}}\
+         .rate{{background:#eee;width:320px;height:14px}}.rate div{{background:#c0392b;height:14px}}\
+         </style></head><body><h1>{}</h1>",
+        escape(title),
+        escape(title)
+    );
+    let _ = write!(
+        page,
+        "<h2>Counts</h2><table><tr><th>lines read</th><td>{}</td></tr><tr><th>lines scored</th><td>{}</td></tr>\
+         <tr><th>lines skipped (nothing to score)</th><td>{}</td></tr><tr><th>lines with errors (see errors.jsonl)</th><td>{}</td></tr>\
+         <tr><th>lines of other shards</th><td>{}</td></tr><tr><th>turns scored</th><td>{}</td></tr>\
+         <tr><th>turns flagged (any category)</th><td>{}</td></tr><tr><th>turns with errors</th><td>{}</td></tr></table>",
+        c.lines_read,
+        c.lines_scored,
+        c.lines_skipped,
+        c.lines_errored,
+        c.lines_other_shards,
+        c.turns_scored,
+        c.turns_flagged,
+        c.turns_errored
+    );
+    page.push_str("<h2>Categories</h2><div class=\"cats\">");
+    for (id, cat) in &summary.categories {
+        let _ = write!(
+            page,
+            "<div class=\"cat\"><h3>{}</h3><p>{} of {} turns flagged ({:.1}%)</p>\
+             <div class=\"rate\"><div style=\"width:{:.1}%\"></div></div><p>P(Yes) distribution</p>{}</div>",
+            escape(id),
+            cat.flagged,
+            c.turns_scored,
+            100.0 * cat.flag_rate,
+            100.0 * cat.flag_rate,
+            histogram_svg(&cat.histogram)
+        );
+    }
+    page.push_str("</div><h2>Highest-scoring turns</h2><table><tr><th>conversation</th><th>file:line</th><th>turn</th><th>role</th><th>violated</th><th>highest P(Yes)</th></tr>");
+    for item in &summary.top {
+        let text = |k: &str| match item.get(k) {
+            Some(Value::String(s)) => s.clone(),
+            Some(v) => v.to_string(),
+            None => String::new(),
+        };
+        let best = item
+            .get("scores")
+            .and_then(Value::as_object)
+            .and_then(|m| m.values().filter_map(Value::as_f64).reduce(f64::max))
+            .unwrap_or(0.0);
+        let violated = item
+            .get("violated")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
+        let _ = write!(
+            page,
+            "<tr><td>{}</td><td>{}:{}</td><td>{}</td><td>{}</td><td>{}</td><td>{best:.3}</td></tr>",
+            escape(&text("conversation")),
+            escape(&text("file")),
+            escape(&text("line")),
+            escape(&text("turn")),
+            escape(&text("role")),
+            escape(&violated)
+        );
+    }
+    page.push_str("</table></body></html>\n");
+    page
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_text_is_escaped() {
+        assert_eq!(
+            escape("<script>\"x\" & 'y'"),
+            "&lt;script&gt;&quot;x&quot; &amp; &#39;y&#39;"
+        );
+    }
+
+    #[test]
+    fn the_histogram_has_ten_bars() {
+        let svg = histogram_svg(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 3]);
+        assert_eq!(svg.matches("<rect").count(), 10);
+        assert!(svg.contains("0.9–1.0: 3"));
+    }
+}
