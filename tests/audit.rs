@@ -279,3 +279,34 @@ fn the_sample_log_gets_a_self_contained_report() {
         "nothing is fetched"
     );
 }
+
+#[test]
+fn gzip_and_zstd_logs_audit_like_plain_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = corpus(dir.path(), 8);
+    let text = std::fs::read(&log).expect("corpus");
+    let gz = dir.path().join("corpus.jsonl.gz");
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut enc, &text).expect("gzip");
+    std::fs::write(&gz, enc.finish().expect("gzip")).expect("written");
+    let zst = dir.path().join("corpus.jsonl.zst");
+    let compressed =
+        ruzstd::encoding::compress_to_vec(&text[..], ruzstd::encoding::CompressionLevel::Fastest);
+    std::fs::write(&zst, compressed).expect("written");
+    let strip = |out: &Path| -> Vec<Value> {
+        json_lines(&out.join("results.jsonl"))
+            .into_iter()
+            .map(|mut v| {
+                v["file"] = Value::Null;
+                v
+            })
+            .collect()
+    };
+    let plain = dir.path().join("plain");
+    audit(&[&log], &plain, &["--allow-errors"]);
+    for input in [&gz, &zst] {
+        let out = dir.path().join(input.extension().expect("ext"));
+        audit(&[input], &out, &["--allow-errors"]);
+        assert_eq!(strip(&out), strip(&plain), "{}", input.display());
+    }
+}

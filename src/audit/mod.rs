@@ -5,10 +5,11 @@
 pub mod checkpoint;
 pub mod reader;
 pub mod report;
+pub mod source;
 pub mod summary;
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -168,14 +169,16 @@ pub fn run(
         file.set_len(len).map_err(io(&path))?;
         Ok(file)
     };
-    let total: u64 = opts
+    // Progress in bytes only when every input's size is known in decompressed bytes.
+    let sizes: Option<Vec<u64>> = opts
         .inputs
         .iter()
-        .filter_map(|i| match i {
-            Input::File(p) => std::fs::metadata(p).ok().map(|m| m.len()),
+        .map(|i| match i {
+            Input::File(p) => source::plain_size(p),
             Input::Stdin => None,
         })
-        .sum();
+        .collect();
+    let total: u64 = sizes.map_or(0, |s| s.iter().sum());
     let mut run = Run {
         opts,
         scorer,
@@ -226,11 +229,7 @@ impl Run<'_> {
             (0, 0)
         };
         let mut reader: Box<dyn BufRead> = match input {
-            Input::File(path) => {
-                let mut file = File::open(path).map_err(io)?;
-                file.seek(SeekFrom::Start(offset)).map_err(io)?;
-                Box::new(BufReader::new(file))
-            }
+            Input::File(path) => source::open(path, offset).map_err(io)?.0,
             Input::Stdin => Box::new(BufReader::new(std::io::stdin())),
         };
         let mut buf = Vec::new();

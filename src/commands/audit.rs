@@ -131,12 +131,12 @@ fn report_progress(mode: ProgressMode, p: &Progress, started: Instant) {
                 String::new()
             };
             let pct = if total > 0 {
-                100.0 * done as f64 / total as f64
+                format!("{:5.1}%  ", 100.0 * done as f64 / total as f64)
             } else {
-                0.0
+                String::new()
             };
             eprint!(
-                "\raudit: {pct:5.1}%  {} lines, {} turns scored, {} errored, {rate:.1} turns/s{eta}   ",
+                "\raudit: {pct}{} lines, {} turns scored, {} errored, {rate:.1} turns/s{eta}   ",
                 c.lines_read, c.turns_scored, c.lines_errored
             );
         }
