@@ -16,6 +16,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => commands::serve::run(args),
         Command::CheckConfig(args) => commands::check_config::run(args),
         Command::Audit(args) => commands::audit::run(args),
+        Command::AuditMerge(args) => commands::audit::merge(args),
     };
     match result {
         Ok(outcome) => ExitCode::from(outcome.exit_code()),

@@ -213,35 +213,52 @@ fn kill_and_resume_gives_the_same_output_as_one_run() {
 }
 
 #[test]
-fn shards_partition_the_input() {
+fn sharded_and_merged_equals_unsharded() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = corpus(dir.path(), 30);
     let all = dir.path().join("all");
     audit(&[&log], &all, &["--allow-errors"]);
-    let mut union = Vec::new();
-    let mut read = 0;
-    for shard in ["0/3", "1/3", "2/3"] {
-        let out = dir.path().join(shard.replace('/', "-"));
-        audit(&[&log], &out, &["--allow-errors", "--shard", shard]);
-        union.extend(json_lines(&out.join("results.jsonl")));
-        let c = &summary(&out)["counts"];
-        read += c["lines_read"].as_u64().expect("read")
-            - c["lines_other_shards"].as_u64().expect("other");
+    let shards: Vec<PathBuf> = (0..3)
+        .map(|i| dir.path().join(format!("shard-{i}")))
+        .collect();
+    for (i, out) in shards.iter().enumerate() {
+        audit(
+            &[&log],
+            out,
+            &["--allow-errors", "--shard", &format!("{i}/3")],
+        );
     }
-    let key = |v: &Value| {
-        (
-            v["line"].as_u64().unwrap_or(0),
-            v["turn"].as_u64().unwrap_or(0),
-        )
-    };
-    union.sort_by_key(key);
-    assert_eq!(union, json_lines(&all.join("results.jsonl")));
+    let merged = dir.path().join("merged");
+    let run = Command::new(env!("CARGO_BIN_EXE_shieldgate"))
+        .arg("audit-merge")
+        .args(&shards)
+        .arg("--out")
+        .arg(&merged)
+        .output()
+        .expect("merge runs");
     assert_eq!(
-        read,
-        summary(&all)["counts"]["lines_read"]
-            .as_u64()
-            .expect("read")
+        run.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
     );
+    for file in ["results.jsonl", "errors.jsonl"] {
+        assert_eq!(
+            std::fs::read_to_string(all.join(file)).expect("all"),
+            std::fs::read_to_string(merged.join(file)).expect("merged"),
+            "{file}"
+        );
+    }
+    assert_eq!(summary(&all)["counts"], summary(&merged)["counts"]);
+    assert!(merged.join("report.html").is_file());
+    let partial = Command::new(env!("CARGO_BIN_EXE_shieldgate"))
+        .arg("audit-merge")
+        .args(&shards[..2])
+        .arg("--out")
+        .arg(dir.path().join("partial"))
+        .output()
+        .expect("merge runs");
+    assert_eq!(partial.status.code(), Some(2), "a missing shard is refused");
     let bad = audit(&[&log], &dir.path().join("x"), &["--shard", "3/3"]);
     assert_eq!(bad.status.code(), Some(2));
 }

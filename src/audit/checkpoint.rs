@@ -29,6 +29,12 @@ pub struct Checkpoint {
     pub counts: Counts,
     /// Every input was read to the end.
     pub complete: bool,
+    /// The inputs' names, in reading order (what a merge of shards orders by).
+    #[serde(default)]
+    pub inputs: Vec<String>,
+    /// This run's shard `(index, count)`.
+    #[serde(default)]
+    pub shard: (u64, u64),
 }
 
 impl Checkpoint {

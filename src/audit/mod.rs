@@ -3,6 +3,7 @@
 //! any interruption, deterministic in its output order, shardable across machines.
 
 pub mod checkpoint;
+pub mod merge;
 pub mod reader;
 pub mod report;
 pub mod source;
@@ -156,6 +157,8 @@ pub fn run(
         Some(c) => c,
         None => Checkpoint {
             fingerprint,
+            inputs: opts.inputs.iter().map(Input::name).collect(),
+            shard: opts.shard,
             ..Checkpoint::default()
         },
     };
@@ -197,15 +200,20 @@ pub fn run(
         run.state.file = opts.inputs.len();
         run.save()?;
     }
-    let results = opts.out.join(RESULTS);
-    let summary = summarize(&results, run.state.counts).map_err(io(&results))?;
-    let path = opts.out.join(SUMMARY);
+    write_summary(&opts.out, run.state.counts, &run.state.inputs)
+}
+
+/// Writes summary.json and report.html of an output folder from its results.jsonl.
+pub fn write_summary(out: &Path, counts: Counts, inputs: &[String]) -> Result<Summary, AuditError> {
+    let io = |path: PathBuf| move |source| AuditError::Io { path, source };
+    let results = out.join(RESULTS);
+    let summary = summarize(&results, counts).map_err(io(results.clone()))?;
+    let path = out.join(SUMMARY);
     let text = serde_json::to_string_pretty(&summary).unwrap_or_default();
-    std::fs::write(&path, text).map_err(io(&path))?;
-    let path = opts.out.join(REPORT);
-    let names: Vec<String> = opts.inputs.iter().map(Input::name).collect();
-    let title = format!("shieldgate audit of {}", names.join(", "));
-    std::fs::write(&path, report::html(&summary, &title)).map_err(io(&path))?;
+    std::fs::write(&path, text).map_err(io(path.clone()))?;
+    let path = out.join(REPORT);
+    let title = format!("shieldgate audit of {}", inputs.join(", "));
+    std::fs::write(&path, report::html(&summary, &title)).map_err(io(path.clone()))?;
     Ok(summary)
 }
 

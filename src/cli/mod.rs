@@ -42,6 +42,8 @@ pub enum Command {
     CheckConfig(CheckConfigArgs),
     /// Score every turn of stored conversation logs (resumable; results, errors, summary).
     Audit(Box<AuditArgs>),
+    /// Merge the output folders of `audit --shard I/N` runs into one.
+    AuditMerge(AuditMergeArgs),
     /// Write a model as a Hugging Face folder or a GGUF file (F32, F16, Q8_0, Q4_0, Q4_K_M).
     #[command(visible_alias = "quantize")]
     Export(ExportArgs),
@@ -280,4 +282,18 @@ pub enum ProgressMode {
     Json,
     /// Nothing.
     None,
+}
+
+/// `shieldgate audit-merge`.
+#[derive(Debug, Clone, Args)]
+pub struct AuditMergeArgs {
+    /// The shards' output folders (all N of them).
+    #[arg(required = true)]
+    pub shards: Vec<PathBuf>,
+    /// The merged output folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Exit 0/1 even when some lines could not be read or scored.
+    #[arg(long)]
+    pub allow_errors: bool,
 }

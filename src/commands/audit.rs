@@ -3,14 +3,16 @@
 //! code.
 
 use std::io::IsTerminal;
+use std::path::Path;
 
 use std::time::Instant;
 
 use anyhow::{bail, Context};
 
 use crate::audit::reader::Fields;
+use crate::audit::summary::Summary;
 use crate::audit::{self, AuditOptions, Input, Progress};
-use crate::cli::{AuditArgs, ProgressMode};
+use crate::cli::{AuditArgs, AuditMergeArgs, ProgressMode};
 use crate::config::Config;
 use crate::proxy::profiles::Profiles;
 
@@ -98,18 +100,29 @@ pub fn run(args: &AuditArgs) -> anyhow::Result<Outcome> {
     if mode == ProgressMode::Auto {
         eprintln!();
     }
+    Ok(finish(&opts.out, &summary, args.allow_errors))
+}
+
+/// Runs `audit-merge`.
+pub fn merge(args: &AuditMergeArgs) -> anyhow::Result<Outcome> {
+    let summary = audit::merge::merge(&args.shards, &args.out)?;
+    Ok(finish(&args.out, &summary, args.allow_errors))
+}
+
+/// Prints the counts and maps them to the exit code.
+fn finish(out: &Path, summary: &Summary, allow_errors: bool) -> Outcome {
     let c = summary.counts;
     println!(
         "{}",
-        serde_json::json!({"out": opts.out, "counts": c, "summary": opts.out.join(audit::SUMMARY)})
+        serde_json::json!({"out": out, "counts": c, "summary": out.join(audit::SUMMARY)})
     );
-    Ok(if c.lines_errored > 0 && !args.allow_errors {
+    if c.lines_errored > 0 && !allow_errors {
         Outcome::InputErrors
     } else if c.turns_flagged > 0 {
         Outcome::Flagged
     } else {
         Outcome::Clean
-    })
+    }
 }
 
 fn report_progress(mode: ProgressMode, p: &Progress, started: Instant) {
