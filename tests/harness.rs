@@ -195,6 +195,22 @@ impl TestGateway {
     }
 }
 
+/// A gateway in front of a fresh mock upstream; `extra` is appended to the config.
+pub fn gateway(extra: &str) -> (TestGateway, MockUpstream, Arc<Scripted>) {
+    // The mock runs on its own runtime so that a stalled gateway cannot stall it.
+    let mock_runtime = Box::leak(Box::new(runtime()));
+    let mock = MockUpstream::start(mock_runtime);
+    let scorer = Scripted::new(true);
+    let config = format!("[upstream]\nurl = \"http://{}\"\n{extra}", mock.addr);
+    (start(&config, scorer.clone()), mock, scorer)
+}
+
+/// A chat completion request with a system prompt and one user turn.
+pub fn chat(user: &str, stream: bool) -> Value {
+    json!({"model": "gpt-x", "stream": stream, "temperature": 0.2,
+           "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": user}]})
+}
+
 /// A response as the client saw it.
 #[derive(Debug)]
 pub struct Answer {

@@ -4,6 +4,7 @@ mod audit;
 mod cli;
 mod common;
 mod gateway;
+mod gateway_ops;
 mod golden;
 mod harness;
 mod hub;

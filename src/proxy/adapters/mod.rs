@@ -253,6 +253,19 @@ pub fn azure_input_blocked(block: &Block<'_>) -> Value {
     body
 }
 
+/// The end of a choice-based stream cut for content filtering: one chunk per still-open choice
+/// index (choice 0 when none was seen), built by `choice`, each repeating `meta`, then `[DONE]`.
+pub fn cut_choices(meta: &Value, open: Vec<u64>, choice: impl Fn(u64) -> Value) -> String {
+    let open = if open.is_empty() { vec![0] } else { open };
+    let mut out = String::new();
+    for index in open {
+        let mut chunk = meta.clone();
+        chunk["choices"] = json!([choice(index)]);
+        out += &data_frame(&chunk);
+    }
+    out + "data: [DONE]\n\n"
+}
+
 /// `data: {json}` followed by a blank line.
 pub fn data_frame(value: &Value) -> String {
     super::sse::frame(None, &value.to_string())

@@ -8,9 +8,9 @@ use serde_json::{json, Value};
 use crate::config::Scan;
 
 use super::{
-    add_user_turns, choices, chunk_meta, content_text, data_frame, filter_results, indexed_outputs,
-    messages, push_part, role, start, withhold_choices, Adapter, Block, Conversation,
-    StreamCollector,
+    add_user_turns, choices, chunk_meta, content_text, cut_choices, data_frame, filter_results,
+    indexed_outputs, messages, push_part, role, start, withhold_choices, Adapter, Block,
+    Conversation, StreamCollector,
 };
 use crate::proxy::sse::Event;
 
@@ -202,23 +202,20 @@ impl StreamCollector for ChatStream {
             .meta
             .clone()
             .unwrap_or_else(|| json!({"object": "chat.completion.chunk"}));
-        let open: Vec<u64> = match self.choices.is_empty() {
-            true => vec![0],
-            false => self
-                .choices
-                .iter()
-                .filter(|(_, c)| c.finish.is_null())
-                .map(|(i, _)| *i)
-                .collect(),
-        };
-        let mut out = String::new();
-        for index in open {
-            let mut c = meta.clone();
-            c["choices"] = json!([{"index": index, "delta": {}, "finish_reason": "content_filter",
-                                   "content_filter_results": filter_results(block)}]);
-            out += &data_frame(&c);
+        let all_done =
+            !self.choices.is_empty() && self.choices.values().all(|c| !c.finish.is_null());
+        if all_done {
+            return "data: [DONE]\n\n".into();
         }
-        out + "data: [DONE]\n\n"
+        let open = self
+            .choices
+            .iter()
+            .filter(|(_, c)| c.finish.is_null())
+            .map(|(i, _)| *i);
+        cut_choices(&meta, open.collect(), |index| {
+            json!({"index": index, "delta": {}, "finish_reason": "content_filter",
+                   "content_filter_results": filter_results(block)})
+        })
     }
 }
 

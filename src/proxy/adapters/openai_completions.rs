@@ -8,8 +8,8 @@ use serde_json::{json, Value};
 use crate::config::Scan;
 
 use super::{
-    choices, chunk_meta, data_frame, filter_results, indexed_outputs, push_part, start,
-    withhold_choices, Adapter, Block, Conversation, StreamCollector,
+    choices, chunk_meta, cut_choices, data_frame, filter_results, indexed_outputs, push_part,
+    start, withhold_choices, Adapter, Block, Conversation, StreamCollector,
 };
 use crate::proxy::sse::Event;
 
@@ -129,23 +129,19 @@ impl StreamCollector for CompletionStream {
             .meta
             .clone()
             .unwrap_or_else(|| json!({"object": "text_completion"}));
-        let mut open: Vec<u64> = self
+        let all_done = !self.choices.is_empty() && self.choices.values().all(|c| !c.1.is_null());
+        if all_done {
+            return "data: [DONE]\n\n".into();
+        }
+        let open = self
             .choices
             .iter()
             .filter(|(_, c)| c.1.is_null())
-            .map(|(i, _)| *i)
-            .collect();
-        if self.choices.is_empty() {
-            open.push(0);
-        }
-        let mut out = String::new();
-        for index in open {
-            let mut c = meta.clone();
-            c["choices"] = json!([{"index": index, "text": "", "finish_reason": "content_filter",
-                                   "logprobs": null, "content_filter_results": filter_results(block)}]);
-            out += &data_frame(&c);
-        }
-        out + "data: [DONE]\n\n"
+            .map(|(i, _)| *i);
+        cut_choices(&meta, open.collect(), |index| {
+            json!({"index": index, "text": "", "finish_reason": "content_filter", "logprobs": null,
+                   "content_filter_results": filter_results(block)})
+        })
     }
 }
 
