@@ -304,6 +304,27 @@ fn the_decision_log_records_scores_without_content_or_keys() {
         a.header("x-shieldgate-request-id").expect("id")
     );
     assert_eq!(lines[1]["content_sha256"].as_str().map(str::len), Some(64));
+    // An answer that cannot be read is passed (fail-open) and still logged and counted.
+    let garbage = [("x-mock-garbage", "1")];
+    let a = gw.runtime.block_on(post(
+        gw.addr,
+        "/v1/chat/completions",
+        &garbage,
+        &chat("hi", false),
+    ));
+    assert_eq!((a.status, a.body.as_str()), (200, "this is not JSON"));
+    assert_eq!(
+        a.header("x-shieldgate-evaluation-error"),
+        Some("unparsable_response")
+    );
+    let last = json_last(&log);
+    assert_eq!(last["direction"], "output");
+    assert_eq!(last["evaluation_error"], "unparsable_response");
+    let m = gw
+        .runtime
+        .block_on(send(gw.admin, "GET", "/metrics", &[], Vec::new()))
+        .body;
+    assert!(m.contains("shieldgate_evaluation_errors_total{direction=\"output\",type=\"unparsable_response\"} 1"), "{m}");
     let hate = lines[1]["categories"]
         .as_array()
         .expect("categories")
@@ -499,4 +520,9 @@ fn oversized_heads_and_slow_exchanges_get_431_and_504() {
         &chat("hello", false),
     ));
     assert_eq!(a.status, 200, "the gateway still serves");
+}
+
+fn json_last(path: &std::path::Path) -> Value {
+    let text = std::fs::read_to_string(path).expect("log");
+    serde_json::from_str(text.lines().last().expect("a line")).expect("json")
 }

@@ -303,7 +303,8 @@ pub struct Received {
 /// is what follows `say:` in the request (up to the next quote, with `~` turned into `!` so
 /// that a clean prompt can ask for a violating answer), "Hello there." otherwise.
 /// Headers steer it: `x-mock-status` (answer with this error status), `x-mock-stall-ms`
-/// (wait before the head), `x-mock-break` (end the stream abruptly half-way).
+/// (wait before the head), `x-mock-break` (end the stream abruptly half-way), `x-mock-garbage`
+/// (a 200 whose JSON body is not JSON).
 pub struct MockUpstream {
     /// Its address.
     pub addr: SocketAddr,
@@ -449,6 +450,12 @@ async fn mock_answer(log: Arc<Mutex<Vec<Received>>>, req: Request<Incoming>) -> 
             json!({"error": {"message": "upstream says no", "type": "server_error"}}).to_string(),
         ));
         *r.status_mut() = hyper::StatusCode::from_u16(status).expect("status");
+        r.headers_mut()
+            .insert("content-type", "application/json".parse().expect("ct"));
+        return r;
+    }
+    if headers.contains_key("x-mock-garbage") {
+        let mut r = Response::new(full("this is not JSON"));
         r.headers_mut()
             .insert("content-type", "application/json".parse().expect("ct"));
         return r;

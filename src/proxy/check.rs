@@ -65,7 +65,9 @@ pub async fn run(
     decision
 }
 
-fn record(
+/// Counts a decision in the metrics and writes it to the decision log; every decision, made
+/// by the scorer or not, goes through here.
+pub fn record(
     gw: &Gateway,
     decision: &Decision,
     request_id: &str,

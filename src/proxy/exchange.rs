@@ -307,11 +307,7 @@ impl Exchange {
             error,
             self.settings.proxy.on_output_error,
         );
-        self.gw
-            .metrics
-            .evaluation_errors
-            .with_label_values(&["output", error])
-            .inc();
+        check::record(&self.gw, &d, &self.request_id, self.adapter.protocol(), &[]);
         d
     }
 
@@ -478,10 +474,9 @@ impl Exchange {
             drop(s);
             tokio::spawn(async move {
                 let Some(outputs) = outputs else {
-                    gw.metrics
-                        .evaluation_errors
-                        .with_label_values(&["output", "unparsable_response"])
-                        .inc();
+                    let d =
+                        Decision::failed(Direction::Output, &profile, "unparsable_response", fail);
+                    check::record(&gw, &d, &request_id, adapter.protocol(), &[]);
                     return;
                 };
                 let input = CheckInput {

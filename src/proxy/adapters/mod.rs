@@ -254,9 +254,22 @@ pub fn azure_input_blocked(block: &Block<'_>) -> Value {
 }
 
 /// The end of a choice-based stream cut for content filtering: one chunk per still-open choice
-/// index (choice 0 when none was seen), built by `choice`, each repeating `meta`, then `[DONE]`.
-pub fn cut_choices(meta: &Value, open: Vec<u64>, choice: impl Fn(u64) -> Value) -> String {
-    let open = if open.is_empty() { vec![0] } else { open };
+/// (`finished` tells, per index seen, whether its finish_reason was relayed; choice 0 when none
+/// was seen), built by `choice`, each repeating `meta`, then `[DONE]`.
+pub fn cut_choices(
+    meta: &Value,
+    finished: &std::collections::BTreeMap<u64, bool>,
+    choice: impl Fn(u64) -> Value,
+) -> String {
+    let open: Vec<u64> = if finished.is_empty() {
+        vec![0]
+    } else {
+        finished
+            .iter()
+            .filter(|(_, done)| !**done)
+            .map(|(i, _)| *i)
+            .collect()
+    };
     let mut out = String::new();
     for index in open {
         let mut chunk = meta.clone();

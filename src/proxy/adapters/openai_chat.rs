@@ -202,17 +202,12 @@ impl StreamCollector for ChatStream {
             .meta
             .clone()
             .unwrap_or_else(|| json!({"object": "chat.completion.chunk"}));
-        let all_done =
-            !self.choices.is_empty() && self.choices.values().all(|c| !c.finish.is_null());
-        if all_done {
-            return "data: [DONE]\n\n".into();
-        }
-        let open = self
+        let finished = self
             .choices
             .iter()
-            .filter(|(_, c)| c.finish.is_null())
-            .map(|(i, _)| *i);
-        cut_choices(&meta, open.collect(), |index| {
+            .map(|(i, c)| (*i, !c.finish.is_null()))
+            .collect();
+        cut_choices(&meta, &finished, |index| {
             json!({"index": index, "delta": {}, "finish_reason": "content_filter",
                    "content_filter_results": filter_results(block)})
         })
@@ -265,5 +260,47 @@ mod tests {
             collector.event(&e);
         }
         assert_eq!(collector.outputs(), ["Hello", "Other"]);
+    }
+
+    #[test]
+    fn a_cut_stream_ends_only_the_choices_still_open() {
+        let text = concat!(
+            "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"},\"finish_reason\":\"stop\"}]}\n\n",
+            "data: {\"id\":\"c1\",\"choices\":[{\"index\":1,\"delta\":{\"content\":\"b\"},\"finish_reason\":null}]}\n\n",
+        );
+        let mut collector = OpenAiChat.collector();
+        for e in Parser::new().feed(text.as_bytes()) {
+            collector.event(&e);
+        }
+        let decision = crate::proxy::decision::Decision {
+            direction: crate::proxy::decision::Direction::Output,
+            profile: "default".into(),
+            disposition: crate::proxy::decision::Disposition::Block,
+            categories: Vec::new(),
+            unscanned: Vec::new(),
+            evaluation_error: None,
+            parts_blocked: Vec::new(),
+        };
+        let block = Block {
+            decision: &decision,
+            reveal: crate::config::Reveal::None,
+            replacement: "x",
+        };
+        let end = collector.terminate(&block);
+        let frames: Vec<Value> = Parser::new()
+            .feed(end.as_bytes())
+            .iter()
+            .filter(|e| e.data != "[DONE]")
+            .map(|e| serde_json::from_str(&e.data).expect("json"))
+            .collect();
+        assert_eq!(frames.len(), 1);
+        assert_eq!(frames[0]["choices"][0]["index"], 1);
+        assert_eq!(frames[0]["choices"][0]["finish_reason"], "content_filter");
+        assert!(end.ends_with("data: [DONE]\n\n"));
+        let empty = OpenAiChat.collector().terminate(&block);
+        assert!(
+            empty.contains("\"index\":0"),
+            "choice 0 when none was seen: {empty}"
+        );
     }
 }

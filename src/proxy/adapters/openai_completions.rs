@@ -129,16 +129,12 @@ impl StreamCollector for CompletionStream {
             .meta
             .clone()
             .unwrap_or_else(|| json!({"object": "text_completion"}));
-        let all_done = !self.choices.is_empty() && self.choices.values().all(|c| !c.1.is_null());
-        if all_done {
-            return "data: [DONE]\n\n".into();
-        }
-        let open = self
+        let finished = self
             .choices
             .iter()
-            .filter(|(_, c)| c.1.is_null())
-            .map(|(i, _)| *i);
-        cut_choices(&meta, open.collect(), |index| {
+            .map(|(i, c)| (*i, !c.1.is_null()))
+            .collect();
+        cut_choices(&meta, &finished, |index| {
             json!({"index": index, "text": "", "finish_reason": "content_filter", "logprobs": null,
                    "content_filter_results": filter_results(block)})
         })
