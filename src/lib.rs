@@ -11,6 +11,8 @@
 //!   `/v1/moderations`), admin listener, protocol adapters, decisions, upstream client.
 //! - [`config`]: the gateway's TOML configuration; [`metrics`]: its Prometheus metrics.
 //! - [`audit`]: batch scoring of stored conversation logs (readers, resumable run, summary).
+//! - [`tune`]: threshold tuning from labelled data (curves, suggestions, config edits, report,
+//!   browser workbench); [`html`]: helpers of the HTML pages.
 //! - [`cli`]: command-line arguments of the `shieldgate` binary; [`commands`] runs them.
 //! - [`telemetry`]: logging setup.
 
@@ -18,6 +20,7 @@ pub mod audit;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod html;
 pub mod metrics;
 pub mod model;
 pub mod policy;
@@ -25,3 +28,4 @@ pub mod prompt;
 pub mod proxy;
 pub mod scorer;
 pub mod telemetry;
+pub mod tune;

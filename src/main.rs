@@ -17,6 +17,7 @@ fn main() -> ExitCode {
         Command::CheckConfig(args) => commands::check_config::run(args),
         Command::Audit(args) => commands::audit::run(args),
         Command::AuditMerge(args) => commands::audit::merge(args),
+        Command::Tune(args) => commands::tune::run(args),
     };
     match result {
         Ok(outcome) => ExitCode::from(outcome.exit_code()),

@@ -327,3 +327,95 @@ fn gzip_and_zstd_logs_audit_like_plain_ones() {
         assert_eq!(strip(&out), strip(&plain), "{}", input.display());
     }
 }
+
+#[test]
+fn csv_logs_resume_after_a_crash_and_read_alike_from_a_glob_and_stdin() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let csv = dir.path().join("chats.csv");
+    let mut text = String::from("id,question,answer\n");
+    for i in 0..12 {
+        text.push_str(&format!(
+            "r{i},\"Question {i}, asked\non two lines: how do I bake bread?\",\"Flour, \"\"water\"\" and salt.\"\n"
+        ));
+        if i == 4 {
+            text.push_str("broken,row\n");
+        }
+    }
+    std::fs::write(&csv, &text).expect("csv written");
+    let extra = [
+        "--text-field",
+        "question",
+        "--response-field",
+        "answer",
+        "--batch-turns",
+        "4",
+        "--allow-errors",
+    ];
+    let whole = dir.path().join("whole");
+    assert!(audit(&[&csv], &whole, &extra)
+        .status
+        .code()
+        .is_some_and(|c| c <= 1));
+    let results = json_lines(&whole.join("results.jsonl"));
+    assert_eq!(results.len(), 24, "12 rows, a question and an answer each");
+    assert_eq!(results[2]["conversation"], "r1");
+    assert_eq!(results[2]["line"], 4, "rows span two lines each");
+    let errors = json_lines(&whole.join("errors.jsonl"));
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0]["line"], 12);
+    assert!(errors[0]["reason"]
+        .as_str()
+        .is_some_and(|r| r.contains("2 fields where the header has 3")));
+
+    let resumed = dir.path().join("resumed");
+    let crash = audit(
+        &[&csv],
+        &resumed,
+        &[&extra[..], &["--abort-after-writes", "3"]].concat(),
+    );
+    assert!(!crash.status.success(), "the hook aborts the process");
+    audit(&[&csv], &resumed, &extra);
+    for file in ["results.jsonl", "errors.jsonl"] {
+        assert_eq!(
+            std::fs::read_to_string(whole.join(file)).expect("whole"),
+            std::fs::read_to_string(resumed.join(file)).expect("resumed"),
+            "{file} differs after a crash and resume"
+        );
+    }
+
+    let scores = |out: &Path| -> Vec<Value> {
+        json_lines(&out.join("results.jsonl"))
+            .into_iter()
+            .map(|v| v["scores"].clone())
+            .collect()
+    };
+    let globbed = dir.path().join("globbed");
+    let pattern = dir.path().join("*.csv");
+    audit(&[&pattern], &globbed, &extra);
+    assert_eq!(scores(&globbed), scores(&whole));
+
+    let piped = dir.path().join("piped");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shieldgate"))
+        .args(["audit", "-", "--format", "csv", "--out"])
+        .arg(&piped)
+        .arg("--model")
+        .arg(common::assets().join("tiny"))
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("audit starts");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), text.as_bytes())
+        .expect("piped");
+    child.wait().expect("audit ends");
+    assert_eq!(scores(&piped), scores(&whole));
+
+    let missing = audit(
+        &[&csv],
+        &dir.path().join("bad"),
+        &["--text-field", "prompt"],
+    );
+    assert_eq!(missing.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(stderr.contains("no column \"prompt\""), "{stderr}");
+}

@@ -12,3 +12,4 @@ mod parity;
 mod quantized;
 mod sdk;
 mod serve;
+mod tune;

@@ -5,12 +5,13 @@
 pub mod checkpoint;
 pub mod merge;
 pub mod reader;
+pub mod records;
 pub mod report;
 pub mod source;
 pub mod summary;
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -21,7 +22,8 @@ use crate::policy::Policy;
 use crate::scorer::{score_each, Score, ScoreRequest};
 
 use self::checkpoint::Checkpoint;
-use self::reader::{read_line, Conversation, Fields, Role};
+use self::reader::{read_record, Conversation, Fields, Role};
+use self::records::{Format, Item, Record, Records};
 use self::summary::{summarize, Counts, Summary};
 
 /// Why an audit stopped.
@@ -56,6 +58,15 @@ impl Input {
             Self::Stdin => "-".into(),
         }
     }
+
+    /// The input's format: `forced`, else by file name (standard input: JSON lines).
+    fn format(&self, forced: Option<Format>) -> Format {
+        match (forced, self) {
+            (Some(f), _) => f,
+            (None, Self::File(p)) => Format::of(p),
+            (None, Self::Stdin) => Format::Jsonl,
+        }
+    }
 }
 
 /// What to audit and how.
@@ -64,8 +75,10 @@ pub struct AuditOptions {
     pub inputs: Vec<Input>,
     /// The output folder.
     pub out: PathBuf,
-    /// Field names of flat records.
+    /// Field names of flat records (JSON lines or CSV columns).
     pub fields: Fields,
+    /// Every input's format, or `None` to tell by file name.
+    pub format: Option<Format>,
     /// Policies with their thresholds.
     pub policies: Arc<[Policy]>,
     /// Turns scored per batch (and between checkpoints).
@@ -181,13 +194,14 @@ pub fn run(
             Input::Stdin => None,
         })
         .collect();
-    let total: u64 = sizes.map_or(0, |s| s.iter().sum());
+    let total: u64 = sizes.as_ref().map_or(0, |s| s.iter().sum());
+    let bytes_done = sizes.map_or(0, |s| s.iter().take(state.file).sum::<u64>() + state.offset);
     let mut run = Run {
         opts,
         scorer,
         results: open(RESULTS, state.results_len)?,
         errors: open(ERRORS, state.errors_len)?,
-        bytes_done: 0,
+        bytes_done,
         writes: 0,
         state,
         pending: Vec::new(),
@@ -231,33 +245,34 @@ impl Run<'_> {
             source,
         };
         let resume = self.state.file == index;
-        let (mut line, mut offset) = if resume {
+        let (line, offset) = if resume {
             (self.state.line, self.state.offset)
         } else {
             (0, 0)
         };
-        let mut reader: Box<dyn BufRead> = match input {
-            Input::File(path) => source::open(path, offset).map_err(io)?.0,
-            Input::Stdin => Box::new(BufReader::new(std::io::stdin())),
-        };
-        let mut buf = Vec::new();
-        let (shard, shards) = self.opts.shard;
-        loop {
-            buf.clear();
-            let n = reader.by_ref().read_until(b'\n', &mut buf).map_err(io)?;
-            if n == 0 {
-                break;
+        let open = |offset: u64| -> std::io::Result<Box<dyn BufRead>> {
+            match input {
+                Input::File(path) => Ok(source::open(path, offset)?.0),
+                Input::Stdin => Ok(Box::new(BufReader::new(std::io::stdin()))),
             }
-            line += 1;
-            offset += n as u64;
-            self.bytes_done += n as u64;
+        };
+        let mut records = match input.format(self.opts.format) {
+            Format::Jsonl => Records::jsonl(open(offset).map_err(io)?, line, offset),
+            Format::Csv => Records::csv(open, line, offset, &self.opts.fields).map_err(io)?,
+        };
+        let mut done = offset;
+        let (shard, shards) = self.opts.shard;
+        while let Some(record) = records.next_record().map_err(io)? {
+            self.bytes_done += record.offset - done;
+            done = record.offset;
+            let (lines_through, offset) = (record.lines_through, record.offset);
             let global = self.state.global_line;
             self.state.global_line += 1;
             self.state.counts.lines_read += 1;
             if global % shards != shard {
                 self.state.counts.lines_other_shards += 1;
             } else {
-                self.take_line(&name, line, &buf);
+                self.take_record(&name, record);
             }
             let turns: usize = self
                 .pending
@@ -266,7 +281,7 @@ impl Run<'_> {
                 .map(|c| c.turns.len())
                 .sum();
             if turns >= self.opts.batch_turns {
-                self.flush(index, line, offset)?;
+                self.flush(index, lines_through, offset)?;
                 progress(&Progress {
                     counts: self.state.counts,
                     bytes: (self.bytes_done, total),
@@ -281,22 +296,18 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Reads one line into the pending batch (or records why it cannot be read).
-    fn take_line(&mut self, file: &str, line: u64, raw: &[u8]) {
-        let complete = raw.ends_with(b"\n");
-        let text = raw.strip_suffix(b"\n").unwrap_or(raw);
-        let text = text.strip_suffix(b"\r").unwrap_or(text);
-        let unreadable = |reason: String| Pending {
-            file: file.to_string(),
-            line,
-            conversation: None,
-            errors: vec![json!({"file": file, "line": line, "reason": reason})],
+    /// Reads one record into the pending batch (or records why it cannot be read).
+    fn take_record(&mut self, file: &str, record: Record) {
+        let line = record.line;
+        let value = match record.item {
+            Item::Blank => {
+                self.state.counts.lines_skipped += 1;
+                return;
+            }
+            Item::Unreadable(reason) => Err(reason),
+            Item::Value(value) => read_record(&value, &format!("{file}:{line}"), &self.opts.fields),
         };
-        if text.iter().all(u8::is_ascii_whitespace) {
-            self.state.counts.lines_skipped += 1;
-            return;
-        }
-        match read_line(text, &format!("{file}:{line}"), &self.opts.fields) {
+        match value {
             Ok(conversation) => {
                 let mut errors = Vec::new();
                 let max = self.opts.max_turn_chars;
@@ -320,10 +331,12 @@ impl Run<'_> {
                     errors,
                 });
             }
-            Err(reason) if !complete => self.pending.push(unreadable(format!(
-                "truncated last line (no newline at the end): {reason}"
-            ))),
-            Err(reason) => self.pending.push(unreadable(reason)),
+            Err(reason) => self.pending.push(Pending {
+                file: file.to_string(),
+                line,
+                conversation: None,
+                errors: vec![json!({"file": file, "line": line, "reason": reason})],
+            }),
         }
     }
 
@@ -454,8 +467,13 @@ fn fingerprint(opts: &AuditOptions) -> std::io::Result<String> {
         ));
     }
     h.update(format!(
-        "{:?}\0{:?}\0{}\0{:?}\0{}",
-        opts.fields.text, opts.fields.response, opts.max_turn_chars, opts.shard, opts.include_text
+        "{:?}\0{:?}\0{:?}\0{}\0{:?}\0{}",
+        opts.fields.text,
+        opts.fields.response,
+        opts.format,
+        opts.max_turn_chars,
+        opts.shard,
+        opts.include_text
     ));
     Ok(hex::encode(h.finalize()))
 }

@@ -47,11 +47,16 @@ pub struct Fields {
     pub response: Option<String>,
 }
 
-/// Reads one line; `origin` (`FILE:LINE`) is the id when the line has none.
-pub fn read_line(bytes: &[u8], origin: &str, fields: &Fields) -> Result<Conversation, String> {
+/// Parses one JSON line into a value (a record to give [`read_record`]).
+pub fn parse_json_line(bytes: &[u8]) -> Result<Value, String> {
     let text = std::str::from_utf8(bytes)
         .map_err(|e| format!("invalid UTF-8 at byte {}", e.valid_up_to()))?;
-    let value: Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
+    serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))
+}
+
+/// Reads one record (a JSON line, or a CSV row as an object keyed by the header); `origin`
+/// (`FILE:LINE`) is the id when the record has none.
+pub fn read_record(value: &Value, origin: &str, fields: &Fields) -> Result<Conversation, String> {
     if !value.is_object() {
         return Err("not a JSON object".into());
     }
@@ -164,6 +169,10 @@ fn content_text(content: &Value) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn read_line(bytes: &[u8], origin: &str, fields: &Fields) -> Result<Conversation, String> {
+        read_record(&parse_json_line(bytes)?, origin, fields)
+    }
 
     fn read(line: &str) -> Result<Conversation, String> {
         read_line(line.as_bytes(), "f:1", &Fields::default())

@@ -7,22 +7,7 @@ use std::fmt::Write;
 use serde_json::Value;
 
 use super::summary::Summary;
-
-/// Escapes text for HTML element content and attribute values.
-pub fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+use crate::html::escape;
 
 /// A bar chart of the ten P(Yes) deciles.
 fn histogram_svg(bins: &[u64; 10]) -> String {
@@ -137,14 +122,6 @@ pub fn html(summary: &Summary, title: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hostile_text_is_escaped() {
-        assert_eq!(
-            escape("<script>\"x\" & 'y'"),
-            "&lt;script&gt;&quot;x&quot; &amp; &#39;y&#39;"
-        );
-    }
 
     #[test]
     fn the_histogram_has_ten_bars() {

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::audit::records::Format;
 use crate::config::ModelSettings;
 
 /// A safety-moderation gateway built on Google's ShieldGemma classifier.
@@ -44,6 +45,9 @@ pub enum Command {
     Audit(Box<AuditArgs>),
     /// Merge the output folders of `audit --shard I/N` runs into one.
     AuditMerge(AuditMergeArgs),
+    /// Suggest per-category thresholds from labelled data: curves, report, config diff, and a
+    /// browser workbench (--serve).
+    Tune(Box<TuneArgs>),
     /// Write a model as a Hugging Face folder or a GGUF file (F32, F16, Q8_0, Q4_0, Q4_K_M).
     #[command(visible_alias = "quantize")]
     Export(ExportArgs),
@@ -224,9 +228,14 @@ pub struct CheckConfigArgs {
 /// `shieldgate audit`.
 #[derive(Debug, Clone, Args)]
 pub struct AuditArgs {
-    /// JSONL log files, read in this order ('-' reads standard input, which cannot be resumed).
+    /// Log files (JSON lines or CSV, plain, gzip or zstd), read in this order; a quoted glob
+    /// (`'logs/*.jsonl.gz'`) expands in sorted order; '-' reads standard input (not resumable).
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
+    /// Input format; by default `.csv` (also `.csv.gz`, `.csv.zst`) is CSV with a header row
+    /// and anything else JSON lines.
+    #[arg(long)]
+    pub format: Option<Format>,
     /// Output folder: results.jsonl, errors.jsonl, summary.json, checkpoint.json.
     #[arg(long)]
     pub out: PathBuf,
@@ -237,10 +246,11 @@ pub struct AuditArgs {
     /// The config's profile to apply.
     #[arg(long, default_value = "default")]
     pub profile: String,
-    /// For flat records: the field holding the user text.
+    /// For flat records and CSV: the field (column) holding the user text.
     #[arg(long)]
     pub text_field: Option<String>,
-    /// For flat records: the field holding the response (scored after the user text).
+    /// For flat records and CSV: the field (column) holding the response (scored after the
+    /// user text).
     #[arg(long, requires = "text_field")]
     pub response_field: Option<String>,
     /// Turns scored per engine batch and between checkpoints.
@@ -282,6 +292,59 @@ pub enum ProgressMode {
     Json,
     /// Nothing.
     None,
+}
+
+/// `shieldgate tune`.
+#[derive(Debug, Clone, Args)]
+pub struct TuneArgs {
+    /// Labelled JSONL files: {"prompt", "response"?, "labels": {"hate": 1, ...} or ["hate"],
+    /// "scores"?: {...}}; examples without scores are scored by the model.
+    pub labelled: Vec<PathBuf>,
+    /// Unlabelled traffic for the what-if flag rate: audit results (or an audit folder) or
+    /// the gateway's decision log. Repeatable.
+    #[arg(long)]
+    pub traffic: Vec<PathBuf>,
+    /// The gateway config whose thresholds are tuned (default: the built-in defaults).
+    #[arg(long, short, env = "SHIELDGATE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The config's profile to tune.
+    #[arg(long, default_value = "default")]
+    pub profile: String,
+    /// What the suggested threshold must meet: best-f1, precision=P, recall=R or fpr=F;
+    /// prefix a category to set it for that one only (hate:precision=0.9). Repeatable.
+    #[arg(long, default_value = "best-f1")]
+    pub target: Vec<String>,
+    /// The labelled examples' user-text field.
+    #[arg(long, default_value = "prompt")]
+    pub prompt_field: String,
+    /// The labelled examples' response field.
+    #[arg(long, default_value = "response")]
+    pub response_field: String,
+    /// Output folder: report.html, summary.json, thresholds.toml, scored.jsonl, errors.jsonl.
+    #[arg(long, default_value = "tune-report")]
+    pub out: PathBuf,
+    /// Write the suggested thresholds into the --config file (otherwise only shown as a diff).
+    #[arg(long, requires = "config")]
+    pub write: bool,
+    /// Bootstrap resamples for the confidence intervals (0: none).
+    #[arg(long, default_value_t = 1000)]
+    pub bootstrap: usize,
+    /// Seed of the bootstrap.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Examples scored per engine batch.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Exit 0 even when some lines could not be used.
+    #[arg(long)]
+    pub allow_errors: bool,
+    /// Start the workbench at this address after the analysis (default 127.0.0.1:8765) and
+    /// serve until Ctrl-C.
+    #[arg(long, num_args = 0..=1, default_missing_value = "127.0.0.1:8765")]
+    pub serve: Option<String>,
+    /// Model options, used when some examples have no scores.
+    #[command(flatten)]
+    pub model: ModelArgs,
 }
 
 /// `shieldgate audit-merge`.

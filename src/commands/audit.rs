@@ -3,20 +3,18 @@
 //! code.
 
 use std::io::IsTerminal;
-use std::path::Path;
-
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::audit::reader::Fields;
 use crate::audit::summary::Summary;
 use crate::audit::{self, AuditOptions, Input, Progress};
 use crate::cli::{AuditArgs, AuditMergeArgs, ProgressMode};
-use crate::config::Config;
-use crate::proxy::profiles::Profiles;
 
-use super::{load_engine, Outcome};
+use super::{load_engine, profile_policies, Outcome};
 
 /// Parses `I/N`.
 fn parse_shard(spec: &str) -> anyhow::Result<(u64, u64)> {
@@ -37,20 +35,37 @@ fn parse_shard(spec: &str) -> anyhow::Result<(u64, u64)> {
     Ok((i, n))
 }
 
+/// Files as named, quoted globs expanded (sorted), `-` as standard input; a name that
+/// matches nothing is an error.
+fn expand_inputs(names: &[PathBuf]) -> anyhow::Result<Vec<Input>> {
+    let mut inputs = Vec::new();
+    for name in names {
+        let text = name.to_string_lossy();
+        if text == "-" {
+            inputs.push(Input::Stdin);
+        } else if name.is_file() {
+            inputs.push(Input::File(name.clone()));
+        } else if text.contains(['*', '?', '[']) {
+            let mut matched = glob::glob(&text)
+                .with_context(|| format!("{text}: not a valid glob"))?
+                .collect::<Result<Vec<_>, _>>()
+                .with_context(|| format!("{text}: cannot list the matches"))?;
+            matched.retain(|p| p.is_file());
+            if matched.is_empty() {
+                bail!("{text}: no file matches");
+            }
+            matched.sort();
+            inputs.extend(matched.into_iter().map(Input::File));
+        } else {
+            bail!("{}: no such file", name.display());
+        }
+    }
+    Ok(inputs)
+}
+
 /// Runs the command.
 pub fn run(args: &AuditArgs) -> anyhow::Result<Outcome> {
-    let config = match &args.config {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
-    };
-    let profiles = Profiles::build(&config)?;
-    let profile = profiles.get(&args.profile).with_context(|| {
-        format!(
-            "--profile {:?}: the config has {}",
-            args.profile,
-            profiles.names().join(", ")
-        )
-    })?;
+    let (config, policies) = profile_policies(args.config.as_deref(), &args.profile)?;
     let shard = args
         .shard
         .as_deref()
@@ -60,19 +75,7 @@ pub fn run(args: &AuditArgs) -> anyhow::Result<Outcome> {
     if args.batch_turns == 0 {
         bail!("--batch-turns must be at least 1");
     }
-    let inputs = args
-        .inputs
-        .iter()
-        .map(|p| {
-            if p.as_os_str() == "-" {
-                Ok(Input::Stdin)
-            } else if p.is_file() {
-                Ok(Input::File(p.clone()))
-            } else {
-                bail!("{}: no such file", p.display())
-            }
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let inputs = expand_inputs(&args.inputs)?;
     let opts = AuditOptions {
         inputs,
         out: args.out.clone(),
@@ -80,7 +83,8 @@ pub fn run(args: &AuditArgs) -> anyhow::Result<Outcome> {
             text: args.text_field.clone(),
             response: args.response_field.clone(),
         },
-        policies: profile.policies.clone(),
+        format: args.format,
+        policies,
         batch_turns: args.batch_turns,
         max_turn_chars: args.max_turn_chars,
         shard,
@@ -89,17 +93,14 @@ pub fn run(args: &AuditArgs) -> anyhow::Result<Outcome> {
         abort_after_writes: args.abort_after_writes,
     };
     let engine = load_engine(&args.model.apply(config.model.clone()))?;
-    let started = Instant::now();
     let mode = match args.progress {
         ProgressMode::Auto if std::io::stderr().is_terminal() => ProgressMode::Auto,
         ProgressMode::Auto => ProgressMode::None,
         other => other,
     };
-    let mut report = |p: &Progress| report_progress(mode, p, started);
-    let summary = audit::run(&engine, &opts, &mut report)?;
-    if mode == ProgressMode::Auto {
-        eprintln!();
-    }
+    let mut reporter = Reporter::new(mode);
+    let summary = audit::run(&engine, &opts, &mut |p| reporter.report(p))?;
+    reporter.finish();
     Ok(finish(&opts.out, &summary, args.allow_errors))
 }
 
@@ -125,34 +126,70 @@ fn finish(out: &Path, summary: &Summary, allow_errors: bool) -> Outcome {
     }
 }
 
-fn report_progress(mode: ProgressMode, p: &Progress, started: Instant) {
-    let c = p.counts;
-    let secs = started.elapsed().as_secs_f64().max(1e-3);
-    let rate = c.turns_scored as f64 / secs;
-    match mode {
-        ProgressMode::Json => eprintln!(
-            "{}",
-            serde_json::json!({"progress": {"lines_read": c.lines_read, "turns_scored": c.turns_scored,
-                "lines_errored": c.lines_errored, "bytes_done": p.bytes.0, "bytes_total": p.bytes.1,
-                "turns_per_s": rate}})
-        ),
-        ProgressMode::Auto => {
-            let (done, total) = p.bytes;
-            let eta = if done > 0 && total > done {
-                format!(", ETA {:.0} s", secs * (total - done) as f64 / done as f64)
-            } else {
-                String::new()
-            };
-            let pct = if total > 0 {
-                format!("{:5.1}%  ", 100.0 * done as f64 / total as f64)
-            } else {
-                String::new()
-            };
-            eprint!(
-                "\raudit: {pct}{} lines, {} turns scored, {} errored, {rate:.1} turns/s{eta}   ",
-                c.lines_read, c.turns_scored, c.lines_errored
-            );
+/// Progress on stderr: a bar with rate and ETA on a terminal, JSON lines for machines.
+enum Reporter {
+    Bar(ProgressBar, Instant),
+    Json(Instant),
+    Quiet,
+}
+
+impl Reporter {
+    fn new(mode: ProgressMode) -> Self {
+        match mode {
+            ProgressMode::Auto => {
+                let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+                bar.set_style(style("audit {spinner} [{elapsed_precise}] {msg}"));
+                bar.enable_steady_tick(std::time::Duration::from_millis(250));
+                Self::Bar(bar, Instant::now())
+            }
+            ProgressMode::Json => Self::Json(Instant::now()),
+            ProgressMode::None => Self::Quiet,
         }
-        ProgressMode::None => {}
     }
+
+    fn report(&mut self, p: &Progress) {
+        let c = p.counts;
+        let (done, total) = p.bytes;
+        match self {
+            Self::Bar(bar, started) => {
+                if total > 0 {
+                    if bar.length().is_none() {
+                        bar.set_style(style(
+                            "audit [{elapsed_precise}] {wide_bar} {percent:>3}% {msg}, ETA {eta}",
+                        ));
+                    }
+                    bar.set_length(total);
+                    bar.set_position(done);
+                }
+                let rate = c.turns_scored as f64 / started.elapsed().as_secs_f64().max(1e-3);
+                bar.set_message(format!(
+                    "{} lines, {} turns, {} errored, {rate:.1} turns/s",
+                    c.lines_read, c.turns_scored, c.lines_errored
+                ));
+            }
+            Self::Json(started) => {
+                let secs = started.elapsed().as_secs_f64().max(1e-3);
+                let eta =
+                    (done > 0 && total > done).then(|| secs * (total - done) as f64 / done as f64);
+                eprintln!(
+                    "{}",
+                    serde_json::json!({"progress": {"lines_read": c.lines_read,
+                        "turns_scored": c.turns_scored, "lines_errored": c.lines_errored,
+                        "bytes_done": done, "bytes_total": total,
+                        "turns_per_s": c.turns_scored as f64 / secs, "eta_s": eta}})
+                );
+            }
+            Self::Quiet => {}
+        }
+    }
+
+    fn finish(&self) {
+        if let Self::Bar(bar, _) = self {
+            bar.finish();
+        }
+    }
+}
+
+fn style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar())
 }

@@ -5,16 +5,18 @@ pub mod check_config;
 pub mod export;
 pub mod score;
 pub mod serve;
+pub mod tune;
 
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
 
 use crate::cli::PolicyArgs;
-use crate::config::ModelSettings;
+use crate::config::{Config, ModelSettings};
 use crate::model::loader::{self, LoadOptions, ModelSource};
 use crate::model::quantize::GgufType;
 use crate::policy::{Policy, PolicySet};
+use crate::proxy::profiles::Profiles;
 use crate::scorer::{Engine, EngineOptions};
 
 /// How a command ended, mapped to the process exit code by `main`.
@@ -88,4 +90,28 @@ pub fn load_policies(args: &PolicyArgs) -> anyhow::Result<Arc<[Policy]>> {
         policy.threshold = value;
     }
     Ok(chosen.into())
+}
+
+/// The config (a file, or the defaults) and the policies of one of its profiles, with that
+/// profile's thresholds.
+pub fn profile_policies(
+    config: Option<&std::path::Path>,
+    profile: &str,
+) -> anyhow::Result<(Config, Arc<[Policy]>)> {
+    let config = match config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    let profiles = Profiles::build(&config)?;
+    let policies = profiles
+        .get(profile)
+        .with_context(|| {
+            format!(
+                "--profile {profile:?}: the config has {}",
+                profiles.names().join(", ")
+            )
+        })?
+        .policies
+        .clone();
+    Ok((config, policies))
 }

@@ -127,7 +127,8 @@ async fn run_servers(
     Ok(())
 }
 
-async fn bind(address: &str) -> anyhow::Result<TcpListener> {
+/// Binds a listener, saying which address failed.
+pub(crate) async fn bind(address: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(address)
         .await
         .with_context(|| format!("cannot listen on {address}"))
@@ -174,7 +175,8 @@ async fn watch_config(gw: Arc<Gateway>, path: PathBuf) {
     }
 }
 
-async fn shutdown_signal() {
+/// Resolves on Ctrl-C or SIGTERM.
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

@@ -39,7 +39,8 @@ pub fn text_response(status: StatusCode, text: impl Into<Bytes>) -> Response<Bod
     with_type(status, full(text), "text/plain; charset=utf-8")
 }
 
-fn with_type(status: StatusCode, body: Body, content_type: &'static str) -> Response<Body> {
+/// A response with a body and its content type.
+pub fn with_type(status: StatusCode, body: Body, content_type: &'static str) -> Response<Body> {
     let mut response = Response::new(body);
     *response.status_mut() = status;
     response

@@ -1,0 +1,245 @@
+//! `shieldgate tune`: reads labelled examples and traffic, scores what has no scores, analyses
+//! each category, prints the suggested thresholds and the config diff, writes the outputs (and
+//! the config with `--write`), and serves the workbench with `--serve`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+
+use crate::cli::TuneArgs;
+use crate::config::Config;
+use crate::proxy::server::{serve, Limits};
+use crate::tune::analysis::{analyse, CategoryReport, Current, Settings};
+use crate::tune::curves::Target;
+use crate::tune::data::{read_examples, read_traffic, ExampleFields};
+use crate::tune::thresholds::{diff, set_thresholds};
+use crate::tune::workbench::Workbench;
+use crate::tune::{self, score_examples, unscored, Outputs};
+
+use super::serve::{bind, shutdown_signal};
+use super::{load_engine, profile_policies, Outcome};
+
+/// Splits the `--target` flags into per-category targets and the default.
+fn parse_targets(
+    flags: &[String],
+    ids: &[String],
+) -> anyhow::Result<(BTreeMap<String, Target>, Target)> {
+    let mut per = BTreeMap::new();
+    let mut default = Target::BestF1;
+    for flag in flags {
+        let parse = |t: &str| Target::parse(t).map_err(|e| anyhow::anyhow!("--target {e}"));
+        match flag.split_once(':') {
+            Some((id, t)) => {
+                if !ids.iter().any(|i| i == id) {
+                    bail!(
+                        "--target {flag:?}: {id:?} is not a category (categories: {})",
+                        ids.join(", ")
+                    );
+                }
+                per.insert(id.to_string(), parse(t)?);
+            }
+            None => default = parse(flag)?,
+        }
+    }
+    Ok((per, default))
+}
+
+fn num(v: Option<f64>) -> String {
+    v.map_or_else(|| "n/a".into(), |v| format!("{v:.3}"))
+}
+
+fn print_table(reports: &[CategoryReport]) {
+    println!("| category | labelled (violations) | ROC-AUC | AU-PRC | target | threshold now → suggested | F1 now → suggested |");
+    println!("|---|---|---|---|---|---|---|");
+    for r in reports {
+        let (t, f1) = match &r.suggested {
+            Some(s) => (format!("{:.4}", s.threshold), num(s.f1)),
+            None => ("(none meets the target)".into(), "–".into()),
+        };
+        println!(
+            "| {} | {} ({}) | {} | {} | {} | {:.4} → {t} | {} → {f1} |",
+            r.id,
+            r.labelled,
+            r.positives,
+            num(r.roc_auc),
+            num(r.average_precision),
+            r.target,
+            r.current.threshold,
+            num(r.current.f1)
+        );
+    }
+}
+
+/// Writes a file through a temporary neighbour and a rename, so a crash leaves the old or the
+/// new text, never half of one.
+fn replace_file(path: &Path, text: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("toml.tune-tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))
+}
+
+/// Runs the command.
+pub fn run(args: &TuneArgs) -> anyhow::Result<Outcome> {
+    if args.labelled.is_empty() && args.traffic.is_empty() {
+        bail!("nothing to tune on: give labelled JSONL files and/or --traffic");
+    }
+    if args.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let (config, policies) = profile_policies(args.config.as_deref(), &args.profile)?;
+    let config_text = match &args.config {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?,
+        None => Config::default().to_toml(),
+    };
+    let ids: Vec<String> = policies.iter().map(|p| p.id.clone()).collect();
+    let (targets, default_target) = parse_targets(&args.target, &ids)?;
+    let fields = ExampleFields {
+        prompt: args.prompt_field.clone(),
+        response: args.response_field.clone(),
+    };
+    let (mut examples, mut errors) = (Vec::new(), Vec::new());
+    for path in &args.labelled {
+        let loaded = read_examples(path, &fields, &ids)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        examples.extend(loaded.items);
+        errors.extend(loaded.errors);
+    }
+    let mut traffic = Vec::new();
+    for path in &args.traffic {
+        let loaded =
+            read_traffic(path).with_context(|| format!("cannot read {}", path.display()))?;
+        traffic.extend(loaded.items);
+        errors.extend(loaded.errors);
+    }
+    let missing = unscored(&examples);
+    if missing > 0 {
+        let engine = load_engine(&args.model.apply(config.model.clone())).with_context(|| {
+            format!("{missing} labelled examples have no scores, so they need the model")
+        })?;
+        let mut progress = |done: usize, total: usize| eprint!("\rtune: scored {done}/{total}");
+        let (scored, errs) =
+            score_examples(&engine, examples, &policies, args.batch, &mut progress);
+        eprintln!();
+        examples = scored;
+        errors.extend(errs);
+    }
+    let current: Vec<Current> = policies
+        .iter()
+        .map(|p| Current {
+            id: p.id.clone(),
+            threshold: p.threshold,
+        })
+        .collect();
+    let settings = Settings {
+        targets,
+        default_target,
+        bootstrap_rounds: args.bootstrap,
+        seed: args.seed,
+    };
+    let reports = analyse(&examples, &traffic, &current, &settings);
+    let suggested: Vec<(String, f64)> = reports
+        .iter()
+        .filter_map(|r| Some((r.id.clone(), r.suggested?.threshold)))
+        .collect();
+    let new_text = set_thresholds(&config_text, &args.profile, &suggested)?;
+    Config::parse(&new_text, "the suggested config")
+        .context("the suggested config does not load; this is a bug, please report it")?;
+    let title = format!("shieldgate threshold tuning (profile {})", args.profile);
+    tune::write_outputs(
+        &args.out,
+        &Outputs {
+            examples: &examples,
+            errors: &errors,
+            reports: &reports,
+            thresholds_toml: &new_text,
+            title: &title,
+        },
+    )?;
+    print_table(&reports);
+    let current_name = args
+        .config
+        .as_ref()
+        .map_or_else(|| "defaults".into(), |p| p.display().to_string());
+    let changes = diff(&config_text, &new_text, &current_name, "suggested");
+    println!();
+    if changes.is_empty() {
+        println!("The suggested thresholds equal the current ones.");
+    } else {
+        print!("{changes}");
+    }
+    match (&args.config, args.write) {
+        (Some(path), true) if !changes.is_empty() => {
+            replace_file(path, &new_text)?;
+            println!("\nWrote the suggested thresholds to {}.", path.display());
+        }
+        _ if !changes.is_empty() => println!(
+            "\nNothing was changed: {} holds the suggested config; pass --config FILE --write to apply it.",
+            args.out.join(tune::THRESHOLDS).display()
+        ),
+        _ => {}
+    }
+    if !errors.is_empty() {
+        eprintln!(
+            "tune: {} lines could not be used; see {}",
+            errors.len(),
+            args.out.join(tune::ERRORS).display()
+        );
+    }
+    println!("Report: {}", args.out.join(tune::REPORT).display());
+    if let Some(address) = &args.serve {
+        let bench = Arc::new(Workbench::new(
+            &examples,
+            &traffic,
+            &reports,
+            config_text,
+            args.profile.clone(),
+        ));
+        serve_workbench(address, bench)?;
+    }
+    Ok(if errors.is_empty() || args.allow_errors {
+        Outcome::Clean
+    } else {
+        Outcome::InputErrors
+    })
+}
+
+/// Serves the workbench until Ctrl-C or SIGTERM.
+fn serve_workbench(address: &str, bench: Arc<Workbench>) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let listener = bind(address).await?;
+        println!(
+            "shieldgate tune: workbench at http://{}/ (Ctrl-C ends it)",
+            listener.local_addr()?
+        );
+        let handler = move |req| bench.clone().handle(req);
+        let limits = Limits {
+            max_header_bytes: 64 * 1024,
+            shutdown_grace: std::time::Duration::from_secs(1),
+        };
+        serve(listener, limits, handler, shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_can_be_set_per_category() {
+        let ids = vec!["hate".to_string(), "sexual".to_string()];
+        let flags = ["recall=0.9".to_string(), "hate:precision=0.8".to_string()];
+        let (per, default) = parse_targets(&flags, &ids).expect("parses");
+        assert_eq!(default, Target::Recall(0.9));
+        assert_eq!(per["hate"], Target::Precision(0.8));
+        assert!(parse_targets(&["violence:recall=0.5".to_string()], &ids).is_err());
+        assert!(parse_targets(&["recall".to_string()], &ids).is_err());
+    }
+}

@@ -1,0 +1,142 @@
+//! Writing suggested thresholds into the gateway's TOML: the profile's
+//! `[profiles.NAME.categories]` entries get their `threshold` set and nothing else in the file
+//! changes (comments, order, actions, other profiles); the change is shown as a unified diff.
+
+use toml_edit::{value, DocumentMut, InlineTable, Item, Table};
+
+/// Why the config could not be edited.
+#[derive(Debug, thiserror::Error)]
+pub enum EditError {
+    /// The text is not TOML.
+    #[error("the config is not valid TOML: {0}")]
+    Parse(#[from] toml_edit::TomlError),
+    /// A key on the way is not a table.
+    #[error("{0} is not a table in the config; fix it by hand, then run tune again")]
+    Shape(String),
+}
+
+/// Returns `config` with `thresholds` set in `profile` (entries created where missing).
+pub fn set_thresholds(
+    config: &str,
+    profile: &str,
+    thresholds: &[(String, f64)],
+) -> Result<String, EditError> {
+    let mut doc: DocumentMut = config.parse()?;
+    let categories = table_at(doc.as_table_mut(), &["profiles", profile, "categories"])?;
+    for (id, threshold) in thresholds {
+        let path = format!("profiles.{profile}.categories.{id}");
+        match categories.entry(id) {
+            toml_edit::Entry::Vacant(slot) => {
+                let mut entry = InlineTable::new();
+                entry.insert("threshold", (*threshold).into());
+                slot.insert(Item::Value(entry.into()));
+            }
+            toml_edit::Entry::Occupied(mut slot) => {
+                let item = slot.get_mut();
+                if let Some(inline) = item.as_inline_table_mut() {
+                    inline.insert("threshold", (*threshold).into());
+                } else if let Some(table) = item.as_table_mut() {
+                    table.insert("threshold", value(*threshold));
+                } else {
+                    return Err(EditError::Shape(path));
+                }
+            }
+        }
+    }
+    Ok(doc.to_string())
+}
+
+/// The table at `path`, created (as a standard table) where missing.
+fn table_at<'a>(root: &'a mut Table, path: &[&str]) -> Result<&'a mut Table, EditError> {
+    let mut table = root;
+    for (depth, key) in path.iter().enumerate() {
+        let entry = table.entry(key).or_insert_with(|| {
+            let mut t = Table::new();
+            t.set_implicit(depth + 1 < path.len());
+            Item::Table(t)
+        });
+        if let Some(inline) = entry.as_inline_table() {
+            *entry = Item::Table(inline.clone().into_table());
+        }
+        table = entry
+            .as_table_mut()
+            .ok_or_else(|| EditError::Shape(path[..=depth].join(".")))?;
+    }
+    Ok(table)
+}
+
+/// A unified diff from `old` to `new` (empty when equal).
+pub fn diff(old: &str, new: &str, old_name: &str, new_name: &str) -> String {
+    if old == new {
+        return String::new();
+    }
+    similar::TextDiff::from_lines(old, new)
+        .unified_diff()
+        .context_radius(2)
+        .header(old_name, new_name)
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn thresholds_change_and_nothing_else_does() {
+        let config = "# our gateway\n[profiles.default.categories]\n\
+                      hate = { threshold = 0.5, action = \"flag\" }  # keep\n\
+                      [profiles.default.categories.sexual]\nthreshold = 0.5\naction = \"shadow\"\n\
+                      [profiles.trial.categories]\nhate = { threshold = 0.2 }\n";
+        let new = set_thresholds(
+            config,
+            "default",
+            &[
+                ("hate".into(), 0.3125),
+                ("sexual".into(), 0.75),
+                ("dangerous".into(), 0.4),
+            ],
+        )
+        .expect("edited");
+        assert!(new.starts_with("# our gateway\n"));
+        assert!(new.contains("# keep"));
+        let parsed = Config::parse(&new, "test").expect("the gateway loads it");
+        let cats = &parsed.profiles["default"].categories;
+        assert_eq!(cats["hate"].threshold, Some(0.3125));
+        assert_eq!(cats["sexual"].threshold, Some(0.75));
+        assert_eq!(cats["dangerous"].threshold, Some(0.4));
+        assert_eq!(
+            parsed.profiles["trial"].categories["hate"].threshold,
+            Some(0.2)
+        );
+        let d = diff(config, &new, "current", "suggested");
+        assert!(
+            d.contains("-hate = { threshold = 0.5, action = \"flag\" }  # keep"),
+            "{d}"
+        );
+        assert!(
+            d.contains("+hate = { threshold = 0.3125, action = \"flag\" }  # keep"),
+            "{d}"
+        );
+        assert!(!d.contains("-[profiles.trial"), "{d}");
+    }
+
+    #[test]
+    fn an_empty_config_gets_the_profile_and_a_broken_one_is_refused() {
+        let new = set_thresholds("", "strict", &[("hate".into(), 0.2)]).expect("edited");
+        let parsed = Config::parse(&new, "test").expect("loads");
+        assert_eq!(
+            parsed.profiles["strict"].categories["hate"].threshold,
+            Some(0.2)
+        );
+        assert!(matches!(
+            set_thresholds("[profiles\n", "default", &[]),
+            Err(EditError::Parse(_))
+        ));
+        assert!(matches!(
+            set_thresholds("profiles = 3\n", "default", &[]),
+            Err(EditError::Shape(p)) if p == "profiles"
+        ));
+        assert_eq!(diff("a\n", "a\n", "x", "y"), "");
+    }
+}

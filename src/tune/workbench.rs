@@ -1,0 +1,123 @@
+//! `shieldgate tune --serve`: a local web page with one slider per category showing live
+//! precision, recall, F1, false-positive rate and traffic flag rate, the examples nearest the
+//! threshold, and an export of the config TOML with the chosen thresholds (made by the same
+//! editor as `--write`, and checked by the gateway's config loader).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{json, Value};
+
+use super::analysis::CategoryReport;
+use super::data::{Example, Scores};
+use super::thresholds::set_thresholds;
+use crate::config::Config;
+use crate::proxy::body::{read_limited, text_response, with_type, Body};
+
+const PAGE: &str = include_str!("workbench.html");
+
+/// Longest example text put in the page (characters).
+const SNIPPET_CHARS: usize = 400;
+
+/// What the page shows and how its export edits the config.
+pub struct Workbench {
+    page: String,
+    config_text: String,
+    profile: String,
+}
+
+impl Workbench {
+    /// Builds the page data from the examples, the traffic and the analysis.
+    pub fn new(
+        examples: &[Example],
+        traffic: &[Scores],
+        reports: &[CategoryReport],
+        config_text: String,
+        profile: String,
+    ) -> Self {
+        let categories: Vec<Value> = reports
+            .iter()
+            .map(|r| {
+                let samples: Vec<Value> = examples
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, e)| {
+                        let score = e.scores.get(&r.id)?;
+                        let label = e.labels.get(&r.id)?;
+                        Some(json!([score, u8::from(*label), i]))
+                    })
+                    .collect();
+                let traffic: Vec<f64> = traffic.iter().filter_map(|t| t.get(&r.id).copied()).collect();
+                json!({"id": r.id, "current": r.current.threshold, "target": r.target,
+                    "suggested": r.suggested.map(|s| s.threshold), "samples": samples, "traffic": traffic})
+            })
+            .collect();
+        let shown: Vec<Value> = examples
+            .iter()
+            .map(|e| {
+                let mut text = e.prompt.clone().unwrap_or_default();
+                if let Some(r) = &e.response {
+                    text.push_str(" → ");
+                    text.push_str(r);
+                }
+                let snippet: String = text.chars().take(SNIPPET_CHARS).collect();
+                json!({"id": e.id, "text": snippet})
+            })
+            .collect();
+        let data = json!({"categories": categories, "examples": shown}).to_string();
+        // Inside <script>: no "</script>" or "<!--" can appear once '<' is escaped.
+        let data = data.replace('<', "\\u003c");
+        Self {
+            page: PAGE.replace("__DATA__", &data),
+            config_text,
+            profile,
+        }
+    }
+
+    /// Answers one request: the page, or the exported TOML.
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        match (req.method(), req.uri().path()) {
+            (&Method::GET, "/") => with_type(
+                StatusCode::OK,
+                crate::proxy::body::full(self.page.clone()),
+                "text/html; charset=utf-8",
+            ),
+            (&Method::POST, "/export") => match read_limited(req.into_body(), 1 << 20).await {
+                Ok(body) => self.export(&body),
+                Err(_) => {
+                    text_response(StatusCode::PAYLOAD_TOO_LARGE, "the request is too large\n")
+                }
+            },
+            _ => text_response(StatusCode::NOT_FOUND, "not found: the workbench is at /\n"),
+        }
+    }
+
+    /// The config with `{"thresholds": {id: value}}` applied, validated by the config loader.
+    fn export(&self, body: &Bytes) -> Response<Body> {
+        let bad = |msg: String| text_response(StatusCode::BAD_REQUEST, msg + "\n");
+        let request: Value = match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(e) => return bad(format!("not JSON: {e}")),
+        };
+        let Some(map) = request.get("thresholds").and_then(Value::as_object) else {
+            return bad("expected {\"thresholds\": {\"category\": value}}".into());
+        };
+        let mut thresholds = Vec::new();
+        for (id, v) in map {
+            match v.as_f64().filter(|t| (0.0..=1.0).contains(t)) {
+                // A slider's value, kept to four decimals in the file.
+                Some(t) => thresholds.push((id.clone(), (t * 1e4).round() / 1e4)),
+                None => return bad(format!("{id}: {v} is not a threshold between 0 and 1")),
+            }
+        }
+        match set_thresholds(&self.config_text, &self.profile, &thresholds) {
+            Ok(text) => match Config::parse(&text, "the exported config") {
+                Ok(_) => text_response(StatusCode::OK, text),
+                Err(e) => bad(format!("the result would not load: {e}")),
+            },
+            Err(e) => bad(e.to_string()),
+        }
+    }
+}
