@@ -6,7 +6,8 @@
 //!
 //! Run: `scripts/bench-gateway.sh` (installs nginx from Debian if needed), or
 //! `cargo bench --bench gateway` with nginx on PATH. Environment: SHIELDGATE_BENCH_CONCURRENCY
-//! (8), SHIELDGATE_BENCH_REQUESTS (per target, 4000), SHIELDGATE_BENCH_NGINX (nginx binary),
+//! (levels, "1,8"), SHIELDGATE_BENCH_REQUESTS (per target, 4000), SHIELDGATE_BENCH_ROUNDS (the targets take
+//! turns in this many rounds, 10), SHIELDGATE_BENCH_NGINX (nginx binary),
 //! SHIELDGATE_BENCH_CONFIG (TOML appended to the gateway's config, e.g. `[proxy]` settings).
 
 use std::net::SocketAddr;
@@ -131,7 +132,7 @@ fn start_nginx(binary: &str, upstream: SocketAddr) -> Option<(Nginx, SocketAddr)
     None
 }
 
-/// Latencies in microseconds, sorted, and the wall time.
+/// Latencies in microseconds and the wall time.
 async fn load(addr: SocketAddr, concurrency: usize, requests: usize) -> (Vec<u64>, Duration) {
     let client: Client<_, Body> = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(concurrency)
@@ -165,9 +166,7 @@ async fn load(addr: SocketAddr, concurrency: usize, requests: usize) -> (Vec<u64
     for t in tasks {
         all.extend(t.await.expect("task"));
     }
-    let wall = started.elapsed();
-    all.sort_unstable();
-    (all, wall)
+    (all, started.elapsed())
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -176,14 +175,21 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 }
 
 fn main() {
-    let concurrency: usize = std::env::var("SHIELDGATE_BENCH_CONCURRENCY")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(8);
+    let levels: Vec<usize> = std::env::var("SHIELDGATE_BENCH_CONCURRENCY")
+        .unwrap_or_else(|_| "1,8".into())
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .filter(|c| *c > 0)
+        .collect();
     let requests: usize = std::env::var("SHIELDGATE_BENCH_REQUESTS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(4000);
+    let rounds: usize = std::env::var("SHIELDGATE_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10)
+        .max(1);
     let nginx_bin = std::env::var("SHIELDGATE_BENCH_NGINX").unwrap_or_else(|_| "nginx".into());
 
     let upstream_rt = runtime(1);
@@ -241,19 +247,45 @@ fn main() {
     }
     targets.push(("shieldgate", gateway));
     println!(
-        "gateway overhead: POST /v1/chat/completions (JSON), {concurrency} concurrent, {requests} requests per target, constant-time scorer; gateway on 2 runtime threads + its scorer thread (as `serve` runs), nginx 1 worker process, upstream and client 1 thread each; {} cores",
+        "gateway overhead: POST /v1/chat/completions (JSON), {requests} requests per target and concurrency, the targets taking turns in {rounds} rounds, constant-time scorer; gateway on 2 runtime threads + its scorer thread (as `serve` runs), nginx 1 worker process, upstream and client 1 thread each; {} cores",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    let mut rows = Vec::new();
-    for (name, addr) in &targets {
+    for concurrency in levels {
+        measure(&client_rt, &targets, concurrency, requests, rounds);
+    }
+}
+
+/// One table: every target at one concurrency.
+fn measure(
+    client_rt: &tokio::runtime::Runtime,
+    targets: &[(&str, SocketAddr)],
+    concurrency: usize,
+    requests: usize,
+    rounds: usize,
+) {
+    // Interleaved rounds, so that drift in the machine's load touches every target alike.
+    for (_, addr) in targets {
         client_rt.block_on(load(*addr, concurrency, requests.min(400)));
-        let (times, wall) = client_rt.block_on(load(*addr, concurrency, requests));
+    }
+    let mut samples: Vec<(Vec<u64>, Duration)> = vec![(Vec::new(), Duration::ZERO); targets.len()];
+    for _ in 0..rounds {
+        for (k, (_, addr)) in targets.iter().enumerate() {
+            let (times, wall) = client_rt.block_on(load(*addr, concurrency, requests / rounds));
+            samples[k].0.extend(times);
+            samples[k].1 += wall;
+        }
+    }
+    let mut rows = Vec::new();
+    for ((name, _), (mut times, wall)) in targets.iter().zip(samples) {
+        times.sort_unstable();
         let p50 = percentile(&times, 0.5);
         let p99 = percentile(&times, 0.99);
         let rps = times.len() as f64 / wall.as_secs_f64();
         rows.push((*name, p50, p99, rps));
     }
     let direct = rows[0];
+    println!();
+    println!("concurrency {concurrency}:");
     println!("| target | p50 ms | p99 ms | added p50 ms | added p99 ms | requests/s |");
     println!("|---|---|---|---|---|---|");
     for (name, p50, p99, rps) in &rows {
