@@ -10,6 +10,7 @@ mod harness;
 mod hub;
 mod parity;
 mod quantized;
+mod remote;
 mod sdk;
 mod serve;
 mod tune;

@@ -14,7 +14,7 @@ use crate::audit::summary::Summary;
 use crate::audit::{self, AuditOptions, Input, Progress};
 use crate::cli::{AuditArgs, AuditMergeArgs, ProgressMode};
 
-use super::{load_engine, profile_policies, Outcome};
+use super::{load_scorer, profile_policies, Outcome};
 
 /// Parses `I/N`.
 fn parse_shard(spec: &str) -> anyhow::Result<(u64, u64)> {
@@ -92,14 +92,14 @@ pub fn run(args: &AuditArgs) -> anyhow::Result<Outcome> {
         restart: args.restart,
         abort_after_writes: args.abort_after_writes,
     };
-    let engine = load_engine(&args.model.apply(config.model.clone()))?;
+    let (scorer, _) = load_scorer(&config, &args.model.apply(config.model.clone()))?;
     let mode = match args.progress {
         ProgressMode::Auto if std::io::stderr().is_terminal() => ProgressMode::Auto,
         ProgressMode::Auto => ProgressMode::None,
         other => other,
     };
     let mut reporter = Reporter::new(mode);
-    let summary = audit::run(&engine, &opts, &mut |p| reporter.report(p))?;
+    let summary = audit::run(scorer.as_ref(), &opts, &mut |p| reporter.report(p))?;
     reporter.finish();
     Ok(finish(&opts.out, &summary, args.allow_errors))
 }

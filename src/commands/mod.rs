@@ -17,7 +17,8 @@ use crate::model::loader::{self, LoadOptions, ModelSource};
 use crate::model::quantize::GgufType;
 use crate::policy::{Policy, PolicySet};
 use crate::proxy::profiles::Profiles;
-use crate::scorer::{Engine, EngineOptions};
+use crate::scorer::remote::RemoteScorer;
+use crate::scorer::{Engine, EngineOptions, Score};
 
 /// How a command ended, mapped to the process exit code by `main`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +91,28 @@ pub fn load_policies(args: &PolicyArgs) -> anyhow::Result<Arc<[Policy]>> {
         policy.threshold = value;
     }
     Ok(chosen.into())
+}
+
+/// The scorer the config asks for — the endpoints of `[scorer.remote]`, or else the embedded
+/// model of `model` — with the model's name.
+pub fn load_scorer(
+    config: &Config,
+    model: &ModelSettings,
+) -> anyhow::Result<(Arc<dyn Score>, String)> {
+    match &config.scorer.remote {
+        Some(remote) => {
+            tracing::info!(endpoints = ?remote.urls, model = %remote.model, "using remote scorer");
+            Ok((
+                Arc::new(RemoteScorer::new(remote.clone())?),
+                remote.model.clone(),
+            ))
+        }
+        None => {
+            let engine = load_engine(model)?;
+            let name = engine.model_name().to_string();
+            Ok((Arc::new(engine), name))
+        }
+    }
 }
 
 /// The config (a file, or the defaults) and the policies of one of its profiles, with that

@@ -17,7 +17,7 @@ use crate::proxy::server::{serve, Limits};
 use crate::proxy::{admin, route, Gateway};
 use crate::scorer::worker::ScorerHandle;
 
-use super::{load_engine, Outcome};
+use super::{load_scorer, Outcome};
 
 /// The config file with the command-line overrides applied.
 pub fn effective_config(args: &ServeArgs) -> anyhow::Result<Config> {
@@ -48,11 +48,10 @@ pub fn effective_config(args: &ServeArgs) -> anyhow::Result<Config> {
 pub fn run(args: &ServeArgs) -> anyhow::Result<Outcome> {
     let config = effective_config(args)?;
     let metrics = Arc::new(Metrics::new());
-    let engine = load_engine(&config.model)?;
-    let model_name = engine.model_name().to_string();
+    let (scorer, model_name) = load_scorer(&config, &config.model)?;
     let batches = metrics.batch_size.clone();
     let scorer = ScorerHandle::spawn_with_hook(
-        Arc::new(engine),
+        scorer,
         config.scorer.queue,
         config.scorer.max_batch,
         Arc::new(move |n| batches.with_label_values(&[] as &[&str]).observe(n as f64)),

@@ -19,7 +19,7 @@ use crate::tune::workbench::Workbench;
 use crate::tune::{self, score_examples, unscored, Outputs};
 
 use super::serve::{bind, shutdown_signal};
-use super::{load_engine, profile_policies, Outcome};
+use super::{load_scorer, profile_policies, Outcome};
 
 /// Splits the `--target` flags into per-category targets and the default.
 fn parse_targets(
@@ -116,12 +116,18 @@ pub fn run(args: &TuneArgs) -> anyhow::Result<Outcome> {
     }
     let missing = unscored(&examples);
     if missing > 0 {
-        let engine = load_engine(&args.model.apply(config.model.clone())).with_context(|| {
-            format!("{missing} labelled examples have no scores, so they need the model")
-        })?;
+        let (scorer, _) = load_scorer(&config, &args.model.apply(config.model.clone()))
+            .with_context(|| {
+                format!("{missing} labelled examples have no scores, so they need the model")
+            })?;
         let mut progress = |done: usize, total: usize| eprint!("\rtune: scored {done}/{total}");
-        let (scored, errs) =
-            score_examples(&engine, examples, &policies, args.batch, &mut progress);
+        let (scored, errs) = score_examples(
+            scorer.as_ref(),
+            examples,
+            &policies,
+            args.batch,
+            &mut progress,
+        );
         eprintln!();
         examples = scored;
         errors.extend(errs);

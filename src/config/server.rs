@@ -57,6 +57,49 @@ impl ServerConfig {
     }
 }
 
+/// How the remote scorer reaches its servers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RemoteSettings {
+    /// Base URLs (`http://vllm-0:8000`); `/v1/completions` is appended.
+    pub urls: Vec<String>,
+    /// The `model` field of each request (the served model's name).
+    pub model: String,
+    /// Environment variable holding a bearer token for the servers, if they need one.
+    pub api_key_env: Option<String>,
+    /// Logprobs asked for per position; `Yes` and `No` must both be among them.
+    pub top_logprobs: u32,
+    /// Timeout of one HTTP request.
+    pub timeout_ms: u64,
+    /// Further tries after a failed one, each on the next endpoint.
+    pub retries: u32,
+    /// Pause before the first retry; doubled before each next one.
+    pub backoff_ms: u64,
+    /// Consecutive failures that open an endpoint's circuit.
+    pub breaker_failures: u32,
+    /// How long an open circuit rests before one trial request.
+    pub breaker_cooldown_ms: u64,
+    /// Interval of the health probe (`GET /v1/models`); 0 turns it off.
+    pub health_interval_ms: u64,
+}
+
+impl Default for RemoteSettings {
+    fn default() -> Self {
+        Self {
+            urls: Vec::new(),
+            model: "google/shieldgemma-2b".into(),
+            api_key_env: None,
+            top_logprobs: 20,
+            timeout_ms: 30_000,
+            retries: 2,
+            backoff_ms: 100,
+            breaker_failures: 3,
+            breaker_cooldown_ms: 10_000,
+            health_interval_ms: 5_000,
+        }
+    }
+}
+
 /// The scorer worker.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -67,6 +110,10 @@ pub struct ScorerConfig {
     pub max_batch: usize,
     /// Longest wait for one check, in milliseconds, before it counts as an evaluation error.
     pub timeout_ms: u64,
+    /// Score through remote completions endpoints (vLLM, llama.cpp server, TGI) instead of the
+    /// embedded model; `[model]` is then not loaded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote: Option<RemoteSettings>,
 }
 
 impl Default for ScorerConfig {
@@ -75,6 +122,7 @@ impl Default for ScorerConfig {
             queue: 64,
             max_batch: 16,
             timeout_ms: 60_000,
+            remote: None,
         }
     }
 }
@@ -83,6 +131,9 @@ impl ScorerConfig {
     pub(super) fn validate(&self) -> Result<(), String> {
         if self.queue == 0 || self.max_batch == 0 {
             return Err("[scorer] queue and max_batch must be at least 1".into());
+        }
+        if self.remote.as_ref().is_some_and(|r| r.urls.is_empty()) {
+            return Err("[scorer.remote] urls must name at least one endpoint".into());
         }
         positive("[scorer] timeout_ms", self.timeout_ms)
     }

@@ -4,6 +4,7 @@
 
 pub mod encode;
 mod engine;
+pub mod remote;
 pub mod verdict;
 pub mod worker;
 
@@ -129,6 +130,9 @@ pub enum ScoreError {
     /// The template uses a marker the tokenizer does not know.
     #[error("prompt template: {0}")]
     Template(String),
+    /// A remote scorer endpoint failed or cannot give a score.
+    #[error("remote scorer: {0}")]
+    Remote(String),
 }
 
 impl From<candle_core::Error> for ScoreError {

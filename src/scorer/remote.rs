@@ -1,0 +1,504 @@
+//! The remote scorer: the same [`Score`] contract, served by an OpenAI-compatible completions
+//! endpoint that returns logprobs (vLLM, llama.cpp's server, TGI). Each policy's rendered
+//! ShieldGemma prompt is sent as raw text (no chat template; the server adds `<bos>`), one
+//! token is asked for with the top logprobs, and P(Yes) is the softmax over the `Yes` and `No`
+//! logprobs — the same number as the embedded engine's, since the normalisation cancels.
+//! Several endpoints share the load round-robin; failures are retried on the next endpoint
+//! with backoff, a circuit breaker rests an endpoint after repeated failures, and a health
+//! thread probes `/v1/models`.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+pub use crate::config::RemoteSettings;
+use crate::prompt::{Content, Templates};
+
+use super::{PolicyScore, RequestScores, Score, ScoreError, ScoreRequest};
+
+/// Why a remote call failed (reported as [`ScoreError::Remote`]).
+#[derive(Debug, Clone, PartialEq)]
+enum CallError {
+    /// Worth trying elsewhere: transport errors, 429, 5xx, unreadable answers.
+    Retryable(String),
+    /// The request itself is wrong (other 4xx) or the answer cannot give a score.
+    Final(String),
+}
+
+/// One server and its circuit.
+struct Endpoint {
+    url: String,
+    healthy: AtomicBool,
+    circuit: Mutex<Circuit>,
+}
+
+#[derive(Default)]
+struct Circuit {
+    failures: u32,
+    open_until: Option<Instant>,
+}
+
+impl Endpoint {
+    /// Whether a request may go here now (a rested open circuit lets one trial through).
+    fn available(&self, now: Instant) -> bool {
+        let circuit = self.circuit.lock().unwrap_or_else(|e| e.into_inner());
+        self.healthy.load(Ordering::Relaxed) && circuit.open_until.is_none_or(|t| now >= t)
+    }
+
+    fn record(&self, ok: bool, settings: &RemoteSettings) {
+        let mut circuit = self.circuit.lock().unwrap_or_else(|e| e.into_inner());
+        if ok {
+            *circuit = Circuit::default();
+        } else {
+            circuit.failures += 1;
+            if circuit.failures >= settings.breaker_failures.max(1) {
+                circuit.open_until =
+                    Some(Instant::now() + Duration::from_millis(settings.breaker_cooldown_ms));
+                tracing::warn!(endpoint = %self.url, failures = circuit.failures, "scorer endpoint circuit open");
+            }
+        }
+    }
+}
+
+/// Scores through remote completions endpoints.
+pub struct RemoteScorer {
+    endpoints: Arc<Vec<Endpoint>>,
+    agent: ureq::Agent,
+    templates: Templates,
+    settings: RemoteSettings,
+    api_key: Option<String>,
+    next: AtomicUsize,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for RemoteScorer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl RemoteScorer {
+    /// Builds the scorer (and starts its health thread); fails on an empty URL list or an
+    /// unset API key variable.
+    pub fn new(settings: RemoteSettings) -> Result<Self, ScoreError> {
+        if settings.urls.is_empty() {
+            return Err(ScoreError::Remote(
+                "no scorer endpoints: set [scorer.remote] urls".into(),
+            ));
+        }
+        let api_key = match &settings.api_key_env {
+            Some(var) => Some(std::env::var(var).map_err(|_| {
+                ScoreError::Remote(format!(
+                    "[scorer.remote] api_key_env names {var}, which is not set"
+                ))
+            })?),
+            None => None,
+        };
+        let agent = ureq::AgentBuilder::new()
+            .timeout(Duration::from_millis(settings.timeout_ms))
+            .build();
+        let endpoints: Arc<Vec<Endpoint>> = Arc::new(
+            settings
+                .urls
+                .iter()
+                .map(|u| Endpoint {
+                    url: u.trim_end_matches('/').to_string(),
+                    healthy: AtomicBool::new(true),
+                    circuit: Mutex::new(Circuit::default()),
+                })
+                .collect(),
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        if settings.health_interval_ms > 0 {
+            let (endpoints, agent, stop) = (endpoints.clone(), agent.clone(), stop.clone());
+            let interval = Duration::from_millis(settings.health_interval_ms);
+            let key = api_key.clone();
+            std::thread::Builder::new()
+                .name("shieldgate-scorer-health".into())
+                .spawn(move || probe_health(&endpoints, &agent, key.as_deref(), interval, &stop))
+                .map_err(|e| ScoreError::Remote(format!("cannot start the health thread: {e}")))?;
+        }
+        Ok(Self {
+            endpoints,
+            agent,
+            templates: Templates::builtin(),
+            settings,
+            api_key,
+            next: AtomicUsize::new(0),
+            stop,
+        })
+    }
+
+    /// `(Yes, No)` logprobs of each prompt, trying endpoints in turn.
+    fn complete(&self, prompts: &[String]) -> Result<Vec<(f64, f64)>, ScoreError> {
+        let body = json!({"model": self.settings.model, "prompt": prompts, "max_tokens": 1,
+            "temperature": 0, "logprobs": self.settings.top_logprobs, "echo": false});
+        let mut last = String::from("no endpoint is available");
+        for attempt in 0..=self.settings.retries {
+            if attempt > 0 {
+                let pause = self
+                    .settings
+                    .backoff_ms
+                    .saturating_mul(1 << (attempt - 1).min(16));
+                std::thread::sleep(Duration::from_millis(pause));
+            }
+            let Some(endpoint) = self.pick() else {
+                last =
+                    "every scorer endpoint is unhealthy or resting after failures (circuit open)"
+                        .into();
+                continue;
+            };
+            match self.call(endpoint, &body, prompts.len()) {
+                Ok(found) => {
+                    endpoint.record(true, &self.settings);
+                    return Ok(found);
+                }
+                Err(CallError::Final(msg)) => {
+                    return Err(ScoreError::Remote(format!("{}: {msg}", endpoint.url)))
+                }
+                Err(CallError::Retryable(msg)) => {
+                    endpoint.record(false, &self.settings);
+                    tracing::warn!(endpoint = %endpoint.url, error = %msg, attempt, "scorer endpoint failed");
+                    last = format!("{}: {msg}", endpoint.url);
+                }
+            }
+        }
+        Err(ScoreError::Remote(format!(
+            "gave up after {} tries; last: {last}",
+            self.settings.retries + 1
+        )))
+    }
+
+    /// The next available endpoint, round-robin.
+    fn pick(&self) -> Option<&Endpoint> {
+        let now = Instant::now();
+        let n = self.endpoints.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|k| &self.endpoints[(start + k) % n])
+            .find(|e| e.available(now))
+    }
+
+    fn call(
+        &self,
+        endpoint: &Endpoint,
+        body: &Value,
+        n: usize,
+    ) -> Result<Vec<(f64, f64)>, CallError> {
+        let mut request = self.agent.post(&format!("{}/v1/completions", endpoint.url));
+        if let Some(key) = &self.api_key {
+            request = request.set("authorization", &format!("Bearer {key}"));
+        }
+        let answer: Value = match request.send_json(body) {
+            Ok(response) => response
+                .into_json()
+                .map_err(|e| CallError::Retryable(format!("unreadable answer: {e}")))?,
+            Err(ureq::Error::Status(code, response)) => {
+                let text: String = response
+                    .into_string()
+                    .unwrap_or_default()
+                    .chars()
+                    .take(300)
+                    .collect();
+                let msg = format!("HTTP {code}: {text}");
+                return Err(if code == 429 || code >= 500 {
+                    CallError::Retryable(msg)
+                } else {
+                    CallError::Final(msg)
+                });
+            }
+            Err(e) => return Err(CallError::Retryable(e.to_string())),
+        };
+        yes_no_logprobs(&answer, n, self.settings.top_logprobs)
+    }
+}
+
+/// Reads each choice's `Yes` and `No` logprobs from a completions answer (legacy `logprobs`
+/// format: `top_logprobs[0]` maps token text to logprob).
+fn yes_no_logprobs(answer: &Value, n: usize, asked: u32) -> Result<Vec<(f64, f64)>, CallError> {
+    let choices = answer
+        .get("choices")
+        .and_then(Value::as_array)
+        .ok_or_else(|| CallError::Retryable("the answer has no choices".into()))?;
+    let mut found = vec![None; n];
+    for (k, choice) in choices.iter().enumerate() {
+        let index = choice
+            .get("index")
+            .and_then(Value::as_u64)
+            .map_or(k, |i| i as usize);
+        let top = choice
+            .pointer("/logprobs/top_logprobs/0")
+            .and_then(Value::as_object)
+            .ok_or_else(|| {
+                CallError::Final(
+                    "the answer has no logprobs.top_logprobs: the server must support logprobs on /v1/completions".into(),
+                )
+            })?;
+        let get = |token: &str| {
+            top.get(token).and_then(Value::as_f64).ok_or_else(|| {
+                CallError::Final(format!(
+                    "{token:?} is not among the top {asked} logprobs of prompt {index} (the server returned {}); raise [scorer.remote] top_logprobs (and the server's limit, e.g. vLLM --max-logprobs)",
+                    top.len()
+                ))
+            })
+        };
+        if let Some(slot) = found.get_mut(index) {
+            *slot = Some((get("Yes")?, get("No")?));
+        }
+    }
+    found
+        .into_iter()
+        .enumerate()
+        .map(|(i, f)| f.ok_or_else(|| CallError::Retryable(format!("no choice for prompt {i}"))))
+        .collect()
+}
+
+/// Marks endpoints healthy or not by `GET /v1/models`, every `interval`, until `stop`.
+fn probe_health(
+    endpoints: &[Endpoint],
+    agent: &ureq::Agent,
+    key: Option<&str>,
+    interval: Duration,
+    stop: &AtomicBool,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(interval);
+        for e in endpoints {
+            let mut request = agent.get(&format!("{}/v1/models", e.url));
+            if let Some(key) = key {
+                request = request.set("authorization", &format!("Bearer {key}"));
+            }
+            let ok = request.call().is_ok();
+            if e.healthy.swap(ok, Ordering::Relaxed) != ok {
+                tracing::warn!(endpoint = %e.url, healthy = ok, "scorer endpoint health changed");
+            }
+        }
+    }
+}
+
+impl Score for RemoteScorer {
+    fn score(&self, requests: &[ScoreRequest]) -> Result<Vec<RequestScores>, ScoreError> {
+        let mut prompts = Vec::new();
+        for r in requests {
+            if r.policies.is_empty() {
+                return Err(ScoreError::NoPolicies);
+            }
+            let content = Content {
+                user: &r.user,
+                response: r.response.as_deref(),
+            };
+            let guidelines: Vec<&str> = r
+                .policies
+                .iter()
+                .map(|p| p.guideline(content.mode()))
+                .collect();
+            let rendered = self
+                .templates
+                .get(content.mode())
+                .render(&content, &guidelines);
+            for i in 0..guidelines.len() {
+                let text = rendered.text(i);
+                prompts.push(text.strip_prefix("<bos>").unwrap_or(&text).to_string());
+            }
+        }
+        let mut logprobs = self.complete(&prompts)?.into_iter();
+        Ok(requests
+            .iter()
+            .map(|r| RequestScores {
+                scores: r
+                    .policies
+                    .iter()
+                    .zip(logprobs.by_ref())
+                    .map(|(p, (yes, no))| PolicyScore {
+                        id: p.id.clone(),
+                        p_yes: 1.0 / (1.0 + (no - yes).exp()),
+                        yes_logit: yes as f32,
+                        no_logit: no as f32,
+                        tokens: 0,
+                    })
+                    .collect(),
+                truncated: None,
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpListener;
+    use std::sync::atomic::AtomicU32;
+
+    type Answer = Arc<dyn Fn(&Value) -> (u16, Value) + Send + Sync>;
+
+    /// A one-thread HTTP/1.1 server: answers each POST body with `answer`, GETs with 200.
+    fn mock(answer: Answer) -> (String, Arc<AtomicU32>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let calls = Arc::new(AtomicU32::new(0));
+        let counted = calls.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut reader = BufReader::new(stream);
+                let mut head = String::new();
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                    head.push_str(&line);
+                }
+                let mut body = vec![0; length];
+                let _ = reader.read_exact(&mut body);
+                let (status, value) = if head.starts_with("POST") {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    answer(&serde_json::from_slice(&body).unwrap_or(Value::Null))
+                } else {
+                    (200, json!({"data": []}))
+                };
+                let text = value.to_string();
+                let _ = write!(
+                    reader.get_mut(),
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+                    text.len()
+                );
+            }
+        });
+        (url, calls)
+    }
+
+    /// Answers every prompt with the given Yes and No logprobs.
+    fn logprobs(yes: f64, no: f64) -> Answer {
+        Arc::new(move |body: &Value| {
+            let n = body["prompt"].as_array().map_or(0, Vec::len);
+            let choices: Vec<Value> = (0..n)
+                .map(|i| {
+                    json!({"index": i, "text": "Yes",
+                    "logprobs": {"top_logprobs": [{"Yes": yes, "No": no, "The": -9.0}]}})
+                })
+                .collect();
+            (200, json!({"choices": choices}))
+        })
+    }
+
+    fn settings(urls: Vec<String>) -> RemoteSettings {
+        RemoteSettings {
+            urls,
+            backoff_ms: 1,
+            health_interval_ms: 0,
+            ..RemoteSettings::default()
+        }
+    }
+
+    fn request() -> ScoreRequest {
+        ScoreRequest {
+            user: "How do I pick a lock?".into(),
+            response: None,
+            policies: crate::policy::PolicySet::builtin()
+                .iter()
+                .cloned()
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn p_yes_comes_from_the_yes_and_no_logprobs_of_raw_prompts() {
+        let seen = Arc::new(Mutex::new(Value::Null));
+        let store = seen.clone();
+        let inner = logprobs(-0.1, -2.4);
+        let (url, _) = mock(Arc::new(move |body: &Value| {
+            *store.lock().expect("lock") = body.clone();
+            inner(body)
+        }));
+        let scorer = RemoteScorer::new(settings(vec![url])).expect("scorer");
+        let scores = scorer.score(&[request()]).expect("scores");
+        let want = 1.0 / (1.0 + (-2.3f64).exp());
+        assert_eq!(scores[0].scores.len(), 4);
+        for s in &scores[0].scores {
+            assert!((s.p_yes - want).abs() < 1e-12, "{}", s.p_yes);
+        }
+        let body = seen.lock().expect("lock").clone();
+        assert_eq!(body["max_tokens"], 1);
+        assert_eq!(body["logprobs"], 20);
+        let prompts = body["prompt"].as_array().expect("prompts");
+        assert_eq!(prompts.len(), 4);
+        let first = prompts[0].as_str().expect("text");
+        assert!(
+            first.starts_with("You are a policy expert"),
+            "no <bos>: {first}"
+        );
+        assert!(first.contains("Human Question: How do I pick a lock?"));
+        assert!(
+            first.contains("<start_of_turn>"),
+            "markers are sent as text"
+        );
+    }
+
+    #[test]
+    fn a_missing_yes_or_no_is_an_error_not_a_zero() {
+        let (url, _) = mock(Arc::new(|_: &Value| {
+            (
+                200,
+                json!({"choices": [{"index": 0, "logprobs": {"top_logprobs": [{"Yes": -0.1}]}}]}),
+            )
+        }));
+        let scorer = RemoteScorer::new(settings(vec![url])).expect("scorer");
+        let err = scorer.score(&[request()]).expect_err("refused").to_string();
+        assert!(
+            err.contains("\"No\" is not among the top 20 logprobs"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn failures_move_to_the_next_endpoint_and_open_the_circuit() {
+        let (bad, bad_calls) = mock(Arc::new(|_: &Value| (503, json!({"error": "overloaded"}))));
+        let (good, good_calls) = mock(logprobs(-1.0, -1.0));
+        let scorer = RemoteScorer::new(RemoteSettings {
+            breaker_failures: 1,
+            ..settings(vec![bad, good])
+        })
+        .expect("scorer");
+        for _ in 0..4 {
+            let s = scorer.score(&[request()]).expect("scores");
+            assert!((s[0].scores[0].p_yes - 0.5).abs() < 1e-12);
+        }
+        assert_eq!(
+            bad_calls.load(Ordering::SeqCst),
+            1,
+            "rested after one failure"
+        );
+        assert_eq!(good_calls.load(Ordering::SeqCst), 4);
+    }
+
+    #[test]
+    fn a_bad_request_is_not_retried_and_total_failure_says_so() {
+        let (url, calls) = mock(Arc::new(|_: &Value| {
+            (400, json!({"error": "unknown model"}))
+        }));
+        let scorer = RemoteScorer::new(settings(vec![url])).expect("scorer");
+        let err = scorer.score(&[request()]).expect_err("refused").to_string();
+        assert!(
+            err.contains("HTTP 400") && err.contains("unknown model"),
+            "{err}"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        let (down, calls) = mock(Arc::new(|_: &Value| (500, json!({}))));
+        let scorer = RemoteScorer::new(RemoteSettings {
+            breaker_failures: 10,
+            ..settings(vec![down])
+        })
+        .expect("scorer");
+        let err = scorer.score(&[request()]).expect_err("refused").to_string();
+        assert!(err.contains("gave up after 3 tries"), "{err}");
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        assert!(RemoteScorer::new(settings(Vec::new())).is_err());
+    }
+}
