@@ -3,6 +3,7 @@
 mod audit;
 mod cli;
 mod common;
+mod deploy;
 mod gateway;
 mod gateway_ops;
 mod golden;
