@@ -127,3 +127,13 @@ pub fn fixture() -> Fixture {
         .expect("tests/fixtures/parity.json exists");
     serde_json::from_str(&text).expect("parity fixture parses")
 }
+
+/// A child process (a server under test) killed when the test ends, however it ends.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -9,6 +9,7 @@ mod gateway_ops;
 mod golden;
 mod harness;
 mod hub;
+mod llama_server;
 mod parity;
 mod quantized;
 mod remote;

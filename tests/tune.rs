@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 
 use serde_json::{json, Value};
 use shieldgate::config::Config;
@@ -261,16 +261,6 @@ fn precomputed_scores_and_traffic_need_no_model_and_bad_lines_are_kept() {
     );
 }
 
-/// Stops the workbench when the test ends, however it ends.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn the_workbench_slider_moves_the_numbers_in_a_real_browser() {
     let node_modules = common::root().join("tests/workbench/node_modules/playwright-core");
@@ -293,7 +283,7 @@ fn the_workbench_slider_moves_the_numbers_in_a_real_browser() {
         .spawn()
         .expect("tune starts");
     let stdout = child.stdout.take().expect("stdout");
-    let running = Running(child);
+    let running = common::KillOnDrop(child);
     let url = BufReader::new(stdout)
         .lines()
         .map_while(Result::ok)

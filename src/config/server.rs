@@ -69,6 +69,9 @@ pub struct RemoteSettings {
     pub api_key_env: Option<String>,
     /// Logprobs asked for per position; `Yes` and `No` must both be among them.
     pub top_logprobs: u32,
+    /// Prompts per HTTP request (vLLM takes many; llama-cpp-python's server takes 1); the
+    /// requests of one batch are sent concurrently.
+    pub prompts_per_request: usize,
     /// Timeout of one HTTP request.
     pub timeout_ms: u64,
     /// Further tries after a failed one, each on the next endpoint.
@@ -90,6 +93,7 @@ impl Default for RemoteSettings {
             model: "google/shieldgemma-2b".into(),
             api_key_env: None,
             top_logprobs: 20,
+            prompts_per_request: 16,
             timeout_ms: 30_000,
             retries: 2,
             backoff_ms: 100,

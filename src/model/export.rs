@@ -11,7 +11,7 @@ use candle_core::{DType, Tensor};
 
 use super::quantize::{tensor_shapes, GgufType};
 use super::weights::WeightSource;
-use super::{gguf, Gemma2Config, ModelError};
+use super::{gguf, gguf_tokenizer, Gemma2Config, ModelError};
 
 /// The output layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,7 +57,16 @@ pub fn export(
         ExportFormat::Folder { shards, dtype } => {
             write_folder(out, config, tensors, shards.max(1), dtype)?
         }
-        ExportFormat::Gguf(kind) => write_gguf(out, config, tensors, kind)?,
+        ExportFormat::Gguf(kind) => {
+            let text = std::fs::read_to_string(tokenizer).map_err(io(tokenizer))?;
+            let vocab = gguf_tokenizer::metadata(&text, config.vocab_size).map_err(|reason| {
+                ModelError::Weights {
+                    origin: tokenizer.display().to_string(),
+                    reason,
+                }
+            })?;
+            write_gguf(out, config, tensors, kind, vocab)?
+        }
     }
     let target = folder.join("tokenizer.json");
     if tokenizer != target {
@@ -116,14 +125,16 @@ fn write_folder(
     Ok(())
 }
 
+/// Writes a GGUF file: the model's metadata, the tokenizer's (`vocab`), the tensors.
 fn write_gguf(
     path: &Path,
     c: &Gemma2Config,
     tensors: Vec<(String, Tensor)>,
     kind: GgufType,
+    vocab: Vec<(String, Value)>,
 ) -> Result<(), ModelError> {
     let u32_of = |v: usize| Value::U32(v as u32);
-    let metadata: Vec<(&str, Value)> = vec![
+    let mut metadata: Vec<(&str, Value)> = vec![
         ("general.architecture", Value::String("gemma2".into())),
         ("general.name", Value::String("shieldgate export".into())),
         ("general.file_type", Value::U32(kind.file_type())),
@@ -176,6 +187,7 @@ fn write_gguf(
         path: path.to_path_buf(),
         source,
     })?;
+    metadata.extend(vocab.iter().map(|(k, v)| (k.as_str(), v.clone())));
     let meta: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
     let refs: Vec<(&str, &QTensor)> = quantized.iter().map(|(n, q)| (n.as_str(), q)).collect();
     candle_core::quantized::gguf_file::write(&mut file, &meta, &refs)?;

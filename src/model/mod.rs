@@ -7,6 +7,7 @@ pub mod config;
 pub mod export;
 mod gemma2;
 mod gguf;
+mod gguf_tokenizer;
 mod head;
 #[cfg(feature = "hub")]
 mod hub;

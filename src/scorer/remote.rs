@@ -131,8 +131,38 @@ impl RemoteScorer {
         })
     }
 
-    /// `(Yes, No)` logprobs of each prompt, trying endpoints in turn.
+    /// `(Yes, No)` logprobs of each prompt: `prompts_per_request` per request, the requests
+    /// sent concurrently.
     fn complete(&self, prompts: &[String]) -> Result<Vec<(f64, f64)>, ScoreError> {
+        let chunks: Vec<&[String]> = prompts
+            .chunks(self.settings.prompts_per_request.max(1))
+            .collect();
+        if chunks.len() == 1 {
+            return self.complete_chunk(chunks[0]);
+        }
+        let results: Vec<Result<Vec<(f64, f64)>, ScoreError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = chunks
+                .iter()
+                .map(|chunk| scope.spawn(move || self.complete_chunk(chunk)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(ScoreError::Remote("a request thread panicked".into()))
+                    })
+                })
+                .collect()
+        });
+        let mut all = Vec::with_capacity(prompts.len());
+        for r in results {
+            all.extend(r?);
+        }
+        Ok(all)
+    }
+
+    /// `(Yes, No)` logprobs of each prompt of one request, trying endpoints in turn.
+    fn complete_chunk(&self, prompts: &[String]) -> Result<Vec<(f64, f64)>, ScoreError> {
         let body = json!({"model": self.settings.model, "prompt": prompts, "max_tokens": 1,
             "temperature": 0, "logprobs": self.settings.top_logprobs, "echo": false});
         let mut last = String::from("no endpoint is available");
@@ -417,7 +447,7 @@ mod tests {
             *store.lock().expect("lock") = body.clone();
             inner(body)
         }));
-        let scorer = RemoteScorer::new(settings(vec![url])).expect("scorer");
+        let scorer = RemoteScorer::new(settings(vec![url.clone()])).expect("scorer");
         let scores = scorer.score(&[request()]).expect("scores");
         let want = 1.0 / (1.0 + (-2.3f64).exp());
         assert_eq!(scores[0].scores.len(), 4);
@@ -439,6 +469,44 @@ mod tests {
             first.contains("<start_of_turn>"),
             "markers are sent as text"
         );
+    }
+
+    #[test]
+    fn prompts_are_split_over_concurrent_requests_in_order() {
+        let answer: Answer = Arc::new(|body: &Value| {
+            let prompts = body["prompt"].as_array().cloned().unwrap_or_default();
+            assert_eq!(prompts.len(), 1, "one prompt per request");
+            // Yes higher for the harassment guideline only.
+            let yes = if prompts[0]
+                .as_str()
+                .is_some_and(|p| p.contains("Harassment"))
+            {
+                -0.1
+            } else {
+                -3.0
+            };
+            (
+                200,
+                json!({"choices": [{"index": 0, "logprobs": {"top_logprobs": [{"Yes": yes, "No": -1.0}]}}]}),
+            )
+        });
+        let (url, calls) = mock(answer);
+        let scorer = RemoteScorer::new(RemoteSettings {
+            prompts_per_request: 1,
+            ..settings(vec![url])
+        })
+        .expect("scorer");
+        let scores = scorer.score(&[request(), request()]).expect("scores");
+        assert_eq!(calls.load(Ordering::SeqCst), 8);
+        for s in &scores {
+            let high: Vec<&str> = s
+                .scores
+                .iter()
+                .filter(|p| p.p_yes > 0.5)
+                .map(|p| p.id.as_str())
+                .collect();
+            assert_eq!(high, ["harassment"]);
+        }
     }
 
     #[test]
