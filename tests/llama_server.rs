@@ -70,6 +70,7 @@ fn remote_scores_from_a_real_llama_cpp_server_equal_the_embedded_engine() {
         model: "tiny".into(),
         top_logprobs: 256_000,
         prompts_per_request: 1,
+        timeout_ms: 300_000,
         health_interval_ms: 0,
         ..RemoteSettings::default()
     })
