@@ -17,6 +17,7 @@ use crate::model::loader::{self, LoadOptions, ModelSource};
 use crate::model::quantize::GgufType;
 use crate::policy::{Policy, PolicySet};
 use crate::proxy::profiles::Profiles;
+use crate::scorer::cache::CachedScorer;
 use crate::scorer::remote::RemoteScorer;
 use crate::scorer::{Engine, EngineOptions, Score};
 
@@ -96,6 +97,20 @@ pub fn load_policies(args: &PolicyArgs) -> anyhow::Result<Arc<[Policy]>> {
 /// The scorer the config asks for — the endpoints of `[scorer.remote]`, or else the embedded
 /// model of `model` — with the model's name.
 pub fn load_scorer(
+    config: &Config,
+    model: &ModelSettings,
+) -> anyhow::Result<(Arc<dyn Score>, String)> {
+    let (scorer, name) = uncached_scorer(config, model)?;
+    Ok(
+        match std::num::NonZeroUsize::new(config.scorer.cache_entries) {
+            Some(capacity) => (Arc::new(CachedScorer::new(scorer, capacity, &name)), name),
+            None => (scorer, name),
+        },
+    )
+}
+
+/// The remote or embedded scorer, without the verdict cache.
+fn uncached_scorer(
     config: &Config,
     model: &ModelSettings,
 ) -> anyhow::Result<(Arc<dyn Score>, String)> {

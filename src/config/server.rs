@@ -114,6 +114,9 @@ pub struct ScorerConfig {
     pub max_batch: usize,
     /// Longest wait for one check, in milliseconds, before it counts as an evaluation error.
     pub timeout_ms: u64,
+    /// Results kept in the verdict cache (same content, template, guidelines and model: no
+    /// model run); 0 turns it off.
+    pub cache_entries: usize,
     /// Score through remote completions endpoints (vLLM, llama.cpp server, TGI) instead of the
     /// embedded model; `[model]` is then not loaded.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -126,6 +129,7 @@ impl Default for ScorerConfig {
             queue: 64,
             max_batch: 16,
             timeout_ms: 60_000,
+            cache_entries: 0,
             remote: None,
         }
     }

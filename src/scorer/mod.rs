@@ -2,6 +2,7 @@
 //! once, runs every policy's suffix in one batch on top of it, and turns the Yes/No logits
 //! into P(Yes). The [`Score`] trait lets the proxy and audit run on a scripted scorer in tests.
 
+pub mod cache;
 pub mod encode;
 mod engine;
 pub mod remote;

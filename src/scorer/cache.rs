@@ -1,0 +1,185 @@
+//! A bounded verdict cache in front of any scorer: a request whose content, template, policy
+//! guidelines and model were scored before gets the stored scores back without a model run.
+//! The key is a SHA-256 of all of those, so a changed policy text or another model never hits
+//! an old entry; thresholds are not part of scores, so changing them keeps the cache useful.
+
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use lru::LruCache;
+use sha2::{Digest, Sha256};
+
+use super::{RequestScores, Score, ScoreError, ScoreRequest};
+
+/// A scorer with an LRU cache of whole-request results.
+pub struct CachedScorer {
+    inner: Arc<dyn Score>,
+    model: String,
+    entries: Mutex<LruCache<[u8; 32], RequestScores>>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+impl CachedScorer {
+    /// Caches up to `capacity` results of `inner`, which scores with `model`.
+    pub fn new(inner: Arc<dyn Score>, capacity: NonZeroUsize, model: &str) -> Self {
+        Self {
+            inner,
+            model: model.to_string(),
+            entries: Mutex::new(LruCache::new(capacity)),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    /// Requests answered from the cache, and requests scored, so far.
+    pub fn stats(&self) -> (u64, u64) {
+        (
+            self.hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+        )
+    }
+
+    fn key(&self, r: &ScoreRequest) -> [u8; 32] {
+        let mode = r.content().mode();
+        let mut h = Sha256::new();
+        for part in [self.model.as_str(), &format!("{mode:?}"), &r.user] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+        match &r.response {
+            Some(text) => {
+                h.update([1]);
+                h.update((text.len() as u64).to_le_bytes());
+                h.update(text.as_bytes());
+            }
+            None => h.update([0]),
+        }
+        for p in r.policies.iter() {
+            for part in [p.id.as_str(), p.guideline(mode)] {
+                h.update((part.len() as u64).to_le_bytes());
+                h.update(part.as_bytes());
+            }
+        }
+        h.finalize().into()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<[u8; 32], RequestScores>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Score for CachedScorer {
+    fn score(&self, requests: &[ScoreRequest]) -> Result<Vec<RequestScores>, ScoreError> {
+        let keys: Vec<[u8; 32]> = requests.iter().map(|r| self.key(r)).collect();
+        let mut found: Vec<Option<RequestScores>> = {
+            let mut entries = self.lock();
+            keys.iter().map(|k| entries.get(k).cloned()).collect()
+        };
+        let missing: Vec<usize> = (0..requests.len())
+            .filter(|i| found[*i].is_none())
+            .collect();
+        self.hits
+            .fetch_add((requests.len() - missing.len()) as u64, Ordering::Relaxed);
+        self.misses
+            .fetch_add(missing.len() as u64, Ordering::Relaxed);
+        if !missing.is_empty() {
+            let todo: Vec<ScoreRequest> = missing.iter().map(|i| requests[*i].clone()).collect();
+            let scored = self.inner.score(&todo)?;
+            if scored.len() != todo.len() {
+                return Err(ScoreError::MissingResult);
+            }
+            let mut entries = self.lock();
+            for (i, result) in missing.into_iter().zip(scored) {
+                entries.put(keys[i], result.clone());
+                found[i] = Some(result);
+            }
+        }
+        found
+            .into_iter()
+            .map(|f| f.ok_or(ScoreError::MissingResult))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{Policy, PolicySet};
+    use crate::scorer::PolicyScore;
+
+    /// Scores P(Yes) = text length / 100 and counts the requests it saw.
+    struct Counting(AtomicU64);
+
+    impl Score for Counting {
+        fn score(&self, requests: &[ScoreRequest]) -> Result<Vec<RequestScores>, ScoreError> {
+            self.0.fetch_add(requests.len() as u64, Ordering::Relaxed);
+            Ok(requests
+                .iter()
+                .map(|r| RequestScores {
+                    scores: r
+                        .policies
+                        .iter()
+                        .map(|p| PolicyScore {
+                            id: p.id.clone(),
+                            p_yes: r.user.len() as f64 / 100.0,
+                            yes_logit: 0.0,
+                            no_logit: 0.0,
+                            tokens: 1,
+                        })
+                        .collect(),
+                    truncated: None,
+                })
+                .collect())
+        }
+    }
+
+    fn request(user: &str, response: Option<&str>, policies: &Arc<[Policy]>) -> ScoreRequest {
+        ScoreRequest {
+            user: user.into(),
+            response: response.map(str::to_string),
+            policies: policies.clone(),
+        }
+    }
+
+    #[test]
+    fn repeats_are_served_from_the_cache_and_changes_are_not() {
+        let counting = Arc::new(Counting(AtomicU64::new(0)));
+        let cache = CachedScorer::new(
+            counting.clone(),
+            NonZeroUsize::new(2).expect("nonzero"),
+            "m",
+        );
+        let policies: Arc<[Policy]> = PolicySet::builtin().iter().cloned().collect();
+        let mut edited: Vec<Policy> = policies.to_vec();
+        edited[0].guideline.prompt.push_str(" Also poems.");
+        let edited: Arc<[Policy]> = edited.into();
+        let a = request("aaaa", None, &policies);
+        let first = cache.score(&[a.clone(), a.clone()]).expect("scores");
+        assert_eq!(
+            counting.0.load(Ordering::Relaxed),
+            2,
+            "both missed in one batch"
+        );
+        let again = cache.score(std::slice::from_ref(&a)).expect("scores");
+        assert_eq!(again[0], first[0]);
+        assert_eq!(
+            counting.0.load(Ordering::Relaxed),
+            2,
+            "served from the cache"
+        );
+        // Another template (a response), another guideline: not the same request.
+        cache
+            .score(&[
+                request("aaaa", Some("r"), &policies),
+                request("aaaa", None, &edited),
+            ])
+            .expect("scores");
+        assert_eq!(counting.0.load(Ordering::Relaxed), 4);
+        // Capacity 2: the oldest entry (a) is gone.
+        cache.score(std::slice::from_ref(&a)).expect("scores");
+        assert_eq!(counting.0.load(Ordering::Relaxed), 5);
+        assert_eq!(cache.stats(), (1, 5));
+    }
+}
