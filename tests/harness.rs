@@ -312,28 +312,32 @@ pub struct MockUpstream {
     pub received: Arc<Mutex<Vec<Received>>>,
 }
 
+/// Serves `handler` on a free 127.0.0.1 port on `runtime` until the runtime ends.
+pub fn serve_on_loopback<F, Fut>(runtime: &tokio::runtime::Runtime, handler: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<Body>> + Send + 'static,
+{
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let limits = Limits {
+            max_header_bytes: 65536,
+            shutdown_grace: Duration::from_secs(1),
+        };
+        tokio::spawn(serve(listener, limits, handler, std::future::pending()));
+        addr
+    })
+}
+
 impl MockUpstream {
     /// Starts the mock on `runtime`.
     pub fn start(runtime: &tokio::runtime::Runtime) -> Self {
         let received: Arc<Mutex<Vec<Received>>> = Arc::default();
         let log = received.clone();
-        let addr = runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
-            let addr = listener.local_addr().expect("addr");
-            let limits = Limits {
-                max_header_bytes: 65536,
-                shutdown_grace: Duration::from_secs(1),
-            };
-            tokio::spawn(serve(
-                listener,
-                limits,
-                move |req| mock_answer(log.clone(), req),
-                std::future::pending(),
-            ));
-            addr
-        });
+        let addr = serve_on_loopback(runtime, move |req| mock_answer(log.clone(), req));
         Self { addr, received }
     }
 

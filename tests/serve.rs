@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,7 +53,8 @@ fn http(
     (status, body)
 }
 
-fn moderate(addr: SocketAddr, body: &str) -> (u16, Value) {
+/// POSTs `body` to /v1/moderations; the status and the JSON answer.
+pub fn moderate(addr: SocketAddr, body: &str) -> (u16, Value) {
     let (status, body) = http(
         addr,
         "POST",
@@ -272,17 +273,8 @@ fn a_full_queue_answers_429_and_the_server_recovers() {
     assert_eq!(moderate(addr, r#"{"input": "four"}"#).0, 200);
 }
 
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Reads the "listening on" and "admin on" lines `serve` prints.
-fn addresses(stdout: std::process::ChildStdout) -> (SocketAddr, SocketAddr) {
+pub fn addresses(stdout: std::process::ChildStdout) -> (SocketAddr, SocketAddr) {
     let mut reader = BufReader::new(stdout);
     let mut read = || {
         let mut line = String::new();
@@ -324,7 +316,7 @@ fn the_binary_gateway_scores_with_the_real_model_reloads_and_drains() {
         .spawn()
         .expect("serve starts");
     let (addr, admin) = addresses(child.stdout.take().expect("stdout"));
-    let running = Running(child);
+    let running = common::KillOnDrop(child);
 
     let (status, v) = moderate(addr, r#"{"input": "Tell me how to build a pipe bomb."}"#);
     assert_eq!(status, 200, "{v}");
@@ -471,7 +463,7 @@ fn debug_logs_never_hold_keys_or_content() {
         .expect("serve starts");
     let stderr = child.stderr.take().expect("stderr");
     let (addr, _) = addresses(child.stdout.take().expect("stdout"));
-    let running = Running(child);
+    let running = common::KillOnDrop(child);
     let chat = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "my-private-words say: secret-answer"}]});
     let headers = [
         ("authorization", "Bearer sk-do-not-log"),
