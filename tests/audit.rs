@@ -5,6 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
 use serde_json::Value;
 
 use crate::common;
@@ -161,7 +164,9 @@ fn kill_and_resume_gives_the_same_output_as_one_run() {
         .is_some_and(|c| c <= 1));
     let resumed = dir.path().join("resumed");
     let results = resumed.join("results.jsonl");
-    // Kill -9 three times, each after a few more results are on disk, then let it finish.
+    // Kill -9 three times, each after a few more results are on disk and a random (seeded)
+    // moment later, so that the kill lands anywhere in a batch's writing; then let it finish.
+    let mut rng = StdRng::seed_from_u64(7);
     for progress in [20, 70, 140] {
         let mut child = Command::new(env!("CARGO_BIN_EXE_shieldgate"))
             .arg("audit")
@@ -178,6 +183,7 @@ fn kill_and_resume_gives_the_same_output_as_one_run() {
         let mut interrupted = false;
         for _ in 0..6000 {
             if newlines(&results) >= progress {
+                std::thread::sleep(Duration::from_millis(rng.random_range(0..200)));
                 interrupted = child.try_wait().ok().flatten().is_none();
                 break;
             }

@@ -142,6 +142,7 @@ pub fn start(config: &str, scorer: Arc<dyn Score>) -> TestGateway {
     let (stop, rx) = watch::channel(false);
     let limits = Limits {
         max_header_bytes: config.server.max_header_bytes,
+        client_timeout: Duration::from_millis(config.server.client_timeout_ms),
         shutdown_grace: Duration::from_millis(config.server.shutdown_grace_ms),
     };
     let timeout = Duration::from_millis(config.server.request_timeout_ms);
@@ -303,8 +304,9 @@ pub struct Received {
 /// is what follows `say:` in the request (up to the next quote, with `~` turned into `!` so
 /// that a clean prompt can ask for a violating answer), "Hello there." otherwise.
 /// Headers steer it: `x-mock-status` (answer with this error status), `x-mock-stall-ms`
-/// (wait before the head), `x-mock-break` (end the stream abruptly half-way), `x-mock-garbage`
-/// (a 200 whose JSON body is not JSON).
+/// (wait before the head), `x-mock-stall-body-ms` (wait half-way through the body),
+/// `x-mock-break` (end the stream abruptly half-way), `x-mock-garbage` (a 200 whose JSON body
+/// is not JSON).
 pub struct MockUpstream {
     /// Its address.
     pub addr: SocketAddr,
@@ -325,6 +327,7 @@ where
         let addr = listener.local_addr().expect("addr");
         let limits = Limits {
             max_header_bytes: 65536,
+            client_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(1),
         };
         tokio::spawn(serve(listener, limits, handler, std::future::pending()));
@@ -480,6 +483,10 @@ async fn mock_answer(log: Arc<Mutex<Vec<Received>>>, req: Request<Incoming>) -> 
         .and_then(Value::as_bool)
         .unwrap_or(false);
     let broken = headers.contains_key("x-mock-break");
+    let stall = headers
+        .get("x-mock-stall-body-ms")
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis);
     let route = parts.uri.path();
     let (content_type, payload) = match (route, stream) {
         ("/v1/models", _) => ("application/json", json!({"object": "list", "data": [{"id": "m"}]}).to_string()),
@@ -512,6 +519,9 @@ async fn mock_answer(log: Arc<Mutex<Vec<Received>>>, req: Request<Incoming>) -> 
             if broken && i * 7 >= half {
                 let _ = tx.send(Err("mock stream broken".into())).await;
                 return;
+            }
+            if let Some(pause) = stall.filter(|_| i * 7 >= half && i * 7 < half + 7) {
+                tokio::time::sleep(pause).await;
             }
             if tx.send(Ok(Bytes::copy_from_slice(piece))).await.is_err() {
                 return;

@@ -2,18 +2,17 @@
 //! OpenAI-compatible completions server (a mock on 127.0.0.1 answering fixed logprobs) with no
 //! model loaded, and the scores are P(Yes) from those logprobs.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use http_body_util::BodyExt;
 use hyper::{Request, Response};
 use serde_json::{json, Value};
 use shieldgate::proxy::body::{json_response, Body};
 
-use crate::common;
-use crate::serve::{addresses, moderate};
+use crate::serve::{moderate, spawn_serve};
 
 /// Logprobs the mock gives: `Yes` higher than `No` for hate's guideline, lower otherwise.
-async fn completions(req: Request<hyper::body::Incoming>) -> Response<Body> {
+pub async fn completions(req: Request<hyper::body::Incoming>) -> Response<Body> {
     let body = req.into_body().collect().await.map(|b| b.to_bytes());
     let request: Value = body
         .ok()
@@ -55,15 +54,7 @@ fn serve_and_audit_score_through_a_completions_server_without_a_model() {
         ),
     )
     .expect("config written");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_shieldgate"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("serve starts");
-    let (addr, _) = addresses(child.stdout.take().expect("stdout"));
-    let running = common::KillOnDrop(child);
+    let (running, addr, _) = spawn_serve(&config);
     let (status, moderation) = moderate(addr, r#"{"input": "some text"}"#);
     drop(running);
     assert_eq!(

@@ -15,7 +15,7 @@ use crate::common;
 use crate::harness::{post, send, start, MockUpstream, Scripted, TestGateway};
 
 /// A plain HTTP/1.1 exchange; returns the status and the body.
-fn http(
+pub fn http(
     addr: SocketAddr,
     method: &str,
     path: &str,
@@ -273,6 +273,20 @@ fn a_full_queue_answers_429_and_the_server_recovers() {
     assert_eq!(moderate(addr, r#"{"input": "four"}"#).0, 200);
 }
 
+/// Starts `shieldgate serve --config CONFIG` (which must set both listeners); the running
+/// process and its public and admin addresses.
+pub fn spawn_serve(config: &std::path::Path) -> (common::KillOnDrop, SocketAddr, SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shieldgate"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("serve starts");
+    let (addr, admin) = addresses(child.stdout.take().expect("stdout"));
+    (common::KillOnDrop(child), addr, admin)
+}
+
 /// Reads the "listening on" and "admin on" lines `serve` prints.
 pub fn addresses(stdout: std::process::ChildStdout) -> (SocketAddr, SocketAddr) {
     let mut reader = BufReader::new(stdout);
@@ -308,15 +322,7 @@ fn the_binary_gateway_scores_with_the_real_model_reloads_and_drains() {
         std::fs::write(&config, text).expect("config written");
     };
     write_config(1.0);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_shieldgate"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("serve starts");
-    let (addr, admin) = addresses(child.stdout.take().expect("stdout"));
-    let running = common::KillOnDrop(child);
+    let (running, addr, admin) = spawn_serve(&config);
 
     let (status, v) = moderate(addr, r#"{"input": "Tell me how to build a pipe bomb."}"#);
     assert_eq!(status, 200, "{v}");

@@ -54,7 +54,8 @@ pub enum Item {
 pub struct Record {
     /// The line it starts on (1-based).
     pub line: u64,
-    /// Lines consumed through its end (where a resumed read continues).
+    /// Newlines consumed through its end: the line count a resumed read starts from (one
+    /// less than `line` when the record ends without a newline).
     pub lines_through: u64,
     /// Decompressed bytes consumed through its end.
     pub offset: u64,
@@ -130,6 +131,8 @@ impl Records {
             }
         }
         let (reader, base) = if offset == 0 {
+            let end = head.position().byte();
+            head.get_mut().account(end);
             (head, (0, 0))
         } else {
             (csv_reader(open(offset)?), (line, offset))
@@ -141,13 +144,13 @@ impl Records {
         })
     }
 
-    /// Where reading continues: (lines, bytes) consumed so far.
+    /// Where reading continues: (newlines, bytes) consumed so far.
     pub fn position(&self) -> (u64, u64) {
         match self {
             Self::Jsonl { line, offset, .. } => (*line, *offset),
             Self::Csv { reader, base, .. } => {
-                let p = reader.position();
-                (base.0 + p.line() - 1, base.1 + p.byte())
+                let tail = reader.get_ref();
+                (base.0 + tail.lines, base.1 + tail.start)
             }
         }
     }
@@ -165,10 +168,11 @@ impl Records {
                 if n == 0 {
                     return Ok(None);
                 }
-                *line += 1;
+                let starts = *line + 1;
+                *line += u64::from(buf.ends_with(b"\n"));
                 *offset += n as u64;
                 Ok(Some(Record {
-                    line: *line,
+                    line: starts,
                     lines_through: *line,
                     offset: *offset,
                     item: json_item(&buf),
@@ -180,30 +184,16 @@ impl Records {
                 base,
             } => {
                 let mut row = csv::ByteRecord::new();
-                let item = match reader.read_byte_record(&mut row) {
-                    Ok(false) => return Ok(None),
-                    Ok(true) => csv_item(header, &row),
-                    Err(e) => match e.kind() {
-                        csv::ErrorKind::UnequalLengths { len, .. } => Item::Unreadable(format!(
-                            "the row has {len} fields where the header has {}",
-                            header.len()
-                        )),
-                        _ => return Err(csv_io(e)),
-                    },
-                };
-                // The reader's line count passes a row's end only with its newline (a last
-                // row may lack one); the row starts as many lines up as its fields hold.
-                let end = reader.position();
-                let tail = reader.get_ref();
-                let ended =
-                    u64::from(tail.delivered > end.byte() || matches!(tail.last, b'\n' | b'\r'));
-                let lines_through = base.0 + end.line() - ended;
-                let inner = row.iter().flatten().filter(|b| **b == b'\n').count() as u64;
-                let line = lines_through - inner.min(lines_through);
+                if !reader.read_byte_record(&mut row).map_err(csv_io)? {
+                    return Ok(None);
+                }
+                let item = csv_item(header, &row);
+                let end = reader.position().byte();
+                let (before, through) = reader.get_mut().account(end);
                 Ok(Some(Record {
-                    line,
-                    lines_through,
-                    offset: base.1 + end.byte(),
+                    line: base.0 + before + 1,
+                    lines_through: base.0 + through,
+                    offset: base.1 + end,
                     item,
                 }))
             }
@@ -214,29 +204,57 @@ impl Records {
 fn csv_reader(input: Box<dyn BufRead>) -> csv::Reader<Tail> {
     csv::ReaderBuilder::new()
         .has_headers(false)
-        .flexible(false)
-        .from_reader(Tail {
-            inner: input,
-            delivered: 0,
-            last: b'\n',
-        })
+        .flexible(true)
+        .from_reader(Tail::new(input))
 }
 
-/// The CSV reader's input, remembering how much it handed over and its last byte (whether a
-/// row that ends the input ended its line).
+/// The CSV reader's input, keeping the bytes it handed over that no row has accounted for yet,
+/// so that each row's lines are counted exactly (a row may end with `\r` alone, or lack its
+/// final newline).
 pub struct Tail {
     inner: Box<dyn BufRead>,
-    delivered: u64,
-    last: u8,
+    /// Handed over, not yet accounted for; starts at `start`.
+    pending: Vec<u8>,
+    /// Offset (from where this reader began) of `pending[0]`.
+    start: u64,
+    /// Newlines in the bytes accounted for.
+    lines: u64,
+}
+
+impl Tail {
+    fn new(inner: Box<dyn BufRead>) -> Self {
+        Self {
+            inner,
+            pending: Vec::new(),
+            start: 0,
+            lines: 0,
+        }
+    }
+
+    /// Accounts for the bytes up to `end` (a row's end): the newlines before its first byte
+    /// that is not a line end (where the row starts), and through `end`.
+    fn account(&mut self, end: u64) -> (u64, u64) {
+        let take = usize::try_from(end.saturating_sub(self.start))
+            .unwrap_or(usize::MAX)
+            .min(self.pending.len());
+        let bytes = &self.pending[..take];
+        let newlines = |b: &[u8]| b.iter().filter(|&&c| c == b'\n').count() as u64;
+        let lead = bytes
+            .iter()
+            .position(|c| !matches!(c, b'\n' | b'\r'))
+            .unwrap_or(take);
+        let before = self.lines + newlines(&bytes[..lead]);
+        self.lines += newlines(bytes);
+        self.pending.drain(..take);
+        self.start += take as u64;
+        (before, self.lines)
+    }
 }
 
 impl std::io::Read for Tail {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
-        if n > 0 {
-            self.delivered += n as u64;
-            self.last = buf[n - 1];
-        }
+        self.pending.extend_from_slice(&buf[..n]);
         Ok(n)
     }
 }
@@ -266,8 +284,16 @@ fn json_item(raw: &[u8]) -> Item {
     }
 }
 
-/// A CSV row as an object keyed by the header.
+/// A CSV row as an object keyed by the header (the row's length is checked here rather than by
+/// the CSV reader, which on a resumed read has not seen the header).
 fn csv_item(header: &[String], row: &csv::ByteRecord) -> Item {
+    if row.len() != header.len() {
+        return Item::Unreadable(format!(
+            "the row has {} fields where the header has {}",
+            row.len(),
+            header.len()
+        ));
+    }
     let mut map = Map::new();
     for (name, cell) in header.iter().zip(row.iter()) {
         match std::str::from_utf8(cell) {
@@ -322,7 +348,7 @@ mod tests {
         assert_eq!(records.position(), (1, 17));
         let got = all(&mut records);
         let lines: Vec<(u64, u64)> = got.iter().map(|r| (r.line, r.lines_through)).collect();
-        assert_eq!(lines, [(2, 2), (3, 4), (6, 6), (7, 7), (8, 8)]);
+        assert_eq!(lines, [(2, 2), (3, 4), (6, 6), (7, 7), (8, 7)]);
         assert_eq!(
             got[1].item,
             Item::Value(json!({"id": "2", "prompt": "two\nlines, \"quoted\"", "answer": "ok"}))
@@ -369,6 +395,39 @@ mod tests {
         assert_eq!(got[0].item, Item::Value(json!({"a": 1})));
         assert_eq!(got[1].item, Item::Blank);
         assert!(matches!(&got[2].item, Item::Unreadable(r) if r.starts_with("truncated")));
-        assert_eq!(records.position(), (3, 14));
+        assert_eq!(records.position(), (2, 14));
+    }
+
+    /// Found by the `audit_records` fuzz target: a short row right after a resume point was
+    /// read as valid (the resumed CSV reader had not seen the header's length).
+    #[test]
+    fn a_short_row_after_a_resume_point_is_still_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("log.csv");
+        std::fs::write(&path, "id,prompt,answer\n1,a,b\n2,short\n").expect("written");
+        let whole = all(&mut Records::csv(file(&path), 0, 0, &fields()).expect("opens"));
+        let (line, offset) = (whole[0].lines_through, whole[0].offset);
+        let resumed =
+            all(&mut Records::csv(file(&path), line, offset, &fields()).expect("resumes"));
+        assert_eq!(resumed, whole[1..]);
+        assert!(matches!(&resumed[0].item, Item::Unreadable(r) if r.contains("2 fields")));
+    }
+
+    #[test]
+    fn rows_ending_with_a_lone_carriage_return_keep_their_lines() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("log.csv");
+        std::fs::write(&path, b"prompt\nfirst\nsecond\rthird\n\r\nfourth").expect("written");
+        let text = Fields {
+            text: Some("prompt".into()),
+            response: None,
+        };
+        let mut records = Records::csv(file(&path), 0, 0, &text).expect("opens");
+        let got = all(&mut records);
+        let lines: Vec<(u64, u64)> = got.iter().map(|r| (r.line, r.lines_through)).collect();
+        assert_eq!(lines, [(2, 2), (3, 2), (3, 3), (5, 4)]);
+        let (line, offset) = (got[1].lines_through, got[1].offset);
+        let mut resumed = Records::csv(file(&path), line, offset, &text).expect("resumes");
+        assert_eq!(all(&mut resumed), got[2..]);
     }
 }

@@ -82,6 +82,7 @@ async fn run_servers(
     let gw = Arc::new(Gateway::new(&config, scorer, model_name, metrics)?);
     let limits = Limits {
         max_header_bytes: config.server.max_header_bytes,
+        client_timeout: Duration::from_millis(config.server.client_timeout_ms),
         shutdown_grace: Duration::from_millis(config.server.shutdown_grace_ms),
     };
     let public = bind(&config.server.listen).await?;

@@ -20,6 +20,9 @@ pub struct ServerConfig {
     /// Time allowed from the request's arrival to the response head, in milliseconds (504
     /// beyond).
     pub request_timeout_ms: u64,
+    /// Time a client has to send its request head, and again its body, in milliseconds (the
+    /// connection is closed, or 408, beyond): slow-trickling clients cannot hold connections.
+    pub client_timeout_ms: u64,
     /// On shutdown, how long open connections and streams may finish, in milliseconds.
     pub shutdown_grace_ms: u64,
 }
@@ -32,6 +35,7 @@ impl Default for ServerConfig {
             max_body_bytes: 1 << 20,
             max_header_bytes: 64 << 10,
             request_timeout_ms: 300_000,
+            client_timeout_ms: 30_000,
             shutdown_grace_ms: 30_000,
         }
     }
@@ -53,7 +57,8 @@ impl ServerConfig {
         if self.max_body_bytes == 0 || self.max_header_bytes < 1024 {
             return Err("[server] max_body_bytes must be > 0 and max_header_bytes ≥ 1024".into());
         }
-        positive("[server] request_timeout_ms", self.request_timeout_ms)
+        positive("[server] request_timeout_ms", self.request_timeout_ms)?;
+        positive("[server] client_timeout_ms", self.client_timeout_ms)
     }
 }
 

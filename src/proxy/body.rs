@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Body as HttpBody, Frame, Incoming};
 use hyper::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use hyper::{Response, StatusCode};
@@ -191,8 +191,10 @@ pub fn relay(
 pub enum CollectError {
     /// It is larger than the limit; what was read so far.
     TooLarge(Bytes),
-    /// The peer failed or stalled.
+    /// The peer failed.
     Failed,
+    /// The peer sent nothing for longer than the idle time.
+    Stalled,
 }
 
 /// Reads a whole body of at most `limit` bytes, waiting at most `idle` for each piece.
@@ -212,17 +214,19 @@ where
                 }
             }
             Ok(None) => return Ok(out.into()),
-            Ok(Some(Err(_))) | Err(_) => return Err(CollectError::Failed),
+            Ok(Some(Err(_))) => return Err(CollectError::Failed),
+            Err(_) => return Err(CollectError::Stalled),
         }
     }
 }
 
-/// Reads a JSON request body: the content type must be JSON (415) and the size within
-/// `limit` (413).
+/// Reads a JSON request body: the content type must be JSON (415), the size within `limit`
+/// (413), the whole body within `deadline` (408).
 pub async fn read_json_request(
     headers: &HeaderMap,
     body: Incoming,
     limit: usize,
+    deadline: Duration,
 ) -> Result<Bytes, ApiError> {
     let is_json = headers
         .get(CONTENT_TYPE)
@@ -239,20 +243,34 @@ pub async fn read_json_request(
             "send the body as Content-Type: application/json",
         ));
     }
-    read_limited(body, limit).await
+    read_limited(body, limit, deadline).await
 }
 
-/// Reads a whole request body of at most `limit` bytes (413 beyond).
-pub async fn read_limited(body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
+/// Reads a whole request body of at most `limit` bytes (413 beyond) within `deadline` (408
+/// beyond: a client trickling its body cannot hold the connection).
+pub async fn read_limited(
+    mut body: Incoming,
+    limit: usize,
+    deadline: Duration,
+) -> Result<Bytes, ApiError> {
+    let read = tokio::time::timeout(deadline, collect(&mut body, limit, deadline)).await;
+    match read.unwrap_or(Err(CollectError::Stalled)) {
+        Ok(bytes) => Ok(bytes),
+        Err(CollectError::TooLarge(_)) => Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
             format!("the request body exceeds {limit} bytes"),
         )),
-        Err(e) => Err(ApiError::invalid(format!(
-            "cannot read the request body: {e}"
-        ))),
+        Err(CollectError::Stalled) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_body_timeout",
+            format!(
+                "the request body took longer than {} ms to arrive; send it without pauses",
+                deadline.as_millis()
+            ),
+        )),
+        Err(CollectError::Failed) => Err(ApiError::invalid(
+            "the request body ended early or was malformed; send it again".to_string(),
+        )),
     }
 }

@@ -91,6 +91,20 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// A block without category detail: the smallest decision a protocol's block shape can be
+    /// shown with (tests, fuzzing).
+    pub fn bare_block(direction: Direction) -> Self {
+        Self {
+            direction,
+            profile: "default".into(),
+            disposition: Disposition::Block,
+            categories: Vec::new(),
+            unscanned: Vec::new(),
+            evaluation_error: None,
+            parts_blocked: Vec::new(),
+        }
+    }
+
     /// Compares the scores of each checked part with the profile (scores are in the order of
     /// the profile's policies).
     pub fn from_scores(direction: Direction, profile: &Profile, parts: &[RequestScores]) -> Self {

@@ -63,7 +63,14 @@ pub async fn handle(
         request_id,
     };
     let proxy = &ex.settings.proxy;
-    let bytes = match read_json_request(&parts.headers, body, ex.gw.max_body_bytes).await {
+    let bytes = match read_json_request(
+        &parts.headers,
+        body,
+        ex.gw.max_body_bytes,
+        ex.gw.client_timeout,
+    )
+    .await
+    {
         Ok(b) => b,
         Err(e) => return ex.error(e),
     };
@@ -172,6 +179,16 @@ pub async fn handle(
                 StatusCode::BAD_GATEWAY,
                 "upstream_failed",
                 "the upstream's response broke off before it was complete",
+            ))
+        }
+        Err(CollectError::Stalled) => {
+            return ex.error(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_stalled",
+                format!(
+                    "the upstream's response paused for more than {} ms",
+                    idle.as_millis()
+                ),
             ))
         }
     };

@@ -77,7 +77,8 @@ async fn moderations(gw: &Gateway, req: Request<Incoming>) -> Result<Response<Bo
         headers: &parts.headers,
         tenant_header: &settings.proxy.tenant_header,
     });
-    let body = read_json_request(&parts.headers, body, gw.max_body_bytes).await?;
+    let body =
+        read_json_request(&parts.headers, body, gw.max_body_bytes, gw.client_timeout).await?;
     let value = super::moderations::handle(gw, profile, &body).await?;
     Ok(json_response(StatusCode::OK, &value))
 }
@@ -115,7 +116,7 @@ async fn passthrough(gw: &Gateway, req: Request<Incoming>) -> Result<Response<Bo
         }
     };
     let (parts, body) = req.into_parts();
-    let bytes = read_limited(body, gw.max_body_bytes).await?;
+    let bytes = read_limited(body, gw.max_body_bytes, gw.client_timeout).await?;
     let response = upstream.send(&parts, bytes).await?;
     let (mut head, body) = response.into_parts();
     strip_hop_by_hop(&mut head.headers);

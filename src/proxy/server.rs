@@ -20,6 +20,8 @@ use super::body::Body;
 pub struct Limits {
     /// Largest request head in bytes (HTTP/1 buffer, HTTP/2 header list).
     pub max_header_bytes: usize,
+    /// Time allowed for a request head to arrive.
+    pub client_timeout: Duration,
     /// How long open connections may finish after shutdown begins.
     pub shutdown_grace: Duration,
 }
@@ -41,7 +43,7 @@ where
         .http1()
         .max_buf_size(limits.max_header_bytes.max(8192))
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
+        .header_read_timeout(limits.client_timeout);
     builder
         .http2()
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));

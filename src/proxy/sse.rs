@@ -1,5 +1,6 @@
 //! Server-sent events: an incremental parser that takes the body in whatever pieces TCP
-//! delivers (events split anywhere, `\n` or `\r\n` line ends, comments) and a frame writer.
+//! delivers (events split anywhere, `\n`, `\r\n` or `\r` line ends, comments) and a frame
+//! writer.
 
 /// One parsed event.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -33,13 +34,20 @@ impl Parser {
         self.pending.extend_from_slice(bytes);
         let mut events = Vec::new();
         let mut start = 0;
-        while let Some(offset) = self.pending[start..].iter().position(|&b| b == b'\n') {
+        while let Some(offset) = self.pending[start..]
+            .iter()
+            .position(|&b| b == b'\n' || b == b'\r')
+        {
             let end = start + offset;
-            let line = self.pending[start..end]
-                .strip_suffix(b"\r")
-                .unwrap_or(&self.pending[start..end]);
-            let line = String::from_utf8_lossy(line).into_owned();
-            start = end + 1;
+            // A line ends with `\r\n`, `\n` or `\r` alone; after a `\r` that ends the piece,
+            // wait: its `\n` may come in the next one.
+            let next = match (self.pending[end], self.pending.get(end + 1)) {
+                (b'\r', Some(b'\n')) => end + 2,
+                (b'\r', None) => break,
+                _ => end + 1,
+            };
+            let line = String::from_utf8_lossy(&self.pending[start..end]).into_owned();
+            start = next;
             if line.is_empty() {
                 self.complete = self.offset + start as u64;
             }
@@ -108,7 +116,7 @@ pub fn frame(name: Option<&str>, data: &str) -> String {
         out.push_str(name);
         out.push('\n');
     }
-    for line in data.split('\n') {
+    for line in data.replace("\r\n", "\n").split(['\n', '\r']) {
         out.push_str("data: ");
         out.push_str(line);
         out.push('\n');
@@ -179,6 +187,28 @@ mod tests {
             }]
         );
         assert!(parse_in_pieces(b": only a comment\n", 2).is_empty());
+    }
+
+    /// Found by the `sse` fuzz target: a lone `\r` ends a line (as the SSE standard says),
+    /// also when it ends one piece and the next begins with `\n`.
+    #[test]
+    fn a_lone_carriage_return_ends_a_line() {
+        let text = b"data: a\rdata: b\r\rdata: c\r\n\r\n";
+        let expected = [
+            Event {
+                name: None,
+                data: "a\nb".into(),
+            },
+            Event {
+                name: None,
+                data: "c".into(),
+            },
+        ];
+        for piece in 1..text.len() {
+            assert_eq!(parse_in_pieces(text, piece), expected, "pieces of {piece}");
+        }
+        let written = frame(None, "x\ry\r\nz");
+        assert_eq!(written, "data: x\ndata: y\ndata: z\n\n");
     }
 
     #[test]

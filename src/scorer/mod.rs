@@ -125,6 +125,9 @@ pub enum ScoreError {
         /// The limit.
         max_tokens: usize,
     },
+    /// The scorer panicked on this batch (a bug); the worker goes on with the next one.
+    #[error("internal error: the scorer panicked: {0}")]
+    Panicked(String),
     /// A scorer broke its contract of one result per request.
     #[error("internal error: the scorer returned fewer results than requests")]
     MissingResult,

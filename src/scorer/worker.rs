@@ -1,6 +1,7 @@
 //! The scorer worker: one OS thread owns the scorer, async callers reach it through a bounded
 //! queue, and jobs waiting in the queue are scored together as one batch.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
@@ -112,12 +113,29 @@ impl ScorerHandle {
 }
 
 /// Scores several jobs as one batch; a request that cannot be scored fails only its own job.
+/// A panicking scorer fails the batch's jobs, not the worker.
 fn run_batch(scorer: &dyn Score, jobs: Vec<Job>) {
     let all: Vec<ScoreRequest> = jobs.iter().flat_map(|j| j.requests.clone()).collect();
     let _span = jobs.first().map(|j| j.span.clone().entered());
-    let mut results = score_each(scorer, &all).into_iter();
+    let scored = std::panic::catch_unwind(AssertUnwindSafe(|| score_each(scorer, &all)));
+    let results = scored.unwrap_or_else(|panic| {
+        let message = panic_message(panic.as_ref());
+        tracing::error!(%message, "the scorer panicked; failing this batch");
+        all.iter()
+            .map(|_| Err(ScoreError::Panicked(message.clone())))
+            .collect()
+    });
+    let mut results = results.into_iter();
     for job in jobs {
         let mine: Result<Vec<_>, _> = results.by_ref().take(job.requests.len()).collect();
         let _ = job.reply.send(mine);
     }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-text panic".into())
 }

@@ -4,6 +4,7 @@
 //! editor as `--write`, and checked by the gateway's config loader).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::Incoming;
@@ -84,12 +85,14 @@ impl Workbench {
                 crate::proxy::body::full(self.page.clone()),
                 "text/html; charset=utf-8",
             ),
-            (&Method::POST, "/export") => match read_limited(req.into_body(), 1 << 20).await {
-                Ok(body) => self.export(&body),
-                Err(_) => {
-                    text_response(StatusCode::PAYLOAD_TOO_LARGE, "the request is too large\n")
+            (&Method::POST, "/export") => {
+                match read_limited(req.into_body(), 1 << 20, Duration::from_secs(30)).await {
+                    Ok(body) => self.export(&body),
+                    Err(_) => {
+                        text_response(StatusCode::PAYLOAD_TOO_LARGE, "the request is too large\n")
+                    }
                 }
-            },
+            }
             _ => text_response(StatusCode::NOT_FOUND, "not found: the workbench is at /\n"),
         }
     }

@@ -9,8 +9,8 @@ use crate::config::Scan;
 use crate::proxy::sse::{frame, Event};
 
 use super::{
-    add_user_turns, block_message, content_text, filter_results, messages, push_part, role, start,
-    Adapter, Block, Conversation, StreamCollector,
+    add_user_turns, block_message, content_text, filter_results, messages, push_part, role, set,
+    start, Adapter, Block, Conversation, StreamCollector,
 };
 
 /// The Messages adapter.
@@ -101,9 +101,13 @@ impl Adapter for AnthropicMessages {
 
     fn block_outputs(&self, body: &mut Value, blocked: &[bool], block: &Block<'_>) {
         if blocked.first().copied().unwrap_or(false) {
-            body["content"] = json!([{"type": "text", "text": block.replacement}]);
-            body["stop_reason"] = json!("refusal");
-            body["stop_sequence"] = Value::Null;
+            set(
+                body,
+                "content",
+                json!([{"type": "text", "text": block.replacement}]),
+            );
+            set(body, "stop_reason", json!("refusal"));
+            set(body, "stop_sequence", Value::Null);
         }
     }
 
@@ -183,8 +187,8 @@ impl StreamCollector for MessageStream {
         let mut message = self.start.clone().unwrap_or_else(|| {
             json!({"type": "message", "role": "assistant", "model": "", "usage": {"input_tokens": 0, "output_tokens": 0}})
         });
-        message["content"] = json!([]);
-        message["stop_reason"] = Value::Null;
+        set(&mut message, "content", json!([]));
+        set(&mut message, "stop_reason", Value::Null);
         [
             event("message_start", json!({"type": "message_start", "message": message})),
             event(

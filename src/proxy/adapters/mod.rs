@@ -87,6 +87,17 @@ pub fn for_path(path: &str) -> Option<&'static dyn Adapter> {
     }
 }
 
+/// Sets `key` on `value`, turning it into an object first when it is not one: upstream JSON
+/// may have any shape, and rewriting it must never panic.
+pub fn set(value: &mut Value, key: &str, field: Value) {
+    if !value.is_object() {
+        *value = Value::Object(Map::new());
+    }
+    if let Value::Object(map) = value {
+        map.insert(key.to_string(), field);
+    }
+}
+
 /// OpenAI's error envelope.
 pub fn openai_error(status: StatusCode, code: &str, message: &str, param: Option<&str>) -> Value {
     let kind = if status.is_client_error() {
@@ -228,8 +239,8 @@ pub fn filter_results(block: &Block<'_>) -> Value {
             "severity": if c.violated { "high" } else { "safe" },
         });
         if block.reveal == Reveal::Scores {
-            entry["score"] = json!(c.p_yes);
-            entry["threshold"] = json!(c.threshold);
+            set(&mut entry, "score", json!(c.p_yes));
+            set(&mut entry, "threshold", json!(c.threshold));
         }
         map.insert(c.id.clone(), entry);
     }
@@ -273,7 +284,7 @@ pub fn cut_choices(
     let mut out = String::new();
     for index in open {
         let mut chunk = meta.clone();
-        chunk["choices"] = json!([choice(index)]);
+        set(&mut chunk, "choices", json!([choice(index)]));
         out += &data_frame(&chunk);
     }
     out + "data: [DONE]\n\n"
@@ -311,6 +322,62 @@ mod tests {
         assert_eq!(name("/v1/messages"), Some("anthropic_messages"));
         assert_eq!(name("/v1/threads/t1/messages"), None);
         assert_eq!(name("/v1/models"), None);
+    }
+
+    /// Found by the `adapters` fuzz target: upstream JSON of another shape (a number, a list,
+    /// choices that are not objects, stream events that are not objects) is withheld
+    /// without a panic, as valid JSON and SSE.
+    #[test]
+    fn any_upstream_shape_is_withheld_without_a_panic() {
+        let decision = Decision::bare_block(crate::proxy::decision::Direction::Output);
+        let block = Block {
+            decision: &decision,
+            reveal: Reveal::Scores,
+            replacement: "withheld",
+        };
+        let bodies = [
+            json!(0),
+            json!([1, 2]),
+            json!("text"),
+            json!({"choices": [1, "x", null]}),
+            json!({"content": 3}),
+        ];
+        for path in [
+            "/v1/chat/completions",
+            "/v1/responses",
+            "/v1/completions",
+            "/v1/messages",
+        ] {
+            let adapter = for_path(path).expect("adapter");
+            for body in &bodies {
+                let mut blocked = body.clone();
+                adapter.block_outputs(&mut blocked, &[true, true, true], &block);
+                assert!(blocked.is_object() || blocked == *body, "{path}: {blocked}");
+            }
+            let mut collector = adapter.collector();
+            for data in [
+                "0",
+                "[1]",
+                "\"s\"",
+                "{\"choices\": [7]}",
+                "{\"response\": 2}",
+            ] {
+                collector.event(&Event {
+                    name: Some("message_start".into()),
+                    data: data.into(),
+                });
+            }
+            for stream in [
+                collector.blocked_stream(&[true], &block),
+                collector.terminate(&block),
+            ] {
+                let events = super::super::sse::Parser::new().feed(stream.as_bytes());
+                assert!(!events.is_empty(), "{path}: {stream}");
+                for e in events.iter().filter(|e| e.data != "[DONE]") {
+                    serde_json::from_str::<Value>(&e.data).expect("JSON frames");
+                }
+            }
+        }
     }
 
     #[test]

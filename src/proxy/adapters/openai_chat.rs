@@ -9,7 +9,7 @@ use crate::config::Scan;
 
 use super::{
     add_user_turns, choices, chunk_meta, content_text, cut_choices, data_frame, filter_results,
-    indexed_outputs, messages, push_part, role, start, withhold_choices, Adapter, Block,
+    indexed_outputs, messages, push_part, role, set, start, withhold_choices, Adapter, Block,
     Conversation, StreamCollector,
 };
 use crate::proxy::sse::Event;
@@ -64,9 +64,13 @@ impl Adapter for OpenAiChat {
     fn block_outputs(&self, body: &mut Value, blocked: &[bool], block: &Block<'_>) {
         let results = filter_results(block);
         withhold_choices(body, blocked, |choice| {
-            choice["message"] = json!({"role": "assistant", "content": block.replacement});
-            choice["finish_reason"] = json!("content_filter");
-            choice["content_filter_results"] = results.clone();
+            set(
+                choice,
+                "message",
+                json!({"role": "assistant", "content": block.replacement}),
+            );
+            set(choice, "finish_reason", json!("content_filter"));
+            set(choice, "content_filter_results", results.clone());
         });
     }
 
@@ -168,7 +172,7 @@ impl StreamCollector for ChatStream {
             .unwrap_or_else(|| json!({"object": "chat.completion.chunk"}));
         let chunk = |choice: Value| {
             let mut c = meta.clone();
-            c["choices"] = json!([choice]);
+            set(&mut c, "choices", json!([choice]));
             data_frame(&c)
         };
         let mut out = String::new();
@@ -184,14 +188,14 @@ impl StreamCollector for ChatStream {
             );
             let mut last = json!({"index": index, "delta": {}, "finish_reason": finish});
             if withheld {
-                last["content_filter_results"] = filter_results(block);
+                set(&mut last, "content_filter_results", filter_results(block));
             }
             out += &chunk(last);
         }
         if let Some(usage) = &self.usage {
             let mut c = meta.clone();
-            c["choices"] = json!([]);
-            c["usage"] = usage.clone();
+            set(&mut c, "choices", json!([]));
+            set(&mut c, "usage", usage.clone());
             out += &data_frame(&c);
         }
         out + "data: [DONE]\n\n"
@@ -272,15 +276,8 @@ mod tests {
         for e in Parser::new().feed(text.as_bytes()) {
             collector.event(&e);
         }
-        let decision = crate::proxy::decision::Decision {
-            direction: crate::proxy::decision::Direction::Output,
-            profile: "default".into(),
-            disposition: crate::proxy::decision::Disposition::Block,
-            categories: Vec::new(),
-            unscanned: Vec::new(),
-            evaluation_error: None,
-            parts_blocked: Vec::new(),
-        };
+        let decision =
+            crate::proxy::decision::Decision::bare_block(crate::proxy::decision::Direction::Output);
         let block = Block {
             decision: &decision,
             reveal: crate::config::Reveal::None,

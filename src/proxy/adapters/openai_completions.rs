@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use crate::config::Scan;
 
 use super::{
-    choices, chunk_meta, cut_choices, data_frame, filter_results, indexed_outputs, push_part,
+    choices, chunk_meta, cut_choices, data_frame, filter_results, indexed_outputs, push_part, set,
     start, withhold_choices, Adapter, Block, Conversation, StreamCollector,
 };
 use crate::proxy::sse::Event;
@@ -57,9 +57,9 @@ impl Adapter for OpenAiCompletions {
     fn block_outputs(&self, body: &mut Value, blocked: &[bool], block: &Block<'_>) {
         let results = filter_results(block);
         withhold_choices(body, blocked, |choice| {
-            choice["text"] = json!(block.replacement);
-            choice["finish_reason"] = json!("content_filter");
-            choice["content_filter_results"] = results.clone();
+            set(choice, "text", json!(block.replacement));
+            set(choice, "finish_reason", json!("content_filter"));
+            set(choice, "content_filter_results", results.clone());
         });
     }
 
@@ -116,9 +116,9 @@ impl StreamCollector for CompletionStream {
             } else {
                 json!({"index": index, "text": text, "finish_reason": finish})
             };
-            choice["logprobs"] = Value::Null;
+            set(&mut choice, "logprobs", Value::Null);
             let mut c = meta.clone();
-            c["choices"] = json!([choice]);
+            set(&mut c, "choices", json!([choice]));
             out += &data_frame(&c);
         }
         out + "data: [DONE]\n\n"

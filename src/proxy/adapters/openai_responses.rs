@@ -8,7 +8,8 @@ use crate::config::Scan;
 use crate::proxy::sse::{frame, Event};
 
 use super::{
-    add_user_turns, content_text, push_part, start, Adapter, Block, Conversation, StreamCollector,
+    add_user_turns, content_text, push_part, set, start, Adapter, Block, Conversation,
+    StreamCollector,
 };
 
 /// The Responses adapter.
@@ -115,15 +116,23 @@ fn output_text(response: &Value) -> String {
 
 /// Marks a response incomplete for content filtering, with the replacement as its output.
 fn withhold(response: &mut Value, replacement: &str) {
-    response["status"] = json!("incomplete");
-    response["incomplete_details"] = json!({"reason": "content_filter"});
-    response["output"] = json!([{
-        "type": "message",
-        "id": "msg_withheld",
-        "status": "incomplete",
-        "role": "assistant",
-        "content": [{"type": "output_text", "text": replacement, "annotations": []}],
-    }]);
+    set(response, "status", json!("incomplete"));
+    set(
+        response,
+        "incomplete_details",
+        json!({"reason": "content_filter"}),
+    );
+    set(
+        response,
+        "output",
+        json!([{
+            "type": "message",
+            "id": "msg_withheld",
+            "status": "incomplete",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": replacement, "annotations": []}],
+        }]),
+    );
 }
 
 /// The state of a streamed response.
@@ -175,8 +184,8 @@ impl StreamCollector for ResponseStream {
             .clone()
             .unwrap_or_else(|| json!({"object": "response", "output": []}));
         let mut created = response.clone();
-        created["status"] = json!("in_progress");
-        created["output"] = json!([]);
+        set(&mut created, "status", json!("in_progress"));
+        set(&mut created, "output", json!([]));
         withhold(&mut response, block.replacement);
         event("response.created", 0, &created) + &event("response.incomplete", 1, &response)
     }

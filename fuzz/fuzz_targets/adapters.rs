@@ -1,0 +1,76 @@
+//! Each protocol adapter on any JSON body and any SSE stream: requests give a conversation or
+//! an error; responses give texts; a blocked response, blocked stream or cut stream is
+//! well-formed JSON / SSE of which every frame but `[DONE]` is JSON.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use serde_json::Value;
+use shieldgate::config::{Reveal, Scan};
+use shieldgate::proxy::adapters::{for_path, Adapter, Block};
+use shieldgate::proxy::decision::{Decision, Direction};
+use shieldgate::proxy::sse::Parser;
+
+const PATHS: [&str; 4] = [
+    "/v1/chat/completions",
+    "/v1/responses",
+    "/v1/completions",
+    "/v1/messages",
+];
+
+fn assert_stream(text: &str) {
+    let mut parser = Parser::new();
+    let mut events = parser.feed(text.as_bytes());
+    events.extend(parser.finish());
+    assert!(text.ends_with("\n\n"), "stream not closed: {text:?}");
+    for event in events {
+        if event.data != "[DONE]" {
+            serde_json::from_str::<Value>(&event.data)
+                .unwrap_or_else(|e| panic!("frame is not JSON ({e}): {:?}", event.data));
+        }
+    }
+}
+
+fn exercise(adapter: &dyn Adapter, body: Option<&Value>, stream: &[u8], block: &Block<'_>) {
+    if let Some(body) = body {
+        for scan in [
+            vec![Scan::LastUser],
+            vec![
+                Scan::AllUser,
+                Scan::System,
+                Scan::ToolCalls,
+                Scan::ToolResults,
+            ],
+        ] {
+            let _ = adapter.conversation(body, &scan);
+        }
+        let outputs = adapter.outputs(body);
+        let mut blocked = body.clone();
+        adapter.block_outputs(&mut blocked, &vec![true; outputs.len()], block);
+        serde_json::to_string(&blocked).expect("a blocked body serializes");
+        let _ = adapter.input_blocked(block);
+    }
+    let mut collector = adapter.collector();
+    let mut parser = Parser::new();
+    let mut events = parser.feed(stream);
+    events.extend(parser.finish());
+    for event in &events {
+        collector.event(event);
+    }
+    let outputs = collector.outputs();
+    assert_stream(&collector.blocked_stream(&vec![true; outputs.len().max(1)], block));
+    assert_stream(&collector.terminate(block));
+}
+
+fuzz_target!(|data: &[u8]| {
+    let body = serde_json::from_slice::<Value>(data).ok();
+    let decision = Decision::bare_block(Direction::Output);
+    let block = Block {
+        decision: &decision,
+        reveal: Reveal::Scores,
+        replacement: "withheld",
+    };
+    for path in PATHS {
+        let adapter = for_path(path).expect("an adapter for each protocol path");
+        exercise(adapter, body.as_ref(), data, &block);
+    }
+});
