@@ -66,22 +66,32 @@ fn a_full_scorer_queue_sheds_load_with_429() {
     let first = spawn("one");
     held.wait_for_batches(1);
     let second = spawn("two");
-    // The worker holds "one"; "two" waits in the queue of one; "three" is refused at once.
-    let mut third = None;
-    for _ in 0..200 {
-        let a = gw.runtime.block_on(post(
-            addr,
-            "/v1/chat/completions",
-            &[],
-            &chat("three", false),
-        ));
-        if a.status == 429 {
-            third = Some(a);
-            break;
-        }
+    // The worker holds "one"; once "two" waits in the queue of one, "three" is refused at once.
+    let queued = || {
+        gw.runtime
+            .block_on(send(gw.admin, "GET", "/metrics", &[], ""))
+            .body
+            .contains("shieldgate_scorer_queue_depth 1")
+    };
+    let started = std::time::Instant::now();
+    while !queued() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "\"two\" never reached the queue"
+        );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    let third = third.expect("a request is shed while the queue is full");
+    let third = gw.runtime.block_on(post(
+        addr,
+        "/v1/chat/completions",
+        &[],
+        &chat("three", false),
+    ));
+    assert_eq!(
+        third.status, 429,
+        "shed while the queue is full: {}",
+        third.body
+    );
     assert_eq!(third.json()["error"]["code"], "moderation_unavailable");
     assert_eq!(
         third.header("x-shieldgate-evaluation-error"),
