@@ -66,9 +66,8 @@ fn runtime(threads: usize) -> tokio::runtime::Runtime {
 
 fn limits() -> Limits {
     Limits {
-        max_header_bytes: 65536,
-        client_timeout: Duration::from_secs(30),
         shutdown_grace: Duration::from_secs(1),
+        ..Limits::default()
     }
 }
 

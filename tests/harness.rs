@@ -140,11 +140,7 @@ pub fn start(config: &str, scorer: Arc<dyn Score>) -> TestGateway {
         ScorerHandle::spawn(scorer, config.scorer.queue, config.scorer.max_batch).expect("worker");
     let gw = Arc::new(Gateway::new(&config, scorer, "scripted".into(), metrics).expect("gateway"));
     let (stop, rx) = watch::channel(false);
-    let limits = Limits {
-        max_header_bytes: config.server.max_header_bytes,
-        client_timeout: Duration::from_millis(config.server.client_timeout_ms),
-        shutdown_grace: Duration::from_millis(config.server.shutdown_grace_ms),
-    };
+    let limits = Limits::from_server(&config.server);
     let timeout = Duration::from_millis(config.server.request_timeout_ms);
     let (addr, admin_addr) = runtime.block_on(async {
         let public = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -326,9 +322,8 @@ where
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let limits = Limits {
-            max_header_bytes: 65536,
-            client_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(1),
+            ..Limits::default()
         };
         tokio::spawn(serve(listener, limits, handler, std::future::pending()));
         addr

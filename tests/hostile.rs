@@ -20,7 +20,8 @@ use crate::serve::spawn_serve;
 
 const MAX_BODY: usize = 65536;
 const MAX_HEAD: usize = 8192;
-const CLIENT_TIMEOUT_MS: u64 = 1000;
+pub const CLIENT_TIMEOUT_MS: u64 = 1000;
+pub const IDLE_TIMEOUT_MS: u64 = 2000;
 
 /// How the gateway answered one raw exchange.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -248,7 +249,7 @@ pub fn rss_kib(pid: u32) -> u64 {
 const SECRET_KEY: &str = "sk-hostile-test-key-5150";
 const SECRET_TEXT: &str = "confidential-words-8675309";
 
-fn clean_chat(addr: SocketAddr) -> Reply {
+pub fn clean_chat(addr: SocketAddr) -> Reply {
     let body =
         format!(r#"{{"model":"m","messages":[{{"role":"user","content":"{SECRET_TEXT}"}}]}}"#);
     let key = format!("Authorization: Bearer {SECRET_KEY}\r\n");
@@ -333,19 +334,27 @@ fn trickling_clients_are_cut(addr: SocketAddr) {
     );
 }
 
-#[test]
-fn hostile_clients_get_4xx_or_closed_and_the_gateway_keeps_serving() {
-    let runtime = crate::harness::runtime();
-    let scorer = crate::harness::serve_on_loopback(&runtime, crate::remote::completions);
-    let upstream = MockUpstream::start(&runtime);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("gateway.toml");
+/// A gateway binary for hostile clients: the limits above, a mock remote scorer, the mock
+/// upstream, input checks only. Returns it with its public and admin addresses; `dir` holds
+/// its config.
+pub fn hostile_gateway(
+    runtime: &tokio::runtime::Runtime,
+    dir: &std::path::Path,
+) -> (
+    crate::common::KillOnDrop,
+    SocketAddr,
+    SocketAddr,
+    MockUpstream,
+) {
+    let scorer = crate::harness::serve_on_loopback(runtime, crate::remote::completions);
+    let upstream = MockUpstream::start(runtime);
+    let config = dir.join("gateway.toml");
     std::fs::write(
         &config,
         format!(
             "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
              max_body_bytes = {MAX_BODY}\nmax_header_bytes = {MAX_HEAD}\n\
-             client_timeout_ms = {CLIENT_TIMEOUT_MS}\n\
+             client_timeout_ms = {CLIENT_TIMEOUT_MS}\nidle_timeout_ms = {IDLE_TIMEOUT_MS}\n\
              [model]\nsource = \"/nonexistent/model\"\n\
              [scorer.remote]\nurls = [\"http://{scorer}\"]\nmodel = \"m\"\nhealth_interval_ms = 0\n\
              [upstream]\nurl = \"http://{}\"\n\
@@ -356,6 +365,37 @@ fn hostile_clients_get_4xx_or_closed_and_the_gateway_keeps_serving() {
     )
     .expect("config written");
     let (running, addr, admin) = spawn_serve(&config);
+    (running, addr, admin, upstream)
+}
+
+/// Asserts the gateway still runs, answered no 5xx (by its metrics) and holds no secret in
+/// them, and serves clean requests.
+pub fn still_healthy(running: &mut crate::common::KillOnDrop, addr: SocketAddr, admin: SocketAddr) {
+    assert!(
+        running.0.try_wait().expect("wait").is_none(),
+        "the gateway exited"
+    );
+    for _ in 0..20 {
+        assert_eq!(clean_chat(addr), Reply::Status(200), "served afterwards");
+    }
+    let (status, metrics) = crate::serve::http(admin, "GET", "/metrics", None, b"");
+    assert_eq!(status, 200);
+    let server_errors: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("shieldgate_requests_total") && l.contains("status=\"5"))
+        .collect();
+    assert!(server_errors.is_empty(), "5xx answered: {server_errors:?}");
+    assert!(
+        !metrics.contains(SECRET_KEY) && !metrics.contains(SECRET_TEXT),
+        "the metrics hold an API key or content"
+    );
+}
+
+#[test]
+fn hostile_clients_get_4xx_or_closed_and_the_gateway_keeps_serving() {
+    let runtime = crate::harness::runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut running, addr, admin, _upstream) = hostile_gateway(&runtime, dir.path());
     let pid = running.0.id();
     for _ in 0..50 {
         assert_eq!(clean_chat(addr), Reply::Status(200), "warm-up");
@@ -403,25 +443,7 @@ fn hostile_clients_get_4xx_or_closed_and_the_gateway_keeps_serving() {
     trickling_clients_are_cut(addr);
 
     let after = rss_kib(pid);
-    let mut running = running;
-    assert!(
-        running.0.try_wait().expect("wait").is_none(),
-        "the gateway exited"
-    );
-    for _ in 0..20 {
-        assert_eq!(clean_chat(addr), Reply::Status(200), "served afterwards");
-    }
-    let (status, metrics) = crate::serve::http(admin, "GET", "/metrics", None, b"");
-    assert_eq!(status, 200);
-    let server_errors: Vec<&str> = metrics
-        .lines()
-        .filter(|l| l.starts_with("shieldgate_requests_total") && l.contains("status=\"5"))
-        .collect();
-    assert!(server_errors.is_empty(), "5xx answered: {server_errors:?}");
-    assert!(
-        !metrics.contains(SECRET_KEY) && !metrics.contains(SECRET_TEXT),
-        "the metrics hold an API key or content"
-    );
+    still_healthy(&mut running, addr, admin);
     println!("hostile: {total} malformed requests, answers by case:");
     for ((name, reply), n) in &tally {
         println!("  {name:<36} {reply:?}: {n}");

@@ -10,6 +10,7 @@ mod gateway_ops;
 mod golden;
 mod harness;
 mod hostile;
+mod hostile_h2;
 mod hub;
 mod llama_server;
 mod load;

@@ -80,11 +80,7 @@ async fn run_servers(
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<()> {
     let gw = Arc::new(Gateway::new(&config, scorer, model_name, metrics)?);
-    let limits = Limits {
-        max_header_bytes: config.server.max_header_bytes,
-        client_timeout: Duration::from_millis(config.server.client_timeout_ms),
-        shutdown_grace: Duration::from_millis(config.server.shutdown_grace_ms),
-    };
+    let limits = Limits::from_server(&config.server);
     let public = bind(&config.server.listen).await?;
     println!(
         "shieldgate serve: listening on http://{}",

@@ -226,9 +226,8 @@ fn serve_workbench(address: &str, bench: Arc<Workbench>) -> anyhow::Result<()> {
         );
         let handler = move |req| bench.clone().handle(req);
         let limits = Limits {
-            max_header_bytes: 64 * 1024,
-            client_timeout: std::time::Duration::from_secs(30),
             shutdown_grace: std::time::Duration::from_secs(1),
+            ..Limits::default()
         };
         serve(listener, limits, handler, shutdown_signal()).await?;
         Ok(())

@@ -23,6 +23,9 @@ pub struct ServerConfig {
     /// Time a client has to send its request head, and again its body, in milliseconds (the
     /// connection is closed, or 408, beyond): slow-trickling clients cannot hold connections.
     pub client_timeout_ms: u64,
+    /// How long a connection may stay open with no traffic and no exchange in progress, in
+    /// milliseconds (HTTP/1 keep-alive and HTTP/2 alike); it is closed beyond.
+    pub idle_timeout_ms: u64,
     /// On shutdown, how long open connections and streams may finish, in milliseconds.
     pub shutdown_grace_ms: u64,
 }
@@ -36,6 +39,7 @@ impl Default for ServerConfig {
             max_header_bytes: 64 << 10,
             request_timeout_ms: 300_000,
             client_timeout_ms: 30_000,
+            idle_timeout_ms: 75_000,
             shutdown_grace_ms: 30_000,
         }
     }
@@ -58,7 +62,8 @@ impl ServerConfig {
             return Err("[server] max_body_bytes must be > 0 and max_header_bytes ≥ 1024".into());
         }
         positive("[server] request_timeout_ms", self.request_timeout_ms)?;
-        positive("[server] client_timeout_ms", self.client_timeout_ms)
+        positive("[server] client_timeout_ms", self.client_timeout_ms)?;
+        positive("[server] idle_timeout_ms", self.idle_timeout_ms)
     }
 }
 

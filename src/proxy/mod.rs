@@ -11,6 +11,7 @@ pub mod decision_log;
 pub mod error;
 mod exchange;
 mod headers;
+pub mod idle;
 pub mod moderations;
 pub mod profiles;
 mod routes;

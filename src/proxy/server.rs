@@ -1,19 +1,24 @@
 //! The accept loop shared by the public and admin listeners: HTTP/1.1 and h2c on one port,
-//! header-size limits, and graceful shutdown that lets open exchanges and streams finish.
+//! header-size limits, idle connections closed, and graceful shutdown that lets open exchanges
+//! and streams finish.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use super::body::Body;
+use super::idle::{Activity, Counted, GuardedBody};
+use crate::config::ServerConfig;
 
 /// Per-listener limits.
 #[derive(Debug, Clone, Copy)]
@@ -22,8 +27,29 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Time allowed for a request head to arrive.
     pub client_timeout: Duration,
+    /// How long a connection may stay open with no traffic and no exchange in progress.
+    pub idle_timeout: Duration,
     /// How long open connections may finish after shutdown begins.
     pub shutdown_grace: Duration,
+}
+
+impl Limits {
+    /// The limits `[server]` sets.
+    pub fn from_server(server: &ServerConfig) -> Self {
+        Self {
+            max_header_bytes: server.max_header_bytes,
+            client_timeout: Duration::from_millis(server.client_timeout_ms),
+            idle_timeout: Duration::from_millis(server.idle_timeout_ms),
+            shutdown_grace: Duration::from_millis(server.shutdown_grace_ms),
+        }
+    }
+}
+
+impl Default for Limits {
+    /// `[server]`'s defaults.
+    fn default() -> Self {
+        Self::from_server(&ServerConfig::default())
+    }
 }
 
 /// Serves connections with `handler` until `shutdown` resolves, then drains them.
@@ -37,7 +63,9 @@ where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
-    let graceful = GracefulShutdown::new();
+    // Every connection holds a receiver: it learns of the shutdown from it, and the sender sees
+    // all connections gone when the last receiver is dropped.
+    let (stop, stopped) = watch::channel(false);
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -66,24 +94,59 @@ where
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
         }
+        let activity = Arc::new(Activity::default());
         let handler = handler.clone();
+        let counter = activity.clone();
         let service = service_fn(move |req| {
             let handler = handler.clone();
-            async move { Ok::<_, Infallible>(handler(req).await) }
+            let guard = counter.exchange();
+            async move {
+                let response = handler(req).await;
+                // The exchange stays open until its body is sent (or dropped).
+                Ok::<_, Infallible>(response.map(|body| GuardedBody::new(body, guard).boxed()))
+            }
         });
+        let io = TokioIo::new(Counted::new(stream, activity.clone()));
         let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .serve_connection_with_upgrades(io, service)
             .into_owned();
-        let connection = graceful.watch(connection);
+        let mut stopped = stopped.clone();
+        let idle_timeout = limits.idle_timeout;
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            tokio::pin!(connection);
+            let mut closing = false;
+            // An idle connection closes gracefully (HTTP/2: GOAWAY, then a PING round trip),
+            // and is dropped if the client does not let it finish within another idle period.
+            let mut cut = None;
+            let result = loop {
+                tokio::select! {
+                    result = connection.as_mut() => break result,
+                    _ = stopped.wait_for(|s| *s), if !closing => {
+                        connection.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                    () = activity.quiet_for(idle_timeout), if !closing => {
+                        tracing::debug!(%peer, "closing an idle connection");
+                        connection.as_mut().graceful_shutdown();
+                        closing = true;
+                        cut = Some(tokio::time::Instant::now() + idle_timeout);
+                    }
+                    () = async { if let Some(at) = cut { tokio::time::sleep_until(at).await } }, if cut.is_some() => {
+                        tracing::debug!(%peer, "dropping an idle connection that did not close");
+                        return;
+                    }
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
     }
     drop(listener);
+    drop(stopped);
+    let _ = stop.send(true);
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections finished"),
+        () = stop.closed() => tracing::info!("all connections finished"),
         () = tokio::time::sleep(limits.shutdown_grace) => {
             tracing::warn!(grace = ?limits.shutdown_grace, "connections still open after the shutdown grace period");
         }
