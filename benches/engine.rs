@@ -6,8 +6,8 @@
 //!
 //! Run: `scripts/fetch-tokenizer.sh && cargo bench --bench engine`
 //! Environment: SHIELDGATE_BENCH_PRESET (2b; tiny for a smoke run), SHIELDGATE_BENCH_DTYPES
-//! (f32,bf16,q8_0,q4_k_m), SHIELDGATE_BENCH_BUCKETS (short,medium,long), SHIELDGATE_BENCH_ITERS (timed
-//! runs per cell, default 1).
+//! (f32,bf16,q8_0,q4_k_m), SHIELDGATE_BENCH_BUCKETS (short,medium,long), SHIELDGATE_BENCH_MODES
+//! (full,prefix), SHIELDGATE_BENCH_ITERS (timed runs per cell, default 1).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -75,6 +75,12 @@ fn main() {
     let preset = env_or("SHIELDGATE_BENCH_PRESET", "2b");
     let dtypes = env_or("SHIELDGATE_BENCH_DTYPES", "f32,bf16,q8_0,q4_k_m");
     let wanted = env_or("SHIELDGATE_BENCH_BUCKETS", "short,medium,long");
+    let modes = env_or("SHIELDGATE_BENCH_MODES", "full,prefix");
+    let modes: Vec<bool> = [(false, "full"), (true, "prefix")]
+        .into_iter()
+        .filter(|(_, name)| modes.split(',').any(|m| m.trim() == *name))
+        .map(|(reuse, _)| reuse)
+        .collect();
     let iters: usize = env_or("SHIELDGATE_BENCH_ITERS", "1")
         .parse()
         .unwrap_or(1)
@@ -125,7 +131,7 @@ fn main() {
             .filter(|(b, _)| wanted.split(',').any(|w| w.trim() == *b))
         {
             let user_tokens = engine.tokenizer().encode(&user).map_or(0, |ids| ids.len());
-            for prefix_reuse in [false, true] {
+            for &prefix_reuse in &modes {
                 let options = EngineOptions {
                     prefix_reuse,
                     ..engine.options()
