@@ -4,6 +4,9 @@
 //! loading (q8_0, q4_k_m, q4_0). Prints a table, with each quantized row's largest P(Yes)
 //! difference from the f32 row when f32 runs first.
 //!
+//! Each model first scores one untimed warm-up check (candle repacks quantized matrices on first
+//! use); the timed cells follow.
+//!
 //! Run: `scripts/fetch-tokenizer.sh && cargo bench --bench engine`
 //! Environment: SHIELDGATE_BENCH_PRESET (2b; tiny for a smoke run), SHIELDGATE_BENCH_DTYPES
 //! (f32,bf16,q8_0,q4_k_m), SHIELDGATE_BENCH_BUCKETS (short,medium,long), SHIELDGATE_BENCH_MODES
@@ -126,6 +129,19 @@ fn main() {
             start.elapsed()
         );
         let mut engine = Engine::new(loaded, EngineOptions::default());
+        // candle repacks quantized matrices on their first use: keep that one-time cost (paid
+        // once per process in a server) out of the timed cells.
+        let warm_up = ScoreRequest {
+            user: "warm-up".to_string(),
+            response: None,
+            policies: policies.clone(),
+        };
+        let start = Instant::now();
+        if let Err(e) = engine.score(std::slice::from_ref(&warm_up)) {
+            eprintln!("scoring failed: {e}");
+            std::process::exit(2);
+        }
+        eprintln!("warm-up check: {:.1?}", start.elapsed());
         for (bucket, user) in buckets()
             .into_iter()
             .filter(|(b, _)| wanted.split(',').any(|w| w.trim() == *b))

@@ -5,6 +5,7 @@ use candle_core::{Device, Module, Result, Tensor};
 
 use super::attention::{Attention, AttentionMask, RopeTables};
 use super::config::Gemma2Config;
+use super::geglu::geglu;
 use super::head::YesNoHead;
 use super::kv_cache::KvCache;
 use super::linear::Linear;
@@ -31,8 +32,8 @@ impl Mlp {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // GeGLU with the tanh approximation of gelu.
-        let gate = self.gate.forward(x)?.gelu()?;
-        self.down.forward(&(gate * self.up.forward(x)?)?)
+        let hidden = geglu(&self.gate.forward(x)?, &self.up.forward(x)?)?;
+        self.down.forward(&hidden)
     }
 }
 

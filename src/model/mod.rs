@@ -5,6 +5,7 @@
 mod attention;
 pub mod config;
 pub mod export;
+mod geglu;
 mod gemma2;
 mod gguf;
 mod gguf_tokenizer;
