@@ -79,7 +79,7 @@ fn chat_head() -> Vec<(&'static str, &'static str)> {
 struct RawOutcome {
     /// GOAWAY error codes received.
     goaway: Vec<u32>,
-    /// Frames received, by type.
+    /// Frames received.
     frames: usize,
     /// Whether the connection ended (EOF or reset) rather than staying open until `wait`.
     closed: bool,
@@ -361,7 +361,7 @@ fn h2_request(extra: &[(&str, String)]) -> http::Request<()> {
     builder.body(()).expect("request")
 }
 
-/// Sends one request with `body` in `chunks` pieces; the answer's status, or Reset.
+/// Sends one request with `body`; the answer's status, or Reset.
 async fn h2_send(
     client: &mut h2::client::SendRequest<Bytes>,
     request: http::Request<()>,
