@@ -102,6 +102,15 @@ fn tanh(x: f32) -> f32 {
 mod tests {
     use super::*;
 
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .and_then(|d| d.abs())
+            .and_then(|d| d.flatten_all())
+            .and_then(|d| d.max(0))
+            .and_then(|d| d.to_scalar::<f32>())
+            .expect("difference")
+    }
+
     #[test]
     fn tanh_is_within_a_millionth_everywhere() {
         let worst = (-200_000..=200_000)
@@ -126,14 +135,7 @@ mod tests {
         let up = Tensor::from_vec(up, n, &Device::Cpu).expect("up");
         let fused = geglu(&gate, &up).expect("fused");
         let plain = (gate.gelu().expect("gelu") * &up).expect("mul");
-        let diff = (fused - plain)
-            .expect("sub")
-            .abs()
-            .expect("abs")
-            .max(0)
-            .expect("max")
-            .to_scalar::<f32>()
-            .expect("scalar");
+        let diff = max_abs_diff(&fused, &plain);
         assert!(diff < 1e-5, "largest difference {diff:e}");
     }
 
@@ -145,12 +147,7 @@ mod tests {
         let up = gate.ones_like().expect("up");
         let strided = geglu(&gate.t().expect("t"), &up).expect("strided");
         let plain = (gate.t().and_then(|g| g.gelu()).expect("gelu") * &up).expect("mul");
-        let diff = (strided - plain)
-            .and_then(|d| d.abs())
-            .and_then(|d| d.flatten_all())
-            .and_then(|d| d.max(0))
-            .and_then(|d| d.to_scalar::<f32>())
-            .expect("diff");
+        let diff = max_abs_diff(&strided, &plain);
         assert!(diff < 1e-5);
         let half = geglu(
             &gate.to_dtype(DType::BF16).expect("bf16"),
