@@ -4,12 +4,16 @@
 use candle_core::quantized::QMatMul;
 use candle_core::{DType, Module, Result, Tensor};
 
+use super::q8_gemm::PackedQ8;
+
 /// `y = x W^T` with `W` stored `[out, in]` as in the checkpoints.
 pub enum Linear {
     /// A plain weight matrix in the model's dtype.
     Dense(Tensor),
     /// A quantized matrix (Q8_0, Q4_K, ...); activations go through it in f32.
     Quantized(QMatMul),
+    /// A Q8_0 matrix repacked for the AVX-512 VNNI kernel; activations go through it in f32.
+    PackedQ8(PackedQ8),
 }
 
 impl Module for Linear {
@@ -21,6 +25,11 @@ impl Module for Linear {
         let y = match self {
             Self::Dense(w) => x2.matmul(&w.t()?)?,
             Self::Quantized(q) => q.forward(&x2.to_dtype(DType::F32)?)?.to_dtype(x.dtype())?,
+            Self::PackedQ8(p) => x2
+                .to_dtype(DType::F32)?
+                .contiguous()?
+                .apply_op1_no_bwd(p)?
+                .to_dtype(x.dtype())?,
         };
         let mut out_shape = dims.to_vec();
         if let Some(last) = out_shape.last_mut() {

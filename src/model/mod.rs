@@ -16,6 +16,7 @@ mod kv_cache;
 mod linear;
 pub mod loader;
 mod norm;
+mod q8_gemm;
 pub mod quantize;
 pub mod synthetic;
 pub mod tokenizer;

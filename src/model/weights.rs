@@ -10,6 +10,7 @@ use candle_core::{DType, Device, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
 
 use super::linear::Linear;
+use super::q8_gemm::PackedQ8;
 
 /// One stored tensor (from a GGUF file or quantized in memory), under its Hugging Face name.
 pub enum StoredTensor {
@@ -134,7 +135,10 @@ impl WeightSource {
             if let StoredTensor::Quantized(q) =
                 source.gguf_entry(&Shape::from((out_dim, in_dim)), "weight")?
             {
-                return Ok(Linear::Quantized(QMatMul::from_arc(q.clone())?));
+                return Ok(match PackedQ8::from_qtensor(q)? {
+                    Some(packed) => Linear::PackedQ8(packed),
+                    None => Linear::Quantized(QMatMul::from_arc(q.clone())?),
+                });
             }
         }
         Ok(Linear::Dense(source.tensor((out_dim, in_dim), "weight")?))
