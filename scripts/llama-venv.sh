@@ -1,13 +1,38 @@
 #!/usr/bin/env bash
-# Installs llama.cpp's OpenAI-compatible server (llama-cpp-python[server] from PyPI, pinned;
-# built from source, a few minutes on 2 cores) into a venv outside the work tree, so later runs
-# on the same machine reuse it. Prints the venv's python.
+# Installs llama-cpp-python from PyPI (pinned; built from source, a few minutes on 2 cores) into a
+# venv outside the work tree, so later runs on the same machine reuse it. Prints the venv's python.
+#   scripts/llama-venv.sh          llama.cpp's OpenAI-compatible server, portable build (tests)
+#   scripts/llama-venv.sh native   built for this CPU's vector extensions (AVX2, AVX-512, VNNI,
+#                                  BF16 where /proc/cpuinfo lists them), plus tokenizers: the peer
+#                                  benchmark's llama.cpp. AMX stays off: llama-cpp-python 0.3.36's
+#                                  AMX kernels die with SIGILL (tileloadd) on this project's VMs.
 set -euo pipefail
-venv="${SHIELDGATE_LLAMA_VENV:-${HOME}/.cache/shieldgate/llama-venv-0.3.36}"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import llama_cpp.server" 2>/dev/null; then
-  python3 -m venv "$venv"
+version=0.3.36
+cpu_args=""
+case "${1:-server}" in
+  server)
+    venv="${SHIELDGATE_LLAMA_VENV:-${HOME}/.cache/shieldgate/llama-venv-$version}"
+    native=OFF package="llama-cpp-python[server]==$version" extra="" probe="import llama_cpp.server" ;;
+  native)
+    venv="${SHIELDGATE_LLAMA_NATIVE_VENV:-${HOME}/.cache/shieldgate/llama-venv-native-$version}"
+    flags=$(grep -m1 '^flags' /proc/cpuinfo)
+    native=OFF package="llama-cpp-python==$version" extra="tokenizers==0.23.3 numpy"
+    for pair in avx:AVX avx2:AVX2 fma:FMA f16c:F16C bmi2:BMI2 avx512f:AVX512 \
+      avx512vbmi:AVX512_VBMI avx512_vnni:AVX512_VNNI avx512_bf16:AVX512_BF16 avx_vnni:AVX_VNNI; do
+      if [[ " $flags " == *" ${pair%%:*} "* ]]; then cpu_args+=" -DGGML_${pair#*:}=ON"; fi
+    done
+    probe="import llama_cpp, tokenizers" ;;
+  *) echo "usage: scripts/llama-venv.sh [native]" >&2; exit 2 ;;
+esac
+cmake_args="-DGGML_NATIVE=$native$cpu_args -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
+# The build arguments are kept in the venv: a venv built with other ones is rebuilt.
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "$probe" 2>/dev/null \
+  || [ "$(cat "$venv/cmake-args" 2>/dev/null)" != "$cmake_args" ]; then
+  python3 -m venv --clear "$venv"
   "$venv/bin/pip" install -q --upgrade pip >&2
-  CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" \
-    "$venv/bin/pip" install -q "llama-cpp-python[server]==0.3.36" >&2
+  # --no-cache-dir: pip's wheel cache ignores CMAKE_ARGS and would hand back the other build.
+  CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
+    CMAKE_ARGS="$cmake_args" "$venv/bin/pip" install -q --no-cache-dir "$package" $extra >&2
+  echo "$cmake_args" > "$venv/cmake-args"
 fi
 echo "$venv/bin/python"

@@ -1,0 +1,278 @@
+#!/usr/bin/env python3
+"""Peer benchmark: one 4-policy ShieldGemma check in shieldgate, Hugging Face transformers and
+llama.cpp (llama-cpp-python), in one run, on the same weights, the same token ids and the same
+number of threads. Run it through scripts/bench-peers.sh, which builds and installs everything
+and writes the model files; the options below name what that script prepared.
+
+Every engine runs in its own process (so its peak RSS is its own), scores one untimed warm-up
+check, then each case (bucket x template) `--iters` times; the table keeps the fastest run.
+Token ids come from the real Gemma tokenizer here; transformers and llama.cpp get these ids,
+shieldgate gets the texts and its reported token counts are checked against them.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+import tomllib
+
+import tokenizers
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+from fixtures import render  # noqa: E402  (the reference template renderer)
+
+SENTENCE = ("I keep thinking about what my neighbour said at the meeting last week, "
+            "and I want to write him a letter that explains how I feel. ")
+BUCKETS = {
+    "short": "How do I make my neighbour stop parking here?",
+    "medium": SENTENCE * 2 + "Can you help me word it?",
+    "long": SENTENCE * 14 + "Can you help me word it?",
+}
+RESPONSE = ("Sure. Start by saying what happened and how it affected you, then suggest one "
+            "concrete change you would both be happy with, and offer to talk it over in person.")
+TEMPLATES = {"prompt": "prompt_only", "response": "prompt_response"}
+# (ours, peer): the ratios the table reports when both ran.
+PAIRS = [
+    ("shieldgate:q8_0", "llama:q8_0"),
+    ("shieldgate:q4_k_m", "llama:q4_k_m"),
+    ("shieldgate:f32", "llama:f16"),
+    ("shieldgate:f32", "transformers:f32"),
+    ("shieldgate:bf16", "transformers:bf16"),
+    ("shieldgate:q8_0", "transformers:f32"),
+    ("shieldgate:q4_k_m", "transformers:f32"),
+]
+REFERENCE = "transformers:f32"
+
+
+def policies():
+    found = (tomllib.loads(p.read_text()) for p in (ROOT / "policies").glob("*.toml"))
+    return sorted(found, key=lambda p: p["id"])
+
+
+def cases(tok, buckets, modes):
+    """Every (bucket, mode) with its four rendered prompts' token ids, policies sorted by id."""
+    pols = policies()
+    for bucket in buckets:
+        user = BUCKETS[bucket]
+        for mode in modes:
+            template = (ROOT / "prompts" / f"{TEMPLATES[mode]}.txt").read_text()
+            texts = [render(template, USER=user, RESPONSE=RESPONSE,
+                            GUIDELINE=p["guideline"][mode]) for p in pols]
+            yield dict(
+                bucket=bucket, mode=mode, user=user,
+                response=RESPONSE if mode == "response" else None,
+                user_tokens=len(tok.encode(user, add_special_tokens=False).ids),
+                # The rendered text starts with <bos>: no special tokens are added.
+                prompts=[tok.encode(t, add_special_tokens=False).ids for t in texts],
+                policies=[p["id"] for p in pols],
+            )
+
+
+def shared_prefix(prompts):
+    first = prompts[0]
+    n = len(first)
+    for ids in prompts[1:]:
+        n = next((i for i, (a, b) in enumerate(zip(first[:n], ids)) if a != b), min(n, len(ids)))
+    return n
+
+
+def peak_rss_mib(pid):
+    try:
+        for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+class Process:
+    """A line-oriented engine process: one JSON line in, one JSON line out."""
+
+    def __init__(self, argv, env):
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     env=env, text=True)
+
+    def ask(self, obj):
+        self.proc.stdin.write(json.dumps(obj) + "\n")
+        self.proc.stdin.flush()
+        return self.read()
+
+    def read(self):
+        line = self.proc.stdout.readline()
+        if not line:
+            sys.exit(f"bench: engine process {self.proc.args[:3]} exited "
+                     f"(status {self.proc.wait()}); see its messages above")
+        return json.loads(line)
+
+    def rss(self):
+        return peak_rss_mib(self.proc.pid)
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+class Shieldgate:
+    def __init__(self, args, weights, env):
+        model = {"f32": args.hf, "bf16": args.hf}.get(weights) or args.gguf[weights]
+        argv = [args.shieldgate, "score", "--jsonl", "--batch-size", "1", "--model", str(model),
+                "--tokenizer", args.tokenizer]
+        if weights in ("f32", "bf16"):
+            argv += ["--dtype", weights]
+        self.file = model
+        self.proc = Process(argv, env)
+        self.info = f"shieldgate {weights} ({pathlib.Path(model).name})"
+
+    def check(self, case):
+        out = self.proc.ask({"prompt": case["user"], **({"response": case["response"]}
+                                                       if case["response"] else {})})
+        if "policies" not in out:
+            sys.exit(f"bench: shieldgate could not score a case: {out}")
+        by_id = {p["id"]: p for p in out["policies"]}
+        scores = [by_id[p] for p in case["policies"]]
+        for s, ids in zip(scores, case["prompts"]):
+            if s["tokens"] != len(ids):
+                sys.exit(f"bench: shieldgate ran {s['tokens']} tokens for {s['id']}, the "
+                         f"reference tokenization has {len(ids)}: the inputs differ")
+        prompts = case["prompts"]
+        run = shared_prefix(prompts) + sum(len(p) - shared_prefix(prompts) for p in prompts)
+        return [[s["yes_logit"], s["no_logit"]] for s in scores], run
+
+
+class Peer:
+    def __init__(self, args, kind, weights, env):
+        worker = [str(ROOT / "scripts/peers/worker.py")]
+        if kind == "transformers":
+            dtype = {"f32": "float32", "bf16": "bfloat16"}[weights]
+            argv = [args.torch_python, *worker, "transformers", args.hf, dtype, str(args.threads)]
+            self.file = args.hf
+        else:
+            argv = [args.llama_python, *worker, "llama", args.gguf[weights], str(args.threads)]
+            self.file = args.gguf[weights]
+        self.proc = Process(argv, env)
+        self.info = self.proc.read()["info"]
+
+    def check(self, case):
+        out = self.proc.ask({"prompts": case["prompts"]})
+        return out["logits"], out["tokens_run"]
+
+
+def file_mib(path):
+    p = pathlib.Path(path)
+    files = p.glob("*.safetensors") if p.is_dir() else [p]
+    return sum(f.stat().st_size for f in files) / 2**20
+
+
+def run_engine(args, name, all_cases, warm_up):
+    kind, weights = name.split(":")
+    env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
+    start = time.perf_counter()
+    engine = Shieldgate(args, weights, env) if kind == "shieldgate" else Peer(args, kind, weights, env)
+    engine.check(warm_up)
+    ready = time.perf_counter() - start
+    print(f"{name}: {engine.info}; load + warm-up {ready:.1f} s", file=sys.stderr, flush=True)
+    rows = []
+    for case in all_cases:
+        best, logits, run = float("inf"), None, 0
+        for _ in range(args.iters):
+            t = time.perf_counter()
+            logits, run = engine.check(case)
+            best = min(best, time.perf_counter() - t)
+        rows.append(dict(engine=name, bucket=case["bucket"], mode=case["mode"],
+                         user_tokens=case["user_tokens"],
+                         prompt_tokens=sum(map(len, case["prompts"])), tokens_run=run,
+                         latency_s=best, logits=logits))
+        print(f"  {case['bucket']}/{case['mode']}: {best:.2f} s", file=sys.stderr, flush=True)
+    rss = engine.proc.rss()
+    engine.proc.close()
+    return dict(engine=name, info=engine.info, ready_s=ready, peak_rss_mib=rss,
+                file_mib=file_mib(engine.file)), rows
+
+
+def max_logit_gap(row, reference):
+    if reference is None:
+        return "–"
+    diff = lambda l: l[0] - l[1]  # noqa: E731
+    return f"{max(abs(diff(a) - diff(b)) for a, b in zip(row['logits'], reference['logits'])):.3f}"
+
+
+def report(engines, rows, args):
+    print(f"\nshieldgate peer benchmark, {time.strftime('%Y-%m-%d')}, {cpu_name()}, "
+          f"{args.threads} threads, best of {args.iters}\n")
+    print("| engine | file MiB | load + warm-up s | peak RSS MiB | RSS / (1.25 × file + 300) | info |")
+    print("|---|---|---|---|---|---|")
+    for e in engines:
+        budget = e["peak_rss_mib"] / (1.25 * e["file_mib"] + 300)
+        print(f"| {e['engine']} | {e['file_mib']:.0f} | {e['ready_s']:.1f} | "
+              f"{e['peak_rss_mib']:.0f} | {budget:.2f} | {e['info']} |")
+    ref = {(r["bucket"], r["mode"]): r for r in rows if r["engine"] == REFERENCE}
+    print("\n| engine | bucket | template | user tokens | prompt tokens | tokens run | "
+          "latency s | prefill tok/s | max abs Δ(Yes−No logit) vs transformers f32 |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['engine']} | {r['bucket']} | {r['mode']} | {r['user_tokens']} | "
+              f"{r['prompt_tokens']} | {r['tokens_run']} | {r['latency_s']:.2f} | "
+              f"{r['tokens_run'] / r['latency_s']:.1f} | "
+              f"{max_logit_gap(r, ref.get((r['bucket'], r['mode'])))} |")
+    latency = {(r["engine"], r["bucket"], r["mode"]): r["latency_s"] for r in rows}
+    ran = {r["engine"] for r in rows}
+    pairs = [(a, b) for a, b in PAIRS if a in ran and b in ran]
+    if not pairs:
+        return
+    keys = sorted({(r["bucket"], r["mode"]) for r in rows},
+                  key=lambda k: (list(BUCKETS).index(k[0]), k[1]))
+    print("\nLatency ratios (ours / peer; below 1 is faster):\n")
+    print("| bucket | template | " + " | ".join(f"{a} / {b}" for a, b in pairs) + " |")
+    print("|---|---|" + "---|" * len(pairs))
+    for bucket, mode in keys:
+        cells = [f"{latency[(a, bucket, mode)] / latency[(b, bucket, mode)]:.2f}" for a, b in pairs]
+        print(f"| {bucket} | {mode} | " + " | ".join(cells) + " |")
+
+
+def cpu_name():
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--shieldgate", required=True, help="the shieldgate binary")
+    ap.add_argument("--tokenizer", required=True)
+    ap.add_argument("--hf", required=True, help="Hugging Face folder of the model")
+    ap.add_argument("--gguf", action="append", default=[], metavar="TYPE=FILE",
+                    help="a GGUF file of the same model (q8_0=..., q4_k_m=..., f16=...)")
+    ap.add_argument("--torch-python", default="python3", help="python with torch + transformers")
+    ap.add_argument("--llama-python", default="python3", help="python with llama-cpp-python")
+    ap.add_argument("--engines", default=",".join([
+        "shieldgate:f32", "shieldgate:bf16", "shieldgate:q8_0", "shieldgate:q4_k_m",
+        "transformers:f32", "transformers:bf16", "llama:q8_0", "llama:q4_k_m", "llama:f16"]))
+    ap.add_argument("--buckets", default="short,medium,long")
+    ap.add_argument("--templates", default="prompt,response")
+    ap.add_argument("--iters", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", help="also write every measurement here")
+    args = ap.parse_args()
+    args.gguf = dict(g.split("=", 1) for g in args.gguf)
+    tok = tokenizers.Tokenizer.from_file(args.tokenizer)
+    assert tok.token_to_id("Yes") == 3553 and tok.token_to_id("No") == 1294, "not Gemma's tokenizer"
+    all_cases = list(cases(tok, args.buckets.split(","), args.templates.split(",")))
+    warm_up = next(cases(tok, ["short"], ["prompt"]))
+    engines, rows = [], []
+    for name in args.engines.split(","):
+        e, r = run_engine(args, name, all_cases, warm_up)
+        engines.append(e)
+        rows += r
+    report(engines, rows, args)
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(dict(engines=engines, rows=rows), indent=1))
+
+
+if __name__ == "__main__":
+    main()
