@@ -5,6 +5,7 @@ use candle_core::{Device, Module, Result, Tensor};
 
 use super::attention::{Attention, AttentionMask, RopeTables};
 use super::config::Gemma2Config;
+use super::embedding::Embedding;
 use super::geglu::geglu;
 use super::head::YesNoHead;
 use super::kv_cache::KvCache;
@@ -86,14 +87,14 @@ impl Block {
 pub struct Step {
     /// `[batch, tokens, hidden]` hidden states after the last block (before the final norm).
     pub hidden: Tensor,
-    /// The cache with this step's keys and values appended.
-    pub cache: KvCache,
+    /// The cache with this step's keys and values appended, when asked for.
+    pub cache: Option<KvCache>,
 }
 
 /// A loaded Gemma 2 model.
 pub struct Gemma2 {
     config: Gemma2Config,
-    embed: Tensor,
+    embed: Embedding,
     blocks: Vec<Block>,
     head: YesNoHead,
     rope: RopeTables,
@@ -105,10 +106,7 @@ impl Gemma2 {
     /// norm and the embedding rows of `head_ids` (Yes, No) are kept in f32.
     pub fn load(ws: &WeightSource, config: &Gemma2Config, head_ids: [u32; 2]) -> Result<Self> {
         let ws = ws.pp("model");
-        let embed = ws.tensor(
-            (config.vocab_size, config.hidden_size),
-            "embed_tokens.weight",
-        )?;
+        let embed = ws.embedding(config.vocab_size, config.hidden_size, "embed_tokens.weight")?;
         let blocks = config
             .sliding_layers
             .iter()
@@ -116,7 +114,11 @@ impl Gemma2 {
             .map(|(i, &sliding)| Block::load(&ws.pp(format!("layers.{i}")), config, sliding))
             .collect::<Result<Vec<_>>>()?;
         let final_norm = RmsNorm::load(&ws.pp("norm"), config.hidden_size, config.rms_norm_eps)?;
-        let head = YesNoHead::new(&embed, head_ids, final_norm, config.final_logit_softcapping)?;
+        let head = YesNoHead::new(
+            &embed.rows(&head_ids)?,
+            final_norm,
+            config.final_logit_softcapping,
+        )?;
         Ok(Self {
             rope: RopeTables::new(config, ws.dtype(), ws.device())?,
             config: config.clone(),
@@ -134,7 +136,14 @@ impl Gemma2 {
 
     /// Runs `tokens[b]` (one row per sequence, any lengths, at least one row) after the cached
     /// row `b` of `past`, or from position 0 without a cache. Rows are padded internally.
-    pub fn forward(&self, tokens: &[Vec<u32>], past: Option<&KvCache>) -> Result<Step> {
+    /// Without `keep_cache` each layer's keys and values are dropped as soon as the layer is
+    /// done, instead of all being held until the step returns.
+    pub fn forward(
+        &self,
+        tokens: &[Vec<u32>],
+        past: Option<&KvCache>,
+        keep_cache: bool,
+    ) -> Result<Step> {
         let batch = tokens.len();
         if batch == 0 {
             candle_core::bail!("forward needs at least one row")
@@ -182,25 +191,27 @@ impl Gemma2 {
         )?;
         let (cos, sin) = self.rope.select(&rope_pos)?;
 
-        let index = Tensor::from_vec(ids, batch * width, &self.device)?;
-        let mut x =
-            self.embed
-                .index_select(&index, 0)?
-                .reshape((batch, width, self.config.hidden_size))?;
+        let mut x = self
+            .embed
+            .rows(&ids)?
+            .reshape((batch, width, self.config.hidden_size))?;
         x = (x * (self.config.hidden_size as f64).sqrt())?;
         let mut layers = Vec::with_capacity(self.blocks.len());
         for (i, block) in self.blocks.iter().enumerate() {
-            let layer_past = past.map(|p| &p.layers[i]);
-            let (next, kv) = block.forward(&x, (&cos, &sin), &mask, layer_past)?;
+            let layer_past = past.map(|p| p.layer(i)).transpose()?;
+            let (next, kv) = block.forward(&x, (&cos, &sin), &mask, layer_past.as_ref())?;
             x = next;
-            layers.push(kv);
+            if keep_cache {
+                layers.push(kv);
+            }
         }
         Ok(Step {
             hidden: x,
-            cache: KvCache {
+            cache: keep_cache.then_some(KvCache {
                 layers,
+                selected: None,
                 positions: key_pos,
-            },
+            }),
         })
     }
 

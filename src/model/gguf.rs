@@ -95,7 +95,9 @@ pub fn load(
             .tensor(&mut file, name, device)
             .map_err(|e| bad(format!("tensor {name}: {e}")))?;
         let float = matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
-        let entry = if float || is_norm || hf == "model.embed_tokens.weight" {
+        // A Q8_0 embedding stays quantized (its rows are decoded on lookup); others are dense.
+        let dense_embedding = hf == "model.embed_tokens.weight" && q.dtype() != GgmlDType::Q8_0;
+        let entry = if float || is_norm || dense_embedding {
             let mut t = q
                 .dequantize(device)
                 .map_err(|e| bad(format!("tensor {name}: {e}")))?;

@@ -14,10 +14,9 @@ pub struct YesNoHead {
 }
 
 impl YesNoHead {
-    /// Takes the rows `ids` of the tied embedding `[vocab, hidden]`.
-    pub fn new(embed: &Tensor, ids: [u32; 2], norm: RmsNorm, softcap: f64) -> Result<Self> {
-        let index = Tensor::new(&ids, embed.device())?;
-        let rows = embed.index_select(&index, 0)?.to_dtype(DType::F32)?;
+    /// Takes the Yes and No rows of the tied embedding, `[2, hidden]`.
+    pub fn new(rows: &Tensor, norm: RmsNorm, softcap: f64) -> Result<Self> {
+        let rows = rows.to_dtype(DType::F32)?;
         Ok(Self {
             norm,
             rows_t: rows.t()?.contiguous()?,

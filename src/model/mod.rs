@@ -4,6 +4,7 @@
 
 mod attention;
 pub mod config;
+pub mod embedding;
 pub mod export;
 mod geglu;
 mod gemma2;

@@ -65,13 +65,7 @@ impl PackedQ8 {
     /// Repacks candle's row-major Q8_0 blocks (`out_dim` rows of `in_dim / 32` blocks).
     fn pack(raw: &[u8], out_dim: usize, in_dim: usize) -> Result<Self> {
         let blocks = in_dim / BLOCK;
-        if raw.len() != out_dim * blocks * Q8_0_BYTES {
-            candle_core::bail!(
-                "Q8_0 matrix [{out_dim}, {in_dim}] holds {} bytes, expected {}",
-                raw.len(),
-                out_dim * blocks * Q8_0_BYTES
-            )
-        }
+        check_q8_0_len(raw, out_dim, in_dim)?;
         let mut weights = vec![0i8; out_dim * in_dim];
         let mut scales = vec![0f32; out_dim * blocks];
         let mut offsets = vec![0i32; out_dim * blocks];
@@ -79,8 +73,8 @@ impl PackedQ8 {
             let (panel, lane) = (row / PANEL, row % PANEL);
             for (b, block) in row_blocks.chunks_exact(Q8_0_BYTES).enumerate() {
                 let meta = (panel * blocks + b) * PANEL + lane;
-                scales[meta] = f16::from_le_bytes([block[0], block[1]]).to_f32();
-                let qs = block[2..].iter().map(|&v| v as i8);
+                let (scale, qs) = q8_0_block(block);
+                scales[meta] = scale;
                 offsets[meta] = 128 * qs.clone().map(i32::from).sum::<i32>();
                 let base = (panel * blocks + b) * BLOCK * PANEL + lane * 4;
                 for (k, v) in qs.enumerate() {
@@ -143,6 +137,44 @@ impl PackedQ8 {
         }
         y
     }
+}
+
+/// A Q8_0 block's scale and its 32 signed values.
+fn q8_0_block(block: &[u8]) -> (f32, impl Iterator<Item = i8> + Clone + '_) {
+    let scale = f16::from_le_bytes([block[0], block[1]]).to_f32();
+    (scale, block[2..].iter().map(|&v| v as i8))
+}
+
+fn check_q8_0_len(raw: &[u8], rows: usize, cols: usize) -> Result<()> {
+    let want = rows * cols / BLOCK * Q8_0_BYTES;
+    if cols % BLOCK != 0 || raw.len() != want {
+        candle_core::bail!(
+            "Q8_0 matrix [{rows}, {cols}] holds {} bytes, expected {want}",
+            raw.len()
+        )
+    }
+    Ok(())
+}
+
+/// The rows `ids` of a row-major Q8_0 matrix with `cols` columns, decoded to f32.
+pub(super) fn q8_0_rows(
+    raw: &[u8],
+    cols: usize,
+    ids: impl ExactSizeIterator<Item = usize>,
+) -> Result<Vec<f32>> {
+    check_q8_0_len(raw, raw.len() / (cols / BLOCK * Q8_0_BYTES).max(1), cols)?;
+    let row_bytes = cols / BLOCK * Q8_0_BYTES;
+    let mut out = Vec::with_capacity(ids.len() * cols);
+    for id in ids {
+        let Some(row) = raw.get(id * row_bytes..(id + 1) * row_bytes) else {
+            candle_core::bail!("row {id} is outside the Q8_0 matrix")
+        };
+        for block in row.chunks_exact(Q8_0_BYTES) {
+            let (scale, qs) = q8_0_block(block);
+            out.extend(qs.map(|q| f32::from(q) * scale));
+        }
+    }
+    Ok(out)
 }
 
 /// One panel of 16 output rows: its packed weights, scales and offsets for every block.

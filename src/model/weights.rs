@@ -3,16 +3,18 @@
 //! stay quantized.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
 
+use super::embedding::Embedding;
 use super::linear::Linear;
 use super::q8_gemm::PackedQ8;
 
 /// One stored tensor (from a GGUF file or quantized in memory), under its Hugging Face name.
+#[derive(Clone)]
 pub enum StoredTensor {
     /// Stored as (or dequantized to) a plain tensor.
     Dense(Tensor),
@@ -23,7 +25,9 @@ pub enum StoredTensor {
 enum Backend {
     Var(VarBuilder<'static>),
     Gguf {
-        tensors: HashMap<String, StoredTensor>,
+        /// Matrices repacked for the int8 kernel leave the map as they are packed, so that
+        /// loading never holds both copies of the model.
+        tensors: Mutex<HashMap<String, StoredTensor>>,
         dtype: DType,
         device: Device,
     },
@@ -53,7 +57,7 @@ impl WeightSource {
     ) -> Self {
         Self {
             backend: Arc::new(Backend::Gguf {
-                tensors,
+                tensors: Mutex::new(tensors),
                 dtype,
                 device: device.clone(),
             }),
@@ -98,15 +102,23 @@ impl WeightSource {
         }
     }
 
-    fn gguf_entry(&self, shape: &Shape, name: &str) -> Result<&StoredTensor> {
+    fn stored(&self) -> Result<MutexGuard<'_, HashMap<String, StoredTensor>>> {
         let Backend::Gguf { tensors, .. } = self.backend.as_ref() else {
             candle_core::bail!("not a GGUF source")
         };
+        tensors
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("the tensor map is poisoned".into()))
+    }
+
+    fn gguf_entry(&self, shape: &Shape, name: &str) -> Result<StoredTensor> {
         let full = self.full_name(name);
-        let entry = tensors
-            .get(&full)
-            .ok_or_else(|| candle_core::Error::Msg(format!("cannot find tensor {full}")))?;
-        let found = match entry {
+        let entry = self.stored()?.get(&full).cloned().ok_or_else(|| {
+            candle_core::Error::Msg(format!(
+                "cannot find tensor {full} (a packed matrix is read once, by the model)"
+            ))
+        })?;
+        let found = match &entry {
             StoredTensor::Dense(t) => t.shape().clone(),
             StoredTensor::Quantized(q) => q.shape().clone(),
         };
@@ -128,19 +140,42 @@ impl WeightSource {
         }
     }
 
-    /// The linear layer `name` (its `weight`, `[out, in]`), quantized if stored quantized.
+    /// The linear layer `name` (its `weight`, `[out, in]`), quantized if stored quantized. A
+    /// matrix repacked for the int8 kernel is taken out of the source (freeing the stored copy),
+    /// so it can be read this way once.
     pub fn linear(&self, in_dim: usize, out_dim: usize, name: &str) -> Result<Linear> {
         let source = self.pp(name);
         if let Backend::Gguf { .. } = self.backend.as_ref() {
             if let StoredTensor::Quantized(q) =
                 source.gguf_entry(&Shape::from((out_dim, in_dim)), "weight")?
             {
-                return Ok(match PackedQ8::from_qtensor(q)? {
-                    Some(packed) => Linear::PackedQ8(packed),
-                    None => Linear::Quantized(QMatMul::from_arc(q.clone())?),
+                return Ok(match PackedQ8::from_qtensor(&q)? {
+                    Some(packed) => {
+                        source.stored()?.remove(&source.full_name("weight"));
+                        Linear::PackedQ8(packed)
+                    }
+                    None => Linear::Quantized(QMatMul::from_arc(q)?),
                 });
             }
         }
         Ok(Linear::Dense(source.tensor((out_dim, in_dim), "weight")?))
+    }
+
+    /// The embedding table `name` (`[vocab, hidden]`): kept as Q8_0 when stored so on the
+    /// CPU, otherwise dense in the source's dtype.
+    pub fn embedding(&self, vocab: usize, hidden: usize, name: &str) -> Result<Embedding> {
+        if let Backend::Gguf { dtype, .. } = self.backend.as_ref() {
+            if let StoredTensor::Quantized(table) =
+                self.gguf_entry(&Shape::from((vocab, hidden)), name)?
+            {
+                if table.dtype() == GgmlDType::Q8_0 && matches!(table.device(), Device::Cpu) {
+                    return Ok(Embedding::Q8_0 {
+                        table,
+                        dtype: *dtype,
+                    });
+                }
+            }
+        }
+        Ok(Embedding::Dense(self.tensor((vocab, hidden), name)?))
     }
 }

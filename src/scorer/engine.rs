@@ -97,8 +97,8 @@ impl Engine {
         )
     }
 
-    /// Runs `rows` in chunks after `past` and returns the extended cache and, when asked, the
-    /// (Yes, No) logits at each row's last token.
+    /// Runs `rows` in chunks after `past` and returns the extended cache (unless only the
+    /// logits are wanted) and, when asked, the (Yes, No) logits at each row's last token.
     fn prefill(
         &self,
         rows: &[&[u32]],
@@ -114,7 +114,10 @@ impl Engine {
                 .iter()
                 .map(|r| r[start.min(r.len())..(start + chunk).min(r.len())].to_vec())
                 .collect();
-            let step = self.model.forward(&pieces, past.as_ref())?;
+            // Scoring needs no cache after the last chunk: dropping each layer's keys and values
+            // as it finishes keeps a long batch's peak memory down.
+            let keep_cache = !want_logits || start + chunk < longest;
+            let step = self.model.forward(&pieces, past.as_ref(), keep_cache)?;
             if want_logits {
                 let ending: Vec<(usize, usize)> = rows
                     .iter()
@@ -129,7 +132,7 @@ impl Engine {
                     }
                 }
             }
-            past = Some(step.cache);
+            past = step.cache;
             start += chunk;
         }
         Ok((past, logits))
