@@ -147,7 +147,7 @@ fn q8_0_block(block: &[u8]) -> (f32, impl Iterator<Item = i8> + Clone + '_) {
 
 fn check_q8_0_len(raw: &[u8], rows: usize, cols: usize) -> Result<()> {
     let want = rows * cols / BLOCK * Q8_0_BYTES;
-    if cols % BLOCK != 0 || raw.len() != want {
+    if !cols.is_multiple_of(BLOCK) || raw.len() != want {
         candle_core::bail!(
             "Q8_0 matrix [{rows}, {cols}] holds {} bytes, expected {want}",
             raw.len()
