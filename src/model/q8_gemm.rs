@@ -27,14 +27,22 @@ const ROWS: usize = 6;
 pub struct PackedQ8 {
     out_dim: usize,
     in_dim: usize,
-    /// Per panel, per block: 8 groups of 4 inputs, each `[16 rows × 4 bytes]` (64 bytes).
-    weights: Vec<i8>,
+    /// Per panel, per block: 8 groups of 4 inputs, each `[16 rows × 4 bytes]` (one line).
+    weights: Vec<Line>,
     /// Per panel, per block: each row's Q8_0 scale.
     scales: Vec<f32>,
     /// Per panel, per block: 128 × the sum of each row's 32 weights. Activations enter
     /// `vpdpbusd` as unsigned bytes (`q + 128`); subtracting this undoes the shift.
     offsets: Vec<i32>,
 }
+
+/// 64 packed weight bytes, one `vpdpbusd` operand, aligned so that no load splits a cache line.
+#[derive(Clone, Copy, Debug)]
+#[repr(C, align(64))]
+struct Line([i8; 64]);
+
+/// Lines of packed weights per block of one panel.
+const LINES_PER_BLOCK: usize = BLOCK * PANEL / 64;
 
 /// Whether the VNNI kernel can run here (and has not been switched off).
 fn kernel_available() -> bool {
@@ -66,7 +74,7 @@ impl PackedQ8 {
     fn pack(raw: &[u8], out_dim: usize, in_dim: usize) -> Result<Self> {
         let blocks = in_dim / BLOCK;
         check_q8_0_len(raw, out_dim, in_dim)?;
-        let mut weights = vec![0i8; out_dim * in_dim];
+        let mut weights = vec![Line([0; 64]); out_dim * in_dim / 64];
         let mut scales = vec![0f32; out_dim * blocks];
         let mut offsets = vec![0i32; out_dim * blocks];
         for (row, row_blocks) in raw.chunks_exact(blocks * Q8_0_BYTES).enumerate() {
@@ -78,7 +86,8 @@ impl PackedQ8 {
                 offsets[meta] = 128 * qs.clone().map(i32::from).sum::<i32>();
                 let base = (panel * blocks + b) * BLOCK * PANEL + lane * 4;
                 for (k, v) in qs.enumerate() {
-                    weights[base + (k / 4) * PANEL * 4 + k % 4] = v;
+                    let at = base + (k / 4) * PANEL * 4 + k % 4;
+                    weights[at / 64].0[at % 64] = v;
                 }
             }
         }
@@ -110,8 +119,8 @@ impl PackedQ8 {
                 let mut out = vec![0f32; tiles * ROWS * width];
                 for pair in first..last {
                     let panel = |p: usize| Panel {
-                        weights: &self.weights[p * blocks * BLOCK * PANEL..]
-                            [..blocks * BLOCK * PANEL],
+                        weights: &self.weights[p * blocks * LINES_PER_BLOCK..]
+                            [..blocks * LINES_PER_BLOCK],
                         scales: &self.scales[p * blocks * PANEL..][..blocks * PANEL],
                         offsets: &self.offsets[p * blocks * PANEL..][..blocks * PANEL],
                     };
@@ -179,7 +188,7 @@ pub(super) fn q8_0_rows(
 
 /// One panel of 16 output rows: its packed weights, scales and offsets for every block.
 struct Panel<'a> {
-    weights: &'a [i8],
+    weights: &'a [Line],
     scales: &'a [f32],
     offsets: &'a [i32],
 }

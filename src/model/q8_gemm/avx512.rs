@@ -6,12 +6,12 @@
 #![allow(unsafe_code)]
 
 use std::arch::x86_64::{
-    __m512, __m512i, _mm512_cvtepi32_ps, _mm512_dpbusd_epi32, _mm512_fmadd_ps, _mm512_loadu_ps,
-    _mm512_loadu_si512, _mm512_mul_ps, _mm512_set1_epi32, _mm512_set1_ps, _mm512_setzero_ps,
-    _mm512_setzero_si512, _mm512_storeu_ps, _mm512_sub_epi32,
+    __m512, __m512i, _mm512_cvtepi32_ps, _mm512_dpbusd_epi32, _mm512_fmadd_ps, _mm512_load_si512,
+    _mm512_loadu_ps, _mm512_loadu_si512, _mm512_mul_ps, _mm512_set1_epi32, _mm512_set1_ps,
+    _mm512_setzero_ps, _mm512_setzero_si512, _mm512_storeu_ps, _mm512_sub_epi32,
 };
 
-use super::{Activations, Panel, BLOCK, PANEL, ROWS};
+use super::{Activations, Panel, BLOCK, LINES_PER_BLOCK, PANEL, ROWS};
 
 /// Whether this CPU runs the kernel (checked once per call of `PackedQ8::from_qtensor`).
 pub(super) fn available() -> bool {
@@ -31,15 +31,16 @@ pub(super) fn tile(
     let blocks = acts.in_dim / BLOCK;
     // Everything the kernel reads through raw pointers is checked here, once.
     for panel in [left, right] {
-        assert!(panel.weights.len() >= blocks * BLOCK * PANEL);
+        assert!(panel.weights.len() >= blocks * LINES_PER_BLOCK);
         assert!(panel.scales.len() >= blocks * PANEL && panel.offsets.len() >= blocks * PANEL);
     }
     assert!(acts.bytes.len() >= (row + ROWS) * acts.in_dim);
     assert!(acts.scales.len() >= (row + ROWS) * blocks);
     assert!(available(), "the VNNI kernel needs AVX-512 F, BW and VNNI");
     // SAFETY: the CPU has the features (asserted above; `PackedQ8` is only built where it
-    // does), and every pointer the kernel forms stays inside the slices whose lengths were
-    // asserted above.
+    // does), every pointer the kernel forms stays inside the slices whose lengths were
+    // asserted above, and the weight loads are aligned: `Line` is 64-byte aligned and the
+    // kernel reads whole lines.
     unsafe { tile_vnni(left, right, acts, row, blocks, sums) }
 }
 
@@ -52,7 +53,10 @@ unsafe fn tile_vnni(
     blocks: usize,
     sums: &mut [[f32; 2 * PANEL]; ROWS],
 ) {
-    let weights = [left.weights.as_ptr(), right.weights.as_ptr()];
+    let weights = [
+        left.weights.as_ptr().cast::<i8>(),
+        right.weights.as_ptr().cast::<i8>(),
+    ];
     let scales = [left.scales.as_ptr(), right.scales.as_ptr()];
     let offsets = [left.offsets.as_ptr(), right.offsets.as_ptr()];
     let x = acts.bytes.as_ptr().add(row * acts.in_dim);
@@ -63,8 +67,8 @@ unsafe fn tile_vnni(
         for step in 0..BLOCK / 4 {
             let at = (b * BLOCK / 4 + step) * PANEL * 4;
             let w = [
-                _mm512_loadu_si512(weights[0].add(at).cast()),
-                _mm512_loadu_si512(weights[1].add(at).cast()),
+                _mm512_load_si512(weights[0].add(at).cast()),
+                _mm512_load_si512(weights[1].add(at).cast()),
             ];
             for (r, dot) in dots.iter_mut().enumerate() {
                 let four = x
