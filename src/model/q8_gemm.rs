@@ -315,12 +315,10 @@ mod tests {
             for n in 0..out_dim {
                 let mut total = 0f32;
                 for b in 0..blocks {
-                    let block = &raw[(n * blocks + b) * Q8_0_BYTES..][..Q8_0_BYTES];
-                    let d = f16::from_le_bytes([block[0], block[1]]).to_f32();
-                    let dot: i32 = block[2..]
-                        .iter()
+                    let (d, qs) = q8_0_block(&raw[(n * blocks + b) * Q8_0_BYTES..][..Q8_0_BYTES]);
+                    let dot: i32 = qs
                         .zip(&acts.bytes[r * in_dim + b * BLOCK..][..BLOCK])
-                        .map(|(&w, &a)| i32::from(w as i8) * (i32::from(a) - 128))
+                        .map(|(w, &a)| i32::from(w) * (i32::from(a) - 128))
                         .sum();
                     total += dot as f32 * d * acts.scales[r * blocks + b];
                 }
