@@ -68,3 +68,56 @@ impl KvCache {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn cache(rows: usize) -> KvCache {
+        let layer = |offset: f32| {
+            let values: Vec<f32> = (0..rows * 2 * 3).map(|i| i as f32 + offset).collect();
+            Tensor::from_vec(values, (rows, 1, 2, 3), &Device::Cpu).expect("tensor")
+        };
+        KvCache {
+            layers: vec![(layer(0.0), layer(100.0)), (layer(200.0), layer(300.0))],
+            selected: None,
+            positions: (0..rows).map(|r| vec![Some(r as u32), None]).collect(),
+        }
+    }
+
+    fn rows_of(t: &Tensor) -> Vec<Vec<f32>> {
+        t.flatten_from(1).and_then(|t| t.to_vec2()).expect("rows")
+    }
+
+    #[test]
+    fn selected_rows_read_the_stored_rows_layer_by_layer() {
+        let base = cache(3);
+        let picked = base.select_rows(&[2, 0, 2]).expect("select");
+        // The selection holds the stored tensors, not copies.
+        assert_eq!(picked.layers.len(), 2);
+        assert_eq!(picked.layers[0].0.dims(), &[3, 1, 2, 3]);
+        assert_eq!(picked.rows(), 3);
+        assert_eq!(picked.positions[0], base.positions[2]);
+        for i in 0..2 {
+            let (k, v) = picked.layer(i).expect("layer");
+            let (bk, bv) = base.layer(i).expect("layer");
+            let (bk, bv) = (rows_of(&bk), rows_of(&bv));
+            assert_eq!(
+                rows_of(&k),
+                vec![bk[2].clone(), bk[0].clone(), bk[2].clone()]
+            );
+            assert_eq!(
+                rows_of(&v),
+                vec![bv[2].clone(), bv[0].clone(), bv[2].clone()]
+            );
+        }
+        // A selection of a selection composes the row maps.
+        let again = picked.select_rows(&[1, 0]).expect("select");
+        let (k, _) = again.layer(1).expect("layer");
+        let bk = rows_of(&base.layer(1).expect("layer").0);
+        assert_eq!(rows_of(&k), vec![bk[0].clone(), bk[2].clone()]);
+        assert!(again.layer(2).is_err());
+        assert!(base.select_rows(&[3]).is_err());
+    }
+}

@@ -179,3 +179,31 @@ impl WeightSource {
         Ok(Embedding::Dense(self.tensor((vocab, hidden), name)?))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::GgmlDType;
+
+    #[test]
+    fn a_packed_matrix_leaves_the_source_and_others_stay() {
+        let w = Tensor::ones((32, 64), DType::F32, &Device::Cpu).expect("w");
+        let q = QTensor::quantize(&w, GgmlDType::Q8_0).expect("quantize");
+        let packable = PackedQ8::from_qtensor(&q).expect("pack").is_some();
+        let tensors = HashMap::from([
+            ("a.weight".to_string(), StoredTensor::Quantized(Arc::new(q))),
+            ("b.weight".to_string(), StoredTensor::Dense(w)),
+        ]);
+        let source = WeightSource::from_tensors(tensors, DType::F32, &Device::Cpu);
+        let first = source.linear(64, 32, "a").expect("linear");
+        assert_eq!(matches!(first, Linear::PackedQ8(_)), packable);
+        let second = source.linear(64, 32, "a");
+        if packable {
+            let err = second.err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains("read once"), "{err}");
+        } else {
+            assert!(second.is_ok());
+        }
+        assert!(source.linear(64, 32, "b").is_ok() && source.linear(64, 32, "b").is_ok());
+    }
+}
