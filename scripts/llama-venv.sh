@@ -12,11 +12,11 @@ cpu_args=""
 case "${1:-server}" in
   server)
     venv="${SHIELDGATE_LLAMA_VENV:-${HOME}/.cache/shieldgate/llama-venv-$version}"
-    native=OFF package="llama-cpp-python[server]==$version" extra="" probe="import llama_cpp.server" ;;
+    package="llama-cpp-python[server]==$version" extra="" probe="import llama_cpp.server" ;;
   native)
     venv="${SHIELDGATE_LLAMA_NATIVE_VENV:-${HOME}/.cache/shieldgate/llama-venv-native-$version}"
     flags=$(grep -m1 '^flags' /proc/cpuinfo)
-    native=OFF package="llama-cpp-python==$version" extra="tokenizers==0.23.3 numpy"
+    package="llama-cpp-python==$version" extra="tokenizers==0.23.3 numpy"
     for pair in avx:AVX avx2:AVX2 fma:FMA f16c:F16C bmi2:BMI2 avx512f:AVX512 \
       avx512vbmi:AVX512_VBMI avx512_vnni:AVX512_VNNI avx512_bf16:AVX512_BF16 avx_vnni:AVX_VNNI; do
       if [[ " $flags " == *" ${pair%%:*} "* ]]; then cpu_args+=" -DGGML_${pair#*:}=ON"; fi
@@ -24,7 +24,8 @@ case "${1:-server}" in
     probe="import llama_cpp, tokenizers" ;;
   *) echo "usage: scripts/llama-venv.sh [native]" >&2; exit 2 ;;
 esac
-cmake_args="-DGGML_NATIVE=$native$cpu_args -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
+# GGML_NATIVE stays off in both builds: the native one names its CPU flags itself (see above).
+cmake_args="-DGGML_NATIVE=OFF$cpu_args -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
 # The build arguments are kept in the venv: a venv built with other ones is rebuilt.
 if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "$probe" 2>/dev/null \
   || [ "$(cat "$venv/cmake-args" 2>/dev/null)" != "$cmake_args" ]; then

@@ -25,6 +25,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 from fixtures import render  # noqa: E402  (the reference template renderer)
 
+# The same user prompts as benches/engine.rs.
 SENTENCE = ("I keep thinking about what my neighbour said at the meeting last week, "
             "and I want to write him a letter that explains how I feel. ")
 BUCKETS = {
@@ -139,8 +140,8 @@ class Shieldgate:
             if s["tokens"] != len(ids):
                 sys.exit(f"bench: shieldgate ran {s['tokens']} tokens for {s['id']}, the "
                          f"reference tokenization has {len(ids)}: the inputs differ")
-        prompts = case["prompts"]
-        run = shared_prefix(prompts) + sum(len(p) - shared_prefix(prompts) for p in prompts)
+        prefix = shared_prefix(case["prompts"])
+        run = prefix + sum(len(p) - prefix for p in case["prompts"])
         return [[s["yes_logit"], s["no_logit"]] for s in scores], run
 
 
@@ -197,8 +198,8 @@ def run_engine(args, name, all_cases, warm_up):
 def max_logit_gap(row, reference):
     if reference is None:
         return "–"
-    diff = lambda l: l[0] - l[1]  # noqa: E731
-    return f"{max(abs(diff(a) - diff(b)) for a, b in zip(row['logits'], reference['logits'])):.3f}"
+    gaps = ((a[0] - a[1]) - (b[0] - b[1]) for a, b in zip(row["logits"], reference["logits"]))
+    return f"{max(map(abs, gaps)):.3f}"
 
 
 def report(engines, rows, args):

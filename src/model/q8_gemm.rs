@@ -154,6 +154,7 @@ fn q8_0_block(block: &[u8]) -> (f32, impl Iterator<Item = i8> + Clone + '_) {
     (scale, block[2..].iter().map(|&v| v as i8))
 }
 
+/// Checks that `raw` holds `rows` whole Q8_0 rows of `cols` columns.
 fn check_q8_0_len(raw: &[u8], rows: usize, cols: usize) -> Result<()> {
     let want = rows * cols / BLOCK * Q8_0_BYTES;
     if !cols.is_multiple_of(BLOCK) || raw.len() != want {
@@ -165,20 +166,21 @@ fn check_q8_0_len(raw: &[u8], rows: usize, cols: usize) -> Result<()> {
     Ok(())
 }
 
-/// The rows `ids` of a row-major Q8_0 matrix with `cols` columns, decoded to f32.
+/// The rows `ids` of a row-major Q8_0 matrix of `rows × cols`, decoded to f32.
 pub(super) fn q8_0_rows(
     raw: &[u8],
+    rows: usize,
     cols: usize,
     ids: impl ExactSizeIterator<Item = usize>,
 ) -> Result<Vec<f32>> {
-    check_q8_0_len(raw, raw.len() / (cols / BLOCK * Q8_0_BYTES).max(1), cols)?;
+    check_q8_0_len(raw, rows, cols)?;
     let row_bytes = cols / BLOCK * Q8_0_BYTES;
     let mut out = Vec::with_capacity(ids.len() * cols);
     for id in ids {
-        let Some(row) = raw.get(id * row_bytes..(id + 1) * row_bytes) else {
-            candle_core::bail!("row {id} is outside the Q8_0 matrix")
-        };
-        for block in row.chunks_exact(Q8_0_BYTES) {
+        if id >= rows {
+            candle_core::bail!("row {id} is outside the Q8_0 matrix of {rows} rows")
+        }
+        for block in raw[id * row_bytes..][..row_bytes].chunks_exact(Q8_0_BYTES) {
             let (scale, qs) = q8_0_block(block);
             out.extend(qs.map(|q| f32::from(q) * scale));
         }
