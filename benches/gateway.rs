@@ -2,15 +2,19 @@
 //! straight to a local upstream, side by side with nginx as a plain reverse proxy, in one run
 //! on the same requests. The scorer is a constant-time stand-in (no model), so this measures
 //! the gateway itself: parsing, the input and output check round-trips through the scorer
-//! worker, headers, decision, relaying.
+//! worker, headers, decision, relaying. Two more rows put that in proportion: a bare hyper
+//! proxy (the same accept loop and pooled client, no parsing, no checks: the floor of this
+//! stack), and the gateway with the verdict cache on, where every check is a hit answered
+//! without the scorer thread.
 //!
 //! Run: `scripts/bench-gateway.sh` (installs nginx from Debian if needed), or
 //! `cargo bench --bench gateway` with nginx on PATH. Environment: SHIELDGATE_BENCH_CONCURRENCY
-//! (levels, "1,8"), SHIELDGATE_BENCH_REQUESTS (per target, 4000), SHIELDGATE_BENCH_ROUNDS (the targets take
-//! turns in this many rounds, 10), SHIELDGATE_BENCH_NGINX (nginx binary),
+//! (levels, "1,8"), SHIELDGATE_BENCH_REQUESTS (per target, 20000), SHIELDGATE_BENCH_ROUNDS (the
+//! targets take turns in this many rounds, 20), SHIELDGATE_BENCH_NGINX (nginx binary),
 //! SHIELDGATE_BENCH_CONFIG (TOML appended to the gateway's config, e.g. `[proxy]` settings).
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +30,7 @@ use shieldgate::metrics::Metrics;
 use shieldgate::proxy::body::{full, Body};
 use shieldgate::proxy::server::{serve, Limits};
 use shieldgate::proxy::{route, Gateway};
+use shieldgate::scorer::cache::CachedScorer;
 use shieldgate::scorer::worker::ScorerHandle;
 use shieldgate::scorer::{PolicyScore, RequestScores, Score, ScoreError, ScoreRequest};
 
@@ -56,9 +61,10 @@ impl Score for Constant {
 
 const ANSWER: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"Sure, here is a short and friendly answer to your question."},"finish_reason":"stop"}],"usage":{"prompt_tokens":20,"completion_tokens":12,"total_tokens":32}}"#;
 
-fn runtime(threads: usize) -> tokio::runtime::Runtime {
+fn runtime(name: &str, threads: usize) -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
+        .thread_name(name)
         .enable_all()
         .build()
         .expect("runtime")
@@ -132,6 +138,61 @@ fn start_nginx(binary: &str, upstream: SocketAddr) -> Option<(Nginx, SocketAddr)
     None
 }
 
+/// Starts a gateway for `config` with `scorer` behind its worker thread, as `serve` does.
+fn start_gateway(
+    rt: &tokio::runtime::Runtime,
+    config: &Config,
+    scorer: Arc<dyn Score>,
+) -> SocketAddr {
+    let scorer = ScorerHandle::spawn(scorer, 1024, 16).expect("worker");
+    let gw = Arc::new(
+        Gateway::new(config, scorer, "constant".into(), Arc::new(Metrics::new())).expect("gateway"),
+    );
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let timeout = Duration::from_secs(30);
+        tokio::spawn(serve(
+            listener,
+            limits(),
+            move |req| route(gw.clone(), req, timeout),
+            std::future::pending(),
+        ));
+        addr
+    })
+}
+
+/// The least a proxy on this stack does: the gateway's accept loop and a pooled hyper client,
+/// the request and the answer passed on whole, nothing parsed, nothing checked.
+async fn bare_proxy(upstream: SocketAddr) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let client: Client<_, Body> = Client::builder(TokioExecutor::new()).build_http();
+    let forward = move |req: Request<hyper::body::Incoming>| {
+        let client = client.clone();
+        async move {
+            let (mut parts, body) = req.into_parts();
+            let bytes = body.collect().await.expect("request body").to_bytes();
+            parts.uri = format!("http://{upstream}{}", parts.uri.path())
+                .parse()
+                .expect("uri");
+            let answer = client
+                .request(Request::from_parts(parts, full(bytes)))
+                .await
+                .expect("upstream answer");
+            let (head, body) = answer.into_parts();
+            let bytes = body.collect().await.expect("answer body").to_bytes();
+            Response::from_parts(head, full(bytes))
+        }
+    };
+    tokio::spawn(serve(listener, limits(), forward, std::future::pending()));
+    addr
+}
+
 /// Latencies in microseconds and the wall time.
 async fn load(addr: SocketAddr, concurrency: usize, requests: usize) -> (Vec<u64>, Duration) {
     let client: Client<_, Body> = Client::builder(TokioExecutor::new())
@@ -184,15 +245,15 @@ fn main() {
     let requests: usize = std::env::var("SHIELDGATE_BENCH_REQUESTS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(4000);
+        .unwrap_or(20000);
     let rounds: usize = std::env::var("SHIELDGATE_BENCH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(10)
+        .unwrap_or(20)
         .max(1);
     let nginx_bin = std::env::var("SHIELDGATE_BENCH_NGINX").unwrap_or_else(|_| "nginx".into());
 
-    let upstream_rt = runtime(1);
+    let upstream_rt = runtime("bench-upstream", 1);
     let upstream = upstream_rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -207,32 +268,23 @@ fn main() {
         addr
     });
 
-    let gateway_rt = runtime(2);
+    let gateway_rt = runtime("bench-gateway", 2);
     let extra = std::env::var("SHIELDGATE_BENCH_CONFIG").unwrap_or_default();
     let config = Config::parse(
         &format!("[upstream]\nurl = \"http://{upstream}\"\n{extra}"),
         "bench",
     )
     .expect("config");
-    let scorer = ScorerHandle::spawn(Arc::new(Constant), 1024, 16).expect("worker");
-    let gw = Arc::new(
-        Gateway::new(&config, scorer, "constant".into(), Arc::new(Metrics::new()))
-            .expect("gateway"),
+    let constant: Arc<dyn Score> = Arc::new(Constant);
+    let cached = CachedScorer::new(
+        constant.clone(),
+        NonZeroUsize::new(64).expect("nonzero"),
+        "constant",
     );
-    let gateway = gateway_rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let timeout = Duration::from_secs(30);
-        tokio::spawn(serve(
-            listener,
-            limits(),
-            move |req| route(gw.clone(), req, timeout),
-            std::future::pending(),
-        ));
-        addr
-    });
+    let gateway = start_gateway(&gateway_rt, &config, constant);
+    let cache_hits = start_gateway(&gateway_rt, &config, Arc::new(cached));
+    let bare_rt = runtime("bench-bare", 2);
+    let bare = bare_rt.block_on(bare_proxy(upstream));
     let nginx = start_nginx(&nginx_bin, upstream);
     if nginx.is_none() {
         eprintln!(
@@ -240,14 +292,16 @@ fn main() {
         );
     }
 
-    let client_rt = runtime(1);
+    let client_rt = runtime("bench-client", 1);
     let mut targets = vec![("direct", upstream)];
     if let Some((_, addr)) = &nginx {
         targets.push(("nginx", *addr));
     }
+    targets.push(("hyper proxy (floor)", bare));
     targets.push(("shieldgate", gateway));
+    targets.push(("shieldgate, cache hits", cache_hits));
     println!(
-        "gateway overhead: POST /v1/chat/completions (JSON), {requests} requests per target and concurrency, the targets taking turns in {rounds} rounds, constant-time scorer; gateway on 2 runtime threads + its scorer thread (as `serve` runs), nginx 1 worker process, upstream and client 1 thread each; {} cores",
+        "gateway overhead: POST /v1/chat/completions (JSON), {requests} requests per target and concurrency, the targets taking turns in {rounds} rounds, constant-time scorer; gateway on 2 runtime threads + its scorer thread (as `serve` runs), bare hyper proxy on 2 runtime threads, nginx 1 worker process, upstream and client 1 thread each; {} cores",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     for concurrency in levels {
@@ -295,14 +349,15 @@ fn measure(
             p99 - direct.2
         );
     }
-    if let (Some(n), Some(g)) = (
-        rows.iter().find(|r| r.0 == "nginx"),
-        rows.iter().find(|r| r.0 == "shieldgate"),
-    ) {
+    let Some(nginx) = rows.iter().find(|r| r.0 == "nginx") else {
+        return;
+    };
+    for row in rows.iter().filter(|r| r.0.starts_with("shieldgate")) {
         println!(
-            "shieldgate added p99 / nginx added p99 = {:.2} (target ≤ 2); throughput ratio shieldgate/nginx = {:.2}",
-            (g.2 - direct.2) / (n.2 - direct.2),
-            g.3 / n.3
+            "{} added p99 / nginx added p99 = {:.2} (target ≤ 2); throughput ratio to nginx = {:.2}",
+            row.0,
+            (row.2 - direct.2) / (nginx.2 - direct.2),
+            row.3 / nginx.3
         );
     }
 }

@@ -1,6 +1,7 @@
 //! Every Prometheus metric of the gateway, defined once with the `shieldgate_` prefix and the
 //! unit in its name; docs/metrics.md is the table of them.
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
@@ -113,6 +114,14 @@ impl Metrics {
                 &["result"],
             ),
             registry,
+        }
+    }
+
+    /// Adds a metric kept elsewhere (the verdict cache's counters); one that is already
+    /// registered is left as it is.
+    pub fn register(&self, metric: Box<dyn Collector>) {
+        if let Err(e) = self.registry.register(metric) {
+            tracing::warn!(error = %e, "metric not registered");
         }
     }
 

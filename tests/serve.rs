@@ -312,7 +312,8 @@ fn the_binary_gateway_scores_with_the_real_model_reloads_and_drains() {
     let write_config = |threshold: f64| {
         let text = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
-             [model]\nsource = \"{}\"\n[upstream]\nurl = \"http://{}\"\n\
+             [model]\nsource = \"{}\"\n[scorer]\ncache_entries = 64\n\
+             [upstream]\nurl = \"http://{}\"\n\
              [decision_log]\npath = \"{}\"\n\
              [profiles.default.categories]\nhate = {{ threshold = {threshold} }}\ndangerous = {{ threshold = 1.0 }}\n",
             common::assets().join("tiny").display(),
@@ -401,6 +402,19 @@ fn the_binary_gateway_scores_with_the_real_model_reloads_and_drains() {
     assert!(
         metrics.contains("shieldgate_config_reloads_total{result=\"ok\"}"),
         "{metrics}"
+    );
+    // The chat input repeats the moderated text: answered from the verdict cache.
+    let counter = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+    };
+    assert!(counter("shieldgate_verdict_cache_hits_total") >= 1);
+    assert_eq!(
+        counter("shieldgate_verdict_cache_misses_total"),
+        2,
+        "the moderated text and the output were scored"
     );
 
     let pid = running.0.id().to_string();

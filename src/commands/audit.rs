@@ -92,7 +92,7 @@ pub fn run(args: &AuditArgs) -> anyhow::Result<Outcome> {
         restart: args.restart,
         abort_after_writes: args.abort_after_writes,
     };
-    let (scorer, _) = load_scorer(&config, &args.model.apply(config.model.clone()))?;
+    let scorer = load_scorer(&config, &args.model.apply(config.model.clone()))?.scorer;
     let mode = match args.progress {
         ProgressMode::Auto if std::io::stderr().is_terminal() => ProgressMode::Auto,
         ProgressMode::Auto => ProgressMode::None,

@@ -94,19 +94,31 @@ pub fn load_policies(args: &PolicyArgs) -> anyhow::Result<Arc<[Policy]>> {
     Ok(chosen.into())
 }
 
+/// A scorer ready for use, with the model's name and the verdict cache it goes through (when
+/// `[scorer] cache_entries` asks for one), whose counters the gateway exports.
+pub struct LoadedScorer {
+    /// The scorer (through the cache, when there is one).
+    pub scorer: Arc<dyn Score>,
+    /// The model's name.
+    pub model_name: String,
+    /// The verdict cache.
+    pub cache: Option<Arc<CachedScorer>>,
+}
+
 /// The scorer the config asks for — the endpoints of `[scorer.remote]`, or else the embedded
-/// model of `model` — with the model's name.
-pub fn load_scorer(
-    config: &Config,
-    model: &ModelSettings,
-) -> anyhow::Result<(Arc<dyn Score>, String)> {
-    let (scorer, name) = uncached_scorer(config, model)?;
-    Ok(
-        match std::num::NonZeroUsize::new(config.scorer.cache_entries) {
-            Some(capacity) => (Arc::new(CachedScorer::new(scorer, capacity, &name)), name),
-            None => (scorer, name),
+/// model of `model` — behind the verdict cache when one is configured.
+pub fn load_scorer(config: &Config, model: &ModelSettings) -> anyhow::Result<LoadedScorer> {
+    let (scorer, model_name) = uncached_scorer(config, model)?;
+    let cache = std::num::NonZeroUsize::new(config.scorer.cache_entries)
+        .map(|capacity| Arc::new(CachedScorer::new(scorer.clone(), capacity, &model_name)));
+    Ok(LoadedScorer {
+        scorer: match &cache {
+            Some(c) => c.clone(),
+            None => scorer,
         },
-    )
+        model_name,
+        cache,
+    })
 }
 
 /// The remote or embedded scorer, without the verdict cache.

@@ -48,10 +48,14 @@ pub fn effective_config(args: &ServeArgs) -> anyhow::Result<Config> {
 pub fn run(args: &ServeArgs) -> anyhow::Result<Outcome> {
     let config = effective_config(args)?;
     let metrics = Arc::new(Metrics::new());
-    let (scorer, model_name) = load_scorer(&config, &config.model)?;
+    let loaded = load_scorer(&config, &config.model)?;
+    for counter in loaded.cache.iter().flat_map(|c| c.counters()) {
+        metrics.register(Box::new(counter));
+    }
+    let model_name = loaded.model_name;
     let batches = metrics.batch_size.clone();
     let scorer = ScorerHandle::spawn_with_hook(
-        scorer,
+        loaded.scorer,
         config.scorer.queue,
         config.scorer.max_batch,
         Arc::new(move |n| batches.with_label_values(&[] as &[&str]).observe(n as f64)),

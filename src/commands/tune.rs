@@ -116,10 +116,11 @@ pub fn run(args: &TuneArgs) -> anyhow::Result<Outcome> {
     }
     let missing = unscored(&examples);
     if missing > 0 {
-        let (scorer, _) = load_scorer(&config, &args.model.apply(config.model.clone()))
+        let scorer = load_scorer(&config, &args.model.apply(config.model.clone()))
             .with_context(|| {
                 format!("{missing} labelled examples have no scores, so they need the model")
-            })?;
+            })?
+            .scorer;
         let mut progress = |done: usize, total: usize| eprint!("\rtune: scored {done}/{total}");
         let (scored, errs) = score_examples(
             scorer.as_ref(),

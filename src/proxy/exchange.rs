@@ -131,7 +131,7 @@ pub async fn handle(
         parts.headers.remove(ACCEPT_ENCODING);
     }
     let started = Instant::now();
-    let response = match upstream.send(&parts, bytes).await {
+    let response = match upstream.send(parts, bytes).await {
         Ok(r) => r,
         Err(e) => return ex.error(e.into()),
     };

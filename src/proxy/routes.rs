@@ -117,7 +117,7 @@ async fn passthrough(gw: &Gateway, req: Request<Incoming>) -> Result<Response<Bo
     };
     let (parts, body) = req.into_parts();
     let bytes = read_limited(body, gw.max_body_bytes, gw.client_timeout).await?;
-    let response = upstream.send(&parts, bytes).await?;
+    let response = upstream.send(parts, bytes).await?;
     let (mut head, body) = response.into_parts();
     strip_hop_by_hop(&mut head.headers);
     let body = pass_through(body, upstream.idle_timeout, Bytes::new());

@@ -76,7 +76,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// The configured upstream.
 pub struct Upstream {
     client: Client<HttpsConnector<HttpConnector>, Body>,
-    base: Uri,
+    /// The URL every path is appended to, without a trailing slash.
+    base: String,
     response_timeout: Duration,
     /// Longest silence between two body pieces.
     pub idle_timeout: Duration,
@@ -90,6 +91,7 @@ impl Upstream {
             .trim_end_matches('/')
             .parse()
             .map_err(|e| UpstreamError::Setup(format!("url {:?}: {e}", config.url)))?;
+        let base = base.to_string().trim_end_matches('/').to_string();
         let mut roots = rustls::RootCertStore::empty();
         let native = rustls_native_certs::load_native_certs();
         let (added, _) = roots.add_parsable_certificates(native.certs);
@@ -140,8 +142,7 @@ impl Upstream {
 
     /// The upstream URI for a request's path and query.
     fn target(&self, path_and_query: &str) -> Result<Uri, UpstreamError> {
-        let base = self.base.to_string();
-        format!("{}{}", base.trim_end_matches('/'), path_and_query)
+        format!("{}{}", self.base, path_and_query)
             .parse()
             .map_err(|e| UpstreamError::Unreachable(format!("bad target path: {e}")))
     }
@@ -150,19 +151,21 @@ impl Upstream {
     /// ones and with the upstream's host.
     pub async fn send(
         &self,
-        parts: &hyper::http::request::Parts,
+        parts: hyper::http::request::Parts,
         body: Bytes,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let mut request = Request::new(full(body.clone()));
-        *request.method_mut() = parts.method.clone();
-        *request.uri_mut() = self.target(path)?;
+        let target = self.target(path)?;
+        let length = body.len();
+        let mut request = Request::new(full(body));
+        *request.method_mut() = parts.method;
+        *request.uri_mut() = target;
         *request.version_mut() = Version::HTTP_11;
         let headers = request.headers_mut();
-        *headers = parts.headers.clone();
+        *headers = parts.headers;
         strip_hop_by_hop(headers);
         headers.remove(HOST);
-        headers.insert(hyper::header::CONTENT_LENGTH, body.len().into());
+        headers.insert(hyper::header::CONTENT_LENGTH, length.into());
         match tokio::time::timeout(self.response_timeout, self.client.request(request)).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) => Err(UpstreamError::Unreachable(error_chain(&e))),

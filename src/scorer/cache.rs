@@ -2,12 +2,13 @@
 //! guidelines and model were scored before gets the stored scores back without a model run.
 //! The key is a SHA-256 of all of those, so a changed policy text or another model never hits
 //! an old entry; thresholds are not part of scores, so changing them keeps the cache useful.
+//! Hits and misses are Prometheus counters, which the gateway registers with its metrics.
 
 use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
+use prometheus::IntCounter;
 use sha2::{Digest, Sha256};
 
 use super::{RequestScores, Score, ScoreError, ScoreRequest};
@@ -17,8 +18,8 @@ pub struct CachedScorer {
     inner: Arc<dyn Score>,
     model: String,
     entries: Mutex<LruCache<[u8; 32], RequestScores>>,
-    hits: AtomicU64,
-    misses: AtomicU64,
+    hits: IntCounter,
+    misses: IntCounter,
 }
 
 impl CachedScorer {
@@ -28,17 +29,27 @@ impl CachedScorer {
             inner,
             model: model.to_string(),
             entries: Mutex::new(LruCache::new(capacity)),
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
+            hits: IntCounter::new(
+                "shieldgate_verdict_cache_hits_total",
+                "Requests answered from the verdict cache",
+            )
+            .expect("valid metric"),
+            misses: IntCounter::new(
+                "shieldgate_verdict_cache_misses_total",
+                "Requests the verdict cache did not hold",
+            )
+            .expect("valid metric"),
         }
     }
 
     /// Requests answered from the cache, and requests scored, so far.
     pub fn stats(&self) -> (u64, u64) {
-        (
-            self.hits.load(Ordering::Relaxed),
-            self.misses.load(Ordering::Relaxed),
-        )
+        (self.hits.get(), self.misses.get())
+    }
+
+    /// The hit and miss counters, for a metrics registry.
+    pub fn counters(&self) -> [IntCounter; 2] {
+        [self.hits.clone(), self.misses.clone()]
     }
 
     fn key(&self, r: &ScoreRequest) -> [u8; 32] {
@@ -65,6 +76,14 @@ impl CachedScorer {
         h.finalize().into()
     }
 
+    /// The key of each request and what the cache holds for it.
+    fn lookup(&self, requests: &[ScoreRequest]) -> (Vec<[u8; 32]>, Vec<Option<RequestScores>>) {
+        let keys: Vec<[u8; 32]> = requests.iter().map(|r| self.key(r)).collect();
+        let mut entries = self.lock();
+        let found = keys.iter().map(|k| entries.get(k).cloned()).collect();
+        (keys, found)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<[u8; 32], RequestScores>> {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -72,18 +91,12 @@ impl CachedScorer {
 
 impl Score for CachedScorer {
     fn score(&self, requests: &[ScoreRequest]) -> Result<Vec<RequestScores>, ScoreError> {
-        let keys: Vec<[u8; 32]> = requests.iter().map(|r| self.key(r)).collect();
-        let mut found: Vec<Option<RequestScores>> = {
-            let mut entries = self.lock();
-            keys.iter().map(|k| entries.get(k).cloned()).collect()
-        };
+        let (keys, mut found) = self.lookup(requests);
         let missing: Vec<usize> = (0..requests.len())
             .filter(|i| found[*i].is_none())
             .collect();
-        self.hits
-            .fetch_add((requests.len() - missing.len()) as u64, Ordering::Relaxed);
-        self.misses
-            .fetch_add(missing.len() as u64, Ordering::Relaxed);
+        self.hits.inc_by((requests.len() - missing.len()) as u64);
+        self.misses.inc_by(missing.len() as u64);
         if !missing.is_empty() {
             let todo: Vec<ScoreRequest> = missing.iter().map(|i| requests[*i].clone()).collect();
             let scored = self.inner.score(&todo)?;
@@ -101,10 +114,22 @@ impl Score for CachedScorer {
             .map(|f| f.ok_or(ScoreError::MissingResult))
             .collect()
     }
+
+    /// Every request held: the stored scores, counted as hits. Otherwise nothing is counted
+    /// here; [`CachedScorer::score`] counts when it runs.
+    fn at_hand(&self, requests: &[ScoreRequest]) -> Option<Vec<RequestScores>> {
+        let found: Option<Vec<RequestScores>> = self.lookup(requests).1.into_iter().collect();
+        if found.is_some() {
+            self.hits.inc_by(requests.len() as u64);
+        }
+        found
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
     use super::*;
     use crate::policy::{Policy, PolicySet};
     use crate::scorer::PolicyScore;

@@ -74,6 +74,13 @@ pub fn p_yes(yes: f32, no: f32) -> f64 {
 pub trait Score: Send + Sync {
     /// Scores every request; the result has one entry per request, in order.
     fn score(&self, requests: &[ScoreRequest]) -> Result<Vec<RequestScores>, ScoreError>;
+
+    /// The scores of every request when they are at hand without a model run (a verdict
+    /// cache holding all of them), `None` when [`Score::score`] has to run. Callers that would
+    /// queue for the scorer ask this first, so that a hit never waits behind model work.
+    fn at_hand(&self, _requests: &[ScoreRequest]) -> Option<Vec<RequestScores>> {
+        None
+    }
 }
 
 /// Scores a batch and returns one result per request: when the batch fails as a whole (one
@@ -145,11 +152,37 @@ impl From<candle_core::Error> for ScoreError {
     }
 }
 
+/// Requests and results for the scorer's unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::{RequestScores, ScoreRequest};
+    use crate::policy::PolicySet;
+
+    /// A prompt-only request for the built-in policies.
+    pub fn request(user: &str) -> ScoreRequest {
+        ScoreRequest {
+            user: user.into(),
+            response: None,
+            policies: PolicySet::builtin().iter().cloned().collect(),
+        }
+    }
+
+    /// One empty result per request.
+    pub fn empty_results(requests: &[ScoreRequest]) -> Vec<RequestScores> {
+        requests
+            .iter()
+            .map(|_| RequestScores {
+                scores: Vec::new(),
+                truncated: None,
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::testing::{empty_results, request};
     use super::*;
-
-    use crate::policy::PolicySet;
 
     /// Fails any batch that holds a request whose user text is "bad".
     struct FailsOnBad;
@@ -159,21 +192,7 @@ mod tests {
             if requests.iter().any(|r| r.user == "bad") {
                 return Err(ScoreError::NoPolicies);
             }
-            Ok(requests
-                .iter()
-                .map(|_| RequestScores {
-                    scores: Vec::new(),
-                    truncated: None,
-                })
-                .collect())
-        }
-    }
-
-    fn request(user: &str) -> ScoreRequest {
-        ScoreRequest {
-            user: user.into(),
-            response: None,
-            policies: PolicySet::builtin().iter().cloned().collect(),
+            Ok(empty_results(requests))
         }
     }
 

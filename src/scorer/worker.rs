@@ -46,6 +46,7 @@ pub type BatchHook = Arc<dyn Fn(usize) + Send + Sync>;
 #[derive(Clone)]
 pub struct ScorerHandle {
     tx: mpsc::Sender<Job>,
+    scorer: Arc<dyn Score>,
 }
 
 impl ScorerHandle {
@@ -63,6 +64,10 @@ impl ScorerHandle {
         on_batch: BatchHook,
     ) -> std::io::Result<Self> {
         let (tx, mut rx) = mpsc::channel::<Job>(queue.max(1));
+        let handle = Self {
+            tx,
+            scorer: scorer.clone(),
+        };
         std::thread::Builder::new()
             .name("shieldgate-scorer".into())
             .spawn(move || {
@@ -85,7 +90,7 @@ impl ScorerHandle {
                     }
                 }
             })?;
-        Ok(Self { tx })
+        Ok(handle)
     }
 
     /// Jobs waiting in the queue.
@@ -93,11 +98,15 @@ impl ScorerHandle {
         self.tx.max_capacity() - self.tx.capacity()
     }
 
-    /// Scores `requests` on the worker; fails at once when the queue is full.
+    /// Scores `requests` on the worker; fails at once when the queue is full. Scores the
+    /// scorer has at hand (see [`Score::at_hand`]) come back at once, without queueing.
     pub async fn score(
         &self,
         requests: Vec<ScoreRequest>,
     ) -> Result<Vec<RequestScores>, WorkerError> {
+        if let Some(scores) = self.scorer.at_hand(&requests) {
+            return Ok(scores);
+        }
         let (reply, answer) = oneshot::channel();
         let job = Job {
             requests,
@@ -138,4 +147,71 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .map(|s| (*s).to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a non-text panic".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroUsize;
+    use std::sync::mpsc as std_mpsc;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::scorer::cache::CachedScorer;
+    use crate::scorer::testing::{empty_results, request};
+
+    /// Says when a call begins, and scores nothing until the test lets it through.
+    struct Gated {
+        entered: Mutex<std_mpsc::Sender<()>>,
+        gate: Mutex<std_mpsc::Receiver<()>>,
+    }
+
+    impl Score for Gated {
+        fn score(&self, requests: &[ScoreRequest]) -> Result<Vec<RequestScores>, ScoreError> {
+            let _ = self
+                .entered
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .send(());
+            let gate = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+            gate.recv().map_err(|_| ScoreError::MissingResult)?;
+            Ok(empty_results(requests))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cache_hit_does_not_wait_behind_a_running_batch() {
+        let (open, gate) = std_mpsc::channel();
+        let (entered, calls) = std_mpsc::channel();
+        let gated = Gated {
+            entered: Mutex::new(entered),
+            gate: Mutex::new(gate),
+        };
+        let cached = Arc::new(CachedScorer::new(
+            Arc::new(gated),
+            NonZeroUsize::new(8).expect("nonzero"),
+            "m",
+        ));
+        let handle = ScorerHandle::spawn(cached.clone(), 4, 4).expect("worker");
+        open.send(()).expect("gate");
+        handle.score(vec![request("seen")]).await.expect("scored");
+        // The worker is now stuck on a new text until the gate opens again ...
+        let busy = tokio::spawn({
+            let handle = handle.clone();
+            async move { handle.score(vec![request("new")]).await }
+        });
+        let _ = calls.recv();
+        while calls.try_recv().is_err() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // ... and the text it scored before comes back from the cache regardless.
+        let hit = tokio::time::timeout(Duration::from_secs(5), handle.score(vec![request("seen")]))
+            .await
+            .expect("answered while the worker is busy")
+            .expect("scores");
+        assert_eq!(hit.len(), 1);
+        assert_eq!(cached.stats(), (1, 2), "one hit; both texts missed once");
+        open.send(()).expect("gate");
+        busy.await.expect("task").expect("scored");
+    }
 }
