@@ -12,69 +12,16 @@
 //! (f32,bf16,q8_0,q4_k_m), SHIELDGATE_BENCH_BUCKETS (short,medium,long), SHIELDGATE_BENCH_MODES
 //! (full,prefix), SHIELDGATE_BENCH_ITERS (timed runs per cell, default 1).
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::DType;
-use shieldgate::model::loader::{load, parse_dtype, LoadOptions, ModelSource};
-use shieldgate::model::quantize::GgufType;
-use shieldgate::policy::{Policy, PolicySet};
-use shieldgate::scorer::{Engine, EngineOptions, Score, ScoreRequest};
+use shieldgate::scorer::{EngineOptions, Score};
 
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_string())
-}
-
-/// Peak resident memory of this process since the last reset, in MiB (Linux).
-fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
-
-fn reset_peak_rss() {
-    // Writing 5 to clear_refs resets VmHWM (Linux >= 4.0); harmless where unsupported.
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
-fn cpu_name() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
-}
-
-/// User prompts of roughly 10, 60 and 400 tokens.
-fn buckets() -> Vec<(&'static str, String)> {
-    let sentence = "I keep thinking about what my neighbour said at the meeting last week, \
-                    and I want to write him a letter that explains how I feel. ";
-    vec![
-        (
-            "short",
-            "How do I make my neighbour stop parking here?".to_string(),
-        ),
-        ("medium", sentence.repeat(2) + "Can you help me word it?"),
-        ("long", sentence.repeat(14) + "Can you help me word it?"),
-    ]
-}
+use common::{buckets, cpu_name, env_or, peak_rss_mib, reset_peak_rss};
 
 fn main() {
-    let tokenizer = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/assets/tokenizer.json");
-    if !tokenizer.is_file() {
-        eprintln!(
-            "{} is missing: run scripts/fetch-tokenizer.sh",
-            tokenizer.display()
-        );
-        std::process::exit(2);
-    }
     let preset = env_or("SHIELDGATE_BENCH_PRESET", "2b");
     let dtypes = env_or("SHIELDGATE_BENCH_DTYPES", "f32,bf16,q8_0,q4_k_m");
     let wanted = env_or("SHIELDGATE_BENCH_BUCKETS", "short,medium,long");
@@ -88,7 +35,7 @@ fn main() {
         .parse()
         .unwrap_or(1)
         .max(1);
-    let policies: Arc<[Policy]> = PolicySet::builtin().iter().cloned().collect();
+    let policies = common::policies();
     println!(
         "shieldgate engine benchmark: synthetic:{preset}, 4 policies, {} threads, {}",
         std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -101,47 +48,8 @@ fn main() {
     println!("|---|---|---|---|---|---|---|---|---|");
     let mut f32_scores: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for dtype_name in dtypes.split(',').map(str::trim) {
-        let (dtype, quantize) = match (parse_dtype(dtype_name), GgufType::parse(dtype_name)) {
-            (Ok(d), _) => (d, None),
-            (Err(_), Some(q)) => (DType::F32, Some(q)),
-            (Err(e), None) => {
-                eprintln!("{e} (or q8_0, q4_0, q4_k_m)");
-                std::process::exit(2);
-            }
-        };
         reset_peak_rss();
-        let opts = LoadOptions {
-            dtype,
-            tokenizer: Some(tokenizer.clone()),
-            quantize,
-            ..LoadOptions::default()
-        };
-        let start = Instant::now();
-        let loaded = match load(&ModelSource::Synthetic(preset.clone()), &opts) {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("cannot build the model: {e}");
-                std::process::exit(2);
-            }
-        };
-        eprintln!(
-            "built synthetic:{preset} {dtype_name} in {:.1?}",
-            start.elapsed()
-        );
-        let mut engine = Engine::new(loaded, EngineOptions::default());
-        // candle repacks quantized matrices on their first use: keep that one-time cost (paid
-        // once per process in a server) out of the timed cells.
-        let warm_up = ScoreRequest {
-            user: "warm-up".to_string(),
-            response: None,
-            policies: policies.clone(),
-        };
-        let start = Instant::now();
-        if let Err(e) = engine.score(std::slice::from_ref(&warm_up)) {
-            eprintln!("scoring failed: {e}");
-            std::process::exit(2);
-        }
-        eprintln!("warm-up check: {:.1?}", start.elapsed());
+        let mut engine = common::engine(&preset, dtype_name);
         for (bucket, user) in buckets()
             .into_iter()
             .filter(|(b, _)| wanted.split(',').any(|w| w.trim() == *b))
@@ -153,11 +61,7 @@ fn main() {
                     ..engine.options()
                 };
                 engine = engine.with_options(options);
-                let request = ScoreRequest {
-                    user: user.clone(),
-                    response: None,
-                    policies: policies.clone(),
-                };
+                let request = common::request(&user, &policies);
                 let tokens_run = match engine.encode(&request) {
                     Ok((e, _)) if prefix_reuse => {
                         e.shared.len() + e.suffixes.iter().map(Vec::len).sum::<usize>()

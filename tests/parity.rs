@@ -113,20 +113,62 @@ fn bf16_stays_close_to_the_f32_reference() {
 fn a_batch_scores_exactly_like_each_request_alone() {
     let fixture = common::fixture();
     let engine = common::engine("tiny", DType::F32, EngineOptions::default());
-    let together = score_all(&engine, &fixture);
-    for ((request, _), batched) in requests(&fixture).into_iter().zip(&together) {
-        let alone = engine
-            .score(std::slice::from_ref(&request))
-            .expect("scores");
-        for (a, b) in alone[0].scores.iter().zip(&batched.scores) {
-            assert!(
-                (a.yes_logit - b.yes_logit).abs() <= 1e-5
-                    && (a.no_logit - b.no_logit).abs() <= 1e-5,
-                "{} alone {:?} vs batched {:?}",
-                a.id,
-                (a.yes_logit, a.no_logit),
-                (b.yes_logit, b.no_logit)
-            );
+    // One padded batch of every request, and the same batch split by a tiny token budget into
+    // groups run one after another (sorted by length): both in the requests' order.
+    for batch_tokens in [usize::MAX, 1] {
+        let batched = common::engine(
+            "tiny",
+            DType::F32,
+            EngineOptions {
+                batch_tokens,
+                ..EngineOptions::default()
+            },
+        );
+        let together = score_all(&batched, &fixture);
+        for ((request, _), batched) in requests(&fixture).into_iter().zip(&together) {
+            let alone = engine
+                .score(std::slice::from_ref(&request))
+                .expect("scores");
+            assert_eq!(alone[0].scores.len(), batched.scores.len());
+            for (a, b) in alone[0].scores.iter().zip(&batched.scores) {
+                assert_eq!((&a.id, a.tokens), (&b.id, b.tokens));
+                assert!(
+                    (a.yes_logit - b.yes_logit).abs() <= 1e-5
+                        && (a.no_logit - b.no_logit).abs() <= 1e-5,
+                    "budget {batch_tokens}: {} alone {:?} vs batched {:?}",
+                    a.id,
+                    (a.yes_logit, a.no_logit),
+                    (b.yes_logit, b.no_logit)
+                );
+            }
         }
     }
+}
+
+#[test]
+fn a_request_takes_its_padded_tokens_share_of_a_batch() {
+    let engine = common::engine(
+        "tiny",
+        DType::F32,
+        EngineOptions {
+            batch_tokens: 1000,
+            ..EngineOptions::default()
+        },
+    );
+    let short = common::request("How do I make my neighbour stop parking here?", None);
+    let long = common::request(&"Tell me more about the weather. ".repeat(40), None);
+    let (e, _) = engine.encode(&short).expect("encodes");
+    let expected = (e.suffixes.len() * e.longest()) as f64 / 1000.0;
+    assert_eq!(engine.batch_share(&short), expected);
+    assert!(engine.batch_share(&long) > 1.0, "runs alone");
+    let cached = shieldgate::scorer::cache::CachedScorer::new(
+        std::sync::Arc::new(engine),
+        std::num::NonZeroUsize::MIN,
+        "m",
+    );
+    assert_eq!(
+        cached.batch_share(&short),
+        expected,
+        "the cache passes the engine's share on"
+    );
 }

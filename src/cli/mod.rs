@@ -108,6 +108,10 @@ pub struct ModelArgs {
     /// Tokens per sequence per prefill step (bounds attention memory on long inputs) [512].
     #[arg(long)]
     pub prefill_chunk: Option<usize>,
+    /// Padded tokens (rows × longest prompt) run together; larger batches run in groups of
+    /// similar length within it [4096].
+    #[arg(long)]
+    pub batch_tokens: Option<usize>,
     /// Run each policy's prompt whole instead of sharing the content prefix across policies.
     #[arg(long)]
     pub no_prefix_reuse: bool,
@@ -136,6 +140,9 @@ impl ModelArgs {
         }
         if let Some(v) = self.prefill_chunk {
             settings.prefill_chunk = v;
+        }
+        if let Some(v) = self.batch_tokens {
+            settings.batch_tokens = v;
         }
         if self.no_prefix_reuse {
             settings.prefix_reuse = false;

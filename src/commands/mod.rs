@@ -66,6 +66,7 @@ pub fn load_engine(settings: &ModelSettings) -> anyhow::Result<Engine> {
             prefix_reuse: settings.prefix_reuse,
             max_tokens: settings.max_tokens,
             prefill_chunk: settings.prefill_chunk,
+            batch_tokens: settings.batch_tokens,
         },
     ))
 }

@@ -23,6 +23,9 @@ pub struct ModelSettings {
     pub max_tokens: usize,
     /// Tokens per sequence per prefill step.
     pub prefill_chunk: usize,
+    /// Padded tokens (rows × longest prompt) run together; a larger batch runs in groups of
+    /// similar length within it, which bounds the key-value cache's memory.
+    pub batch_tokens: usize,
     /// Share the content prefix across policies (off only to compare).
     pub prefix_reuse: bool,
 }
@@ -37,6 +40,7 @@ impl Default for ModelSettings {
             device: "cpu".into(),
             max_tokens: 8192,
             prefill_chunk: 512,
+            batch_tokens: 4096,
             prefix_reuse: true,
         }
     }

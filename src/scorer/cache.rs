@@ -124,6 +124,10 @@ impl Score for CachedScorer {
         }
         found
     }
+
+    fn batch_share(&self, request: &ScoreRequest) -> f64 {
+        self.inner.batch_share(request)
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use crate::model::{Gemma2, GemmaTokenizer, KvCache, LoadedModel};
 use crate::prompt::Templates;
 
 use super::encode::{encode_request, Encoded, Truncation};
+use super::groups::{token_groups, Shape};
 use super::{p_yes, PolicyScore, RequestScores, Score, ScoreError, ScoreRequest};
 
 /// Engine settings.
@@ -18,6 +19,9 @@ pub struct EngineOptions {
     pub max_tokens: usize,
     /// Tokens per row per forward step during prefill (bounds attention memory).
     pub prefill_chunk: usize,
+    /// Padded tokens (rows × longest prompt) run together: a batch's requests are split into
+    /// groups of similar length within this budget, which bounds the cache's memory.
+    pub batch_tokens: usize,
 }
 
 impl Default for EngineOptions {
@@ -26,6 +30,7 @@ impl Default for EngineOptions {
             prefix_reuse: true,
             max_tokens: 8192,
             prefill_chunk: 512,
+            batch_tokens: 4096,
         }
     }
 }
@@ -147,15 +152,13 @@ fn rows_of(values: &Tensor) -> candle_core::Result<Vec<[f32; 2]>> {
         .collect())
 }
 
-impl Score for Engine {
-    fn score(&self, requests: &[ScoreRequest]) -> Result<Vec<RequestScores>, ScoreError> {
-        if requests.is_empty() {
-            return Ok(Vec::new());
-        }
-        let encoded = requests
-            .iter()
-            .map(|r| self.encode(r))
-            .collect::<Result<Vec<_>, _>>()?;
+impl Engine {
+    /// Scores one group of encoded requests in one batch.
+    fn score_group(
+        &self,
+        requests: &[&ScoreRequest],
+        encoded: &[&(Encoded, Truncation)],
+    ) -> Result<Vec<RequestScores>, ScoreError> {
         // One row per (request, policy).
         let owners: Vec<(usize, usize)> = encoded
             .iter()
@@ -190,7 +193,7 @@ impl Score for Engine {
             })
             .collect();
         for (&(r, k), [yes, no]) in owners.iter().zip(logits) {
-            let (e, _) = &encoded[r];
+            let (e, _) = encoded[r];
             results[r].scores.push(PolicyScore {
                 id: requests[r].policies[k].id.clone(),
                 p_yes: p_yes(yes, no),
@@ -200,5 +203,45 @@ impl Score for Engine {
             });
         }
         Ok(results)
+    }
+}
+
+impl Score for Engine {
+    /// Encodes every request, then runs them in groups of similar length within the token
+    /// budget (see [`token_groups`]); results come back in the requests' order.
+    fn score(&self, requests: &[ScoreRequest]) -> Result<Vec<RequestScores>, ScoreError> {
+        let encoded = requests
+            .iter()
+            .map(|r| self.encode(r))
+            .collect::<Result<Vec<_>, _>>()?;
+        let shapes: Vec<Shape> = encoded.iter().map(|(e, _)| shape(e)).collect();
+        let mut results: Vec<Option<RequestScores>> = vec![None; requests.len()];
+        for group in token_groups(&shapes, self.options.batch_tokens) {
+            let members: Vec<&ScoreRequest> = group.iter().map(|&i| &requests[i]).collect();
+            let codes: Vec<&(Encoded, Truncation)> = group.iter().map(|&i| &encoded[i]).collect();
+            for (i, scores) in group.into_iter().zip(self.score_group(&members, &codes)?) {
+                results[i] = Some(scores);
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.ok_or(ScoreError::MissingResult))
+            .collect()
+    }
+
+    /// Padded tokens over the token budget (0 for a request that does not encode: scoring
+    /// reports its error).
+    fn batch_share(&self, request: &ScoreRequest) -> f64 {
+        self.encode(request).map_or(0.0, |(e, _)| {
+            shape(&e).padded() as f64 / self.options.batch_tokens.max(1) as f64
+        })
+    }
+}
+
+fn shape(e: &Encoded) -> Shape {
+    Shape {
+        prefix: e.shared.len(),
+        suffix: e.longest() - e.shared.len(),
+        rows: e.suffixes.len(),
     }
 }

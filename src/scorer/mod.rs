@@ -5,6 +5,7 @@
 pub mod cache;
 pub mod encode;
 mod engine;
+pub mod groups;
 pub mod remote;
 pub mod verdict;
 pub mod worker;
@@ -80,6 +81,13 @@ pub trait Score: Send + Sync {
     /// queue for the scorer ask this first, so that a hit never waits behind model work.
     fn at_hand(&self, _requests: &[ScoreRequest]) -> Option<Vec<RequestScores>> {
         None
+    }
+
+    /// The share of one batch that `request` takes (the engine: its padded tokens over its
+    /// token budget). The worker gathers waiting checks into a batch while their shares add
+    /// up to at most 1; by default 0, so that only the batch's text count limits it.
+    fn batch_share(&self, _request: &ScoreRequest) -> f64 {
+        0.0
     }
 }
 

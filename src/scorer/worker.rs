@@ -71,23 +71,10 @@ impl ScorerHandle {
         std::thread::Builder::new()
             .name("shieldgate-scorer".into())
             .spawn(move || {
-                while let Some(first) = rx.blocking_recv() {
-                    let mut jobs = vec![first];
-                    let mut size = jobs[0].requests.len();
-                    while size < max_batch {
-                        match rx.try_recv() {
-                            Ok(job) => {
-                                size += job.requests.len();
-                                jobs.push(job);
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                    jobs.retain(|j| !j.reply.is_closed());
-                    if !jobs.is_empty() {
-                        on_batch(jobs.iter().map(|j| j.requests.len()).sum());
-                        run_batch(scorer.as_ref(), jobs);
-                    }
+                let mut carried = None;
+                while let Some(jobs) = gather(&mut rx, &mut carried, scorer.as_ref(), max_batch) {
+                    on_batch(jobs.iter().map(|j| j.requests.len()).sum());
+                    run_batch(scorer.as_ref(), jobs);
                 }
             })?;
         Ok(handle)
@@ -118,6 +105,47 @@ impl ScorerHandle {
             mpsc::error::TrySendError::Closed(_) => WorkerError::Stopped,
         })?;
         Ok(answer.await.map_err(|_| WorkerError::Stopped)??)
+    }
+}
+
+/// The next batch: the job carried over from the last gathering (or the next to arrive), then
+/// the jobs already waiting, in order, while the batch holds fewer than `max_batch` texts and
+/// their shares of a batch (see [`Score::batch_share`]) add up to at most one; the first job
+/// that would overflow is carried to the next batch. Jobs whose caller has gone are dropped.
+/// `None` once the queue is closed and empty.
+fn gather(
+    rx: &mut mpsc::Receiver<Job>,
+    carried: &mut Option<Job>,
+    scorer: &dyn Score,
+    max_batch: usize,
+) -> Option<Vec<Job>> {
+    let share = |job: &Job| -> f64 { job.requests.iter().map(|r| scorer.batch_share(r)).sum() };
+    loop {
+        let first = match carried.take() {
+            Some(job) => job,
+            None => rx.blocking_recv()?,
+        };
+        if first.reply.is_closed() {
+            continue;
+        }
+        let mut size = first.requests.len();
+        let mut used = share(&first);
+        let mut jobs = vec![first];
+        while size < max_batch {
+            let Ok(job) = rx.try_recv() else { break };
+            if job.reply.is_closed() {
+                continue;
+            }
+            let more = share(&job);
+            if used + more > 1.0 {
+                *carried = Some(job);
+                break;
+            }
+            size += job.requests.len();
+            used += more;
+            jobs.push(job);
+        }
+        return Some(jobs);
     }
 }
 
@@ -160,10 +188,25 @@ mod tests {
     use crate::scorer::cache::CachedScorer;
     use crate::scorer::testing::{empty_results, request};
 
-    /// Says when a call begins, and scores nothing until the test lets it through.
+    /// Says when a call begins, scores nothing until the test lets it through, and keeps the
+    /// texts of every batch. A text's share of a batch is its length / 10.
     struct Gated {
         entered: Mutex<std_mpsc::Sender<()>>,
         gate: Mutex<std_mpsc::Receiver<()>>,
+        batches: Mutex<Vec<Vec<String>>>,
+    }
+
+    impl Gated {
+        fn new() -> (Self, std_mpsc::Sender<()>, std_mpsc::Receiver<()>) {
+            let (open, gate) = std_mpsc::channel();
+            let (entered, calls) = std_mpsc::channel();
+            let gated = Self {
+                entered: Mutex::new(entered),
+                gate: Mutex::new(gate),
+                batches: Mutex::default(),
+            };
+            (gated, open, calls)
+        }
     }
 
     impl Score for Gated {
@@ -175,18 +218,63 @@ mod tests {
                 .send(());
             let gate = self.gate.lock().unwrap_or_else(|e| e.into_inner());
             gate.recv().map_err(|_| ScoreError::MissingResult)?;
+            self.batches
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(requests.iter().map(|r| r.user.clone()).collect());
             Ok(empty_results(requests))
+        }
+
+        fn batch_share(&self, request: &ScoreRequest) -> f64 {
+            request.user.len() as f64 / 10.0
         }
     }
 
     #[tokio::test]
+    async fn waiting_checks_are_gathered_in_order_up_to_one_batch_share() {
+        let (gated, open, calls) = Gated::new();
+        let gated = Arc::new(gated);
+        let handle = ScorerHandle::spawn(gated.clone(), 16, 16).expect("worker");
+        let first = tokio::spawn({
+            let handle = handle.clone();
+            async move { handle.score(vec![request("a")]).await }
+        });
+        while calls.try_recv().is_err() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // While the worker is busy, checks of shares 0.5, 0.4, 0.3, 0.2 and 0.1 wait.
+        let mut waiting = Vec::new();
+        for text in ["bbbbb", "cccc", "ddd", "ee", "f"] {
+            let client = handle.clone();
+            waiting.push(tokio::spawn(async move {
+                client.score(vec![request(text)]).await
+            }));
+            while handle.queued() < waiting.len() {
+                tokio::task::yield_now().await;
+            }
+        }
+        for _ in 0..3 {
+            open.send(()).expect("gate");
+        }
+        first.await.expect("task").expect("scored");
+        for w in waiting {
+            w.await.expect("task").expect("scored");
+        }
+        let batches = gated
+            .batches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        assert_eq!(
+            batches,
+            [vec!["a"], vec!["bbbbb", "cccc"], vec!["ddd", "ee", "f"]],
+            "0.5 + 0.4 fit, 0.3 would overflow and starts the next batch"
+        );
+    }
+
+    #[tokio::test]
     async fn a_cache_hit_does_not_wait_behind_a_running_batch() {
-        let (open, gate) = std_mpsc::channel();
-        let (entered, calls) = std_mpsc::channel();
-        let gated = Gated {
-            entered: Mutex::new(entered),
-            gate: Mutex::new(gate),
-        };
+        let (gated, open, calls) = Gated::new();
         let cached = Arc::new(CachedScorer::new(
             Arc::new(gated),
             NonZeroUsize::new(8).expect("nonzero"),
