@@ -109,6 +109,22 @@ fn bf16_stays_close_to_the_f32_reference() {
     eprintln!("bf16 max |Δlogit| vs transformers f32: {delta}");
 }
 
+/// The same policies, token counts and (within `tolerance`) logits.
+fn assert_same_scores(want: &RequestScores, got: &RequestScores, tolerance: f32, context: &str) {
+    assert_eq!(want.scores.len(), got.scores.len(), "{context}");
+    for (a, b) in want.scores.iter().zip(&got.scores) {
+        assert_eq!((&a.id, a.tokens), (&b.id, b.tokens), "{context}");
+        assert!(
+            (a.yes_logit - b.yes_logit).abs() <= tolerance
+                && (a.no_logit - b.no_logit).abs() <= tolerance,
+            "{context}: {} {:?} vs {:?}",
+            a.id,
+            (a.yes_logit, a.no_logit),
+            (b.yes_logit, b.no_logit)
+        );
+    }
+}
+
 #[test]
 fn a_batch_scores_exactly_like_each_request_alone() {
     let fixture = common::fixture();
@@ -129,18 +145,7 @@ fn a_batch_scores_exactly_like_each_request_alone() {
             let alone = engine
                 .score(std::slice::from_ref(&request))
                 .expect("scores");
-            assert_eq!(alone[0].scores.len(), batched.scores.len());
-            for (a, b) in alone[0].scores.iter().zip(&batched.scores) {
-                assert_eq!((&a.id, a.tokens), (&b.id, b.tokens));
-                assert!(
-                    (a.yes_logit - b.yes_logit).abs() <= 1e-5
-                        && (a.no_logit - b.no_logit).abs() <= 1e-5,
-                    "budget {batch_tokens}: {} alone {:?} vs batched {:?}",
-                    a.id,
-                    (a.yes_logit, a.no_logit),
-                    (b.yes_logit, b.no_logit)
-                );
-            }
+            assert_same_scores(&alone[0], batched, 1e-5, &format!("budget {batch_tokens}"));
         }
     }
 }
@@ -171,4 +176,55 @@ fn a_request_takes_its_padded_tokens_share_of_a_batch() {
         expected,
         "the cache passes the engine's share on"
     );
+}
+
+#[test]
+fn a_growing_answer_reuses_the_stored_prefix_and_scores_the_same() {
+    let plain = common::engine("tiny", DType::F32, EngineOptions::default());
+    let cached = common::engine(
+        "tiny",
+        DType::F32,
+        EngineOptions {
+            prefix_cache_tokens: 4096,
+            ..EngineOptions::default()
+        },
+    );
+    let user = "Tell me a story about a fox.";
+    let mut answer = String::from("Once upon a time");
+    let mut reused = 0;
+    for (step, more) in [
+        " there was a fox",
+        " who lived in the woods,",
+        " and it was clever.",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let request = common::request(user, Some(&answer));
+        let want = plain.score(std::slice::from_ref(&request)).expect("scores");
+        let got = cached
+            .score(std::slice::from_ref(&request))
+            .expect("scores");
+        assert_same_scores(&want[0], &got[0], 1e-4, &format!("step {step}"));
+        let now = cached.reused_prefix_tokens();
+        if step > 0 {
+            // The template, the user turn and the answer so far were not prefilled again.
+            let user_tokens = cached.tokenizer().encode(user).expect("ids").len() as u64;
+            assert!(now - reused > user_tokens, "step {step}: {}", now - reused);
+        }
+        reused = now;
+        answer.push_str(more);
+    }
+    // The same check again: its whole shared prefix is stored.
+    let request = common::request(user, Some("Once upon a time there was a fox"));
+    let (encoded, _) = cached.encode(&request).expect("encodes");
+    let before = cached.reused_prefix_tokens();
+    cached
+        .score(std::slice::from_ref(&request))
+        .expect("scores");
+    assert_eq!(
+        cached.reused_prefix_tokens() - before,
+        encoded.shared.len() as u64
+    );
+    assert_eq!(plain.reused_prefix_tokens(), 0, "off by default");
 }

@@ -67,6 +67,7 @@ pub fn load_engine(settings: &ModelSettings) -> anyhow::Result<Engine> {
             max_tokens: settings.max_tokens,
             prefill_chunk: settings.prefill_chunk,
             batch_tokens: settings.batch_tokens,
+            prefix_cache_tokens: settings.prefix_cache_tokens,
         },
     ))
 }

@@ -26,6 +26,9 @@ pub struct ModelSettings {
     /// Padded tokens (rows × longest prompt) run together; a larger batch runs in groups of
     /// similar length within it, which bounds the key-value cache's memory.
     pub batch_tokens: usize,
+    /// Tokens of recently prefilled prefixes kept, so that a check extending an earlier one
+    /// (`incremental` output mode) prefills only its new tokens; 0 keeps none.
+    pub prefix_cache_tokens: usize,
     /// Share the content prefix across policies (off only to compare).
     pub prefix_reuse: bool,
 }
@@ -41,6 +44,7 @@ impl Default for ModelSettings {
             max_tokens: 8192,
             prefill_chunk: 512,
             batch_tokens: 4096,
+            prefix_cache_tokens: 0,
             prefix_reuse: true,
         }
     }

@@ -57,6 +57,28 @@ impl KvCache {
         })
     }
 
+    /// The first `len` positions of a one-row cache that holds positions `0..` in order (the
+    /// cache of one prefilled sequence): the cache of that sequence's first `len` tokens.
+    pub fn prefix(&self, len: usize) -> Result<KvCache> {
+        let in_order = self.rows() == 1
+            && self.selected.is_none()
+            && self.positions[0].len() >= len
+            && (0..len).all(|i| self.positions[0][i] == Some(i as u32));
+        if !in_order {
+            candle_core::bail!("only a one-row cache of positions 0.. in order can be cut")
+        }
+        let layers = self
+            .layers
+            .iter()
+            .map(|(k, v)| Ok((k.narrow(2, 0, len)?, v.narrow(2, 0, len)?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(KvCache {
+            layers,
+            selected: None,
+            positions: vec![self.positions[0][..len].to_vec()],
+        })
+    }
+
     /// Layer `i`'s keys and values, one row per row of this cache.
     pub(crate) fn layer(&self, i: usize) -> Result<(Tensor, Tensor)> {
         let Some((k, v)) = self.layers.get(i) else {
@@ -119,5 +141,31 @@ mod tests {
         assert_eq!(rows_of(&k), vec![bk[0].clone(), bk[2].clone()]);
         assert!(again.layer(2).is_err());
         assert!(base.select_rows(&[3]).is_err());
+    }
+
+    #[test]
+    fn a_sequence_cache_cuts_to_its_first_positions() {
+        let layer = |offset: f32| {
+            let values: Vec<f32> = (0..4 * 2).map(|i| i as f32 + offset).collect();
+            Tensor::from_vec(values, (1, 1, 4, 2), &Device::Cpu).expect("tensor")
+        };
+        let sequence = KvCache {
+            layers: vec![(layer(0.0), layer(100.0))],
+            selected: None,
+            positions: vec![(0..4).map(Some).collect()],
+        };
+        let cut = sequence.prefix(3).expect("cut");
+        assert_eq!(cut.positions, vec![vec![Some(0), Some(1), Some(2)]]);
+        assert_eq!(cut.next_position(0), 3);
+        let (k, v) = cut.layer(0).expect("layer");
+        assert_eq!(rows_of(&k), vec![vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]]);
+        assert_eq!(rows_of(&v)[0][5], 105.0);
+        assert!(sequence.prefix(5).is_err(), "longer than the cache");
+        assert!(cache(2).prefix(1).is_err(), "two rows");
+        let padded = KvCache {
+            positions: vec![vec![None, Some(0), Some(1), Some(2)]],
+            ..sequence
+        };
+        assert!(padded.prefix(2).is_err(), "padding first");
     }
 }

@@ -8,6 +8,7 @@ use crate::prompt::Templates;
 
 use super::encode::{encode_request, Encoded, Truncation};
 use super::groups::{token_groups, Shape};
+use super::prefix_store::PrefixStore;
 use super::{p_yes, PolicyScore, RequestScores, Score, ScoreError, ScoreRequest};
 
 /// Engine settings.
@@ -22,6 +23,9 @@ pub struct EngineOptions {
     /// Padded tokens (rows × longest prompt) run together: a batch's requests are split into
     /// groups of similar length within this budget, which bounds the cache's memory.
     pub batch_tokens: usize,
+    /// Tokens of recently prefilled prefixes kept for checks that extend them (the gateway's
+    /// `incremental` mode); 0 keeps none. Used when a batch holds one request.
+    pub prefix_cache_tokens: usize,
 }
 
 impl Default for EngineOptions {
@@ -31,6 +35,7 @@ impl Default for EngineOptions {
             max_tokens: 8192,
             prefill_chunk: 512,
             batch_tokens: 4096,
+            prefix_cache_tokens: 0,
         }
     }
 }
@@ -41,6 +46,7 @@ pub struct Engine {
     tokenizer: GemmaTokenizer,
     templates: Templates,
     options: EngineOptions,
+    prefixes: Option<PrefixStore>,
     name: String,
 }
 
@@ -52,6 +58,7 @@ impl Engine {
             tokenizer: loaded.tokenizer,
             templates: Templates::builtin(),
             options,
+            prefixes: None,
             name: loaded.name,
         }
         .with_options(options)
@@ -63,8 +70,41 @@ impl Engine {
             .max_tokens
             .min(self.model.config().max_position_embeddings);
         options.prefill_chunk = options.prefill_chunk.max(1);
+        self.prefixes = (options.prefix_cache_tokens > 0)
+            .then(|| PrefixStore::new(options.prefix_cache_tokens));
         self.options = options;
         self
+    }
+
+    /// Prefix tokens whose prefill the prefix cache saved so far.
+    pub fn reused_prefix_tokens(&self) -> u64 {
+        self.prefixes.as_ref().map_or(0, PrefixStore::reused_tokens)
+    }
+
+    /// The cache of the shared prefixes of `encoded`: prefilled in one batch, or — for a lone
+    /// request with the prefix cache on — extended from the stored prefix it shares most with,
+    /// and stored for the next check.
+    fn prefix_cache(
+        &self,
+        encoded: &[&(Encoded, Truncation)],
+    ) -> Result<Option<KvCache>, ScoreError> {
+        match (&self.prefixes, encoded) {
+            (Some(store), [(e, _)]) => {
+                let (reused, past) = store
+                    .take(&e.shared)
+                    .map_or((0, None), |(n, c)| (n, Some(c)));
+                let (cache, _) = self.prefill(&[&e.shared[reused..]], past, false)?;
+                if let Some(c) = &cache {
+                    store.put(e.shared.clone(), c.clone());
+                }
+                Ok(cache)
+            }
+            _ => {
+                let prefixes: Vec<&[u32]> =
+                    encoded.iter().map(|(e, _)| e.shared.as_slice()).collect();
+                Ok(self.prefill(&prefixes, None, false)?.0)
+            }
+        }
     }
 
     /// Where the model came from.
@@ -166,9 +206,7 @@ impl Engine {
             .flat_map(|(r, (e, _))| (0..e.suffixes.len()).map(move |k| (r, k)))
             .collect();
         let logits = if self.options.prefix_reuse {
-            let prefixes: Vec<&[u32]> = encoded.iter().map(|(e, _)| e.shared.as_slice()).collect();
-            let (cache, _) = self.prefill(&prefixes, None, false)?;
-            let past = match cache {
+            let past = match self.prefix_cache(encoded)? {
                 Some(cache) => {
                     let rows: Vec<usize> = owners.iter().map(|&(r, _)| r).collect();
                     Some(cache.select_rows(&rows)?)

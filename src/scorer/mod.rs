@@ -6,6 +6,7 @@ pub mod cache;
 pub mod encode;
 mod engine;
 pub mod groups;
+pub mod prefix_store;
 pub mod remote;
 pub mod verdict;
 pub mod worker;
