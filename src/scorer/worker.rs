@@ -111,38 +111,40 @@ impl ScorerHandle {
 /// The next batch: the job carried over from the last gathering (or the next to arrive), then
 /// the jobs already waiting, in order, while the batch holds fewer than `max_batch` texts and
 /// their shares of a batch (see [`Score::batch_share`]) add up to at most one; the first job
-/// that would overflow is carried to the next batch. Jobs whose caller has gone are dropped.
-/// `None` once the queue is closed and empty.
+/// that would overflow is carried, with its share, to the next batch. Shares are computed only
+/// when a second job could join (the engine tokenizes to know them). Jobs whose caller has
+/// gone are dropped. `None` once the queue is closed and empty.
 fn gather(
     rx: &mut mpsc::Receiver<Job>,
-    carried: &mut Option<Job>,
+    carried: &mut Option<(Job, f64)>,
     scorer: &dyn Score,
     max_batch: usize,
 ) -> Option<Vec<Job>> {
     let share = |job: &Job| -> f64 { job.requests.iter().map(|r| scorer.batch_share(r)).sum() };
     loop {
-        let first = match carried.take() {
-            Some(job) => job,
-            None => rx.blocking_recv()?,
+        let (first, known) = match carried.take() {
+            Some((job, share)) => (job, Some(share)),
+            None => (rx.blocking_recv()?, None),
         };
         if first.reply.is_closed() {
             continue;
         }
         let mut size = first.requests.len();
-        let mut used = share(&first);
+        let mut used = known;
         let mut jobs = vec![first];
         while size < max_batch {
             let Ok(job) = rx.try_recv() else { break };
             if job.reply.is_closed() {
                 continue;
             }
+            let so_far = *used.get_or_insert_with(|| jobs.iter().map(share).sum());
             let more = share(&job);
-            if used + more > 1.0 {
-                *carried = Some(job);
+            if so_far + more > 1.0 {
+                *carried = Some((job, more));
                 break;
             }
             size += job.requests.len();
-            used += more;
+            used = Some(so_far + more);
             jobs.push(job);
         }
         return Some(jobs);
@@ -194,6 +196,7 @@ mod tests {
         entered: Mutex<std_mpsc::Sender<()>>,
         gate: Mutex<std_mpsc::Receiver<()>>,
         batches: Mutex<Vec<Vec<String>>>,
+        shares_asked: std::sync::atomic::AtomicUsize,
     }
 
     impl Gated {
@@ -204,6 +207,7 @@ mod tests {
                 entered: Mutex::new(entered),
                 gate: Mutex::new(gate),
                 batches: Mutex::default(),
+                shares_asked: Default::default(),
             };
             (gated, open, calls)
         }
@@ -226,6 +230,8 @@ mod tests {
         }
 
         fn batch_share(&self, request: &ScoreRequest) -> f64 {
+            self.shares_asked
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             request.user.len() as f64 / 10.0
         }
     }
@@ -269,6 +275,14 @@ mod tests {
             batches,
             [vec!["a"], vec!["bbbbb", "cccc"], vec!["ddd", "ee", "f"]],
             "0.5 + 0.4 fit, 0.3 would overflow and starts the next batch"
+        );
+        assert_eq!(
+            gated
+                .shares_asked
+                .load(std::sync::atomic::Ordering::Relaxed),
+            5,
+            "each waiting text's share once (the carried one is not asked again); none for \
+             the lone first check"
         );
     }
 
