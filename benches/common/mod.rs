@@ -1,5 +1,7 @@
 //! What the model benchmarks share: settings from the environment, the machine's name, peak
-//! memory, the prompts of each length bucket, and building the random-weight model.
+//! memory, the prompts of each length bucket, and building the random-weight model. Each
+//! benchmark compiles this module on its own and uses part of it.
+#![allow(dead_code)]
 
 use std::path::PathBuf;
 use std::sync::Arc;
