@@ -60,9 +60,9 @@ pub fn gguf_name(hf: &str) -> Option<String> {
         .map(|(g, _, _)| format!("blk.{layer}.{g}.weight"))
 }
 
-/// Reads a GGUF file into a config and its tensors under Hugging Face names: norms and the
-/// embedding dequantized (norms back from `1 + w` to `w`), float matrices as dense tensors,
-/// quantized matrices kept quantized.
+/// Reads a GGUF file into a config and its tensors under Hugging Face names: norms
+/// dequantized (back from `1 + w` to `w`), float tensors as dense tensors, quantized matrices
+/// and a quantized embedding kept quantized.
 pub fn load(
     path: &Path,
     dtype: DType,
@@ -95,9 +95,7 @@ pub fn load(
             .tensor(&mut file, name, device)
             .map_err(|e| bad(format!("tensor {name}: {e}")))?;
         let float = matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
-        // A Q8_0 embedding stays quantized (its rows are decoded on lookup); others are dense.
-        let dense_embedding = hf == "model.embed_tokens.weight" && q.dtype() != GgmlDType::Q8_0;
-        let entry = if float || is_norm || dense_embedding {
+        let entry = if float || is_norm {
             let mut t = q
                 .dequantize(device)
                 .map_err(|e| bad(format!("tensor {name}: {e}")))?;

@@ -4,7 +4,7 @@
 use candle_core::quantized::QMatMul;
 use candle_core::{DType, Module, Result, Tensor};
 
-use super::q8_gemm::PackedQ8;
+use super::int8_gemm::PackedInt8;
 
 /// `y = x W^T` with `W` stored `[out, in]` as in the checkpoints.
 pub enum Linear {
@@ -12,8 +12,8 @@ pub enum Linear {
     Dense(Tensor),
     /// A quantized matrix (Q8_0, Q4_K, ...); activations go through it in f32.
     Quantized(QMatMul),
-    /// A Q8_0 matrix repacked for the AVX-512 VNNI kernel; activations go through it in f32.
-    PackedQ8(PackedQ8),
+    /// A Q8_0, Q4_K or Q6_K matrix repacked for the AVX-512 VNNI kernel; activations go through it in f32.
+    Packed(PackedInt8),
 }
 
 impl Module for Linear {
@@ -25,7 +25,7 @@ impl Module for Linear {
         let y = match self {
             Self::Dense(w) => x2.matmul(&w.t()?)?,
             Self::Quantized(q) => q.forward(&x2.to_dtype(DType::F32)?)?.to_dtype(x.dtype())?,
-            Self::PackedQ8(p) => x2
+            Self::Packed(p) => x2
                 .to_dtype(DType::F32)?
                 .contiguous()?
                 .apply_op1_no_bwd(p)?

@@ -13,11 +13,11 @@ mod gguf_tokenizer;
 mod head;
 #[cfg(feature = "hub")]
 mod hub;
+mod int8_gemm;
 mod kv_cache;
 mod linear;
 pub mod loader;
 mod norm;
-mod q8_gemm;
 pub mod quantize;
 pub mod synthetic;
 pub mod tokenizer;

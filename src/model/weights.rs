@@ -5,13 +5,13 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
 
 use super::embedding::Embedding;
+use super::int8_gemm::PackedInt8;
 use super::linear::Linear;
-use super::q8_gemm::PackedQ8;
 
 /// One stored tensor (from a GGUF file or quantized in memory), under its Hugging Face name.
 #[derive(Clone)]
@@ -149,10 +149,10 @@ impl WeightSource {
             if let StoredTensor::Quantized(q) =
                 source.gguf_entry(&Shape::from((out_dim, in_dim)), "weight")?
             {
-                return Ok(match PackedQ8::from_qtensor(&q)? {
+                return Ok(match PackedInt8::from_qtensor(&q)? {
                     Some(packed) => {
                         source.stored()?.remove(&source.full_name("weight"));
-                        Linear::PackedQ8(packed)
+                        Linear::Packed(packed)
                     }
                     None => Linear::Quantized(QMatMul::from_arc(q)?),
                 });
@@ -161,19 +161,17 @@ impl WeightSource {
         Ok(Linear::Dense(source.tensor((out_dim, in_dim), "weight")?))
     }
 
-    /// The embedding table `name` (`[vocab, hidden]`): kept as Q8_0 when stored so on the
-    /// CPU, otherwise dense in the source's dtype.
+    /// The embedding table `name` (`[vocab, hidden]`): kept quantized when stored so,
+    /// otherwise dense in the source's dtype.
     pub fn embedding(&self, vocab: usize, hidden: usize, name: &str) -> Result<Embedding> {
         if let Backend::Gguf { dtype, .. } = self.backend.as_ref() {
             if let StoredTensor::Quantized(table) =
                 self.gguf_entry(&Shape::from((vocab, hidden)), name)?
             {
-                if table.dtype() == GgmlDType::Q8_0 && matches!(table.device(), Device::Cpu) {
-                    return Ok(Embedding::Q8_0 {
-                        table,
-                        dtype: *dtype,
-                    });
-                }
+                return Ok(Embedding::Quantized {
+                    table,
+                    dtype: *dtype,
+                });
             }
         }
         Ok(Embedding::Dense(self.tensor((vocab, hidden), name)?))
@@ -189,14 +187,14 @@ mod tests {
     fn a_packed_matrix_leaves_the_source_and_others_stay() {
         let w = Tensor::ones((32, 64), DType::F32, &Device::Cpu).expect("w");
         let q = QTensor::quantize(&w, GgmlDType::Q8_0).expect("quantize");
-        let packable = PackedQ8::from_qtensor(&q).expect("pack").is_some();
+        let packable = PackedInt8::from_qtensor(&q).expect("pack").is_some();
         let tensors = HashMap::from([
             ("a.weight".to_string(), StoredTensor::Quantized(Arc::new(q))),
             ("b.weight".to_string(), StoredTensor::Dense(w)),
         ]);
         let source = WeightSource::from_tensors(tensors, DType::F32, &Device::Cpu);
         let first = source.linear(64, 32, "a").expect("linear");
-        assert_eq!(matches!(first, Linear::PackedQ8(_)), packable);
+        assert_eq!(matches!(first, Linear::Packed(_)), packable);
         let second = source.linear(64, 32, "a");
         if packable {
             let err = second.err().map(|e| e.to_string()).unwrap_or_default();

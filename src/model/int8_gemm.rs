@@ -1,0 +1,337 @@
+//! Quantized linear layers as an int8 GEMM on AVX-512 VNNI. The weights are repacked once at
+//! load time into panels of 16 output rows so that one `vpdpbusd` multiplies 4 inputs of 16
+//! rows at once; the activations are quantized per 32-wide block (like Q8_0) and a tile of 6
+//! tokens × 32 outputs stays in registers for the whole input dimension. Q8_0 keeps its 8-bit
+//! values, Q4_K its 4-bit values with their scales and mins (`int8_gemm/q4_k.rs`), and Q6_K is
+//! requantized to Q8_0 (its 6-bit values with a scale per 16 inputs fit no 32-wide block; the
+//! added rounding is at most about an eighth of a Q6_K step). The packed matrix replaces the file's
+//! copy (candle's own VNNI path keeps both). Machines without AVX-512 VNNI, other shapes and
+//! types, and `SHIELDGATE_KERNELS=candle` keep candle's quantized matmul.
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{CpuStorage, CustomOp1, Device, Layout, Result, Shape};
+use rayon::prelude::*;
+
+mod activations;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod q4_k;
+mod q8_0;
+
+use activations::{Activations, Encoding};
+use q4_k::Q4KPanels;
+use q8_0::Q8_0Panels;
+
+/// Inputs per quantization block (Q8_0's block, Q4_K's sub-block).
+const BLOCK: usize = 32;
+/// Output rows per packed panel: one 512-bit register of i32 sums.
+const PANEL: usize = 16;
+/// Tokens per register tile; the kernel holds ROWS × 2 panels of sums and of results.
+const ROWS: usize = 6;
+
+/// 64 packed weight bytes, one `vpdpbusd` operand, aligned so that no load splits a cache line.
+#[derive(Clone, Copy, Debug)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+/// A quantized matrix `[out, in]` repacked for the VNNI kernel.
+#[derive(Debug)]
+pub struct PackedInt8 {
+    out_dim: usize,
+    in_dim: usize,
+    panels: Panels,
+}
+
+#[derive(Debug)]
+enum Panels {
+    Q8_0(Q8_0Panels),
+    Q4K(Q4KPanels),
+}
+
+/// Whether the VNNI kernel can run here (and has not been switched off).
+fn kernel_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        avx512::available() && std::env::var("SHIELDGATE_KERNELS").as_deref() != Ok("candle")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+impl PackedInt8 {
+    /// Packs a CPU Q8_0, Q4_K or Q6_K matrix whose rows split into whole panel pairs, when
+    /// the kernel can run here; `None` leaves the matrix to candle.
+    pub fn from_qtensor(q: &QTensor) -> Result<Option<Self>> {
+        if !matches!(q.device(), Device::Cpu) {
+            return Ok(None);
+        }
+        let (out_dim, in_dim) = q.shape().dims2()?;
+        if out_dim % (2 * PANEL) != 0 || in_dim % BLOCK != 0 || !kernel_available() {
+            return Ok(None);
+        }
+        let panels = match q.dtype() {
+            GgmlDType::Q8_0 => Panels::Q8_0(Q8_0Panels::pack(&q.data()?, out_dim, in_dim)?),
+            GgmlDType::Q4K => Panels::Q4K(Q4KPanels::pack(&q.data()?, out_dim, in_dim)?),
+            GgmlDType::Q6K => {
+                let dense = q.dequantize(&Device::Cpu)?;
+                let q8 = QTensor::quantize(&dense, GgmlDType::Q8_0)?;
+                Panels::Q8_0(Q8_0Panels::pack(&q8.data()?, out_dim, in_dim)?)
+            }
+            _ => return Ok(None),
+        };
+        Ok(Some(Self {
+            out_dim,
+            in_dim,
+            panels,
+        }))
+    }
+
+    /// How this matrix's tile takes its activations.
+    fn encoding(&self) -> Encoding {
+        match self.panels {
+            Panels::Q8_0(_) => Encoding::Shifted,
+            Panels::Q4K(_) => Encoding::Signed,
+        }
+    }
+
+    /// `x W^T` for `rows` rows of `x` (`rows × in_dim`, row-major).
+    fn matmul(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        let tiles = rows.div_ceil(ROWS);
+        let acts = Activations::quantize(x, rows, tiles * ROWS, self.in_dim, self.encoding());
+        let pairs = self.out_dim / (2 * PANEL);
+        // Each task takes a run of panel pairs over all rows: a pair's weights stay in L2
+        // while every row tile passes over them.
+        let per_task = pairs.div_ceil(4 * rayon::current_num_threads()).max(1);
+        let columns: Vec<(usize, Vec<f32>)> = (0..pairs)
+            .step_by(per_task)
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .map(|first| {
+                let last = (first + per_task).min(pairs);
+                let width = (last - first) * 2 * PANEL;
+                let mut out = vec![0f32; tiles * ROWS * width];
+                for pair in first..last {
+                    for tile in 0..tiles {
+                        let mut sums = [[0f32; 2 * PANEL]; ROWS];
+                        self.tile(pair, &acts, tile * ROWS, &mut sums);
+                        for (r, sum) in sums.iter().enumerate() {
+                            let at = (tile * ROWS + r) * width + (pair - first) * 2 * PANEL;
+                            out[at..at + 2 * PANEL].copy_from_slice(sum);
+                        }
+                    }
+                }
+                (first * 2 * PANEL, out)
+            })
+            .collect();
+        let mut y = vec![0f32; rows * self.out_dim];
+        for (start, out) in &columns {
+            let width = out.len() / (tiles * ROWS);
+            for (row, dst) in y.chunks_exact_mut(self.out_dim).enumerate() {
+                dst[*start..start + width].copy_from_slice(&out[row * width..][..width]);
+            }
+        }
+        y
+    }
+
+    /// Sums of `ROWS` rows from `row` × the 32 outputs of panel pair `pair`.
+    fn tile(
+        &self,
+        pair: usize,
+        acts: &Activations,
+        row: usize,
+        sums: &mut [[f32; 2 * PANEL]; ROWS],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        match &self.panels {
+            Panels::Q8_0(p) => {
+                avx512::tile_q8_0(&p.panel(2 * pair), &p.panel(2 * pair + 1), acts, row, sums)
+            }
+            Panels::Q4K(p) => {
+                avx512::tile_q4_k(&p.panel(2 * pair), &p.panel(2 * pair + 1), acts, row, sums)
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (pair, acts, row, sums);
+            unreachable!("PackedInt8 is only built where the kernel runs")
+        }
+    }
+}
+
+impl CustomOp1 for PackedInt8 {
+    fn name(&self) -> &'static str {
+        "int8-vnni-matmul"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(x) = storage else {
+            candle_core::bail!("{} takes f32 activations", self.name())
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("{} takes contiguous activations", self.name())
+        };
+        let (rows, in_dim) = layout.shape().dims2()?;
+        if in_dim != self.in_dim {
+            candle_core::bail!(
+                "{}: activations have {in_dim} columns, the matrix {}",
+                self.name(),
+                self.in_dim
+            )
+        }
+        let y = self.matmul(&x[start..end], rows);
+        Ok((CpuStorage::F32(y), Shape::from((rows, self.out_dim))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::q8_0::{q8_0_block, Q8_0_BYTES};
+    use super::*;
+    use candle_core::quantized::QMatMul;
+    use candle_core::{Module, Tensor};
+
+    /// Deterministic values in [-1, 1) with a few large outliers, like real activations.
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut z = seed;
+        (0..n)
+            .map(|i| {
+                z = z
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let v = ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0;
+                if i % 97 == 0 {
+                    v * 8.0
+                } else {
+                    v
+                }
+            })
+            .collect()
+    }
+
+    fn matrix(dtype: GgmlDType, out_dim: usize, in_dim: usize) -> QTensor {
+        let w = Tensor::from_vec(values(out_dim * in_dim, 7), (out_dim, in_dim), &Device::Cpu)
+            .expect("tensor");
+        QTensor::quantize(&w, dtype).expect("quantize")
+    }
+
+    /// The kernel's arithmetic in plain integers, from candle's own blocks: per 32-wide block
+    /// the integer dot product of the stored values and the quantized activations, times the
+    /// block's weight scale and activation scale, less the block's min term (Q4_K).
+    fn reference(q: &QTensor, x: &[f32], rows: usize) -> Vec<f32> {
+        let (out_dim, in_dim) = q.shape().dims2().expect("2d");
+        let raw = q.data().expect("data");
+        let blocks = in_dim / BLOCK;
+        let encoding = match q.dtype() {
+            GgmlDType::Q8_0 => Encoding::Shifted,
+            _ => Encoding::Signed,
+        };
+        let acts = Activations::quantize(x, rows, rows, in_dim, encoding);
+        let supers = in_dim / q4_k::SUPER;
+        let super_bytes = raw.len() / (out_dim * supers.max(1));
+        let mut y = vec![0f32; rows * out_dim];
+        for r in 0..rows {
+            for n in 0..out_dim {
+                let mut total = 0f32;
+                for b in 0..blocks {
+                    let x_at = |k: usize| acts.value(r, b * BLOCK + k, encoding);
+                    let (scale, min, dot) = if q.dtype() == GgmlDType::Q8_0 {
+                        let at = (n * blocks + b) * Q8_0_BYTES;
+                        let (d, qs) = q8_0_block(&raw[at..][..Q8_0_BYTES]);
+                        let dot: i32 = qs.enumerate().map(|(k, w)| i32::from(w) * x_at(k)).sum();
+                        (d, 0.0, dot)
+                    } else {
+                        let (s, j) = (b / 8, b % 8);
+                        let at = (n * supers + s) * super_bytes;
+                        let (d, dmin, packed, qs) = q4_k::super_block(&raw[at..][..super_bytes]);
+                        let (sc, m) = q4_k::scale_and_min(j, packed);
+                        let dot: i32 = (0..BLOCK)
+                            .map(|k| i32::from(q4_k::nibble(qs, j * BLOCK + k)) * x_at(k))
+                            .sum();
+                        (d * f32::from(sc), dmin * f32::from(m), dot)
+                    };
+                    let x_scale = acts.scales[r * blocks + b];
+                    total += dot as f32 * scale * x_scale - min * acts.sums[r * blocks + b];
+                }
+                y[r * out_dim + n] = total;
+            }
+        }
+        y
+    }
+
+    fn max_difference(a: &[f32], b: &[f32]) -> f32 {
+        a.iter()
+            .zip(b)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn the_kernels_compute_the_integer_reference_for_odd_row_counts() {
+        for (dtype, in_dim) in [(GgmlDType::Q8_0, 96), (GgmlDType::Q4K, 512)] {
+            let q = matrix(dtype, 64, in_dim);
+            let Some(packed) = PackedInt8::from_qtensor(&q).expect("pack") else {
+                eprintln!("no AVX-512 VNNI here: candle's kernel runs instead");
+                return;
+            };
+            for rows in [1, 5, 6, 7, 13] {
+                let x = values(rows * in_dim, rows as u64);
+                let got = packed.matmul(&x, rows);
+                let want = reference(&q, &x, rows);
+                let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+                assert!(
+                    max_difference(&got, &want) <= 1e-5 * scale,
+                    "{dtype:?}, rows {rows}: {}",
+                    max_difference(&got, &want)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn each_layer_is_as_close_to_the_exact_product_as_candles_quantized_matmul() {
+        for dtype in [GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q6K] {
+            let q = matrix(dtype, 96, 512);
+            let Some(packed) = PackedInt8::from_qtensor(&q).expect("pack") else {
+                return;
+            };
+            let x = Tensor::from_vec(values(9 * 512, 3), (9, 512), &Device::Cpu).expect("x");
+            let flat =
+                |t: Tensor| -> Vec<f32> { t.flatten_all().and_then(|t| t.to_vec1()).expect("vec") };
+            let w = q.dequantize(&Device::Cpu).expect("dequantize");
+            let exact = flat(x.matmul(&w.t().expect("transpose")).expect("matmul"));
+            let ours = flat(x.apply_op1_no_bwd(&packed).expect("vnni"));
+            let candle = flat(
+                QMatMul::from_qtensor(q)
+                    .expect("qmatmul")
+                    .forward(&x)
+                    .expect("candle"),
+            );
+            assert_eq!(ours.len(), exact.len());
+            // Both quantize the activations (candle per 32 with f16 scales for Q8_0, per 256
+            // for the K types; Q6_K is also requantized here); the outliers in `values` make
+            // that error visible, and it must not be larger here.
+            let (ours, candle) = (
+                max_difference(&ours, &exact),
+                max_difference(&candle, &exact),
+            );
+            assert!(
+                ours > 0.0 && ours <= 1.1 * candle,
+                "{dtype:?}: ours {ours}, candle {candle}"
+            );
+        }
+    }
+
+    #[test]
+    fn shapes_and_types_the_kernel_does_not_cover_stay_with_candle() {
+        assert!(PackedInt8::from_qtensor(&matrix(GgmlDType::Q8_0, 48, 64))
+            .expect("pack")
+            .is_none());
+        for dtype in [GgmlDType::Q4_0, GgmlDType::Q5K, GgmlDType::F16] {
+            assert!(PackedInt8::from_qtensor(&matrix(dtype, 64, 256))
+                .expect("pack")
+                .is_none());
+        }
+    }
+}

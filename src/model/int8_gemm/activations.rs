@@ -1,0 +1,113 @@
+//! Activations quantized per 32-wide block of each row for the int8 tiles.
+
+use rayon::prelude::*;
+
+use super::BLOCK;
+
+/// How the quantized activations enter `vpdpbusd`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Encoding {
+    /// `q + 128` as unsigned bytes, for signed weights (Q8_0); the weights' offsets undo it.
+    Shifted,
+    /// `q` as signed bytes, for unsigned weights (Q4_K's 4-bit values).
+    Signed,
+}
+
+/// `q = round(x / d)` in [-127, 127] with `d = max |x| / 127` per block, in the given
+/// encoding; rows past the real ones are zero. `sums` holds `d × Σ q` of each block.
+pub(super) struct Activations {
+    pub(super) bytes: Vec<u8>,
+    pub(super) scales: Vec<f32>,
+    pub(super) sums: Vec<f32>,
+    pub(super) in_dim: usize,
+}
+
+impl Activations {
+    pub(super) fn quantize(
+        x: &[f32],
+        rows: usize,
+        padded_rows: usize,
+        in_dim: usize,
+        encoding: Encoding,
+    ) -> Self {
+        let blocks = in_dim / BLOCK;
+        let shift = match encoding {
+            Encoding::Shifted => 128,
+            Encoding::Signed => 0,
+        };
+        let mut bytes = vec![shift as u8; padded_rows * in_dim];
+        let mut scales = vec![0f32; padded_rows * blocks];
+        let mut sums = vec![0f32; padded_rows * blocks];
+        bytes[..rows * in_dim]
+            .par_chunks_mut(in_dim)
+            .zip(scales[..rows * blocks].par_chunks_mut(blocks))
+            .zip(sums[..rows * blocks].par_chunks_mut(blocks))
+            .zip(x.par_chunks(in_dim))
+            .for_each(|(((bytes, scales), sums), x)| {
+                for (((q, d), sum), x) in bytes
+                    .chunks_exact_mut(BLOCK)
+                    .zip(scales.iter_mut())
+                    .zip(sums.iter_mut())
+                    .zip(x.chunks_exact(BLOCK))
+                {
+                    let max = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+                    *d = max / 127.0;
+                    let inv = if max > 0.0 { 127.0 / max } else { 0.0 };
+                    let mut total = 0i32;
+                    for (q, &v) in q.iter_mut().zip(x) {
+                        let value = (v * inv).round() as i32;
+                        total += value;
+                        *q = (value + shift) as u8;
+                    }
+                    *sum = *d * total as f32;
+                }
+            });
+        Self {
+            bytes,
+            scales,
+            sums,
+            in_dim,
+        }
+    }
+
+    /// The quantized value at `row`, `col`, whatever the encoding.
+    #[cfg(test)]
+    pub(super) fn value(&self, row: usize, col: usize, encoding: Encoding) -> i32 {
+        let byte = self.bytes[row * self.in_dim + col];
+        match encoding {
+            Encoding::Shifted => i32::from(byte) - 128,
+            Encoding::Signed => i32::from(byte as i8),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_encodings_hold_the_same_values_and_block_sums() {
+        let x: Vec<f32> = (0..2 * 64).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+        let shifted = Activations::quantize(&x, 2, 3, 64, Encoding::Shifted);
+        let signed = Activations::quantize(&x, 2, 3, 64, Encoding::Signed);
+        assert_eq!(shifted.scales, signed.scales);
+        for row in 0..3 {
+            for block in 0..2 {
+                let values: Vec<i32> = (0..BLOCK)
+                    .map(|k| signed.value(row, block * BLOCK + k, Encoding::Signed))
+                    .collect();
+                let again: Vec<i32> = (0..BLOCK)
+                    .map(|k| shifted.value(row, block * BLOCK + k, Encoding::Shifted))
+                    .collect();
+                assert_eq!(values, again);
+                let d = signed.scales[row * 2 + block];
+                let sum = d * values.iter().sum::<i32>() as f32;
+                assert_eq!(signed.sums[row * 2 + block], sum);
+                for (k, &q) in values.iter().enumerate() {
+                    let v = x.get(row * 64 + block * BLOCK + k).copied().unwrap_or(0.0);
+                    assert!((q as f32 * d - v).abs() <= d / 2.0 + 1e-6);
+                }
+            }
+        }
+    }
+}

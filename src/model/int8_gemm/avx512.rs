@@ -1,0 +1,200 @@
+//! The register tiles of the int8 GEMM with AVX-512 VNNI intrinsics: `ROWS` tokens × 2 panels
+//! of 16 outputs. Per 32-wide block, 8 steps of `vpdpbusd` add 4 products to each of the
+//! `ROWS × 2` integer sums; the block's sums then become f32, scaled by weight scale ×
+//! activation scale, and join the running results. This is the crate's one use of SIMD
+//! intrinsics, so it allows `unsafe` here and nowhere else but the mmap.
+#![allow(unsafe_code)]
+
+use std::arch::x86_64::{
+    __m512, __m512i, _mm512_and_si512, _mm512_cvtepi32_ps, _mm512_cvtepu8_epi32,
+    _mm512_dpbusd_epi32, _mm512_fmadd_ps, _mm512_fnmadd_ps, _mm512_load_si512, _mm512_loadu_ps,
+    _mm512_loadu_si512, _mm512_mul_ps, _mm512_set1_epi32, _mm512_set1_epi8, _mm512_set1_ps,
+    _mm512_setzero_ps, _mm512_setzero_si512, _mm512_srli_epi16, _mm512_storeu_ps, _mm512_sub_epi32,
+    _mm_loadu_si128,
+};
+
+use super::activations::Activations;
+use super::q4_k::{self, Q4KPanel, SUPER};
+use super::q8_0::{self, Q8_0Panel};
+use super::{BLOCK, PANEL, ROWS};
+
+/// Whether this CPU runs the kernel (checked once per call of `PackedInt8::from_qtensor`).
+pub(super) fn available() -> bool {
+    is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vnni")
+}
+
+/// Checks what every tile reads through raw pointers: the activation rows and the CPU.
+fn check_activations(acts: &Activations, row: usize, blocks: usize) {
+    assert!(acts.bytes.len() >= (row + ROWS) * acts.in_dim);
+    assert!(acts.scales.len() >= (row + ROWS) * blocks);
+    assert!(acts.sums.len() >= (row + ROWS) * blocks);
+    assert!(available(), "the VNNI kernel needs AVX-512 F, BW and VNNI");
+}
+
+/// Sums of the `ROWS` activation rows from `row` against two Q8_0 panels.
+pub(super) fn tile_q8_0(
+    left: &Q8_0Panel,
+    right: &Q8_0Panel,
+    acts: &Activations,
+    row: usize,
+    sums: &mut [[f32; 2 * PANEL]; ROWS],
+) {
+    let blocks = acts.in_dim / BLOCK;
+    for panel in [left, right] {
+        assert!(panel.weights.len() >= blocks * q8_0::LINES_PER_BLOCK);
+        assert!(panel.scales.len() >= blocks * PANEL && panel.offsets.len() >= blocks * PANEL);
+    }
+    check_activations(acts, row, blocks);
+    // SAFETY: the CPU has the features (checked above; `PackedInt8` is only built where it
+    // does), every pointer the kernel forms stays inside the slices whose lengths were
+    // checked above, and the weight loads are aligned: `Line` is 64-byte aligned and the
+    // kernel reads whole lines.
+    unsafe { tile_q8_0_vnni(left, right, acts, row, blocks, sums) }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn tile_q8_0_vnni(
+    left: &Q8_0Panel,
+    right: &Q8_0Panel,
+    acts: &Activations,
+    row: usize,
+    blocks: usize,
+    sums: &mut [[f32; 2 * PANEL]; ROWS],
+) {
+    let weights = [
+        left.weights.as_ptr().cast::<u8>(),
+        right.weights.as_ptr().cast::<u8>(),
+    ];
+    let scales = [left.scales.as_ptr(), right.scales.as_ptr()];
+    let offsets = [left.offsets.as_ptr(), right.offsets.as_ptr()];
+    let x = acts.bytes.as_ptr().add(row * acts.in_dim);
+    let x_scales = acts.scales.as_ptr().add(row * blocks);
+    let mut results: [[__m512; 2]; ROWS] = [[_mm512_setzero_ps(); 2]; ROWS];
+    for b in 0..blocks {
+        let mut dots: [[__m512i; 2]; ROWS] = [[_mm512_setzero_si512(); 2]; ROWS];
+        for step in 0..BLOCK / 4 {
+            let at = (b * BLOCK / 4 + step) * PANEL * 4;
+            let w = [
+                _mm512_load_si512(weights[0].add(at).cast()),
+                _mm512_load_si512(weights[1].add(at).cast()),
+            ];
+            for (r, dot) in dots.iter_mut().enumerate() {
+                let four = x
+                    .add(r * acts.in_dim + b * BLOCK + step * 4)
+                    .cast::<i32>()
+                    .read_unaligned();
+                let a = _mm512_set1_epi32(four);
+                dot[0] = _mm512_dpbusd_epi32(dot[0], a, w[0]);
+                dot[1] = _mm512_dpbusd_epi32(dot[1], a, w[1]);
+            }
+        }
+        let meta = b * PANEL;
+        let offset = [
+            _mm512_loadu_si512(offsets[0].add(meta).cast()),
+            _mm512_loadu_si512(offsets[1].add(meta).cast()),
+        ];
+        let scale = [
+            _mm512_loadu_ps(scales[0].add(meta)),
+            _mm512_loadu_ps(scales[1].add(meta)),
+        ];
+        for (r, (result, dot)) in results.iter_mut().zip(&dots).enumerate() {
+            let x_scale = _mm512_set1_ps(*x_scales.add(r * blocks + b));
+            for p in 0..2 {
+                let exact = _mm512_cvtepi32_ps(_mm512_sub_epi32(dot[p], offset[p]));
+                result[p] = _mm512_fmadd_ps(exact, _mm512_mul_ps(scale[p], x_scale), result[p]);
+            }
+        }
+    }
+    store(&results, sums);
+}
+
+/// Sums of the `ROWS` activation rows from `row` against two Q4_K panels.
+pub(super) fn tile_q4_k(
+    left: &Q4KPanel,
+    right: &Q4KPanel,
+    acts: &Activations,
+    row: usize,
+    sums: &mut [[f32; 2 * PANEL]; ROWS],
+) {
+    let blocks = acts.in_dim / BLOCK;
+    let supers = acts.in_dim / SUPER;
+    assert!(acts.in_dim.is_multiple_of(SUPER));
+    for panel in [left, right] {
+        assert!(panel.weights.len() >= blocks * q4_k::LINES_PER_BLOCK);
+        assert!(panel.d.len() >= supers * PANEL && panel.dmin.len() >= supers * PANEL);
+        assert!(panel.scales.len() >= blocks * PANEL && panel.mins.len() >= blocks * PANEL);
+    }
+    check_activations(acts, row, blocks);
+    // SAFETY: as for `tile_q8_0`: features and every slice length checked above, whole
+    // aligned lines read.
+    unsafe { tile_q4_k_vnni(left, right, acts, row, blocks, sums) }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn tile_q4_k_vnni(
+    left: &Q4KPanel,
+    right: &Q4KPanel,
+    acts: &Activations,
+    row: usize,
+    blocks: usize,
+    sums: &mut [[f32; 2 * PANEL]; ROWS],
+) {
+    let panels = [left, right];
+    let low_nibbles = _mm512_set1_epi8(0x0F);
+    let x = acts.bytes.as_ptr().add(row * acts.in_dim);
+    let x_scales = acts.scales.as_ptr().add(row * blocks);
+    let x_sums = acts.sums.as_ptr().add(row * blocks);
+    let blocks_per_super = SUPER / BLOCK;
+    let mut results: [[__m512; 2]; ROWS] = [[_mm512_setzero_ps(); 2]; ROWS];
+    for s in 0..blocks / blocks_per_super {
+        let d = panels.map(|p| _mm512_loadu_ps(p.d.as_ptr().add(s * PANEL)));
+        let dmin = panels.map(|p| _mm512_loadu_ps(p.dmin.as_ptr().add(s * PANEL)));
+        for b in s * blocks_per_super..(s + 1) * blocks_per_super {
+            let mut dots: [[__m512i; 2]; ROWS] = [[_mm512_setzero_si512(); 2]; ROWS];
+            for line in 0..q4_k::LINES_PER_BLOCK {
+                let at = b * q4_k::LINES_PER_BLOCK + line;
+                let packed = panels.map(|p| _mm512_load_si512(p.weights.as_ptr().add(at).cast()));
+                let low = packed.map(|w| _mm512_and_si512(w, low_nibbles));
+                let high = packed.map(|w| _mm512_and_si512(_mm512_srli_epi16(w, 4), low_nibbles));
+                for (r, dot) in dots.iter_mut().enumerate() {
+                    let first = x.add(r * acts.in_dim + b * BLOCK + line * 8).cast::<i32>();
+                    let a = _mm512_set1_epi32(first.read_unaligned());
+                    dot[0] = _mm512_dpbusd_epi32(dot[0], low[0], a);
+                    dot[1] = _mm512_dpbusd_epi32(dot[1], low[1], a);
+                    let a = _mm512_set1_epi32(first.add(1).read_unaligned());
+                    dot[0] = _mm512_dpbusd_epi32(dot[0], high[0], a);
+                    dot[1] = _mm512_dpbusd_epi32(dot[1], high[1], a);
+                }
+            }
+            let widen = |bytes: *const u8| {
+                _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(bytes.cast())))
+            };
+            let mut scale = [_mm512_setzero_ps(); 2];
+            let mut min = [_mm512_setzero_ps(); 2];
+            for p in 0..2 {
+                scale[p] = _mm512_mul_ps(d[p], widen(panels[p].scales.as_ptr().add(b * PANEL)));
+                min[p] = _mm512_mul_ps(dmin[p], widen(panels[p].mins.as_ptr().add(b * PANEL)));
+            }
+            for (r, (result, dot)) in results.iter_mut().zip(&dots).enumerate() {
+                let x_scale = _mm512_set1_ps(*x_scales.add(r * blocks + b));
+                let x_sum = _mm512_set1_ps(*x_sums.add(r * blocks + b));
+                for p in 0..2 {
+                    let exact = _mm512_cvtepi32_ps(dot[p]);
+                    result[p] = _mm512_fmadd_ps(exact, _mm512_mul_ps(scale[p], x_scale), result[p]);
+                    result[p] = _mm512_fnmadd_ps(min[p], x_sum, result[p]);
+                }
+            }
+        }
+    }
+    store(&results, sums);
+}
+
+#[target_feature(enable = "avx512f")]
+unsafe fn store(results: &[[__m512; 2]; ROWS], sums: &mut [[f32; 2 * PANEL]; ROWS]) {
+    for (sum, result) in sums.iter_mut().zip(results) {
+        _mm512_storeu_ps(sum.as_mut_ptr(), result[0]);
+        _mm512_storeu_ps(sum.as_mut_ptr().add(PANEL), result[1]);
+    }
+}
