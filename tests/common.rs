@@ -58,11 +58,12 @@ pub fn assets() -> &'static Path {
         export("odd", "odd", &["--shards", "3"]);
         export("tiny", "tiny/model-q8_0.gguf", &["--dtype", "q8_0"]);
         export("tiny", "tiny/model-q4_0.gguf", &["--dtype", "q4_0"]);
+        export("kquant", "kquant/model-q4_k_m.gguf", &["--dtype", "q4_k_m"]);
         dir
     })
 }
 
-/// A synthetic test model (`tiny`, `odd`) loaded with the real tokenizer.
+/// A synthetic test model (`tiny`, `odd`, `kquant`) loaded with the real tokenizer.
 pub fn engine(preset: &str, dtype: candle_core::DType, options: EngineOptions) -> Engine {
     let opts = LoadOptions {
         dtype,

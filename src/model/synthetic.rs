@@ -16,11 +16,13 @@ use super::config::Gemma2Config;
 
 const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
 
-/// The named test shapes shared with `scripts/fixtures.py`, plus the released sizes.
+/// The named test shapes (`tiny` and `odd` shared with `scripts/fixtures.py`; `kquant`, whose
+/// rows split into Q4_K/Q6_K blocks of 256, for the quantized tests), plus the released sizes.
 pub fn preset(name: &str) -> Option<Gemma2Config> {
     match name {
         "tiny" => Some(test_config(64, 4, 4, 2, 16, 128, 16.0, 32, (50.0, 30.0))),
         "odd" => Some(test_config(48, 3, 3, 1, 32, 80, 20.0, 48, (20.0, 15.0))),
+        "kquant" => Some(test_config(256, 2, 2, 1, 128, 512, 128.0, 32, (50.0, 30.0))),
         "2b" => Some(Gemma2Config::shieldgemma_2b()),
         "9b" => Some(Gemma2Config::shieldgemma_9b()),
         "27b" => Some(Gemma2Config::shieldgemma_27b()),
@@ -29,7 +31,7 @@ pub fn preset(name: &str) -> Option<Gemma2Config> {
 }
 
 /// Names accepted by [`preset`].
-pub const PRESETS: [&str; 5] = ["tiny", "odd", "2b", "9b", "27b"];
+pub const PRESETS: [&str; 6] = ["tiny", "odd", "kquant", "2b", "9b", "27b"];
 
 #[allow(clippy::too_many_arguments)]
 fn test_config(
