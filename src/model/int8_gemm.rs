@@ -2,7 +2,7 @@
 //! load time into panels of 16 output rows so that one `vpdpbusd` multiplies 4 inputs of 16
 //! rows at once; the activations are quantized per 32-wide block (like Q8_0) and a tile of 6
 //! tokens × 32 outputs stays in registers for the whole input dimension. Q8_0 keeps its 8-bit
-//! values, Q4_K its 4-bit values with their scales and mins (`int8_gemm/q4_k.rs`), and Q6_K is
+//! values, Q4_K and Q4_0 their 4-bit values with their own scales (`int8_gemm/nibbles.rs`), and Q6_K is
 //! requantized to Q8_0 (its 6-bit values with a scale per 16 inputs fit no 32-wide block; the
 //! added rounding is at most about an eighth of a Q6_K step). The packed matrix replaces the file's
 //! copy (candle's own VNNI path keeps both). Machines without AVX-512 VNNI, other shapes and
@@ -15,11 +15,11 @@ use rayon::prelude::*;
 mod activations;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
-mod q4_k;
+mod nibbles;
 mod q8_0;
 
 use activations::{Activations, Encoding};
-use q4_k::Q4KPanels;
+use nibbles::NibblePanels;
 use q8_0::Q8_0Panels;
 
 /// Inputs per quantization block (Q8_0's block, Q4_K's sub-block).
@@ -45,7 +45,7 @@ pub struct PackedInt8 {
 #[derive(Debug)]
 enum Panels {
     Q8_0(Q8_0Panels),
-    Q4K(Q4KPanels),
+    Nibbles(NibblePanels),
 }
 
 /// Whether the VNNI kernel can run here (and has not been switched off).
@@ -61,7 +61,7 @@ fn kernel_available() -> bool {
 }
 
 impl PackedInt8 {
-    /// Packs a CPU Q8_0, Q4_K or Q6_K matrix whose rows split into whole panel pairs, when
+    /// Packs a CPU Q8_0, Q4_K, Q4_0 or Q6_K matrix whose rows split into whole panel pairs, when
     /// the kernel can run here; `None` leaves the matrix to candle.
     pub fn from_qtensor(q: &QTensor) -> Result<Option<Self>> {
         if !matches!(q.device(), Device::Cpu) {
@@ -73,7 +73,12 @@ impl PackedInt8 {
         }
         let panels = match q.dtype() {
             GgmlDType::Q8_0 => Panels::Q8_0(Q8_0Panels::pack(&q.data()?, out_dim, in_dim)?),
-            GgmlDType::Q4K => Panels::Q4K(Q4KPanels::pack(&q.data()?, out_dim, in_dim)?),
+            GgmlDType::Q4K => {
+                Panels::Nibbles(NibblePanels::from_q4_k(&q.data()?, out_dim, in_dim)?)
+            }
+            GgmlDType::Q4_0 => {
+                Panels::Nibbles(NibblePanels::from_q4_0(&q.data()?, out_dim, in_dim)?)
+            }
             GgmlDType::Q6K => {
                 let dense = q.dequantize(&Device::Cpu)?;
                 let q8 = QTensor::quantize(&dense, GgmlDType::Q8_0)?;
@@ -92,7 +97,7 @@ impl PackedInt8 {
     fn encoding(&self) -> Encoding {
         match self.panels {
             Panels::Q8_0(_) => Encoding::Shifted,
-            Panels::Q4K(_) => Encoding::Signed,
+            Panels::Nibbles(_) => Encoding::Signed,
         }
     }
 
@@ -148,8 +153,8 @@ impl PackedInt8 {
             Panels::Q8_0(p) => {
                 avx512::tile_q8_0(&p.panel(2 * pair), &p.panel(2 * pair + 1), acts, row, sums)
             }
-            Panels::Q4K(p) => {
-                avx512::tile_q4_k(&p.panel(2 * pair), &p.panel(2 * pair + 1), acts, row, sums)
+            Panels::Nibbles(p) => {
+                avx512::tile_nibbles(&p.panel(2 * pair), &p.panel(2 * pair + 1), acts, row, sums)
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -191,6 +196,7 @@ mod tests {
     use super::*;
     use candle_core::quantized::QMatMul;
     use candle_core::{Module, Tensor};
+    use half::f16;
 
     /// Deterministic values in [-1, 1) with a few large outliers, like real activations.
     fn values(n: usize, seed: u64) -> Vec<f32> {
@@ -218,7 +224,7 @@ mod tests {
 
     /// The kernel's arithmetic in plain integers, from candle's own blocks: per 32-wide block
     /// the integer dot product of the stored values and the quantized activations, times the
-    /// block's weight scale and activation scale, less the block's min term (Q4_K).
+    /// block's weight scale and activation scale, less the block's min term (4-bit types).
     fn reference(q: &QTensor, x: &[f32], rows: usize) -> Vec<f32> {
         let (out_dim, in_dim) = q.shape().dims2().expect("2d");
         let raw = q.data().expect("data");
@@ -228,7 +234,7 @@ mod tests {
             _ => Encoding::Signed,
         };
         let acts = Activations::quantize(x, rows, rows, in_dim, encoding);
-        let supers = in_dim / q4_k::SUPER;
+        let supers = in_dim / nibbles::SUPER;
         let super_bytes = raw.len() / (out_dim * supers.max(1));
         let mut y = vec![0f32; rows * out_dim];
         for r in 0..rows {
@@ -236,20 +242,35 @@ mod tests {
                 let mut total = 0f32;
                 for b in 0..blocks {
                     let x_at = |k: usize| acts.value(r, b * BLOCK + k, encoding);
-                    let (scale, min, dot) = if q.dtype() == GgmlDType::Q8_0 {
-                        let at = (n * blocks + b) * Q8_0_BYTES;
-                        let (d, qs) = q8_0_block(&raw[at..][..Q8_0_BYTES]);
-                        let dot: i32 = qs.enumerate().map(|(k, w)| i32::from(w) * x_at(k)).sum();
-                        (d, 0.0, dot)
-                    } else {
-                        let (s, j) = (b / 8, b % 8);
-                        let at = (n * supers + s) * super_bytes;
-                        let (d, dmin, packed, qs) = q4_k::super_block(&raw[at..][..super_bytes]);
-                        let (sc, m) = q4_k::scale_and_min(j, packed);
-                        let dot: i32 = (0..BLOCK)
-                            .map(|k| i32::from(q4_k::nibble(qs, j * BLOCK + k)) * x_at(k))
-                            .sum();
-                        (d * f32::from(sc), dmin * f32::from(m), dot)
+                    let (scale, min, dot) = match q.dtype() {
+                        GgmlDType::Q8_0 => {
+                            let at = (n * blocks + b) * Q8_0_BYTES;
+                            let (d, qs) = q8_0_block(&raw[at..][..Q8_0_BYTES]);
+                            let dot: i32 =
+                                qs.enumerate().map(|(k, w)| i32::from(w) * x_at(k)).sum();
+                            (d, 0.0, dot)
+                        }
+                        GgmlDType::Q4_0 => {
+                            let bytes = &raw[(n * blocks + b) * nibbles::Q4_0_BYTES..];
+                            let d = f16::from_le_bytes([bytes[0], bytes[1]]).to_f32();
+                            let dot: i32 = (0..BLOCK)
+                                .map(|k| i32::from(nibbles::q4_0_nibble(&bytes[2..], k)) * x_at(k))
+                                .sum();
+                            (d, 8.0 * d, dot)
+                        }
+                        _ => {
+                            let (s, j) = (b / 8, b % 8);
+                            let at = (n * supers + s) * super_bytes;
+                            let (d, dmin, packed, qs) =
+                                nibbles::q4_k_super_block(&raw[at..][..super_bytes]);
+                            let (sc, m) = nibbles::scale_and_min(j, packed);
+                            let dot: i32 = (0..BLOCK)
+                                .map(|k| {
+                                    i32::from(nibbles::q4_k_nibble(qs, j * BLOCK + k)) * x_at(k)
+                                })
+                                .sum();
+                            (d * f32::from(sc), dmin * f32::from(m), dot)
+                        }
                     };
                     let x_scale = acts.scales[r * blocks + b];
                     total += dot as f32 * scale * x_scale - min * acts.sums[r * blocks + b];
@@ -269,7 +290,11 @@ mod tests {
 
     #[test]
     fn the_kernels_compute_the_integer_reference_for_odd_row_counts() {
-        for (dtype, in_dim) in [(GgmlDType::Q8_0, 96), (GgmlDType::Q4K, 512)] {
+        for (dtype, in_dim) in [
+            (GgmlDType::Q8_0, 96),
+            (GgmlDType::Q4K, 512),
+            (GgmlDType::Q4_0, 96),
+        ] {
             let q = matrix(dtype, 64, in_dim);
             let Some(packed) = PackedInt8::from_qtensor(&q).expect("pack") else {
                 eprintln!("no AVX-512 VNNI here: candle's kernel runs instead");
@@ -291,7 +316,12 @@ mod tests {
 
     #[test]
     fn each_layer_is_as_close_to_the_exact_product_as_candles_quantized_matmul() {
-        for dtype in [GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q6K] {
+        for dtype in [
+            GgmlDType::Q8_0,
+            GgmlDType::Q4K,
+            GgmlDType::Q4_0,
+            GgmlDType::Q6K,
+        ] {
             let q = matrix(dtype, 96, 512);
             let Some(packed) = PackedInt8::from_qtensor(&q).expect("pack") else {
                 return;
@@ -328,7 +358,7 @@ mod tests {
         assert!(PackedInt8::from_qtensor(&matrix(GgmlDType::Q8_0, 48, 64))
             .expect("pack")
             .is_none());
-        for dtype in [GgmlDType::Q4_0, GgmlDType::Q5K, GgmlDType::F16] {
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q5K, GgmlDType::F16] {
             assert!(PackedInt8::from_qtensor(&matrix(dtype, 64, 256))
                 .expect("pack")
                 .is_none());

@@ -6,15 +6,15 @@
 #![allow(unsafe_code)]
 
 use std::arch::x86_64::{
-    __m512, __m512i, _mm512_and_si512, _mm512_cvtepi32_ps, _mm512_cvtepu8_epi32,
-    _mm512_dpbusd_epi32, _mm512_fmadd_ps, _mm512_fnmadd_ps, _mm512_load_si512, _mm512_loadu_ps,
-    _mm512_loadu_si512, _mm512_mul_ps, _mm512_set1_epi32, _mm512_set1_epi8, _mm512_set1_ps,
-    _mm512_setzero_ps, _mm512_setzero_si512, _mm512_srli_epi16, _mm512_storeu_ps, _mm512_sub_epi32,
-    _mm_loadu_si128,
+    __m512, __m512i, _mm256_loadu_si256, _mm512_and_si512, _mm512_cvtepi32_ps,
+    _mm512_cvtepu8_epi32, _mm512_cvtph_ps, _mm512_dpbusd_epi32, _mm512_fmadd_ps, _mm512_fnmadd_ps,
+    _mm512_load_si512, _mm512_loadu_ps, _mm512_loadu_si512, _mm512_mul_ps, _mm512_set1_epi32,
+    _mm512_set1_epi8, _mm512_set1_ps, _mm512_setzero_ps, _mm512_setzero_si512, _mm512_srli_epi16,
+    _mm512_storeu_ps, _mm512_sub_epi32, _mm_loadu_si128,
 };
 
 use super::activations::Activations;
-use super::q4_k::{self, Q4KPanel, SUPER};
+use super::nibbles::{self, NibblePanel, PanelScales, SUPER};
 use super::q8_0::{self, Q8_0Panel};
 use super::{BLOCK, PANEL, ROWS};
 
@@ -110,32 +110,73 @@ unsafe fn tile_q8_0_vnni(
     store(&results, sums);
 }
 
-/// Sums of the `ROWS` activation rows from `row` against two Q4_K panels.
-pub(super) fn tile_q4_k(
-    left: &Q4KPanel,
-    right: &Q4KPanel,
+/// Sums of the `ROWS` activation rows from `row` against two 4-bit panels.
+pub(super) fn tile_nibbles(
+    left: &NibblePanel,
+    right: &NibblePanel,
     acts: &Activations,
     row: usize,
     sums: &mut [[f32; 2 * PANEL]; ROWS],
 ) {
     let blocks = acts.in_dim / BLOCK;
-    let supers = acts.in_dim / SUPER;
-    assert!(acts.in_dim.is_multiple_of(SUPER));
     for panel in [left, right] {
-        assert!(panel.weights.len() >= blocks * q4_k::LINES_PER_BLOCK);
-        assert!(panel.d.len() >= supers * PANEL && panel.dmin.len() >= supers * PANEL);
-        assert!(panel.scales.len() >= blocks * PANEL && panel.mins.len() >= blocks * PANEL);
+        assert!(panel.weights.len() >= blocks * nibbles::LINES_PER_BLOCK);
+        match panel.scales {
+            PanelScales::Q4K {
+                d,
+                dmin,
+                scales,
+                mins,
+            } => {
+                let supers = acts.in_dim / SUPER;
+                assert!(acts.in_dim.is_multiple_of(SUPER));
+                assert!(d.len() >= supers * PANEL && dmin.len() >= supers * PANEL);
+                assert!(scales.len() >= blocks * PANEL && mins.len() >= blocks * PANEL);
+            }
+            PanelScales::Q4_0 { d } => assert!(d.len() >= blocks * PANEL),
+        }
     }
     check_activations(acts, row, blocks);
     // SAFETY: as for `tile_q8_0`: features and every slice length checked above, whole
     // aligned lines read.
-    unsafe { tile_q4_k_vnni(left, right, acts, row, blocks, sums) }
+    unsafe { tile_nibbles_vnni(left, right, acts, row, blocks, sums) }
+}
+
+/// Block `b`'s weight scales and mins of a panel's 16 rows.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn block_scales(scales: &PanelScales, b: usize) -> (__m512, __m512) {
+    let widen =
+        |bytes: *const u8| _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(bytes.cast())));
+    match *scales {
+        PanelScales::Q4K {
+            d,
+            dmin,
+            scales,
+            mins,
+        } => {
+            let s = b * BLOCK / SUPER * PANEL;
+            (
+                _mm512_mul_ps(
+                    _mm512_loadu_ps(d.as_ptr().add(s)),
+                    widen(scales.as_ptr().add(b * PANEL)),
+                ),
+                _mm512_mul_ps(
+                    _mm512_loadu_ps(dmin.as_ptr().add(s)),
+                    widen(mins.as_ptr().add(b * PANEL)),
+                ),
+            )
+        }
+        PanelScales::Q4_0 { d } => {
+            let scale = _mm512_cvtph_ps(_mm256_loadu_si256(d.as_ptr().add(b * PANEL).cast()));
+            (scale, _mm512_mul_ps(scale, _mm512_set1_ps(8.0)))
+        }
+    }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn tile_q4_k_vnni(
-    left: &Q4KPanel,
-    right: &Q4KPanel,
+unsafe fn tile_nibbles_vnni(
+    left: &NibblePanel,
+    right: &NibblePanel,
     acts: &Activations,
     row: usize,
     blocks: usize,
@@ -146,45 +187,34 @@ unsafe fn tile_q4_k_vnni(
     let x = acts.bytes.as_ptr().add(row * acts.in_dim);
     let x_scales = acts.scales.as_ptr().add(row * blocks);
     let x_sums = acts.sums.as_ptr().add(row * blocks);
-    let blocks_per_super = SUPER / BLOCK;
     let mut results: [[__m512; 2]; ROWS] = [[_mm512_setzero_ps(); 2]; ROWS];
-    for s in 0..blocks / blocks_per_super {
-        let d = panels.map(|p| _mm512_loadu_ps(p.d.as_ptr().add(s * PANEL)));
-        let dmin = panels.map(|p| _mm512_loadu_ps(p.dmin.as_ptr().add(s * PANEL)));
-        for b in s * blocks_per_super..(s + 1) * blocks_per_super {
-            let mut dots: [[__m512i; 2]; ROWS] = [[_mm512_setzero_si512(); 2]; ROWS];
-            for line in 0..q4_k::LINES_PER_BLOCK {
-                let at = b * q4_k::LINES_PER_BLOCK + line;
-                let packed = panels.map(|p| _mm512_load_si512(p.weights.as_ptr().add(at).cast()));
-                let low = packed.map(|w| _mm512_and_si512(w, low_nibbles));
-                let high = packed.map(|w| _mm512_and_si512(_mm512_srli_epi16(w, 4), low_nibbles));
-                for (r, dot) in dots.iter_mut().enumerate() {
-                    let first = x.add(r * acts.in_dim + b * BLOCK + line * 8).cast::<i32>();
-                    let a = _mm512_set1_epi32(first.read_unaligned());
-                    dot[0] = _mm512_dpbusd_epi32(dot[0], low[0], a);
-                    dot[1] = _mm512_dpbusd_epi32(dot[1], low[1], a);
-                    let a = _mm512_set1_epi32(first.add(1).read_unaligned());
-                    dot[0] = _mm512_dpbusd_epi32(dot[0], high[0], a);
-                    dot[1] = _mm512_dpbusd_epi32(dot[1], high[1], a);
-                }
+    for b in 0..blocks {
+        let mut dots: [[__m512i; 2]; ROWS] = [[_mm512_setzero_si512(); 2]; ROWS];
+        for line in 0..nibbles::LINES_PER_BLOCK {
+            let at = b * nibbles::LINES_PER_BLOCK + line;
+            let packed = panels.map(|p| _mm512_load_si512(p.weights.as_ptr().add(at).cast()));
+            let low = packed.map(|w| _mm512_and_si512(w, low_nibbles));
+            let high = packed.map(|w| _mm512_and_si512(_mm512_srli_epi16(w, 4), low_nibbles));
+            for (r, dot) in dots.iter_mut().enumerate() {
+                let first = x.add(r * acts.in_dim + b * BLOCK + line * 8).cast::<i32>();
+                let a = _mm512_set1_epi32(first.read_unaligned());
+                dot[0] = _mm512_dpbusd_epi32(dot[0], low[0], a);
+                dot[1] = _mm512_dpbusd_epi32(dot[1], low[1], a);
+                let a = _mm512_set1_epi32(first.add(1).read_unaligned());
+                dot[0] = _mm512_dpbusd_epi32(dot[0], high[0], a);
+                dot[1] = _mm512_dpbusd_epi32(dot[1], high[1], a);
             }
-            let widen = |bytes: *const u8| {
-                _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(bytes.cast())))
-            };
-            let mut scale = [_mm512_setzero_ps(); 2];
-            let mut min = [_mm512_setzero_ps(); 2];
+        }
+        let (left_scale, left_min) = block_scales(&left.scales, b);
+        let (right_scale, right_min) = block_scales(&right.scales, b);
+        let (scale, min) = ([left_scale, right_scale], [left_min, right_min]);
+        for (r, (result, dot)) in results.iter_mut().zip(&dots).enumerate() {
+            let x_scale = _mm512_set1_ps(*x_scales.add(r * blocks + b));
+            let x_sum = _mm512_set1_ps(*x_sums.add(r * blocks + b));
             for p in 0..2 {
-                scale[p] = _mm512_mul_ps(d[p], widen(panels[p].scales.as_ptr().add(b * PANEL)));
-                min[p] = _mm512_mul_ps(dmin[p], widen(panels[p].mins.as_ptr().add(b * PANEL)));
-            }
-            for (r, (result, dot)) in results.iter_mut().zip(&dots).enumerate() {
-                let x_scale = _mm512_set1_ps(*x_scales.add(r * blocks + b));
-                let x_sum = _mm512_set1_ps(*x_sums.add(r * blocks + b));
-                for p in 0..2 {
-                    let exact = _mm512_cvtepi32_ps(dot[p]);
-                    result[p] = _mm512_fmadd_ps(exact, _mm512_mul_ps(scale[p], x_scale), result[p]);
-                    result[p] = _mm512_fnmadd_ps(min[p], x_sum, result[p]);
-                }
+                let exact = _mm512_cvtepi32_ps(dot[p]);
+                result[p] = _mm512_fmadd_ps(exact, _mm512_mul_ps(scale[p], x_scale), result[p]);
+                result[p] = _mm512_fnmadd_ps(min[p], x_sum, result[p]);
             }
         }
     }
