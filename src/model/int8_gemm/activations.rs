@@ -43,25 +43,7 @@ impl Activations {
             .zip(scales[..rows * blocks].par_chunks_mut(blocks))
             .zip(sums[..rows * blocks].par_chunks_mut(blocks))
             .zip(x.par_chunks(in_dim))
-            .for_each(|(((bytes, scales), sums), x)| {
-                for (((q, d), sum), x) in bytes
-                    .chunks_exact_mut(BLOCK)
-                    .zip(scales.iter_mut())
-                    .zip(sums.iter_mut())
-                    .zip(x.chunks_exact(BLOCK))
-                {
-                    let max = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-                    *d = max / 127.0;
-                    let inv = if max > 0.0 { 127.0 / max } else { 0.0 };
-                    let mut total = 0i32;
-                    for (q, &v) in q.iter_mut().zip(x) {
-                        let value = (v * inv).round() as i32;
-                        total += value;
-                        *q = (value + shift) as u8;
-                    }
-                    *sum = *d * total as f32;
-                }
-            });
+            .for_each(|(((bytes, scales), sums), x)| quantize_row(x, bytes, scales, sums, shift));
         Self {
             bytes,
             scales,
@@ -81,9 +63,69 @@ impl Activations {
     }
 }
 
+/// Quantizes one row block by block into `bytes` (`q + shift`), `scales` (`d`) and `sums`
+/// (`d × Σ q`): with AVX-512 where the CPU has it, else in plain code; both round to the
+/// nearest, ties to even, and agree exactly.
+fn quantize_row(x: &[f32], bytes: &mut [u8], scales: &mut [f32], sums: &mut [f32], shift: i32) {
+    #[cfg(target_arch = "x86_64")]
+    if super::avx512::available() {
+        return super::avx512::quantize_row(x, bytes, scales, sums, shift);
+    }
+    quantize_row_plain(x, bytes, scales, sums, shift);
+}
+
+fn quantize_row_plain(
+    x: &[f32],
+    bytes: &mut [u8],
+    scales: &mut [f32],
+    sums: &mut [f32],
+    shift: i32,
+) {
+    for (((q, d), sum), x) in bytes
+        .chunks_exact_mut(BLOCK)
+        .zip(scales.iter_mut())
+        .zip(sums.iter_mut())
+        .zip(x.chunks_exact(BLOCK))
+    {
+        let max = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        *d = max / 127.0;
+        let inv = if max > 0.0 { 127.0 / max } else { 0.0 };
+        let mut total = 0i32;
+        for (q, &v) in q.iter_mut().zip(x) {
+            let value = (v * inv).round_ties_even() as i32;
+            total += value;
+            *q = (value + shift) as u8;
+        }
+        *sum = *d * total as f32;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_vector_quantizer_equals_the_plain_one() {
+        let x: Vec<f32> = (0..4 * 96)
+            .map(|i| match i % 41 {
+                0 => 0.5,
+                1 => -2.5,
+                _ => (i as f32 * 0.731).sin() * (1 + i % 7) as f32,
+            })
+            .chain([0.0; 32])
+            .collect();
+        for shift in [0, 128] {
+            let mut a = (
+                vec![0u8; x.len()],
+                vec![0f32; x.len() / BLOCK],
+                vec![0f32; x.len() / BLOCK],
+            );
+            let mut b = a.clone();
+            quantize_row(&x, &mut a.0, &mut a.1, &mut a.2, shift);
+            quantize_row_plain(&x, &mut b.0, &mut b.1, &mut b.2, shift);
+            assert_eq!(a, b, "shift {shift}");
+        }
+    }
 
     #[test]
     fn both_encodings_hold_the_same_values_and_block_sums() {

@@ -6,11 +6,13 @@
 #![allow(unsafe_code)]
 
 use std::arch::x86_64::{
-    __m512, __m512i, _mm256_loadu_si256, _mm512_and_si512, _mm512_cvtepi32_ps,
-    _mm512_cvtepu8_epi32, _mm512_cvtph_ps, _mm512_dpbusd_epi32, _mm512_fmadd_ps, _mm512_fnmadd_ps,
-    _mm512_load_si512, _mm512_loadu_ps, _mm512_loadu_si512, _mm512_mul_ps, _mm512_set1_epi32,
-    _mm512_set1_epi8, _mm512_set1_ps, _mm512_setzero_ps, _mm512_setzero_si512, _mm512_srli_epi16,
-    _mm512_storeu_ps, _mm512_sub_epi32, _mm_loadu_si128,
+    __m512, __m512i, _mm256_loadu_si256, _mm512_abs_ps, _mm512_add_epi32, _mm512_and_si512,
+    _mm512_cvtepi32_epi8, _mm512_cvtepi32_ps, _mm512_cvtepu8_epi32, _mm512_cvtph_ps,
+    _mm512_cvtps_epi32, _mm512_dpbusd_epi32, _mm512_fmadd_ps, _mm512_fnmadd_ps, _mm512_load_si512,
+    _mm512_loadu_ps, _mm512_loadu_si512, _mm512_max_ps, _mm512_mul_ps, _mm512_reduce_add_epi32,
+    _mm512_reduce_max_ps, _mm512_set1_epi32, _mm512_set1_epi8, _mm512_set1_ps, _mm512_setzero_ps,
+    _mm512_setzero_si512, _mm512_srli_epi16, _mm512_storeu_ps, _mm512_sub_epi32, _mm_loadu_si128,
+    _mm_storeu_si128,
 };
 
 use super::activations::Activations;
@@ -219,6 +221,56 @@ unsafe fn tile_nibbles_vnni(
         }
     }
     store(&results, sums);
+}
+
+/// [`super::activations`]' quantizer for one row, 32 values per block: `max |x|` by vector
+/// max, `round(x × 127 / max)` by `vcvtps2dq` (ties to even), bytes by `vpmovdb`.
+pub(super) fn quantize_row(
+    x: &[f32],
+    bytes: &mut [u8],
+    scales: &mut [f32],
+    sums: &mut [f32],
+    shift: i32,
+) {
+    let blocks = x.len() / BLOCK;
+    assert!(bytes.len() >= blocks * BLOCK && scales.len() >= blocks && sums.len() >= blocks);
+    assert!(available(), "the VNNI kernel needs AVX-512 F, BW and VNNI");
+    // SAFETY: the CPU has AVX-512 F and BW (asserted), and the loops stay inside the
+    // lengths asserted above.
+    unsafe { quantize_row_avx512(x, bytes, scales, sums, shift, blocks) }
+}
+
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn quantize_row_avx512(
+    x: &[f32],
+    bytes: &mut [u8],
+    scales: &mut [f32],
+    sums: &mut [f32],
+    shift: i32,
+    blocks: usize,
+) {
+    let shift = _mm512_set1_epi32(shift);
+    for b in 0..blocks {
+        let halves = [
+            _mm512_loadu_ps(x.as_ptr().add(b * BLOCK)),
+            _mm512_loadu_ps(x.as_ptr().add(b * BLOCK + PANEL)),
+        ];
+        let max = _mm512_reduce_max_ps(_mm512_max_ps(
+            _mm512_abs_ps(halves[0]),
+            _mm512_abs_ps(halves[1]),
+        ));
+        let inv = _mm512_set1_ps(if max > 0.0 { 127.0 / max } else { 0.0 });
+        let mut total = _mm512_setzero_si512();
+        for (h, half) in halves.iter().enumerate() {
+            let q = _mm512_cvtps_epi32(_mm512_mul_ps(*half, inv));
+            total = _mm512_add_epi32(total, q);
+            let out = bytes.as_mut_ptr().add(b * BLOCK + h * PANEL);
+            _mm_storeu_si128(out.cast(), _mm512_cvtepi32_epi8(_mm512_add_epi32(q, shift)));
+        }
+        let d = max / 127.0;
+        scales[b] = d;
+        sums[b] = d * _mm512_reduce_add_epi32(total) as f32;
+    }
 }
 
 #[target_feature(enable = "avx512f")]
