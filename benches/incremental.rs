@@ -14,13 +14,7 @@ use std::time::Instant;
 
 use shieldgate::scorer::{EngineOptions, Score};
 
-use common::{cpu_name, env_or};
-
-fn number(name: &str, default: usize) -> usize {
-    env_or(name, &default.to_string())
-        .parse()
-        .unwrap_or_else(|_| common::fail(&format!("{name} must be a number")))
-}
+use common::{cpu_name, env_or, number};
 
 fn main() {
     let preset = env_or("SHIELDGATE_BENCH_PRESET", "2b");

@@ -18,7 +18,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use shieldgate::model::synthetic;
 use shieldgate::model::weights::{StoredTensor, WeightSource};
 
-use common::{cpu_name, env_or};
+use common::{cpu_name, env_or, number};
 
 /// (layer, out, in) of the 2B's matrices.
 const SHAPES: [(&str, usize, usize); 6] = [
@@ -29,12 +29,6 @@ const SHAPES: [(&str, usize, usize); 6] = [
     ("down_proj", 2304, 9216),
     ("down_proj (1 token)", 2304, 9216),
 ];
-
-fn number(name: &str, default: usize) -> usize {
-    env_or(name, &default.to_string())
-        .parse()
-        .unwrap_or_else(|_| common::fail(&format!("{name} must be a number")))
-}
 
 fn or_fail<T>(result: candle_core::Result<T>) -> T {
     result.unwrap_or_else(|e| common::fail(&e.to_string()))

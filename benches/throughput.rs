@@ -23,13 +23,7 @@ use std::time::{Duration, Instant};
 use shieldgate::scorer::worker::ScorerHandle;
 use shieldgate::scorer::{EngineOptions, ScoreRequest};
 
-use common::{buckets, cpu_name, env_or, peak_rss_mib, reset_peak_rss};
-
-fn number(name: &str, default: usize) -> usize {
-    env_or(name, &default.to_string())
-        .parse()
-        .unwrap_or_else(|_| common::fail(&format!("{name} must be a number")))
-}
+use common::{buckets, cpu_name, env_or, number, peak_rss_mib, reset_peak_rss};
 
 /// One level's outcome.
 struct Level {

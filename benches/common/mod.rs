@@ -18,6 +18,13 @@ pub fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
 }
 
+/// A whole-number environment variable, or `default`; anything else ends the bench.
+pub fn number(name: &str, default: usize) -> usize {
+    env_or(name, &default.to_string())
+        .parse()
+        .unwrap_or_else(|_| fail(&format!("{name} must be a number")))
+}
+
 /// Peak resident memory of this process since the last reset, in MiB (Linux).
 pub fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
