@@ -114,12 +114,31 @@ fn check_len(raw: &[u8], rows: usize, cols: usize, per: usize, bytes: usize) -> 
     Ok(())
 }
 
+/// Zeroed lines for a matrix `[out_dim, in_dim]` at two values per byte.
+fn lines(out_dim: usize, in_dim: usize) -> Vec<Line> {
+    vec![Line([0; 64]); out_dim * in_dim / 128]
+}
+
+/// Writes the 32 values `value(k)` of block `b` of `row` into their panel's lines.
+fn put(weights: &mut [Line], blocks: usize, row: usize, b: usize, value: impl Fn(usize) -> u8) {
+    let (panel, lane) = (row / PANEL, row % PANEL);
+    let first = (panel * blocks + b) * LINES_PER_BLOCK;
+    for (l, line) in weights[first..first + LINES_PER_BLOCK]
+        .iter_mut()
+        .enumerate()
+    {
+        for i in 0..4 {
+            line.0[lane * 4 + i] = value(8 * l + i) | (value(8 * l + 4 + i) << 4);
+        }
+    }
+}
+
 impl NibblePanels {
     /// Repacks candle's row-major Q4_K super-blocks (`out_dim` rows of `in_dim / 256`).
     pub(super) fn from_q4_k(raw: &[u8], out_dim: usize, in_dim: usize) -> Result<Self> {
         check_len(raw, out_dim, in_dim, SUPER, Q4_K_BYTES)?;
         let (supers, blocks) = (in_dim / SUPER, in_dim / BLOCK);
-        let mut packed = Self::empty(out_dim, in_dim);
+        let mut weights = lines(out_dim, in_dim);
         let mut d = vec![0f32; out_dim * supers];
         let mut dmin = vec![0f32; out_dim * supers];
         let mut scales = vec![0u8; out_dim * blocks];
@@ -134,56 +153,44 @@ impl NibblePanels {
                     let b = s * SUPER / BLOCK + j;
                     let meta = (panel * blocks + b) * PANEL + lane;
                     (scales[meta], mins[meta]) = scale_and_min(j, scale_bytes);
-                    packed.put(row, b, |k| q4_k_nibble(qs, j * BLOCK + k));
+                    put(&mut weights, blocks, row, b, |k| {
+                        q4_k_nibble(qs, j * BLOCK + k)
+                    });
                 }
             }
         }
-        packed.scales = Scales::Q4K {
-            d,
-            dmin,
-            scales,
-            mins,
-        };
-        Ok(packed)
+        Ok(Self {
+            blocks,
+            weights,
+            scales: Scales::Q4K {
+                d,
+                dmin,
+                scales,
+                mins,
+            },
+        })
     }
 
     /// Repacks candle's row-major Q4_0 blocks (`out_dim` rows of `in_dim / 32`).
     pub(super) fn from_q4_0(raw: &[u8], out_dim: usize, in_dim: usize) -> Result<Self> {
         check_len(raw, out_dim, in_dim, BLOCK, Q4_0_BYTES)?;
         let blocks = in_dim / BLOCK;
-        let mut packed = Self::empty(out_dim, in_dim);
+        let mut weights = lines(out_dim, in_dim);
         let mut d = vec![f16::ZERO; out_dim * blocks];
         for (row, row_blocks) in raw.chunks_exact(blocks * Q4_0_BYTES).enumerate() {
             let (panel, lane) = (row / PANEL, row % PANEL);
             for (b, bytes) in row_blocks.chunks_exact(Q4_0_BYTES).enumerate() {
                 d[(panel * blocks + b) * PANEL + lane] = f16::from_le_bytes([bytes[0], bytes[1]]);
-                packed.put(row, b, |k| q4_0_nibble(&bytes[2..], k));
+                put(&mut weights, blocks, row, b, |k| {
+                    q4_0_nibble(&bytes[2..], k)
+                });
             }
         }
-        packed.scales = Scales::Q4_0 { d };
-        Ok(packed)
-    }
-
-    fn empty(out_dim: usize, in_dim: usize) -> Self {
-        Self {
-            blocks: in_dim / BLOCK,
-            weights: vec![Line([0; 64]); out_dim * in_dim / 128],
-            scales: Scales::Q4_0 { d: Vec::new() },
-        }
-    }
-
-    /// Writes the 32 values `value(k)` of block `b` of `row` into their panel's lines.
-    fn put(&mut self, row: usize, b: usize, value: impl Fn(usize) -> u8) {
-        let (panel, lane) = (row / PANEL, row % PANEL);
-        let first = (panel * self.blocks + b) * LINES_PER_BLOCK;
-        for (l, line) in self.weights[first..first + LINES_PER_BLOCK]
-            .iter_mut()
-            .enumerate()
-        {
-            for i in 0..4 {
-                line.0[lane * 4 + i] = value(8 * l + i) | (value(8 * l + 4 + i) << 4);
-            }
-        }
+        Ok(Self {
+            blocks,
+            weights,
+            scales: Scales::Q4_0 { d },
+        })
     }
 
     /// The panel `p`.
