@@ -2,11 +2,11 @@
 //! load time into panels of 16 output rows so that one `vpdpbusd` multiplies 4 inputs of 16
 //! rows at once; the activations are quantized per 32-wide block (like Q8_0) and a tile of 6
 //! tokens × 32 outputs stays in registers for the whole input dimension. Q8_0 keeps its 8-bit
-//! values, Q4_K and Q4_0 their 4-bit values with their own scales (`int8_gemm/nibbles.rs`), and Q6_K is
-//! requantized to Q8_0 (its 6-bit values with a scale per 16 inputs fit no 32-wide block; the
-//! added rounding is at most about an eighth of a Q6_K step). The packed matrix replaces the file's
-//! copy (candle's own VNNI path keeps both). Machines without AVX-512 VNNI, other shapes and
-//! types, and `SHIELDGATE_KERNELS=candle` keep candle's quantized matmul.
+//! values, Q4_K and Q4_0 their 4-bit values with their own scales (`int8_gemm/nibbles.rs`), and
+//! Q6_K is requantized to Q8_0 (its 6-bit values with a scale per 16 inputs fit no 32-wide
+//! block; the added rounding is at most about an eighth of a Q6_K step). The packed matrix
+//! replaces the file's copy (candle's own VNNI path keeps both). Machines without AVX-512 VNNI,
+//! other shapes and types, and `SHIELDGATE_KERNELS=candle` keep candle's quantized matmul.
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CustomOp1, Device, Layout, Result, Shape};

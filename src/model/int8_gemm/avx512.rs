@@ -20,7 +20,8 @@ use super::nibbles::{self, NibblePanel, PanelScales, SUPER};
 use super::q8_0::{self, Q8_0Panel};
 use super::{BLOCK, PANEL, ROWS};
 
-/// Whether this CPU runs the kernel (checked once per call of `PackedInt8::from_qtensor`).
+/// Whether this CPU runs the kernel (`is_x86_feature_detected!` caches its answer, so the
+/// checks before each tile and each quantized row cost a load).
 pub(super) fn available() -> bool {
     is_x86_feature_detected!("avx512f")
         && is_x86_feature_detected!("avx512bw")
