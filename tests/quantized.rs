@@ -93,3 +93,26 @@ fn quantizing_while_loading_matches_f32_closely() {
         );
     }
 }
+
+#[test]
+fn a_k_quant_embedding_stays_quantized_when_loaded() {
+    use candle_core::quantized::GgmlDType;
+    use shieldgate::model::embedding::Embedding;
+    use shieldgate::model::loader::open;
+
+    let weights = open(&gguf("kquant/model-q4_k_m.gguf"), &LoadOptions::default())
+        .unwrap_or_else(|e| panic!("the Q4_K_M file opens: {e}"));
+    let config = &weights.config;
+    let embedding = weights
+        .source
+        .embedding(
+            config.vocab_size,
+            config.hidden_size,
+            "model.embed_tokens.weight",
+        )
+        .expect("embedding");
+    match embedding {
+        Embedding::Quantized { table, .. } => assert_eq!(table.dtype(), GgmlDType::Q6K),
+        Embedding::Dense(_) => panic!("the Q6_K embedding was dequantized (2.2 GiB on the 2B)"),
+    }
+}
