@@ -58,7 +58,12 @@ pub fn load_engine(settings: &ModelSettings) -> anyhow::Result<Engine> {
             ),
         },
     };
-    tracing::info!(model = %settings.source, dtype = %settings.dtype, "loading model");
+    tracing::info!(
+        model = %settings.source,
+        dtype = %settings.dtype,
+        quantized_kernel = crate::model::quantized_kernel(),
+        "loading model"
+    );
     let loaded = loader::load(&source, &opts)?;
     Ok(Engine::new(
         loaded,

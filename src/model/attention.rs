@@ -6,6 +6,7 @@ use candle_core::{DType, Device, Module, Result, Tensor, D};
 
 use super::config::Gemma2Config;
 use super::linear::Linear;
+use super::slots::Slots;
 use super::weights::WeightSource;
 
 /// Which keys each query may see: causal, optionally within a sliding window.
@@ -92,18 +93,22 @@ impl Attention {
         })
     }
 
-    /// Attends `x` (`[batch, tokens, hidden]`) over the cached keys plus its own; returns the
-    /// output and the keys/values including the new ones.
+    /// Attends the real tokens `x` (`[tokens, hidden]`, packed by `slots`) over the cached
+    /// keys plus their own row's; returns the output (packed) and the keys/values including
+    /// the new ones (padded, zeros in padding slots).
     pub fn forward(
         &self,
         x: &Tensor,
+        slots: &Slots,
         rope: (&Tensor, &Tensor),
         mask: &Tensor,
         past: Option<&(Tensor, Tensor)>,
     ) -> Result<(Tensor, (Tensor, Tensor))> {
-        let (b, t, _) = x.dims3()?;
+        let (b, t) = slots.dims();
         let split = |y: Tensor, heads: usize| {
-            y.reshape((b, t, heads, self.head_dim))?
+            slots
+                .unpack(&y)?
+                .reshape((b, t, heads, self.head_dim))?
                 .transpose(1, 2)?
                 .contiguous()
         };
@@ -134,7 +139,7 @@ impl Attention {
             .reshape((b, self.heads, t, self.head_dim))?
             .transpose(1, 2)?
             .reshape((b, t, self.heads * self.head_dim))?;
-        Ok((self.o_proj.forward(&out)?, (k, v)))
+        Ok((self.o_proj.forward(&slots.pack(&out)?)?, (k, v)))
     }
 }
 

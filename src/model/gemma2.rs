@@ -11,10 +11,8 @@ use super::head::YesNoHead;
 use super::kv_cache::KvCache;
 use super::linear::Linear;
 use super::norm::RmsNorm;
+use super::slots::Slots;
 use super::weights::WeightSource;
-
-/// Token id used for padding slots (`<pad>`); padded slots are masked out.
-const PAD_ID: u32 = 0;
 
 struct Mlp {
     gate: Linear,
@@ -62,9 +60,11 @@ impl Block {
         })
     }
 
+    /// Runs the block on the real tokens `x` (`[tokens, hidden]`, packed by `slots`).
     fn forward(
         &self,
         x: &Tensor,
+        slots: &Slots,
         rope: (&Tensor, &Tensor),
         mask: &AttentionMask,
         past: Option<&(Tensor, Tensor)>,
@@ -75,7 +75,7 @@ impl Block {
             &mask.full
         };
         let h = self.input_norm.forward(x)?;
-        let (h, kv) = self.attention.forward(&h, rope, mask, past)?;
+        let (h, kv) = self.attention.forward(&h, slots, rope, mask, past)?;
         let x = (x + self.post_attention_norm.forward(&h)?)?;
         let h = self.mlp.forward(&self.pre_ffn_norm.forward(&x)?)?;
         let x = (x + self.post_ffn_norm.forward(&h)?)?;
@@ -153,8 +153,10 @@ impl Gemma2 {
                 candle_core::bail!("{batch} rows of tokens for a cache of {} rows", p.rows())
             }
         }
-        let width = tokens.iter().map(Vec::len).max().unwrap_or(0).max(1);
-        let mut ids = Vec::with_capacity(batch * width);
+        let lengths: Vec<usize> = tokens.iter().map(Vec::len).collect();
+        let slots = Slots::new(&lengths, &self.device)?;
+        let (_, width) = slots.dims();
+        let mut ids = Vec::with_capacity(slots.tokens());
         let mut query_pos = Vec::with_capacity(batch);
         let mut rope_pos = Vec::with_capacity(batch);
         for (b, row) in tokens.iter().enumerate() {
@@ -167,7 +169,6 @@ impl Gemma2 {
                 )
             }
             ids.extend(row.iter().copied());
-            ids.extend(std::iter::repeat_n(PAD_ID, width - row.len()));
             let positions: Vec<Option<u32>> = (0..width as u32)
                 .map(|t| ((t as usize) < row.len()).then_some(start + t))
                 .collect();
@@ -191,22 +192,19 @@ impl Gemma2 {
         )?;
         let (cos, sin) = self.rope.select(&rope_pos)?;
 
-        let mut x = self
-            .embed
-            .rows(&ids)?
-            .reshape((batch, width, self.config.hidden_size))?;
-        x = (x * (self.config.hidden_size as f64).sqrt())?;
+        // The blocks run on the real tokens only (see `Slots`).
+        let mut x = (self.embed.rows(&ids)? * (self.config.hidden_size as f64).sqrt())?;
         let mut layers = Vec::with_capacity(self.blocks.len());
         for (i, block) in self.blocks.iter().enumerate() {
             let layer_past = past.map(|p| p.layer(i)).transpose()?;
-            let (next, kv) = block.forward(&x, (&cos, &sin), &mask, layer_past.as_ref())?;
+            let (next, kv) = block.forward(&x, &slots, (&cos, &sin), &mask, layer_past.as_ref())?;
             x = next;
             if keep_cache {
                 layers.push(kv);
             }
         }
         Ok(Step {
-            hidden: x,
+            hidden: slots.unpack(&x)?,
             cache: keep_cache.then_some(KvCache {
                 layers,
                 selected: None,

@@ -13,6 +13,8 @@ use candle_core::{CpuStorage, CustomOp1, Device, Layout, Result, Shape};
 use rayon::prelude::*;
 
 mod activations;
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod amx;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod nibbles;
@@ -28,6 +30,9 @@ const BLOCK: usize = 32;
 const PANEL: usize = 16;
 /// Tokens per register tile; the kernel holds ROWS × 2 panels of sums and of results.
 const ROWS: usize = 6;
+/// Fewest tokens that take the AMX path: below it, widening every weight to bf16 costs
+/// more than the VNNI tile's per-block work.
+const AMX_MIN_ROWS: usize = 32;
 
 /// 64 packed weight bytes, one `vpdpbusd` operand, aligned so that no load splits a cache line.
 #[derive(Clone, Copy, Debug)]
@@ -40,6 +45,8 @@ pub struct PackedInt8 {
     out_dim: usize,
     in_dim: usize,
     panels: Panels,
+    /// Whether prefill-sized inputs take the AMX path.
+    amx: bool,
 }
 
 #[derive(Debug)]
@@ -55,6 +62,30 @@ fn kernel_available() -> bool {
         avx512::available() && std::env::var("SHIELDGATE_KERNELS").as_deref() != Ok("candle")
     }
     #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Which kernel runs prefill-sized quantized matmuls here: `"amx"` (bf16 tiles), `"vnni"` (the
+/// int8 tile) or `"candle"` (candle's quantized matmul), by CPU and `SHIELDGATE_KERNELS`.
+pub fn quantized_kernel() -> &'static str {
+    if !kernel_available() {
+        "candle"
+    } else if amx_available() {
+        "amx"
+    } else {
+        "vnni"
+    }
+}
+
+/// Whether the AMX path can run here (and has not been switched off).
+fn amx_available() -> bool {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    {
+        amx::available() && std::env::var("SHIELDGATE_KERNELS").as_deref() != Ok("vnni")
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
     {
         false
     }
@@ -90,6 +121,7 @@ impl PackedInt8 {
             out_dim,
             in_dim,
             panels,
+            amx: amx_available(),
         }))
     }
 
@@ -103,6 +135,10 @@ impl PackedInt8 {
 
     /// `x W^T` for `rows` rows of `x` (`rows × in_dim`, row-major).
     fn matmul(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        if self.amx && rows >= AMX_MIN_ROWS {
+            return amx::matmul(&self.panels, self.out_dim, self.in_dim, x, rows);
+        }
         let tiles = rows.div_ceil(ROWS);
         let acts = Activations::quantize(x, rows, tiles * ROWS, self.in_dim, self.encoding());
         let pairs = self.out_dim / (2 * PANEL);
@@ -308,6 +344,65 @@ mod tests {
                 assert!(
                     max_difference(&got, &want) <= 1e-5 * scale,
                     "{dtype:?}, rows {rows}: {}",
+                    max_difference(&got, &want)
+                );
+            }
+        }
+    }
+
+    /// The AMX path's arithmetic: candle's dequantized weights and the activations rounded to
+    /// bf16, their products summed exactly (in f64).
+    fn bf16_reference(q: &QTensor, x: &[f32], rows: usize) -> Vec<f32> {
+        let (out_dim, in_dim) = q.shape().dims2().expect("2d");
+        let w: Vec<f32> = q
+            .dequantize(&Device::Cpu)
+            .and_then(|w| w.flatten_all())
+            .and_then(|w| w.to_vec1())
+            .expect("dequantize");
+        let round = |v: f32| f64::from(half::bf16::from_f32(v).to_f32());
+        let mut y = vec![0f32; rows * out_dim];
+        for r in 0..rows {
+            for n in 0..out_dim {
+                let dot: f64 = (0..in_dim)
+                    .map(|k| round(x[r * in_dim + k]) * round(w[n * in_dim + k]))
+                    .sum();
+                y[r * out_dim + n] = dot as f32;
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn the_amx_path_computes_the_bf16_reference() {
+        for (dtype, in_dim) in [
+            (GgmlDType::Q8_0, 96),
+            (GgmlDType::Q4K, 512),
+            (GgmlDType::Q4_0, 96),
+            (GgmlDType::Q6K, 256),
+        ] {
+            let q = matrix(dtype, 64, in_dim);
+            let Some(packed) = PackedInt8::from_qtensor(&q).expect("pack") else {
+                return;
+            };
+            if !packed.amx {
+                eprintln!("no AMX here: the VNNI tile runs every size");
+                return;
+            }
+            // Q6_K is packed as its Q8_0 requantization.
+            let stored = if dtype == GgmlDType::Q6K {
+                let dense = q.dequantize(&Device::Cpu).expect("dequantize");
+                QTensor::quantize(&dense, GgmlDType::Q8_0).expect("requantize")
+            } else {
+                q
+            };
+            for rows in [AMX_MIN_ROWS, 45, 64] {
+                let x = values(rows * in_dim, rows as u64);
+                let got = packed.matmul(&x, rows);
+                let want = bf16_reference(&stored, &x, rows);
+                let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+                assert!(
+                    max_difference(&got, &want) <= 1e-5 * scale,
+                    "{dtype:?}, rows {rows}: {} of {scale}",
                     max_difference(&got, &want)
                 );
             }

@@ -19,6 +19,7 @@ mod linear;
 pub mod loader;
 mod norm;
 pub mod quantize;
+mod slots;
 pub mod synthetic;
 pub mod tokenizer;
 pub mod weights;
@@ -27,6 +28,7 @@ use std::path::PathBuf;
 
 pub use config::Gemma2Config;
 pub use gemma2::{Gemma2, Step};
+pub use int8_gemm::quantized_kernel;
 pub use kv_cache::KvCache;
 pub use loader::{LoadOptions, LoadedModel, ModelSource};
 pub use tokenizer::GemmaTokenizer;

@@ -147,7 +147,7 @@ pub(super) fn tile_nibbles(
 
 /// Block `b`'s weight scales and mins of a panel's 16 rows.
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn block_scales(scales: &PanelScales, b: usize) -> (__m512, __m512) {
+pub(super) unsafe fn block_scales(scales: &PanelScales, b: usize) -> (__m512, __m512) {
     let widen =
         |bytes: *const u8| _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(bytes.cast())));
     match *scales {
