@@ -7,6 +7,7 @@ use candle_core::{DType, Device, Module, Result, Tensor, D};
 use super::config::Gemma2Config;
 use super::linear::Linear;
 use super::slots::Slots;
+use super::softmax::softcapped_softmax;
 use super::weights::WeightSource;
 
 /// Which keys each query may see: causal, optionally within a sliding window.
@@ -126,13 +127,9 @@ impl Attention {
         // Query heads of one key/value head are stacked along the token axis, so grouped-query
         // attention is one matmul per key/value head without copying keys.
         let q = q.reshape((b, self.kv_heads, group * t, self.head_dim))?;
-        let scores = q
-            .matmul(&k.t()?)?
-            .reshape((b, self.heads, t, tk))?
-            .to_dtype(DType::F32)?;
-        let scores = ((scores * self.scale)? / self.softcap)?.tanh()? * self.softcap;
-        let scores = scores?.broadcast_add(mask)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
+        let scores = q.matmul(&k.t()?)?.reshape((b, self.heads, t, tk))?;
+        let probs =
+            softcapped_softmax(&scores, mask, self.scale, self.softcap)?.to_dtype(v.dtype())?;
         let out = probs
             .reshape((b, self.kv_heads, group * t, tk))?
             .matmul(&v)?

@@ -2,6 +2,7 @@
 //! cache passed into each step, the Yes/No head and the tokenizer. Knows nothing of HTTP,
 //! policies or metrics.
 
+mod approx;
 mod attention;
 pub mod config;
 pub mod embedding;
@@ -20,6 +21,7 @@ pub mod loader;
 mod norm;
 pub mod quantize;
 mod slots;
+mod softmax;
 pub mod synthetic;
 pub mod tokenizer;
 pub mod weights;
