@@ -198,8 +198,10 @@ pub fn open(source: &ModelSource, opts: &LoadOptions) -> Result<Weights, ModelEr
     }
 }
 
-/// Loads a model from `source`.
+/// Loads a model from `source`. Also tells the allocator to keep freed memory for the next
+/// step (see `allocator.rs`).
 pub fn load(source: &ModelSource, opts: &LoadOptions) -> Result<LoadedModel, ModelError> {
+    super::allocator::keep_freed_memory();
     let mut weights = open(source, opts)?;
     let tokenizer = GemmaTokenizer::from_file(&weights.tokenizer)?;
     if let Some(kind) = opts.quantize {

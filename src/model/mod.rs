@@ -2,6 +2,7 @@
 //! cache passed into each step, the Yes/No head and the tokenizer. Knows nothing of HTTP,
 //! policies or metrics.
 
+mod allocator;
 mod approx;
 mod attention;
 pub mod config;
