@@ -5,8 +5,11 @@
 //! values, Q4_K and Q4_0 their 4-bit values with their own scales (`int8_gemm/nibbles.rs`), and
 //! Q6_K is requantized to Q8_0 (its 6-bit values with a scale per 16 inputs fit no 32-wide
 //! block; the added rounding is at most about an eighth of a Q6_K step). The packed matrix
-//! replaces the file's copy (candle's own VNNI path keeps both). Machines without AVX-512 VNNI,
-//! other shapes and types, and `SHIELDGATE_KERNELS=candle` keep candle's quantized matmul.
+//! replaces the file's copy (candle's own VNNI path keeps both). Inputs of `AMX_MIN_ROWS` tokens
+//! or more on CPUs with AMX-BF16 take `int8_gemm/amx.rs` instead, which widens the same panels to
+//! bf16 tiles (`SHIELDGATE_KERNELS=vnni` keeps the VNNI tile for every size). Machines without
+//! AVX-512 VNNI, other shapes and types, and `SHIELDGATE_KERNELS=candle` keep candle's quantized
+//! matmul.
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CustomOp1, Device, Layout, Result, Shape};
@@ -203,7 +206,7 @@ impl PackedInt8 {
 
 impl CustomOp1 for PackedInt8 {
     fn name(&self) -> &'static str {
-        "int8-vnni-matmul"
+        "packed-quantized-matmul"
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
