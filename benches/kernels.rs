@@ -1,8 +1,9 @@
 //! Quantized-matmul kernel benchmark: one linear layer of each ShieldGemma-2B shape, for each
 //! GGUF type the kernels cover, through candle's quantized matmul (`SHIELDGATE_KERNELS=candle`
-//! while the layer is built), shieldgate's int8 VNNI tile (`SHIELDGATE_KERNELS=vnni`) and, where
-//! the CPU has it, its AMX path (the default), on the same weights and activations; prints ms
-//! per call (the best of the iterations), GOP/s and the ratio of the default to candle.
+//! while the layer is built) and each of shieldgate's kernels the CPU runs: the AVX2 int8 tile
+//! (`avx2`), the AVX-512 VNNI tile (`vnni`) and the AMX path (the default where it runs), on the
+//! same weights and activations; prints ms per call (the best of the iterations), GOP/s and the
+//! ratio of the default kernel to candle.
 //!
 //! Run: `cargo bench --bench kernels`
 //! Environment: SHIELDGATE_BENCH_ROWS (tokens per call, 462: a short check's prefill),
@@ -45,19 +46,34 @@ fn ggml_type(name: &str) -> GgmlDType {
     }
 }
 
-/// A layer over `q`, built with `SHIELDGATE_KERNELS` set to `kernels` (unset when empty).
-fn layer(q: &Arc<QTensor>, kernels: &str) -> impl Module {
+/// The kernels timed, by the `SHIELDGATE_KERNELS` value that selects each and the name
+/// `quantized_kernel()` gives it (the AMX path runs only as the default).
+const KERNELS: [(&str, &str); 4] = [
+    ("candle", "candle"),
+    ("avx2", "avx2"),
+    ("vnni", "vnni"),
+    ("", "amx"),
+];
+
+/// Runs `f` with `SHIELDGATE_KERNELS` set to `kernels` (unset when empty).
+fn with_kernels<T>(kernels: &str, f: impl FnOnce() -> T) -> T {
     if kernels.is_empty() {
         std::env::remove_var("SHIELDGATE_KERNELS");
     } else {
         std::env::set_var("SHIELDGATE_KERNELS", kernels);
     }
+    let result = f();
+    std::env::remove_var("SHIELDGATE_KERNELS");
+    result
+}
+
+/// A layer over `q`, built with `SHIELDGATE_KERNELS` set to `kernels`.
+fn layer(q: &Arc<QTensor>, kernels: &str) -> impl Module {
     let (out_dim, in_dim) = or_fail(q.shape().dims2());
     let tensors = HashMap::from([("w.weight".to_string(), StoredTensor::Quantized(q.clone()))]);
     let source = WeightSource::from_tensors(tensors, DType::F32, &Device::Cpu);
-    let built = source.linear(in_dim, out_dim, "w");
-    std::env::remove_var("SHIELDGATE_KERNELS");
-    built.unwrap_or_else(|e| common::fail(&format!("layer: {e}")))
+    with_kernels(kernels, || source.linear(in_dim, out_dim, "w"))
+        .unwrap_or_else(|e| common::fail(&format!("layer: {e}")))
 }
 
 /// Fewest seconds per call of `layer` on `x` over `iters` calls, after one untimed call (the
@@ -82,16 +98,18 @@ fn main() {
     let rows = number("SHIELDGATE_BENCH_ROWS", 462);
     let iters = number("SHIELDGATE_BENCH_ITERS", 5).max(1);
     let types = env_or("SHIELDGATE_BENCH_TYPES", "q8_0,q4_k,q4_0,q6_k");
-    std::env::remove_var("SHIELDGATE_KERNELS");
-    let amx = shieldgate::model::quantized_kernel() == "amx";
+    let here: Vec<bool> = KERNELS
+        .iter()
+        .map(|(kernels, name)| with_kernels(kernels, shieldgate::model::quantized_kernel) == *name)
+        .collect();
+    let default = shieldgate::model::quantized_kernel();
     println!(
-        "quantized matmul, {rows} tokens per call (1 for the last row), best of {iters}, {} threads, {}; AMX {}\n",
+        "quantized matmul, {rows} tokens per call (1 for the last row), best of {iters}, {} threads, {}; default kernel {default}\n",
         rayon::current_num_threads(),
         cpu_name(),
-        if amx { "on" } else { "not available" }
     );
-    println!("| type | layer | out × in | candle ms | VNNI ms | AMX ms | candle GOP/s | shieldgate GOP/s | shieldgate / candle time |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| type | layer | out × in | candle ms | AVX2 ms | VNNI ms | AMX ms | candle GOP/s | {default} GOP/s | {default} / candle time |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for name in types.split(',').map(str::trim) {
         let dtype = ggml_type(name);
         for (label, out_dim, in_dim) in SHAPES {
@@ -105,16 +123,25 @@ fn main() {
             let w = or_fail(Tensor::from_vec(w, (out_dim, in_dim), &Device::Cpu));
             let x = or_fail(Tensor::from_vec(x, (tokens, in_dim), &Device::Cpu));
             let q = Arc::new(or_fail(QTensor::quantize(&w, dtype)));
-            let candle = time(&layer(&q, "candle"), &x, iters);
-            let vnni = time(&layer(&q, "vnni"), &x, iters);
-            let with_amx = amx.then(|| time(&layer(&q, ""), &x, iters));
-            let ours = with_amx.unwrap_or(vnni);
+            let times: Vec<Option<f64>> = KERNELS
+                .iter()
+                .zip(&here)
+                .map(|((kernels, _), &here)| here.then(|| time(&layer(&q, kernels), &x, iters)))
+                .collect();
+            let candle = times[0].unwrap_or(f64::NAN);
+            let ours = KERNELS
+                .iter()
+                .zip(&times)
+                .find_map(|((_, name), t)| (*name == default).then_some(*t).flatten())
+                .unwrap_or(f64::NAN);
             let ops = 2.0 * (tokens * out_dim * in_dim) as f64;
+            let cells: Vec<String> = times
+                .iter()
+                .map(|t| t.map_or("–".to_string(), |t| format!("{:.2}", t * 1e3)))
+                .collect();
             println!(
-                "| {name} | {label} | {out_dim} × {in_dim} | {:.2} | {:.2} | {} | {:.0} | {:.0} | {:.2} |",
-                candle * 1e3,
-                vnni * 1e3,
-                with_amx.map_or("–".to_string(), |t| format!("{:.2}", t * 1e3)),
+                "| {name} | {label} | {out_dim} × {in_dim} | {} | {:.0} | {:.0} | {:.2} |",
+                cells.join(" | "),
                 ops / candle / 1e9,
                 ops / ours / 1e9,
                 ours / candle

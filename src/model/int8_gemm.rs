@@ -1,14 +1,16 @@
-//! Quantized linear layers as an int8 GEMM on AVX-512 VNNI. The weights are repacked once at
-//! load time into panels of 16 output rows so that one `vpdpbusd` multiplies 4 inputs of 16
-//! rows at once; the activations are quantized per 32-wide block (like Q8_0) and a tile of 6
-//! tokens × 32 outputs stays in registers for the whole input dimension. Q8_0 keeps its 8-bit
-//! values, Q4_K and Q4_0 their 4-bit values with their own scales (`int8_gemm/nibbles.rs`), and
-//! Q6_K is requantized to Q8_0 (its 6-bit values with a scale per 16 inputs fit no 32-wide
-//! block; the added rounding is at most about an eighth of a Q6_K step). The packed matrix
-//! replaces the file's copy (candle's own VNNI path keeps both). Inputs of `AMX_MIN_ROWS` tokens
-//! or more on CPUs with AMX-BF16 take `int8_gemm/amx.rs` instead, which widens the same panels to
-//! bf16 tiles (`SHIELDGATE_KERNELS=vnni` keeps the VNNI tile for every size). Machines without
-//! AVX-512 VNNI, other shapes and types, and `SHIELDGATE_KERNELS=candle` keep candle's quantized
+//! Quantized linear layers as an int8 GEMM. The weights are repacked once at load time into
+//! panels of 16 output rows so that one `vpdpbusd` multiplies 4 inputs of 16 rows at once; the
+//! activations are quantized per 32-wide block (like Q8_0) and a tile of 6 tokens × 32 outputs
+//! stays in registers for the whole input dimension. Q8_0 keeps its 8-bit values, Q4_K and Q4_0
+//! their 4-bit values with their own scales (`int8_gemm/nibbles.rs`), and Q6_K is requantized to
+//! Q8_0 (its 6-bit values with a scale per 16 inputs fit no 32-wide block; the added rounding is
+//! at most about an eighth of a Q6_K step). The packed matrix replaces the file's copy (candle's
+//! own VNNI path keeps both). Three kernels read the panels, the fastest the CPU runs chosen at
+//! load ([`quantized_kernel`]): bf16 tiles on AMX for inputs of `AMX_MIN_ROWS` tokens or more
+//! (`int8_gemm/amx.rs`, with the VNNI tile for fewer), the AVX-512 VNNI tile
+//! (`int8_gemm/avx512.rs`), and the AVX2 tile (`int8_gemm/avx2.rs`), which does `vpdpbusd`'s
+//! work in three instructions. `SHIELDGATE_KERNELS=vnni` or `avx2` caps the choice; CPUs with
+//! none of them, other shapes and types, and `SHIELDGATE_KERNELS=candle` keep candle's quantized
 //! matmul.
 
 use candle_core::quantized::{GgmlDType, QTensor};
@@ -18,6 +20,8 @@ use rayon::prelude::*;
 mod activations;
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod amx;
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod nibbles;
@@ -48,8 +52,7 @@ pub struct PackedInt8 {
     out_dim: usize,
     in_dim: usize,
     panels: Panels,
-    /// Whether prefill-sized inputs take the AMX path.
-    amx: bool,
+    kernel: Kernel,
 }
 
 #[derive(Debug)]
@@ -58,51 +61,90 @@ enum Panels {
     Nibbles(NibblePanels),
 }
 
-/// Whether the VNNI kernel can run here (and has not been switched off).
-fn kernel_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        avx512::available() && std::env::var("SHIELDGATE_KERNELS").as_deref() != Ok("candle")
+/// The kernel a packed matrix runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kernel {
+    /// The VNNI tile, and bf16 tiles (`int8_gemm/amx.rs`) for inputs of `AMX_MIN_ROWS` or more.
+    Amx,
+    /// The AVX-512 VNNI tile.
+    Vnni,
+    /// The AVX2 tile.
+    Avx2,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU runs, unless `SHIELDGATE_KERNELS` names a slower one
+    /// (`vnni`, `avx2`, or `candle` for none).
+    fn chosen() -> Option<Self> {
+        let wanted = std::env::var("SHIELDGATE_KERNELS").ok();
+        let allowed = |k: Self| match wanted.as_deref() {
+            Some("candle") => false,
+            Some("vnni") => k != Self::Amx,
+            Some("avx2") => k == Self::Avx2,
+            _ => true,
+        };
+        [Self::Amx, Self::Vnni, Self::Avx2]
+            .into_iter()
+            .find(|&k| k.runs_here() && allowed(k))
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+
+    /// Whether this CPU (and OS) runs the kernel.
+    fn runs_here(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        match self {
+            Self::Amx => {
+                #[cfg(target_os = "linux")]
+                {
+                    amx::available()
+                }
+                #[cfg(not(target_os = "linux"))]
+                {
+                    false
+                }
+            }
+            Self::Vnni => avx512::available(),
+            Self::Avx2 => avx2::available(),
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = self;
+            false
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Amx => "amx",
+            Self::Vnni => "vnni",
+            Self::Avx2 => "avx2",
+        }
     }
 }
 
 /// Which kernel runs prefill-sized quantized matmuls here: `"amx"` (bf16 tiles), `"vnni"` (the
-/// int8 tile) or `"candle"` (candle's quantized matmul), by CPU and `SHIELDGATE_KERNELS`.
+/// AVX-512 int8 tile), `"avx2"` (the AVX2 int8 tile) or `"candle"` (candle's quantized
+/// matmul), by CPU and `SHIELDGATE_KERNELS`.
 pub fn quantized_kernel() -> &'static str {
-    if !kernel_available() {
-        "candle"
-    } else if amx_available() {
-        "amx"
-    } else {
-        "vnni"
-    }
-}
-
-/// Whether the AMX path can run here (and has not been switched off).
-fn amx_available() -> bool {
-    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-    {
-        amx::available() && std::env::var("SHIELDGATE_KERNELS").as_deref() != Ok("vnni")
-    }
-    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
-    {
-        false
-    }
+    Kernel::chosen().map_or("candle", Kernel::name)
 }
 
 impl PackedInt8 {
     /// Packs a CPU Q8_0, Q4_K, Q4_0 or Q6_K matrix whose rows split into whole panel pairs, when
-    /// the kernel can run here; `None` leaves the matrix to candle.
+    /// a kernel can run here; `None` leaves the matrix to candle.
     pub fn from_qtensor(q: &QTensor) -> Result<Option<Self>> {
+        match Kernel::chosen() {
+            Some(kernel) => Self::pack(q, kernel),
+            None => Ok(None),
+        }
+    }
+
+    /// Packs `q` for `kernel`, which must run here; `None` for other devices, types and shapes.
+    fn pack(q: &QTensor, kernel: Kernel) -> Result<Option<Self>> {
         if !matches!(q.device(), Device::Cpu) {
             return Ok(None);
         }
         let (out_dim, in_dim) = q.shape().dims2()?;
-        if out_dim % (2 * PANEL) != 0 || in_dim % BLOCK != 0 || !kernel_available() {
+        if out_dim % (2 * PANEL) != 0 || in_dim % BLOCK != 0 {
             return Ok(None);
         }
         let panels = match q.dtype() {
@@ -124,22 +166,22 @@ impl PackedInt8 {
             out_dim,
             in_dim,
             panels,
-            amx: amx_available(),
+            kernel,
         }))
     }
 
     /// How this matrix's tile takes its activations.
     fn encoding(&self) -> Encoding {
-        match self.panels {
-            Panels::Q8_0(_) => Encoding::Shifted,
-            Panels::Nibbles(_) => Encoding::Signed,
+        match (&self.panels, self.kernel) {
+            (Panels::Q8_0(_), Kernel::Amx | Kernel::Vnni) => Encoding::Shifted,
+            _ => Encoding::Signed,
         }
     }
 
     /// `x W^T` for `rows` rows of `x` (`rows × in_dim`, row-major).
     fn matmul(&self, x: &[f32], rows: usize) -> Vec<f32> {
         #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-        if self.amx && rows >= AMX_MIN_ROWS {
+        if self.kernel == Kernel::Amx && rows >= AMX_MIN_ROWS {
             return amx::matmul(&self.panels, self.out_dim, self.in_dim, x, rows);
         }
         let tiles = rows.div_ceil(ROWS);
@@ -159,7 +201,8 @@ impl PackedInt8 {
                 for pair in first..last {
                     for tile in 0..tiles {
                         let mut sums = [[0f32; 2 * PANEL]; ROWS];
-                        self.tile(pair, &acts, tile * ROWS, &mut sums);
+                        let live = (rows - tile * ROWS).min(ROWS);
+                        self.tile(pair, &acts, tile * ROWS, live, &mut sums);
                         for (r, sum) in sums.iter().enumerate() {
                             let at = (tile * ROWS + r) * width + (pair - first) * 2 * PANEL;
                             out[at..at + 2 * PANEL].copy_from_slice(sum);
@@ -179,27 +222,45 @@ impl PackedInt8 {
         y
     }
 
-    /// Sums of `ROWS` rows from `row` × the 32 outputs of panel pair `pair`.
+    /// Sums of `ROWS` rows from `row` × the 32 outputs of panel pair `pair`, of which `live`
+    /// are real (the AVX2 tile computes only those; the VNNI tile all `ROWS`).
     fn tile(
         &self,
         pair: usize,
         acts: &Activations,
         row: usize,
+        live: usize,
         sums: &mut [[f32; 2 * PANEL]; ROWS],
     ) {
         #[cfg(target_arch = "x86_64")]
-        match &self.panels {
-            Panels::Q8_0(p) => {
+        match (&self.panels, self.kernel) {
+            (Panels::Q8_0(p), Kernel::Amx | Kernel::Vnni) => {
                 avx512::tile_q8_0(&p.panel(2 * pair), &p.panel(2 * pair + 1), acts, row, sums)
             }
-            Panels::Nibbles(p) => {
+            (Panels::Nibbles(p), Kernel::Amx | Kernel::Vnni) => {
                 avx512::tile_nibbles(&p.panel(2 * pair), &p.panel(2 * pair + 1), acts, row, sums)
             }
+            (Panels::Q8_0(p), Kernel::Avx2) => avx2::tile_q8_0(
+                &p.panel(2 * pair),
+                &p.panel(2 * pair + 1),
+                acts,
+                row,
+                live,
+                sums,
+            ),
+            (Panels::Nibbles(p), Kernel::Avx2) => avx2::tile_nibbles(
+                &p.panel(2 * pair),
+                &p.panel(2 * pair + 1),
+                acts,
+                row,
+                live,
+                sums,
+            ),
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
-            let _ = (pair, acts, row, sums);
-            unreachable!("PackedInt8 is only built where the kernel runs")
+            let _ = (pair, acts, row, live, sums);
+            unreachable!("PackedInt8 is only built where a kernel runs")
         }
     }
 }
@@ -264,14 +325,10 @@ mod tests {
     /// The kernel's arithmetic in plain integers, from candle's own blocks: per 32-wide block
     /// the integer dot product of the stored values and the quantized activations, times the
     /// block's weight scale and activation scale, less the block's min term (4-bit types).
-    fn reference(q: &QTensor, x: &[f32], rows: usize) -> Vec<f32> {
+    fn reference(q: &QTensor, x: &[f32], rows: usize, encoding: Encoding) -> Vec<f32> {
         let (out_dim, in_dim) = q.shape().dims2().expect("2d");
         let raw = q.data().expect("data");
         let blocks = in_dim / BLOCK;
-        let encoding = match q.dtype() {
-            GgmlDType::Q8_0 => Encoding::Shifted,
-            _ => Encoding::Signed,
-        };
         let acts = Activations::quantize(x, rows, rows, in_dim, encoding);
         let supers = in_dim / nibbles::SUPER;
         let super_bytes = raw.len() / (out_dim * supers.max(1));
@@ -327,26 +384,45 @@ mod tests {
             .fold(0.0, f32::max)
     }
 
+    /// The int8 tiles this CPU runs (the VNNI tile also where AMX runs).
+    fn tiles_here() -> Vec<Kernel> {
+        let tiles: Vec<Kernel> = [Kernel::Vnni, Kernel::Avx2]
+            .into_iter()
+            .filter(|k| k.runs_here())
+            .collect();
+        if tiles.is_empty() {
+            eprintln!("neither AVX-512 VNNI nor AVX2 here: candle's kernel runs instead");
+        }
+        tiles
+    }
+
+    /// `q` packed for `kernel`.
+    fn packed(q: &QTensor, kernel: Kernel) -> PackedInt8 {
+        PackedInt8::pack(q, kernel)
+            .expect("pack")
+            .expect("a shape and type the kernels cover")
+    }
+
     #[test]
-    fn the_kernels_compute_the_integer_reference_for_odd_row_counts() {
-        for (dtype, in_dim) in [
-            (GgmlDType::Q8_0, 96),
-            (GgmlDType::Q4K, 512),
-            (GgmlDType::Q4_0, 96),
-        ] {
+    fn the_tiles_compute_the_integer_reference_for_odd_row_counts() {
+        for (kernel, (dtype, in_dim)) in tiles_here().into_iter().flat_map(|k| {
+            [
+                (GgmlDType::Q8_0, 96),
+                (GgmlDType::Q4K, 512),
+                (GgmlDType::Q4_0, 96),
+            ]
+            .map(|case| (k, case))
+        }) {
             let q = matrix(dtype, 64, in_dim);
-            let Some(packed) = PackedInt8::from_qtensor(&q).expect("pack") else {
-                eprintln!("no AVX-512 VNNI here: candle's kernel runs instead");
-                return;
-            };
+            let packed = packed(&q, kernel);
             for rows in [1, 5, 6, 7, 13] {
                 let x = values(rows * in_dim, rows as u64);
                 let got = packed.matmul(&x, rows);
-                let want = reference(&q, &x, rows);
+                let want = reference(&q, &x, rows, packed.encoding());
                 let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
                 assert!(
                     max_difference(&got, &want) <= 1e-5 * scale,
-                    "{dtype:?}, rows {rows}: {}",
+                    "{kernel:?} {dtype:?}, rows {rows}: {}",
                     max_difference(&got, &want)
                 );
             }
@@ -383,14 +459,12 @@ mod tests {
             (GgmlDType::Q4_0, 96),
             (GgmlDType::Q6K, 256),
         ] {
-            let q = matrix(dtype, 64, in_dim);
-            let Some(packed) = PackedInt8::from_qtensor(&q).expect("pack") else {
-                return;
-            };
-            if !packed.amx {
-                eprintln!("no AMX here: the VNNI tile runs every size");
+            if !Kernel::Amx.runs_here() {
+                eprintln!("no AMX here");
                 return;
             }
+            let q = matrix(dtype, 64, in_dim);
+            let packed = packed(&q, Kernel::Amx);
             // Q6_K is packed as its Q8_0 requantization.
             let stored = if dtype == GgmlDType::Q6K {
                 let dense = q.dequantize(&Device::Cpu).expect("dequantize");
@@ -414,16 +488,17 @@ mod tests {
 
     #[test]
     fn each_layer_is_as_close_to_the_exact_product_as_candles_quantized_matmul() {
-        for dtype in [
-            GgmlDType::Q8_0,
-            GgmlDType::Q4K,
-            GgmlDType::Q4_0,
-            GgmlDType::Q6K,
-        ] {
+        for (kernel, dtype) in tiles_here().into_iter().flat_map(|k| {
+            [
+                GgmlDType::Q8_0,
+                GgmlDType::Q4K,
+                GgmlDType::Q4_0,
+                GgmlDType::Q6K,
+            ]
+            .map(|dtype| (k, dtype))
+        }) {
             let q = matrix(dtype, 96, 512);
-            let Some(packed) = PackedInt8::from_qtensor(&q).expect("pack") else {
-                return;
-            };
+            let packed = packed(&q, kernel);
             let x = Tensor::from_vec(values(9 * 512, 3), (9, 512), &Device::Cpu).expect("x");
             let flat =
                 |t: Tensor| -> Vec<f32> { t.flatten_all().and_then(|t| t.to_vec1()).expect("vec") };
@@ -446,7 +521,7 @@ mod tests {
             );
             assert!(
                 ours > 0.0 && ours <= 1.1 * candle,
-                "{dtype:?}: ours {ours}, candle {candle}"
+                "{kernel:?} {dtype:?}: ours {ours}, candle {candle}"
             );
         }
     }

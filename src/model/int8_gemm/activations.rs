@@ -52,6 +52,15 @@ impl Activations {
         }
     }
 
+    /// Checks that rows `row..row + count` are here (the tiles read them through raw
+    /// pointers).
+    pub(super) fn check_rows(&self, row: usize, count: usize) {
+        let blocks = self.in_dim / BLOCK;
+        assert!(self.bytes.len() >= (row + count) * self.in_dim);
+        assert!(self.scales.len() >= (row + count) * blocks);
+        assert!(self.sums.len() >= (row + count) * blocks);
+    }
+
     /// The quantized value at `row`, `col`, whatever the encoding.
     #[cfg(test)]
     pub(super) fn value(&self, row: usize, col: usize, encoding: Encoding) -> i32 {

@@ -17,7 +17,7 @@ use std::arch::x86_64::{
 
 use super::activations::Activations;
 use super::nibbles::{self, NibblePanel, PanelScales, SUPER};
-use super::q8_0::{self, Q8_0Panel};
+use super::q8_0::Q8_0Panel;
 use super::{BLOCK, PANEL, ROWS};
 
 /// Whether this CPU runs the kernel (`is_x86_feature_detected!` caches its answer, so the
@@ -26,14 +26,6 @@ pub(super) fn available() -> bool {
     is_x86_feature_detected!("avx512f")
         && is_x86_feature_detected!("avx512bw")
         && is_x86_feature_detected!("avx512vnni")
-}
-
-/// Checks what every tile reads through raw pointers: the activation rows and the CPU.
-fn check_activations(acts: &Activations, row: usize, blocks: usize) {
-    assert!(acts.bytes.len() >= (row + ROWS) * acts.in_dim);
-    assert!(acts.scales.len() >= (row + ROWS) * blocks);
-    assert!(acts.sums.len() >= (row + ROWS) * blocks);
-    assert!(available(), "the VNNI kernel needs AVX-512 F, BW and VNNI");
 }
 
 /// Sums of the `ROWS` activation rows from `row` against two Q8_0 panels.
@@ -45,11 +37,10 @@ pub(super) fn tile_q8_0(
     sums: &mut [[f32; 2 * PANEL]; ROWS],
 ) {
     let blocks = acts.in_dim / BLOCK;
-    for panel in [left, right] {
-        assert!(panel.weights.len() >= blocks * q8_0::LINES_PER_BLOCK);
-        assert!(panel.scales.len() >= blocks * PANEL && panel.offsets.len() >= blocks * PANEL);
-    }
-    check_activations(acts, row, blocks);
+    left.check(blocks);
+    right.check(blocks);
+    acts.check_rows(row, ROWS);
+    assert!(available(), "the VNNI kernel needs AVX-512 F, BW and VNNI");
     // SAFETY: the CPU has the features (checked above; `PackedInt8` is only built where it
     // does), every pointer the kernel forms stays inside the slices whose lengths were
     // checked above, and the weight loads are aligned: `Line` is 64-byte aligned and the
@@ -122,24 +113,10 @@ pub(super) fn tile_nibbles(
     sums: &mut [[f32; 2 * PANEL]; ROWS],
 ) {
     let blocks = acts.in_dim / BLOCK;
-    for panel in [left, right] {
-        assert!(panel.weights.len() >= blocks * nibbles::LINES_PER_BLOCK);
-        match panel.scales {
-            PanelScales::Q4K {
-                d,
-                dmin,
-                scales,
-                mins,
-            } => {
-                let supers = acts.in_dim / SUPER;
-                assert!(acts.in_dim.is_multiple_of(SUPER));
-                assert!(d.len() >= supers * PANEL && dmin.len() >= supers * PANEL);
-                assert!(scales.len() >= blocks * PANEL && mins.len() >= blocks * PANEL);
-            }
-            PanelScales::Q4_0 { d } => assert!(d.len() >= blocks * PANEL),
-        }
-    }
-    check_activations(acts, row, blocks);
+    left.check(acts.in_dim);
+    right.check(acts.in_dim);
+    acts.check_rows(row, ROWS);
+    assert!(available(), "the VNNI kernel needs AVX-512 F, BW and VNNI");
     // SAFETY: as for `tile_q8_0`: features and every slice length checked above, whole
     // aligned lines read.
     unsafe { tile_nibbles_vnni(left, right, acts, row, blocks, sums) }

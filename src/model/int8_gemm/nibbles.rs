@@ -49,6 +49,28 @@ pub(super) struct NibblePanel<'a> {
     pub(super) scales: PanelScales<'a>,
 }
 
+impl NibblePanel<'_> {
+    /// Checks that the panel covers `in_dim` inputs (the tiles read it through raw pointers).
+    pub(super) fn check(&self, in_dim: usize) {
+        let blocks = in_dim / BLOCK;
+        assert!(self.weights.len() >= blocks * LINES_PER_BLOCK);
+        match self.scales {
+            PanelScales::Q4K {
+                d,
+                dmin,
+                scales,
+                mins,
+            } => {
+                let supers = in_dim / SUPER;
+                assert!(in_dim.is_multiple_of(SUPER));
+                assert!(d.len() >= supers * PANEL && dmin.len() >= supers * PANEL);
+                assert!(scales.len() >= blocks * PANEL && mins.len() >= blocks * PANEL);
+            }
+            PanelScales::Q4_0 { d } => assert!(d.len() >= blocks * PANEL),
+        }
+    }
+}
+
 /// One panel's share of [`Scales`].
 pub(super) enum PanelScales<'a> {
     Q4K {

@@ -30,6 +30,14 @@ pub(super) struct Q8_0Panel<'a> {
     pub(super) offsets: &'a [i32],
 }
 
+impl Q8_0Panel<'_> {
+    /// Checks that the panel holds `blocks` blocks (the tiles read it through raw pointers).
+    pub(super) fn check(&self, blocks: usize) {
+        assert!(self.weights.len() >= blocks * LINES_PER_BLOCK);
+        assert!(self.scales.len() >= blocks * PANEL && self.offsets.len() >= blocks * PANEL);
+    }
+}
+
 impl Q8_0Panels {
     /// Repacks candle's row-major Q8_0 blocks (`out_dim` rows of `in_dim / 32` blocks).
     pub(super) fn pack(raw: &[u8], out_dim: usize, in_dim: usize) -> Result<Self> {

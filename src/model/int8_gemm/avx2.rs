@@ -1,0 +1,265 @@
+//! The register tiles of the int8 GEMM for CPUs with AVX2 but without AVX-512 VNNI (AMD Zen 2/3,
+//! older Intel). They read the same panels as the VNNI tile, each 64-byte line as two halves of
+//! 8 output rows, and emulate `vpdpbusd`: `vpmaddubsw` multiplies unsigned by signed bytes into
+//! sums of pairs (16-bit), `vpmaddwd` by ones adds those pairs into the 4-product sums (32-bit).
+//! A 16-bit pair sum saturates above 32767, so Q8_0 takes signed activations and the sign
+//! trick (`|w|` times `x` with `w`'s sign, both at most 128 in magnitude), and the 4-bit types,
+//! whose pair sums stay below 3810, add a whole block's pairs in 16 bits before widening once.
+//! Per block the sums become f32, scaled by weight scale × activation scale (less the min term
+//! of the 4-bit types), as in the VNNI tile.
+#![allow(unsafe_code)]
+
+use std::arch::x86_64::{
+    __m256, _mm256_abs_epi8, _mm256_add_epi16, _mm256_add_epi32, _mm256_and_si256,
+    _mm256_cvtepi32_ps, _mm256_cvtepu8_epi32, _mm256_cvtph_ps, _mm256_fmadd_ps, _mm256_fnmadd_ps,
+    _mm256_load_si256, _mm256_loadu_ps, _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_mul_ps,
+    _mm256_set1_epi16, _mm256_set1_epi32, _mm256_set1_epi8, _mm256_set1_ps, _mm256_setzero_ps,
+    _mm256_setzero_si256, _mm256_sign_epi8, _mm256_srli_epi16, _mm256_storeu_ps, _mm_loadl_epi64,
+    _mm_loadu_si128,
+};
+
+use super::activations::Activations;
+use super::nibbles::{self, NibblePanel, PanelScales, SUPER};
+use super::q8_0::Q8_0Panel;
+use super::{BLOCK, PANEL, ROWS};
+
+/// Output rows in one half of a line: one 256-bit register of i32 sums.
+const HALF: usize = PANEL / 2;
+
+/// Whether this CPU runs the tiles (AVX2 with FMA, and F16C for Q4_0's f16 scales).
+pub(super) fn available() -> bool {
+    is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+}
+
+/// A panel the tile reads in halves of 8 rows.
+trait Halves {
+    /// `R` activation rows' sums from `row` against the 8 rows of `half` of the panel.
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C, and the panel and the activation rows `row..row + R`
+    /// passed their checks.
+    unsafe fn half_sums<const R: usize>(
+        &self,
+        half: usize,
+        acts: &Activations,
+        row: usize,
+    ) -> [__m256; R];
+}
+
+impl Halves for Q8_0Panel<'_> {
+    unsafe fn half_sums<const R: usize>(
+        &self,
+        half: usize,
+        acts: &Activations,
+        row: usize,
+    ) -> [__m256; R] {
+        half_q8_0::<R>(self, half, acts, row)
+    }
+}
+
+impl Halves for NibblePanel<'_> {
+    unsafe fn half_sums<const R: usize>(
+        &self,
+        half: usize,
+        acts: &Activations,
+        row: usize,
+    ) -> [__m256; R] {
+        half_nibbles::<R>(self, half, acts, row)
+    }
+}
+
+/// Sums of the activation rows `row..row + live` (signed encoding; `live` at most `ROWS`)
+/// against two Q8_0 panels, in the first `live` rows of `sums`: the padding rows of a last,
+/// partial tile are skipped, so a single token costs a sixth of a full tile.
+pub(super) fn tile_q8_0(
+    left: &Q8_0Panel,
+    right: &Q8_0Panel,
+    acts: &Activations,
+    row: usize,
+    live: usize,
+    sums: &mut [[f32; 2 * PANEL]; ROWS],
+) {
+    let blocks = acts.in_dim / BLOCK;
+    left.check(blocks);
+    right.check(blocks);
+    tile([left, right], acts, row, live, sums);
+}
+
+/// Sums of the activation rows `row..row + live` (signed encoding) against two 4-bit panels,
+/// as [`tile_q8_0`] does.
+pub(super) fn tile_nibbles(
+    left: &NibblePanel,
+    right: &NibblePanel,
+    acts: &Activations,
+    row: usize,
+    live: usize,
+    sums: &mut [[f32; 2 * PANEL]; ROWS],
+) {
+    left.check(acts.in_dim);
+    right.check(acts.in_dim);
+    tile([left, right], acts, row, live, sums);
+}
+
+/// Both panels' halves for `live` rows, once the panels are checked.
+fn tile<P: Halves>(
+    panels: [&P; 2],
+    acts: &Activations,
+    row: usize,
+    live: usize,
+    sums: &mut [[f32; 2 * PANEL]; ROWS],
+) {
+    acts.check_rows(row, live);
+    assert!(available(), "the AVX2 tile needs AVX2, FMA and F16C");
+    for (p, panel) in panels.into_iter().enumerate() {
+        for half in 0..2 {
+            let first = p * PANEL + half * HALF;
+            // SAFETY: the CPU has the features, the panels were checked by the caller and
+            // the activation rows above; weight loads are aligned (`Line` is 64-byte aligned
+            // and a half line starts 0 or 32 bytes into one); `store` writes 8 floats at
+            // `first`, inside each row's 32.
+            unsafe {
+                match live {
+                    1 => store(&panel.half_sums::<1>(half, acts, row), sums, first),
+                    2 => store(&panel.half_sums::<2>(half, acts, row), sums, first),
+                    3 => store(&panel.half_sums::<3>(half, acts, row), sums, first),
+                    4 => store(&panel.half_sums::<4>(half, acts, row), sums, first),
+                    5 => store(&panel.half_sums::<5>(half, acts, row), sums, first),
+                    _ => store(&panel.half_sums::<ROWS>(half, acts, row), sums, first),
+                }
+            }
+        }
+    }
+}
+
+/// `R` rows' sums against the 8 rows of `half` of a Q8_0 panel.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn half_q8_0<const R: usize>(
+    panel: &Q8_0Panel,
+    half: usize,
+    acts: &Activations,
+    row: usize,
+) -> [__m256; R] {
+    let blocks = acts.in_dim / BLOCK;
+    let ones = _mm256_set1_epi16(1);
+    let weights = panel.weights.as_ptr().cast::<u8>();
+    let x = acts.bytes.as_ptr().add(row * acts.in_dim);
+    let x_scales = acts.scales.as_ptr().add(row * blocks);
+    let mut results = [_mm256_setzero_ps(); R];
+    for b in 0..blocks {
+        let mut dots = [_mm256_setzero_si256(); R];
+        for step in 0..BLOCK / 4 {
+            let at = (b * BLOCK / 4 + step) * PANEL * 4 + half * HALF * 4;
+            let w = _mm256_load_si256(weights.add(at).cast());
+            let magnitude = _mm256_abs_epi8(w);
+            for (r, dot) in dots.iter_mut().enumerate() {
+                let four = x
+                    .add(r * acts.in_dim + b * BLOCK + step * 4)
+                    .cast::<i32>()
+                    .read_unaligned();
+                let signed = _mm256_sign_epi8(_mm256_set1_epi32(four), w);
+                let pairs = _mm256_maddubs_epi16(magnitude, signed);
+                *dot = _mm256_add_epi32(*dot, _mm256_madd_epi16(pairs, ones));
+            }
+        }
+        let scale = _mm256_loadu_ps(panel.scales.as_ptr().add(b * PANEL + half * HALF));
+        for (r, (result, dot)) in results.iter_mut().zip(&dots).enumerate() {
+            let x_scale = _mm256_set1_ps(*x_scales.add(r * blocks + b));
+            *result = _mm256_fmadd_ps(
+                _mm256_cvtepi32_ps(*dot),
+                _mm256_mul_ps(scale, x_scale),
+                *result,
+            );
+        }
+    }
+    results
+}
+
+/// Block `b`'s weight scales and mins of the 8 rows of `half` of a panel.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn block_scales(scales: &PanelScales, b: usize, half: usize) -> (__m256, __m256) {
+    let widen =
+        |bytes: *const u8| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(bytes.cast())));
+    let first = half * HALF;
+    match *scales {
+        PanelScales::Q4K {
+            d,
+            dmin,
+            scales,
+            mins,
+        } => {
+            let s = b * BLOCK / SUPER * PANEL + first;
+            (
+                _mm256_mul_ps(
+                    _mm256_loadu_ps(d.as_ptr().add(s)),
+                    widen(scales.as_ptr().add(b * PANEL + first)),
+                ),
+                _mm256_mul_ps(
+                    _mm256_loadu_ps(dmin.as_ptr().add(s)),
+                    widen(mins.as_ptr().add(b * PANEL + first)),
+                ),
+            )
+        }
+        PanelScales::Q4_0 { d } => {
+            let scale = _mm256_cvtph_ps(_mm_loadu_si128(d.as_ptr().add(b * PANEL + first).cast()));
+            (scale, _mm256_mul_ps(scale, _mm256_set1_ps(8.0)))
+        }
+    }
+}
+
+/// `R` rows' sums against the 8 rows of `half` of a 4-bit panel.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn half_nibbles<const R: usize>(
+    panel: &NibblePanel,
+    half: usize,
+    acts: &Activations,
+    row: usize,
+) -> [__m256; R] {
+    let blocks = acts.in_dim / BLOCK;
+    let ones = _mm256_set1_epi16(1);
+    let low_nibbles = _mm256_set1_epi8(0x0F);
+    let weights = panel.weights.as_ptr().cast::<u8>();
+    let x = acts.bytes.as_ptr().add(row * acts.in_dim);
+    let x_scales = acts.scales.as_ptr().add(row * blocks);
+    let x_sums = acts.sums.as_ptr().add(row * blocks);
+    let mut results = [_mm256_setzero_ps(); R];
+    for b in 0..blocks {
+        // A block's 16 products per row and pair lane stay below 16 · 15 · 127 < 32768.
+        let mut pairs = [_mm256_setzero_si256(); R];
+        for line in 0..nibbles::LINES_PER_BLOCK {
+            let at = (b * nibbles::LINES_PER_BLOCK + line) * PANEL * 4 + half * HALF * 4;
+            let packed = _mm256_load_si256(weights.add(at).cast());
+            let low = _mm256_and_si256(packed, low_nibbles);
+            let high = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low_nibbles);
+            for (r, sum) in pairs.iter_mut().enumerate() {
+                let first = x.add(r * acts.in_dim + b * BLOCK + line * 8).cast::<i32>();
+                let a = _mm256_set1_epi32(first.read_unaligned());
+                *sum = _mm256_add_epi16(*sum, _mm256_maddubs_epi16(low, a));
+                let a = _mm256_set1_epi32(first.add(1).read_unaligned());
+                *sum = _mm256_add_epi16(*sum, _mm256_maddubs_epi16(high, a));
+            }
+        }
+        let (scale, min) = block_scales(&panel.scales, b, half);
+        for (r, (result, sum)) in results.iter_mut().zip(&pairs).enumerate() {
+            let x_scale = _mm256_set1_ps(*x_scales.add(r * blocks + b));
+            let x_sum = _mm256_set1_ps(*x_sums.add(r * blocks + b));
+            let exact = _mm256_cvtepi32_ps(_mm256_madd_epi16(*sum, ones));
+            *result = _mm256_fmadd_ps(exact, _mm256_mul_ps(scale, x_scale), *result);
+            *result = _mm256_fnmadd_ps(min, x_sum, *result);
+        }
+    }
+    results
+}
+
+/// Writes each row's 8 sums at `first` of its row of `sums`.
+#[target_feature(enable = "avx")]
+unsafe fn store<const R: usize>(
+    results: &[__m256; R],
+    sums: &mut [[f32; 2 * PANEL]; ROWS],
+    first: usize,
+) {
+    for (sum, result) in sums.iter_mut().zip(results) {
+        _mm256_storeu_ps(sum[first..first + HALF].as_mut_ptr(), *result);
+    }
+}
