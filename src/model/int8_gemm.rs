@@ -240,17 +240,15 @@ impl PackedInt8 {
             (Panels::Nibbles(p), Kernel::Amx | Kernel::Vnni) => {
                 avx512::tile_nibbles(&p.panel(2 * pair), &p.panel(2 * pair + 1), acts, row, sums)
             }
-            (Panels::Q8_0(p), Kernel::Avx2) => avx2::tile_q8_0(
-                &p.panel(2 * pair),
-                &p.panel(2 * pair + 1),
+            (Panels::Q8_0(p), Kernel::Avx2) => avx2::tile(
+                [&p.panel(2 * pair), &p.panel(2 * pair + 1)],
                 acts,
                 row,
                 live,
                 sums,
             ),
-            (Panels::Nibbles(p), Kernel::Avx2) => avx2::tile_nibbles(
-                &p.panel(2 * pair),
-                &p.panel(2 * pair + 1),
+            (Panels::Nibbles(p), Kernel::Avx2) => avx2::tile(
+                [&p.panel(2 * pair), &p.panel(2 * pair + 1)],
                 acts,
                 row,
                 live,

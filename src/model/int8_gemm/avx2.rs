@@ -34,7 +34,10 @@ pub(super) fn available() -> bool {
 }
 
 /// A panel the tile reads in halves of 8 rows.
-trait Halves {
+pub(super) trait Halves {
+    /// Checks that the panel covers `in_dim` inputs (the tile reads it through raw pointers).
+    fn check_inputs(&self, in_dim: usize);
+
     /// `R` activation rows' sums from `row` against the 8 rows of `half` of the panel.
     ///
     /// # Safety
@@ -49,6 +52,10 @@ trait Halves {
 }
 
 impl Halves for Q8_0Panel<'_> {
+    fn check_inputs(&self, in_dim: usize) {
+        self.check(in_dim / BLOCK);
+    }
+
     unsafe fn half_sums<const R: usize>(
         &self,
         half: usize,
@@ -60,6 +67,10 @@ impl Halves for Q8_0Panel<'_> {
 }
 
 impl Halves for NibblePanel<'_> {
+    fn check_inputs(&self, in_dim: usize) {
+        self.check(in_dim);
+    }
+
     unsafe fn half_sums<const R: usize>(
         &self,
         half: usize,
@@ -71,54 +82,31 @@ impl Halves for NibblePanel<'_> {
 }
 
 /// Sums of the activation rows `row..row + live` (signed encoding; `live` at most `ROWS`)
-/// against two Q8_0 panels, in the first `live` rows of `sums`: the padding rows of a last,
-/// partial tile are skipped, so a single token costs a sixth of a full tile.
-pub(super) fn tile_q8_0(
-    left: &Q8_0Panel,
-    right: &Q8_0Panel,
-    acts: &Activations,
-    row: usize,
-    live: usize,
-    sums: &mut [[f32; 2 * PANEL]; ROWS],
-) {
-    let blocks = acts.in_dim / BLOCK;
-    left.check(blocks);
-    right.check(blocks);
-    tile([left, right], acts, row, live, sums);
-}
-
-/// Sums of the activation rows `row..row + live` (signed encoding) against two 4-bit panels,
-/// as [`tile_q8_0`] does.
-pub(super) fn tile_nibbles(
-    left: &NibblePanel,
-    right: &NibblePanel,
-    acts: &Activations,
-    row: usize,
-    live: usize,
-    sums: &mut [[f32; 2 * PANEL]; ROWS],
-) {
-    left.check(acts.in_dim);
-    right.check(acts.in_dim);
-    tile([left, right], acts, row, live, sums);
-}
-
-/// Both panels' halves for `live` rows, once the panels are checked.
-fn tile<P: Halves>(
+/// against two panels (Q8_0 or 4-bit), in the first `live` rows of `sums`: the padding rows of
+/// a last, partial tile are skipped, so a single token costs a sixth of a full tile.
+pub(super) fn tile<P: Halves>(
     panels: [&P; 2],
     acts: &Activations,
     row: usize,
     live: usize,
     sums: &mut [[f32; 2 * PANEL]; ROWS],
 ) {
+    for panel in panels {
+        panel.check_inputs(acts.in_dim);
+    }
+    assert!(
+        (1..=ROWS).contains(&live),
+        "a tile holds 1 to {ROWS} rows, not {live}"
+    );
     acts.check_rows(row, live);
     assert!(available(), "the AVX2 tile needs AVX2, FMA and F16C");
     for (p, panel) in panels.into_iter().enumerate() {
         for half in 0..2 {
             let first = p * PANEL + half * HALF;
-            // SAFETY: the CPU has the features, the panels were checked by the caller and
-            // the activation rows above; weight loads are aligned (`Line` is 64-byte aligned
-            // and a half line starts 0 or 32 bytes into one); `store` writes 8 floats at
-            // `first`, inside each row's 32.
+            // SAFETY: the CPU has the features, and the panels and the `live` activation rows
+            // that the arm taken reads were checked above; weight loads are aligned (`Line`
+            // is 64-byte aligned and a half line starts 0 or 32 bytes into one); `store`
+            // writes 8 floats at `first`, inside each row's 32.
             unsafe {
                 match live {
                     1 => store(&panel.half_sums::<1>(half, acts, row), sums, first),
