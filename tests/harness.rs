@@ -17,7 +17,8 @@ use serde_json::{json, Value};
 use shieldgate::config::Config;
 use shieldgate::metrics::Metrics;
 use shieldgate::proxy::body::{channel, full, Body};
-use shieldgate::proxy::server::{serve, Limits};
+use shieldgate::proxy::server::{serve, serve_on, Limits};
+use shieldgate::proxy::workers::Workers;
 use shieldgate::proxy::{admin, route, Gateway};
 use shieldgate::scorer::worker::ScorerHandle;
 use shieldgate::scorer::{p_yes, PolicyScore, RequestScores, Score, ScoreError, ScoreRequest};
@@ -118,7 +119,9 @@ pub struct TestGateway {
     /// The shared state.
     pub gw: Arc<Gateway>,
     stop: watch::Sender<bool>,
-    /// The runtime everything runs on.
+    /// The public listener's connections run here, as in `serve`.
+    _workers: Arc<Workers>,
+    /// The runtime everything else runs on.
     pub runtime: tokio::runtime::Runtime,
 }
 
@@ -142,6 +145,7 @@ pub fn start(config: &str, scorer: Arc<dyn Score>) -> TestGateway {
     let (stop, rx) = watch::channel(false);
     let limits = Limits::from_server(&config.server);
     let timeout = Duration::from_millis(config.server.request_timeout_ms);
+    let workers = Arc::new(Workers::start(config.server.workers, "test-worker").expect("workers"));
     let (addr, admin_addr) = runtime.block_on(async {
         let public = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -157,12 +161,18 @@ pub fn start(config: &str, scorer: Arc<dyn Score>) -> TestGateway {
             let _ = rx.wait_for(|s| *s).await;
         };
         let g = gw.clone();
-        tokio::spawn(serve(
-            public,
-            limits,
-            move |req| route(g.clone(), req, timeout),
-            stopped(rx.clone()),
-        ));
+        let on = workers.clone();
+        let public_stopped = stopped(rx.clone());
+        tokio::spawn(async move {
+            serve_on(
+                &on,
+                public,
+                limits,
+                move |req| route(g.clone(), req, timeout),
+                public_stopped,
+            )
+            .await
+        });
         let g = gw.clone();
         tokio::spawn(serve(
             admin_listener,
@@ -180,6 +190,7 @@ pub fn start(config: &str, scorer: Arc<dyn Score>) -> TestGateway {
         admin: admin_addr,
         gw,
         stop,
+        _workers: workers,
         runtime,
     }
 }

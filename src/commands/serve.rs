@@ -13,7 +13,8 @@ use tokio::sync::watch;
 use crate::cli::ServeArgs;
 use crate::config::{Config, UpstreamConfig};
 use crate::metrics::Metrics;
-use crate::proxy::server::{serve, Limits};
+use crate::proxy::server::{serve, serve_on, Limits};
+use crate::proxy::workers::Workers;
 use crate::proxy::{admin, route, Gateway};
 use crate::scorer::worker::ScorerHandle;
 
@@ -61,17 +62,21 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<Outcome> {
         Arc::new(move |n| batches.with_label_values(&[] as &[&str]).observe(n as f64)),
     )
     .context("cannot start the scorer thread")?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // This runtime accepts connections and serves the admin listener; the public connections
+    // run on the workers.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    let workers = Workers::start(config.server.workers, "shieldgate-worker")
+        .context("cannot start the worker threads")?;
     runtime.block_on(run_servers(
         config,
         args.config.clone(),
         scorer,
         model_name,
         metrics,
+        &workers,
     ))?;
     Ok(Outcome::Clean)
 }
@@ -82,6 +87,7 @@ async fn run_servers(
     scorer: ScorerHandle,
     model_name: String,
     metrics: Arc<Metrics>,
+    workers: &Workers,
 ) -> anyhow::Result<()> {
     let gw = Arc::new(Gateway::new(&config, scorer, model_name, metrics)?);
     let limits = Limits::from_server(&config.server);
@@ -89,6 +95,10 @@ async fn run_servers(
     println!(
         "shieldgate serve: listening on http://{}",
         public.local_addr()?
+    );
+    tracing::info!(
+        workers = workers.count(),
+        "public connections spread over worker threads"
     );
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -122,7 +132,7 @@ async fn run_servers(
     }
     let timeout = Duration::from_millis(config.server.request_timeout_ms);
     let handler = move |req| route(gw.clone(), req, timeout);
-    serve(public, limits, handler, stopped(stop_rx)).await?;
+    serve_on(workers, public, limits, handler, stopped(stop_rx)).await?;
     tracing::info!("shut down");
     Ok(())
 }

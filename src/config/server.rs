@@ -28,6 +28,9 @@ pub struct ServerConfig {
     pub idle_timeout_ms: u64,
     /// On shutdown, how long open connections and streams may finish, in milliseconds.
     pub shutdown_grace_ms: u64,
+    /// Threads serving the public listener's connections, each keeping its connections for
+    /// their whole life; 0: one per core.
+    pub workers: usize,
 }
 
 impl Default for ServerConfig {
@@ -41,6 +44,7 @@ impl Default for ServerConfig {
             client_timeout_ms: 30_000,
             idle_timeout_ms: 75_000,
             shutdown_grace_ms: 30_000,
+            workers: 0,
         }
     }
 }

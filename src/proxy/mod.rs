@@ -18,6 +18,7 @@ mod routes;
 pub mod server;
 pub mod sse;
 pub mod upstream;
+pub mod workers;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};

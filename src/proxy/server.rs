@@ -1,9 +1,10 @@
 //! The accept loop shared by the public and admin listeners: HTTP/1.1 and h2c on one port,
-//! header-size limits, idle connections closed, and graceful shutdown that lets open exchanges
-//! and streams finish.
+//! header-size limits, idle connections closed, graceful shutdown that lets open exchanges and
+//! streams finish, and connections run on the current runtime or spread over worker threads.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,11 +14,13 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Handle;
 use tokio::sync::watch;
 
 use super::body::Body;
 use super::idle::{Activity, Counted, GuardedBody};
+use super::workers::Workers;
 use crate::config::ServerConfig;
 
 /// Per-listener limits.
@@ -52,12 +55,47 @@ impl Default for Limits {
     }
 }
 
-/// Serves connections with `handler` until `shutdown` resolves, then drains them.
+/// Serves connections with `handler` on the current runtime until `shutdown` resolves, then
+/// drains them.
 pub async fn serve<F, Fut>(
     listener: TcpListener,
     limits: Limits,
     handler: F,
     shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()>
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let here = Handle::current();
+    accept_loop(listener, limits, handler, shutdown, || here.clone()).await
+}
+
+/// [`serve`], each connection handed in turn to one of `workers` and kept there.
+pub async fn serve_on<F, Fut>(
+    workers: &Workers,
+    listener: TcpListener,
+    limits: Limits,
+    handler: F,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()>
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    accept_loop(listener, limits, handler, shutdown, || {
+        workers.next().clone()
+    })
+    .await
+}
+
+/// Accepts until `shutdown`, running each connection on the runtime `place` gives, then drains.
+async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    limits: Limits,
+    handler: F,
+    shutdown: impl Future<Output = ()>,
+    place: impl Fn() -> Handle,
 ) -> std::io::Result<()>
 where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
@@ -75,6 +113,7 @@ where
     builder
         .http2()
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    let builder = Arc::new(builder);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -94,53 +133,23 @@ where
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
         }
-        let activity = Arc::new(Activity::default());
-        let handler = handler.clone();
-        let counter = activity.clone();
-        let service = service_fn(move |req| {
-            let handler = handler.clone();
-            let guard = counter.exchange();
-            async move {
-                let response = handler(req).await;
-                // The exchange stays open until its body is sent (or dropped).
-                Ok::<_, Infallible>(response.map(|body| GuardedBody::new(body, guard).boxed()))
+        // The stream leaves this runtime's reactor and joins that of the runtime it runs on.
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "cannot hand the connection over");
+                continue;
             }
-        });
-        let io = TokioIo::new(Counted::new(stream, activity.clone()));
-        let connection = builder
-            .serve_connection_with_upgrades(io, service)
-            .into_owned();
-        let mut stopped = stopped.clone();
-        let idle_timeout = limits.idle_timeout;
-        tokio::spawn(async move {
-            tokio::pin!(connection);
-            let mut closing = false;
-            // An idle connection closes gracefully (HTTP/2: GOAWAY, then a PING round trip),
-            // and is dropped if the client does not let it finish within another idle period.
-            let mut cut = None;
-            let result = loop {
-                tokio::select! {
-                    result = connection.as_mut() => break result,
-                    _ = stopped.wait_for(|s| *s), if !closing => {
-                        connection.as_mut().graceful_shutdown();
-                        closing = true;
-                    }
-                    () = activity.quiet_for(idle_timeout), if !closing => {
-                        tracing::debug!(%peer, "closing an idle connection");
-                        connection.as_mut().graceful_shutdown();
-                        closing = true;
-                        cut = Some(tokio::time::Instant::now() + idle_timeout);
-                    }
-                    () = async { if let Some(at) = cut { tokio::time::sleep_until(at).await } }, if cut.is_some() => {
-                        tracing::debug!(%peer, "dropping an idle connection that did not close");
-                        return;
-                    }
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
+        };
+        let connection = connection(
+            stream,
+            peer,
+            builder.clone(),
+            handler.clone(),
+            stopped.clone(),
+            limits.idle_timeout,
+        );
+        place().spawn(connection);
     }
     drop(listener);
     drop(stopped);
@@ -152,4 +161,65 @@ where
         }
     }
     Ok(())
+}
+
+/// Serves one connection until it ends, it has been idle too long, or shutdown closes it.
+async fn connection<F, Fut>(
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    builder: Arc<Builder<TokioExecutor>>,
+    handler: F,
+    mut stopped: watch::Receiver<bool>,
+    idle_timeout: Duration,
+) where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let stream = match TcpStream::from_std(stream) {
+        Ok(stream) => stream,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "cannot register the connection");
+            return;
+        }
+    };
+    let activity = Arc::new(Activity::default());
+    let counter = activity.clone();
+    let service = service_fn(move |req| {
+        let handler = handler.clone();
+        let guard = counter.exchange();
+        async move {
+            let response = handler(req).await;
+            // The exchange stays open until its body is sent (or dropped).
+            Ok::<_, Infallible>(response.map(|body| GuardedBody::new(body, guard).boxed()))
+        }
+    });
+    let io = TokioIo::new(Counted::new(stream, activity.clone()));
+    let connection = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(connection);
+    let mut closing = false;
+    // An idle connection closes gracefully (HTTP/2: GOAWAY, then a PING round trip), and is
+    // dropped if the client does not let it finish within another idle period.
+    let mut cut = None;
+    let result = loop {
+        tokio::select! {
+            result = connection.as_mut() => break result,
+            _ = stopped.wait_for(|s| *s), if !closing => {
+                connection.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            () = activity.quiet_for(idle_timeout), if !closing => {
+                tracing::debug!(%peer, "closing an idle connection");
+                connection.as_mut().graceful_shutdown();
+                closing = true;
+                cut = Some(tokio::time::Instant::now() + idle_timeout);
+            }
+            () = async { if let Some(at) = cut { tokio::time::sleep_until(at).await } }, if cut.is_some() => {
+                tracing::debug!(%peer, "dropping an idle connection that did not close");
+                return;
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
 }

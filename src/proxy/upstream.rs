@@ -1,5 +1,7 @@
 //! The upstream client: pooled HTTP/1.1 and HTTP/2 (by ALPN) over plain TCP or rustls
-//! (system roots plus an optional CA file), with connect and response-head timeouts.
+//! (system roots plus an optional CA file), with connect and response-head timeouts. Each
+//! thread keeps its own pool, so a request goes out on a connection whose task runs on the
+//! request's own thread (see [`super::workers`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +16,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
+use thread_local::ThreadLocal;
 
 use crate::config::UpstreamConfig;
 
@@ -73,9 +76,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+type Pool = Client<HttpsConnector<HttpConnector>, Body>;
+
 /// The configured upstream.
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, Body>,
+    connector: HttpsConnector<HttpConnector>,
+    pool_idle_timeout: Duration,
+    pools: ThreadLocal<Pool>,
     /// The URL every path is appended to, without a trailing slash.
     base: String,
     response_timeout: Duration,
@@ -129,14 +136,22 @@ impl Upstream {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_millis(config.pool_idle_timeout_ms))
-            .build(connector);
         Ok(Self {
-            client,
+            connector,
+            pool_idle_timeout: Duration::from_millis(config.pool_idle_timeout_ms),
+            pools: ThreadLocal::new(),
             base,
             response_timeout: Duration::from_millis(config.response_timeout_ms),
             idle_timeout: Duration::from_millis(config.idle_timeout_ms),
+        })
+    }
+
+    /// This thread's pool.
+    fn pool(&self) -> &Pool {
+        self.pools.get_or(|| {
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(self.pool_idle_timeout)
+                .build(self.connector.clone())
         })
     }
 
@@ -166,7 +181,7 @@ impl Upstream {
         strip_hop_by_hop(headers);
         headers.remove(HOST);
         headers.insert(hyper::header::CONTENT_LENGTH, length.into());
-        match tokio::time::timeout(self.response_timeout, self.client.request(request)).await {
+        match tokio::time::timeout(self.response_timeout, self.pool().request(request)).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) => Err(UpstreamError::Unreachable(error_chain(&e))),
             Err(_) => Err(UpstreamError::Timeout(self.response_timeout)),
