@@ -26,9 +26,12 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 use shieldgate::config::Config;
+use shieldgate::config::UpstreamConfig;
 use shieldgate::metrics::Metrics;
 use shieldgate::proxy::body::{full, Body};
-use shieldgate::proxy::server::{serve, Limits};
+use shieldgate::proxy::server::{serve, serve_on, Limits};
+use shieldgate::proxy::upstream::Upstream;
+use shieldgate::proxy::workers::Workers;
 use shieldgate::proxy::{route, Gateway};
 use shieldgate::scorer::cache::CachedScorer;
 use shieldgate::scorer::worker::ScorerHandle;
@@ -138,59 +141,70 @@ fn start_nginx(binary: &str, upstream: SocketAddr) -> Option<(Nginx, SocketAddr)
     None
 }
 
-/// Starts a gateway for `config` with `scorer` behind its worker thread, as `serve` does.
-fn start_gateway(
-    rt: &tokio::runtime::Runtime,
-    config: &Config,
-    scorer: Arc<dyn Score>,
-) -> SocketAddr {
-    let scorer = ScorerHandle::spawn(scorer, 1024, 16).expect("worker");
-    let gw = Arc::new(
+/// A gateway for `config` with `scorer` behind its scorer thread, as `serve` builds it.
+fn gateway(config: &Config, scorer: Arc<dyn Score>) -> Arc<Gateway> {
+    let scorer = ScorerHandle::spawn(scorer, 1024, 16).expect("scorer thread");
+    Arc::new(
         Gateway::new(config, scorer, "constant".into(), Arc::new(Metrics::new())).expect("gateway"),
-    );
+    )
+}
+
+/// Binds a port on `rt` and runs `server` there with its listener.
+fn listen<S, Fut>(rt: &tokio::runtime::Runtime, server: S) -> SocketAddr
+where
+    S: FnOnce(tokio::net::TcpListener) -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<()>> + Send + 'static,
+{
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let timeout = Duration::from_secs(30);
-        tokio::spawn(serve(
-            listener,
-            limits(),
-            move |req| route(gw.clone(), req, timeout),
-            std::future::pending(),
-        ));
+        tokio::spawn(server(listener));
         addr
     })
 }
 
-/// The least a proxy on this stack does: the gateway's accept loop and a pooled hyper client,
-/// the request and the answer passed on whole, nothing parsed, nothing checked.
-async fn bare_proxy(upstream: SocketAddr) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+/// Serves `handler` as `serve` does: accepting on `rt`, the connections on `workers`.
+fn spread<F, Fut>(rt: &tokio::runtime::Runtime, workers: Arc<Workers>, handler: F) -> SocketAddr
+where
+    F: Fn(Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<Body>> + Send + 'static,
+{
+    listen(rt, move |listener| async move {
+        serve_on(
+            &workers,
+            listener,
+            limits(),
+            handler,
+            std::future::pending(),
+        )
         .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let client: Client<_, Body> = Client::builder(TokioExecutor::new()).build_http();
+    })
+}
+
+/// The least a proxy on this stack does: the gateway's accept loop, workers and upstream
+/// client, the request and the answer passed on whole, nothing parsed, nothing checked.
+fn bare_proxy(
+    rt: &tokio::runtime::Runtime,
+    workers: Arc<Workers>,
+    upstream: SocketAddr,
+) -> SocketAddr {
+    let upstream = Arc::new(
+        Upstream::new(&UpstreamConfig::new(format!("http://{upstream}"))).expect("client"),
+    );
     let forward = move |req: Request<hyper::body::Incoming>| {
-        let client = client.clone();
+        let upstream = upstream.clone();
         async move {
-            let (mut parts, body) = req.into_parts();
+            let (parts, body) = req.into_parts();
             let bytes = body.collect().await.expect("request body").to_bytes();
-            parts.uri = format!("http://{upstream}{}", parts.uri.path())
-                .parse()
-                .expect("uri");
-            let answer = client
-                .request(Request::from_parts(parts, full(bytes)))
-                .await
-                .expect("upstream answer");
+            let answer = upstream.send(parts, bytes).await.expect("upstream answer");
             let (head, body) = answer.into_parts();
             let bytes = body.collect().await.expect("answer body").to_bytes();
             Response::from_parts(head, full(bytes))
         }
     };
-    tokio::spawn(serve(listener, limits(), forward, std::future::pending()));
-    addr
+    spread(rt, workers, forward)
 }
 
 /// Latencies in microseconds and the wall time.
@@ -254,21 +268,12 @@ fn main() {
     let nginx_bin = std::env::var("SHIELDGATE_BENCH_NGINX").unwrap_or_else(|_| "nginx".into());
 
     let upstream_rt = runtime("bench-upstream", 1);
-    let upstream = upstream_rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(serve(
-            listener,
-            limits(),
-            upstream_answer,
-            std::future::pending(),
-        ));
-        addr
+    let upstream = listen(&upstream_rt, |listener| {
+        serve(listener, limits(), upstream_answer, std::future::pending())
     });
 
-    let gateway_rt = runtime("bench-gateway", 2);
+    let accept_rt = runtime("bench-accept", 1);
+    let workers = Arc::new(Workers::start(2, "bench-gateway-worker").expect("workers"));
     let extra = std::env::var("SHIELDGATE_BENCH_CONFIG").unwrap_or_default();
     let config = Config::parse(
         &format!("[upstream]\nurl = \"http://{upstream}\"\n{extra}"),
@@ -281,10 +286,27 @@ fn main() {
         NonZeroUsize::new(64).expect("nonzero"),
         "constant",
     );
-    let gateway = start_gateway(&gateway_rt, &config, constant);
-    let cache_hits = start_gateway(&gateway_rt, &config, Arc::new(cached));
-    let bare_rt = runtime("bench-bare", 2);
-    let bare = bare_rt.block_on(bare_proxy(upstream));
+    let timeout = Duration::from_secs(30);
+    let plain = gateway(&config, constant.clone());
+    let gateway_addr = spread(&accept_rt, workers.clone(), move |req| {
+        route(plain.clone(), req, timeout)
+    });
+    let hits = gateway(&config, Arc::new(cached));
+    let cache_hits = spread(&accept_rt, workers.clone(), move |req| {
+        route(hits.clone(), req, timeout)
+    });
+    let bare = bare_proxy(&accept_rt, workers.clone(), upstream);
+    // The same gateway with its connections on one 2-thread work-stealing runtime instead.
+    let stealing_rt = runtime("bench-stealing", 2);
+    let stolen = gateway(&config, constant);
+    let stealing = listen(&stealing_rt, move |listener| {
+        serve(
+            listener,
+            limits(),
+            move |req| route(stolen.clone(), req, timeout),
+            std::future::pending(),
+        )
+    });
     let nginx = start_nginx(&nginx_bin, upstream);
     if nginx.is_none() {
         eprintln!(
@@ -298,15 +320,26 @@ fn main() {
         targets.push(("nginx", *addr));
     }
     targets.push(("hyper proxy (floor)", bare));
-    targets.push(("shieldgate", gateway));
+    targets.push(("shieldgate", gateway_addr));
     targets.push(("shieldgate, cache hits", cache_hits));
+    targets.push(("shieldgate, work-stealing runtime", stealing));
     println!(
-        "gateway overhead: POST /v1/chat/completions (JSON), {requests} requests per target and concurrency, the targets taking turns in {rounds} rounds, constant-time scorer; gateway on 2 runtime threads + its scorer thread (as `serve` runs), bare hyper proxy on 2 runtime threads, nginx 1 worker process, upstream and client 1 thread each; {} cores",
+        "gateway overhead: POST /v1/chat/completions (JSON), {requests} requests per target and concurrency, the targets taking turns in {rounds} rounds, constant-time scorer; gateway on 2 worker threads + its scorer thread (as `serve` runs), bare hyper proxy on the same workers, nginx 1 worker process, upstream and client 1 thread each; {} cores",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     for concurrency in levels {
         measure(&client_rt, &targets, concurrency, requests, rounds);
     }
+}
+
+/// One target's figures at one concurrency (milliseconds).
+struct Row<'a> {
+    name: &'a str,
+    p50: f64,
+    p99: f64,
+    /// The median over the rounds of the round's p99: one unlucky round does not move it.
+    median_p99: f64,
+    rps: f64,
 }
 
 /// One table: every target at one concurrency.
@@ -322,42 +355,59 @@ fn measure(
         client_rt.block_on(load(*addr, concurrency, requests.min(400)));
     }
     let mut samples: Vec<(Vec<u64>, Duration)> = vec![(Vec::new(), Duration::ZERO); targets.len()];
+    // Each target's p99 in each round.
+    let mut round_p99: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
     for _ in 0..rounds {
         for (k, (_, addr)) in targets.iter().enumerate() {
-            let (times, wall) = client_rt.block_on(load(*addr, concurrency, requests / rounds));
+            let (mut times, wall) = client_rt.block_on(load(*addr, concurrency, requests / rounds));
+            times.sort_unstable();
+            round_p99[k].push(percentile(&times, 0.99));
             samples[k].0.extend(times);
             samples[k].1 += wall;
         }
     }
-    let mut rows = Vec::new();
-    for ((name, _), (mut times, wall)) in targets.iter().zip(samples) {
-        times.sort_unstable();
-        let p50 = percentile(&times, 0.5);
-        let p99 = percentile(&times, 0.99);
-        let rps = times.len() as f64 / wall.as_secs_f64();
-        rows.push((*name, p50, p99, rps));
-    }
-    let direct = rows[0];
+    let rows: Vec<Row> = targets
+        .iter()
+        .zip(samples)
+        .zip(round_p99)
+        .map(|(((name, _), (mut times, wall)), mut p99s)| {
+            times.sort_unstable();
+            p99s.sort_unstable_by(f64::total_cmp);
+            Row {
+                name,
+                p50: percentile(&times, 0.5),
+                p99: percentile(&times, 0.99),
+                median_p99: p99s[p99s.len() / 2],
+                rps: times.len() as f64 / wall.as_secs_f64(),
+            }
+        })
+        .collect();
+    let direct = &rows[0];
     println!();
     println!("concurrency {concurrency}:");
     println!("| target | p50 ms | p99 ms | added p50 ms | added p99 ms | requests/s |");
     println!("|---|---|---|---|---|---|");
-    for (name, p50, p99, rps) in &rows {
+    for row in &rows {
         println!(
-            "| {name} | {p50:.3} | {p99:.3} | {:.3} | {:.3} | {rps:.0} |",
-            p50 - direct.1,
-            p99 - direct.2
+            "| {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.0} |",
+            row.name,
+            row.p50,
+            row.p99,
+            row.p50 - direct.p50,
+            row.p99 - direct.p99,
+            row.rps
         );
     }
-    let Some(nginx) = rows.iter().find(|r| r.0 == "nginx") else {
+    let Some(nginx) = rows.iter().find(|r| r.name == "nginx") else {
         return;
     };
-    for row in rows.iter().filter(|r| r.0.starts_with("shieldgate")) {
+    for row in rows.iter().filter(|r| r.name.starts_with("shieldgate")) {
         println!(
-            "{} added p99 / nginx added p99 = {:.2} (target ≤ 2); throughput ratio to nginx = {:.2}",
-            row.0,
-            (row.2 - direct.2) / (nginx.2 - direct.2),
-            row.3 / nginx.3
+            "{}: added p99 / nginx added p99 = {:.2} (target ≤ 2); from each target's median p99 over the rounds {:.2}; throughput ratio to nginx = {:.2}",
+            row.name,
+            (row.p99 - direct.p99) / (nginx.p99 - direct.p99),
+            (row.median_p99 - direct.median_p99) / (nginx.median_p99 - direct.median_p99),
+            row.rps / nginx.rps
         );
     }
 }
