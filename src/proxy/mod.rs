@@ -75,6 +75,8 @@ pub struct Gateway {
     settings: RwLock<Arc<Settings>>,
     decision_log: Option<DecisionLog>,
     ids: AtomicU64,
+    /// This process's id, read once (each read is a system call).
+    pid: u32,
     draining: AtomicBool,
 }
 
@@ -115,6 +117,7 @@ impl Gateway {
             settings: RwLock::new(Arc::new(settings)),
             decision_log,
             ids: AtomicU64::new(1),
+            pid: std::process::id(),
             draining: AtomicBool::new(false),
         })
     }
@@ -146,7 +149,7 @@ impl Gateway {
             .map_or(0, |d| d.as_millis());
         format!(
             "sg-{ms:x}-{:x}-{:x}",
-            std::process::id(),
+            self.pid,
             self.ids.fetch_add(1, Ordering::Relaxed)
         )
     }
