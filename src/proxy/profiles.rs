@@ -99,7 +99,9 @@ impl Profiles {
     /// The profile for a request: API-key hash, then tenant, then longest route prefix, then
     /// `default`.
     pub fn select(&self, request: &Selector<'_>) -> &Arc<Profile> {
-        if let Some(key) = api_key(request.headers) {
+        // The key is hashed only when some profile is chosen by key hash.
+        let by_key = self.list.iter().any(|p| !p.key_hashes.is_empty());
+        if let Some(key) = api_key(request.headers).filter(|_| by_key) {
             let digest = hex::encode(Sha256::digest(key.as_bytes()));
             if let Some(p) = self.list.iter().find(|p| p.key_hashes.contains(&digest)) {
                 return p;
