@@ -337,8 +337,6 @@ struct Row<'a> {
     name: &'a str,
     p50: f64,
     p99: f64,
-    /// The median over the rounds of the round's p99: one unlucky round does not move it.
-    median_p99: f64,
     rps: f64,
 }
 
@@ -355,13 +353,9 @@ fn measure(
         client_rt.block_on(load(*addr, concurrency, requests.min(400)));
     }
     let mut samples: Vec<(Vec<u64>, Duration)> = vec![(Vec::new(), Duration::ZERO); targets.len()];
-    // Each target's p99 in each round.
-    let mut round_p99: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
     for _ in 0..rounds {
         for (k, (_, addr)) in targets.iter().enumerate() {
-            let (mut times, wall) = client_rt.block_on(load(*addr, concurrency, requests / rounds));
-            times.sort_unstable();
-            round_p99[k].push(percentile(&times, 0.99));
+            let (times, wall) = client_rt.block_on(load(*addr, concurrency, requests / rounds));
             samples[k].0.extend(times);
             samples[k].1 += wall;
         }
@@ -369,15 +363,12 @@ fn measure(
     let rows: Vec<Row> = targets
         .iter()
         .zip(samples)
-        .zip(round_p99)
-        .map(|(((name, _), (mut times, wall)), mut p99s)| {
+        .map(|((name, _), (mut times, wall))| {
             times.sort_unstable();
-            p99s.sort_unstable_by(f64::total_cmp);
             Row {
                 name,
                 p50: percentile(&times, 0.5),
                 p99: percentile(&times, 0.99),
-                median_p99: p99s[p99s.len() / 2],
                 rps: times.len() as f64 / wall.as_secs_f64(),
             }
         })
@@ -403,10 +394,9 @@ fn measure(
     };
     for row in rows.iter().filter(|r| r.name.starts_with("shieldgate")) {
         println!(
-            "{}: added p99 / nginx added p99 = {:.2} (target ≤ 2); from each target's median p99 over the rounds {:.2}; throughput ratio to nginx = {:.2}",
+            "{}: added p99 / nginx added p99 = {:.2} (target ≤ 2); throughput ratio to nginx = {:.2}",
             row.name,
             (row.p99 - direct.p99) / (nginx.p99 - direct.p99),
-            (row.median_p99 - direct.median_p99) / (nginx.median_p99 - direct.median_p99),
             row.rps / nginx.rps
         );
     }
