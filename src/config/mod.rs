@@ -181,6 +181,8 @@ mod tests {
         assert!(e.to_string().contains("[profiles.x]"), "{e}");
         let e = Config::parse("[proxy]\nscan = []\n", "d.toml").expect_err("must fail");
         assert!(e.to_string().contains("scan"), "{e}");
+        let e = Config::parse("[server]\nworkers = 100000\n", "e.toml").expect_err("must fail");
+        assert!(e.to_string().contains("workers"), "{e}");
     }
 
     #[test]

@@ -49,6 +49,9 @@ impl Default for ServerConfig {
     }
 }
 
+/// The most worker threads `[server] workers` may ask for.
+const MAX_WORKERS: usize = 1024;
+
 impl ServerConfig {
     pub(super) fn validate(&self) -> Result<(), String> {
         if self.listen.is_empty() {
@@ -64,6 +67,13 @@ impl ServerConfig {
         }
         if self.max_body_bytes == 0 || self.max_header_bytes < 1024 {
             return Err("[server] max_body_bytes must be > 0 and max_header_bytes ≥ 1024".into());
+        }
+        if self.workers > MAX_WORKERS {
+            return Err(format!(
+                "[server] workers = {} is more threads than a gateway can use; give at most \
+                 {MAX_WORKERS}, or 0 for one per core",
+                self.workers
+            ));
         }
         positive("[server] request_timeout_ms", self.request_timeout_ms)?;
         positive("[server] client_timeout_ms", self.client_timeout_ms)?;
