@@ -55,6 +55,12 @@ impl Default for Limits {
     }
 }
 
+/// What serves a listener's requests: called once per request, shared by every connection.
+pub trait Handler<Fut>: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static {}
+
+impl<F, Fut> Handler<Fut> for F where F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static
+{}
+
 /// Serves connections with `handler` on the current runtime until `shutdown` resolves, then
 /// drains them.
 pub async fn serve<F, Fut>(
@@ -64,7 +70,7 @@ pub async fn serve<F, Fut>(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()>
 where
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    F: Handler<Fut>,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
     let here = Handle::current();
@@ -80,7 +86,7 @@ pub async fn serve_on<F, Fut>(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()>
 where
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    F: Handler<Fut>,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
     accept_loop(listener, limits, handler, shutdown, || {
@@ -98,7 +104,7 @@ async fn accept_loop<F, Fut>(
     place: impl Fn() -> Handle,
 ) -> std::io::Result<()>
 where
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    F: Handler<Fut>,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
     // Every connection holds a receiver: it learns of the shutdown from it, and the sender sees
@@ -172,7 +178,7 @@ async fn connection<F, Fut>(
     mut stopped: watch::Receiver<bool>,
     idle_timeout: Duration,
 ) where
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    F: Handler<Fut>,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
     let stream = match TcpStream::from_std(stream) {
@@ -221,5 +227,68 @@ async fn connection<F, Fut>(
     };
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::{BodyExt, Full};
+    use hyper::client::conn::http1;
+
+    use super::*;
+    use crate::proxy::body::full;
+
+    /// Answers with the name of the thread the request ran on.
+    async fn thread_name(_: Request<Incoming>) -> Response<Body> {
+        let name = std::thread::current().name().unwrap_or("").to_string();
+        Response::new(full(bytes::Bytes::from(name)))
+    }
+
+    /// A client connection: asks `requests` times on it, returns the answers.
+    async fn ask(addr: SocketAddr, requests: usize) -> Vec<String> {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let (mut send, conn) = http1::handshake::<_, Full<bytes::Bytes>>(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+        let mut names = Vec::new();
+        for _ in 0..requests {
+            let request = Request::get("/")
+                .header("host", "x")
+                .body(Full::default())
+                .expect("request");
+            let answer = send.send_request(request).await.expect("answer");
+            let body = answer.into_body().collect().await.expect("body");
+            names.push(String::from_utf8_lossy(&body.to_bytes()).into_owned());
+        }
+        names
+    }
+
+    #[tokio::test]
+    async fn each_connection_keeps_to_the_worker_it_was_dealt() {
+        let workers = Arc::new(Workers::start(2, "served").expect("workers"));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let on = workers.clone();
+        tokio::spawn(async move {
+            serve_on(
+                &on,
+                listener,
+                Limits::default(),
+                thread_name,
+                std::future::pending(),
+            )
+            .await
+        });
+        let first = ask(addr, 3).await;
+        let second = ask(addr, 3).await;
+        assert_eq!(
+            first, ["served-0"; 3],
+            "every request of a connection on its worker"
+        );
+        assert_eq!(
+            second, ["served-1"; 3],
+            "the next connection on the next worker"
+        );
     }
 }

@@ -228,6 +228,66 @@ mod tests {
     }
 
     #[test]
+    fn each_thread_sends_on_its_own_pooled_connection() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        use hyper_util::rt::TokioIo;
+
+        use crate::proxy::workers::Workers;
+
+        // An upstream that counts the connections it accepts.
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let counter = accepted.clone();
+        let server = Workers::start(1, "upstream").expect("upstream thread");
+        server.next().spawn(async move {
+            listener.set_nonblocking(true).expect("nonblocking");
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                counter.fetch_add(1, Ordering::SeqCst);
+                let service = hyper::service::service_fn(|_| async {
+                    Ok::<_, std::convert::Infallible>(Response::new(full(Bytes::from("ok"))))
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service),
+                );
+            }
+        });
+        let upstream = Arc::new(
+            Upstream::new(&UpstreamConfig::new(format!("http://{addr}"))).expect("client"),
+        );
+        let workers = Workers::start(2, "sender").expect("workers");
+        // Each worker in turn sends three requests one after another; the first worker's
+        // connection is idle in a pool when the second starts (a shared pool would hand it
+        // over).
+        for _ in 0..2 {
+            let (done, finished) = std::sync::mpsc::channel();
+            let upstream = upstream.clone();
+            workers.next().spawn(async move {
+                for _ in 0..3 {
+                    let (parts, ()) = Request::get("/").body(()).expect("request").into_parts();
+                    let answer = upstream.send(parts, Bytes::new()).await.expect("answer");
+                    let _ = http_body_util::BodyExt::collect(answer.into_body()).await;
+                    // Lets the connection go back to its pool before the next request.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                let _ = done.send(());
+            });
+            finished.recv().expect("the worker sent its requests");
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "one connection per thread, reused by that thread's later requests"
+        );
+    }
+
+    #[test]
     fn paths_join_the_base() {
         let u = Upstream::new(&UpstreamConfig::new("http://127.0.0.1:9/openai/")).expect("ok");
         assert_eq!(
