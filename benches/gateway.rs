@@ -29,7 +29,7 @@ use shieldgate::config::Config;
 use shieldgate::config::UpstreamConfig;
 use shieldgate::metrics::Metrics;
 use shieldgate::proxy::body::{full, Body};
-use shieldgate::proxy::server::{serve, serve_on, Limits};
+use shieldgate::proxy::server::{serve, serve_on, Handler, Limits};
 use shieldgate::proxy::upstream::Upstream;
 use shieldgate::proxy::workers::Workers;
 use shieldgate::proxy::{route, Gateway};
@@ -168,7 +168,7 @@ where
 /// Serves `handler` as `serve` does: accepting on `rt`, the connections on `workers`.
 fn spread<F, Fut>(rt: &tokio::runtime::Runtime, workers: Arc<Workers>, handler: F) -> SocketAddr
 where
-    F: Fn(Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    F: Handler<Fut>,
     Fut: std::future::Future<Output = Response<Body>> + Send + 'static,
 {
     listen(rt, move |listener| async move {
