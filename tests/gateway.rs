@@ -1,9 +1,11 @@
 //! The gateway in process with a scripted scorer and a mock upstream on 127.0.0.1: input and
 //! output checks in each protocol's JSON and SSE shapes and output modes, decisions, profiles.
 
+use std::time::{Duration, Instant};
+
 use serde_json::{json, Value};
 
-use crate::harness::{chat, chat_stream, gateway, post};
+use crate::harness::{chat, chat_stream, gateway, held_gateway, post};
 
 #[test]
 fn a_clean_chat_passes_untouched_with_decision_headers() {
@@ -442,5 +444,52 @@ fn incremental_mode_relays_checked_text_and_cuts_the_stream_where_it_turns() {
     assert!(
         a.body.contains("response.output_text.delta"),
         "checked text was relayed"
+    );
+}
+
+#[test]
+fn a_parallel_input_check_forwards_while_it_scores_and_still_blocks() {
+    let (gw, mock, held) = held_gateway("[proxy]\nparallel_input_check = true\n");
+    let addr = gw.addr;
+    let pending = gw.runtime.spawn(async move {
+        post(
+            addr,
+            "/v1/chat/completions",
+            &[],
+            &chat("I say hate! now", false),
+        )
+        .await
+    });
+    held.wait_for_batches(1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while mock.count() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the request did not reach the upstream while its input check was held"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    held.open();
+    let a = gw.runtime.block_on(pending).expect("client task");
+    assert_eq!(
+        a.status, 400,
+        "the upstream's answer is dropped: {}",
+        a.body
+    );
+    assert_eq!(a.json()["error"]["code"], "content_filter");
+    assert_eq!(a.header("x-shieldgate-action"), Some("block"));
+
+    let a = gw.runtime.block_on(post(
+        gw.addr,
+        "/v1/chat/completions",
+        &[],
+        &chat("hello", false),
+    ));
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.json()["choices"][0]["message"]["content"], "Hello there.");
+    assert_eq!(
+        held.seen.lock().expect("seen").len(),
+        3,
+        "the blocked input, then the clean input and its answer"
     );
 }

@@ -4,7 +4,9 @@
 
 use serde_json::{json, Value};
 
-use crate::harness::{chat, chat_stream, gateway, post, send, start, MockUpstream, Scripted};
+use crate::harness::{
+    chat, chat_stream, gateway, held_gateway, post, send, start, MockUpstream, Scripted,
+};
 
 #[test]
 fn a_scorer_that_is_down_fails_open_or_closed_per_direction() {
@@ -51,13 +53,8 @@ fn a_scorer_that_is_down_fails_open_or_closed_per_direction() {
 
 #[test]
 fn a_full_scorer_queue_sheds_load_with_429() {
-    let held = Scripted::new(false);
-    let mock_runtime = Box::leak(Box::new(crate::harness::runtime()));
-    let mock = MockUpstream::start(mock_runtime);
-    let gw = start(
-        &format!("[upstream]\nurl = \"http://{}\"\n[scorer]\nqueue = 1\nmax_batch = 1\n[proxy]\non_input_error = \"closed\"\n", mock.addr),
-        held.clone(),
-    );
+    let (gw, _mock, held) =
+        held_gateway("[scorer]\nqueue = 1\nmax_batch = 1\n[proxy]\non_input_error = \"closed\"\n");
     let addr = gw.addr;
     let spawn = |text: &'static str| {
         gw.runtime
@@ -472,16 +469,7 @@ fn h2c_clients_are_served_on_the_same_port() {
 
 #[test]
 fn a_client_that_goes_away_cancels_its_pending_check() {
-    let mock_runtime = Box::leak(Box::new(crate::harness::runtime()));
-    let mock = MockUpstream::start(mock_runtime);
-    let held = Scripted::new(false);
-    let gw = start(
-        &format!(
-            "[upstream]\nurl = \"http://{}\"\n[scorer]\nmax_batch = 1\n",
-            mock.addr
-        ),
-        held.clone(),
-    );
+    let (gw, mock, held) = held_gateway("[scorer]\nmax_batch = 1\n");
     let addr = gw.addr;
     let first = gw
         .runtime

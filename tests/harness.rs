@@ -205,10 +205,21 @@ impl TestGateway {
 
 /// A gateway in front of a fresh mock upstream; `extra` is appended to the config.
 pub fn gateway(extra: &str) -> (TestGateway, MockUpstream, Arc<Scripted>) {
+    gateway_scored(extra, Scripted::new(true))
+}
+
+/// [`gateway`] with the scorer's gate closed: every check waits for [`Scripted::open`].
+pub fn held_gateway(extra: &str) -> (TestGateway, MockUpstream, Arc<Scripted>) {
+    gateway_scored(extra, Scripted::new(false))
+}
+
+fn gateway_scored(
+    extra: &str,
+    scorer: Arc<Scripted>,
+) -> (TestGateway, MockUpstream, Arc<Scripted>) {
     // The mock runs on its own runtime so that a stalled gateway cannot stall it.
     let mock_runtime = Box::leak(Box::new(runtime()));
     let mock = MockUpstream::start(mock_runtime);
-    let scorer = Scripted::new(true);
     let config = format!("[upstream]\nurl = \"http://{}\"\n{extra}", mock.addr);
     (start(&config, scorer.clone()), mock, scorer)
 }

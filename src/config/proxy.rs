@@ -12,6 +12,10 @@ pub struct ProxyConfig {
     pub scan: Vec<Scan>,
     /// Whether requests are checked before they are forwarded.
     pub input_check: bool,
+    /// Whether the request is sent upstream while its input check runs instead of after it:
+    /// the answer waits for the verdict, and a stopped request's upstream call is cancelled
+    /// (the upstream has seen the request by then).
+    pub parallel_input_check: bool,
     /// How responses are checked.
     pub output_mode: OutputMode,
     /// In `incremental` mode, new answer characters between two checks.
@@ -40,6 +44,7 @@ impl Default for ProxyConfig {
             unknown_paths: UnknownPaths::Pass,
             scan: vec![Scan::LastUser],
             input_check: true,
+            parallel_input_check: false,
             output_mode: OutputMode::Buffer,
             incremental_chars: 200,
             reveal: Reveal::Categories,

@@ -91,6 +91,15 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// Whether the request or response must not go on: blocked, or unchecked and failing
+    /// closed.
+    pub fn stops(&self) -> bool {
+        matches!(
+            self.disposition,
+            Disposition::Block | Disposition::Unavailable
+        )
+    }
+
     /// A block without category detail: the smallest decision a protocol's block shape can be
     /// shown with (tests, fuzzing).
     pub fn bare_block(direction: Direction) -> Self {

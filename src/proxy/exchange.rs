@@ -1,7 +1,9 @@
-//! One moderated exchange on an adapter's path: read and parse the request, check the input,
-//! forward it, check the response (held whole in `buffer` mode, relayed and scored afterwards
-//! in `audit` mode) and answer in the protocol's own shape.
+//! One moderated exchange on an adapter's path: read and parse the request, check the input
+//! and forward it (in turn, or side by side), check the response (held whole in `buffer`
+//! mode, relayed and scored afterwards in `audit` mode) and answer in the protocol's own shape.
 
+use std::future::Future;
+use std::pin::pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -78,17 +80,17 @@ pub async fn handle(
         .map_err(|e| format!("the body is not valid JSON: {e}"))
         .and_then(|v| ex.adapter.conversation(&v, &proxy.scan));
     let mut decisions = Vec::new();
+    let mut input = None;
     let conversation = match parsed {
         Ok(c) => {
             if proxy.input_check {
-                let input = CheckInput {
+                input = Some(CheckInput {
                     direction: Direction::Input,
                     profile: &ex.profile,
                     texts: c.parts.iter().map(|p| (p.clone(), None)).collect(),
                     fail: proxy.on_input_error,
                     unscanned: c.unscanned.clone(),
-                };
-                decisions.push(check::run(&ex.gw, input, &ex.request_id, adapter.protocol()).await);
+                });
             }
             c
         }
@@ -108,18 +110,18 @@ pub async fn handle(
             Conversation::default()
         }
     };
-    if let Some(input) = decisions.first() {
-        match input.disposition {
-            Disposition::Block => {
-                let body = ex.adapter.input_blocked(&ex.block(input));
-                let response = json_response(StatusCode::BAD_REQUEST, &body);
-                return ex.annotated(response, &[input]);
+    let verdict = async {
+        match input {
+            Some(input) => {
+                Some(check::run(&ex.gw, input, &ex.request_id, adapter.protocol()).await)
             }
-            Disposition::Unavailable => return ex.unavailable(input),
-            Disposition::Pass | Disposition::Flag => {}
+            None => None,
         }
-    }
+    };
     let Some(upstream) = &ex.gw.upstream else {
+        if let Some(d) = verdict.await.filter(Decision::stops) {
+            return ex.stopped(&d);
+        }
         return ex.error(ApiError::new(
             StatusCode::BAD_GATEWAY,
             "no_upstream",
@@ -130,17 +132,28 @@ pub async fn handle(
         // The output check reads the body: ask for it uncompressed.
         parts.headers.remove(ACCEPT_ENCODING);
     }
-    let started = Instant::now();
-    let response = match upstream.send(parts, bytes).await {
+    let metrics = &ex.gw.metrics;
+    let send = async {
+        let started = Instant::now();
+        let sent = upstream.send(parts, bytes).await;
+        if let Ok(r) = &sent {
+            metrics
+                .upstream_seconds
+                .with_label_values(&[&format!("{}xx", r.status().as_u16() / 100)])
+                .observe(started.elapsed().as_secs_f64());
+        }
+        sent
+    };
+    let (input, sent) = match check_and_send(verdict, send, proxy.parallel_input_check).await {
+        Ok(done) => done,
+        Err(stopping) => return ex.stopped(&stopping),
+    };
+    decisions.extend(input);
+    let response = match sent {
         Ok(r) => r,
         Err(e) => return ex.error(e.into()),
     };
     let (mut head, upstream_body) = response.into_parts();
-    ex.gw
-        .metrics
-        .upstream_seconds
-        .with_label_values(&[&format!("{}xx", head.status.as_u16() / 100)])
-        .observe(started.elapsed().as_secs_f64());
     strip_hop_by_hop(&mut head.headers);
     let idle = upstream.idle_timeout;
     let refs: Vec<&Decision> = decisions.iter().collect();
@@ -235,6 +248,34 @@ pub async fn handle(
     ex.annotated(Response::from_parts(head, body), &refs)
 }
 
+/// Runs the input check (`None`: nothing to check) and the upstream call: one after the
+/// other, or side by side when `parallel` (the answer then waits for the verdict). A verdict
+/// that stops the request comes back as the error, and the call is dropped (cancelled) or
+/// never made.
+async fn check_and_send<R>(
+    verdict: impl Future<Output = Option<Decision>>,
+    send: impl Future<Output = R>,
+    parallel: bool,
+) -> Result<(Option<Decision>, R), Box<Decision>> {
+    let stop = |d: Option<Decision>| match d {
+        Some(d) if d.stops() => Err(Box::new(d)),
+        d => Ok(d),
+    };
+    if !parallel {
+        let d = stop(verdict.await)?;
+        return Ok((d, send.await));
+    }
+    let mut verdict = pin!(verdict);
+    let mut send = pin!(send);
+    tokio::select! {
+        d = &mut verdict => {
+            let d = stop(d)?;
+            Ok((d, send.await))
+        }
+        sent = &mut send => Ok((stop(verdict.await)?, sent)),
+    }
+}
+
 /// A whole response as the output check sees it.
 struct Outputs {
     /// One text per choice; `None` when the body is not what the protocol promises.
@@ -292,6 +333,16 @@ impl Exchange {
         tracing::info!(request_id = %self.request_id, code = e.code, status = e.status.as_u16(), "request refused");
         let body = self.adapter.error(e.status, e.code, &e.message);
         self.annotated(json_response(e.status, &body), &[])
+    }
+
+    /// The answer to a request its input check stopped: the block in the protocol's shape,
+    /// or the fail-closed error.
+    fn stopped(&self, decision: &Decision) -> Response<Body> {
+        if decision.disposition == Disposition::Unavailable {
+            return self.unavailable(decision);
+        }
+        let body = self.adapter.input_blocked(&self.block(decision));
+        self.annotated(json_response(StatusCode::BAD_REQUEST, &body), &[decision])
     }
 
     /// The fail-closed answer: 429 when the scorer's queue is full, 503 otherwise.
@@ -412,7 +463,7 @@ impl Exchange {
                 };
                 let d =
                     check::run(&self.gw, input, &self.request_id, self.adapter.protocol()).await;
-                if matches!(d.disposition, Disposition::Block | Disposition::Unavailable) {
+                if d.stops() {
                     let block = self.block(&d);
                     let end = if sent == 0 {
                         scoring.1.blocked_stream(&d.parts_blocked, &block)
@@ -511,5 +562,113 @@ impl Exchange {
             });
         };
         relay(upstream, idle, tap, done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use tokio::sync::oneshot;
+
+    use super::*;
+
+    fn decided(disposition: Disposition) -> Option<Decision> {
+        let mut d = Decision::bare_block(Direction::Input);
+        d.disposition = disposition;
+        Some(d)
+    }
+
+    /// Sets its flag when dropped.
+    struct Dropped(Arc<AtomicBool>);
+
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn in_turn_the_call_waits_for_the_verdict_and_is_not_made_when_stopped() {
+        let (give, verdict) = oneshot::channel();
+        let called = Arc::new(AtomicBool::new(false));
+        let flag = called.clone();
+        let send = async move {
+            flag.store(true, Ordering::SeqCst);
+            "answer"
+        };
+        let both = tokio::spawn(check_and_send(
+            async { verdict.await.expect("verdict") },
+            send,
+            false,
+        ));
+        tokio::task::yield_now().await;
+        assert!(!called.load(Ordering::SeqCst), "called before the verdict");
+        give.send(decided(Disposition::Block)).expect("given");
+        let stopped = both.await.expect("task").expect_err("stopped");
+        assert_eq!(stopped.disposition, Disposition::Block);
+        assert!(!called.load(Ordering::SeqCst), "a blocked request was sent");
+
+        let passed = check_and_send(async { decided(Disposition::Flag) }, async { 7 }, false).await;
+        let (d, sent) = passed.expect("let through");
+        assert_eq!(
+            (d.map(|d| d.disposition), sent),
+            (Some(Disposition::Flag), 7)
+        );
+    }
+
+    #[tokio::test]
+    async fn side_by_side_the_call_goes_out_at_once_and_its_answer_waits_for_the_verdict() {
+        let (give, verdict) = oneshot::channel();
+        let (answered, answer) = oneshot::channel();
+        let both = tokio::spawn(check_and_send(
+            async { verdict.await.expect("verdict") },
+            async move {
+                answered.send(()).expect("answered");
+                "answer"
+            },
+            true,
+        ));
+        tokio::time::timeout(Duration::from_secs(5), answer)
+            .await
+            .expect("the call was made before the verdict")
+            .expect("answered");
+        tokio::task::yield_now().await;
+        assert!(
+            !both.is_finished(),
+            "the answer did not wait for the verdict"
+        );
+        give.send(None).expect("given");
+        let (d, sent) = both.await.expect("task").expect("let through");
+        assert_eq!((d, sent), (None, "answer"));
+    }
+
+    #[tokio::test]
+    async fn side_by_side_a_stopping_verdict_cancels_the_call_or_drops_its_answer() {
+        for unfinished in [true, false] {
+            let dropped = Arc::new(AtomicBool::new(false));
+            let guard = Dropped(dropped.clone());
+            let send = async move {
+                let _guard = guard;
+                if unfinished {
+                    std::future::pending::<()>().await;
+                }
+            };
+            let stopped = check_and_send(
+                async {
+                    tokio::task::yield_now().await;
+                    decided(Disposition::Unavailable)
+                },
+                send,
+                true,
+            )
+            .await
+            .expect_err("stopped");
+            assert_eq!(stopped.disposition, Disposition::Unavailable);
+            assert!(
+                dropped.load(Ordering::SeqCst),
+                "the call outlived the verdict"
+            );
+        }
     }
 }
