@@ -2,16 +2,19 @@
 //! straight to a local upstream, side by side with nginx as a plain reverse proxy, in one run
 //! on the same requests. The scorer is a constant-time stand-in (no model), so this measures
 //! the gateway itself: parsing, the input and output check round-trips through the scorer
-//! worker, headers, decision, relaying. Two more rows put that in proportion: a bare hyper
-//! proxy (the same accept loop and pooled client, no parsing, no checks: the floor of this
-//! stack), and the gateway with the verdict cache on, where every check is a hit answered
-//! without the scorer thread.
+//! worker, headers, decision, relaying. More rows put that in proportion: a bare hyper proxy
+//! (the same accept loop and pooled client, no parsing, no checks: the floor of this stack),
+//! the gateway with the verdict cache on (every check a hit, answered without the scorer
+//! thread), with `parallel_input_check` (the input check's round trip overlaps the upstream
+//! call), and on one work-stealing runtime instead of worker threads.
 //!
 //! Run: `scripts/bench-gateway.sh` (installs nginx from Debian if needed), or
 //! `cargo bench --bench gateway` with nginx on PATH. Environment: SHIELDGATE_BENCH_CONCURRENCY
 //! (levels, "1,8"), SHIELDGATE_BENCH_REQUESTS (per target, 20000), SHIELDGATE_BENCH_ROUNDS (the
-//! targets take turns in this many rounds, 20), SHIELDGATE_BENCH_NGINX (nginx binary),
-//! SHIELDGATE_BENCH_CONFIG (TOML appended to the gateway's config, e.g. `[proxy]` settings).
+//! targets take turns in this many rounds, 20), SHIELDGATE_BENCH_WORKERS (the gateway's worker
+//! threads and nginx's worker processes alike; default one per core, as both programs
+//! default), SHIELDGATE_BENCH_NGINX (nginx binary), SHIELDGATE_BENCH_CONFIG (TOML appended to
+//! the gateway's config, e.g. `[proxy]` settings).
 
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
@@ -94,8 +97,7 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// nginx (one process: `master_process off`, so killing it leaves no worker behind) and its
-/// folder.
+/// nginx (its master process) and its folder.
 struct Nginx {
     child: Child,
     _dir: tempfile::TempDir,
@@ -103,16 +105,23 @@ struct Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // SIGTERM: the master stops its workers before it exits (SIGKILL would orphan them).
+        let term = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        if !term.is_ok_and(|s| s.success()) {
+            let _ = self.child.kill();
+        }
         let _ = self.child.wait();
     }
 }
 
-fn start_nginx(binary: &str, upstream: SocketAddr) -> Option<(Nginx, SocketAddr)> {
+/// nginx with `workers` worker processes as a plain reverse proxy to `upstream`.
+fn start_nginx(binary: &str, upstream: SocketAddr, workers: usize) -> Option<(Nginx, SocketAddr)> {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     let conf = format!(
-        "master_process off;\nworker_processes 1;\nerror_log stderr error;\npid {dir}/nginx.pid;\n\
+        "worker_processes {workers};\nerror_log stderr error;\npid {dir}/nginx.pid;\n\
          events {{ worker_connections 1024; }}\n\
          http {{\n access_log off;\n client_body_temp_path {dir};\n proxy_temp_path {dir};\n\
          upstream up {{ server {upstream}; keepalive 64; }}\n\
@@ -266,6 +275,11 @@ fn main() {
         .unwrap_or(20)
         .max(1);
     let nginx_bin = std::env::var("SHIELDGATE_BENCH_NGINX").unwrap_or_else(|_| "nginx".into());
+    let worker_count: usize = std::env::var("SHIELDGATE_BENCH_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
 
     let upstream_rt = runtime("bench-upstream", 1);
     let upstream = listen(&upstream_rt, |listener| {
@@ -273,7 +287,7 @@ fn main() {
     });
 
     let accept_rt = runtime("bench-accept", 1);
-    let workers = Arc::new(Workers::start(2, "bench-gateway-worker").expect("workers"));
+    let workers = Arc::new(Workers::start(worker_count, "bench-gateway-worker").expect("workers"));
     let extra = std::env::var("SHIELDGATE_BENCH_CONFIG").unwrap_or_default();
     let config = Config::parse(
         &format!("[upstream]\nurl = \"http://{upstream}\"\n{extra}"),
@@ -295,6 +309,12 @@ fn main() {
     let cache_hits = spread(&accept_rt, workers.clone(), move |req| {
         route(hits.clone(), req, timeout)
     });
+    let mut side_by_side = config.clone();
+    side_by_side.proxy.parallel_input_check = true;
+    let beside = gateway(&side_by_side, constant.clone());
+    let parallel = spread(&accept_rt, workers.clone(), move |req| {
+        route(beside.clone(), req, timeout)
+    });
     let bare = bare_proxy(&accept_rt, workers.clone(), upstream);
     // The same gateway with its connections on one 2-thread work-stealing runtime instead.
     let stealing_rt = runtime("bench-stealing", 2);
@@ -307,7 +327,7 @@ fn main() {
             std::future::pending(),
         )
     });
-    let nginx = start_nginx(&nginx_bin, upstream);
+    let nginx = start_nginx(&nginx_bin, upstream, worker_count);
     if nginx.is_none() {
         eprintln!(
             "nginx ({nginx_bin}) did not start: run scripts/bench-gateway.sh, which installs it"
@@ -322,9 +342,10 @@ fn main() {
     targets.push(("hyper proxy (floor)", bare));
     targets.push(("shieldgate", gateway_addr));
     targets.push(("shieldgate, cache hits", cache_hits));
+    targets.push(("shieldgate, parallel input check", parallel));
     targets.push(("shieldgate, work-stealing runtime", stealing));
     println!(
-        "gateway overhead: POST /v1/chat/completions (JSON), {requests} requests per target and concurrency, the targets taking turns in {rounds} rounds, constant-time scorer; gateway on 2 worker threads + its scorer thread (as `serve` runs), bare hyper proxy on the same workers, nginx 1 worker process, upstream and client 1 thread each; {} cores",
+        "gateway overhead: POST /v1/chat/completions (JSON), {requests} requests per target and concurrency, the targets taking turns in {rounds} rounds, constant-time scorer; gateway on {worker_count} worker threads + its scorer thread (as `serve` runs), bare hyper proxy on the same workers, nginx {worker_count} worker processes, upstream and client 1 thread each; {} cores",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     for concurrency in levels {
