@@ -479,6 +479,19 @@ fn a_parallel_input_check_forwards_while_it_scores_and_still_blocks() {
     assert_eq!(a.json()["error"]["code"], "content_filter");
     assert_eq!(a.header("x-shieldgate-action"), Some("block"));
 
+    let body = chat("hate! again", false);
+    let stalled = post(
+        gw.addr,
+        "/v1/chat/completions",
+        &[("x-mock-stall-ms", "60000")],
+        &body,
+    );
+    let a = gw
+        .runtime
+        .block_on(async { tokio::time::timeout(Duration::from_secs(20), stalled).await })
+        .expect("a blocked request does not wait for its upstream call");
+    assert_eq!(a.status, 400, "{}", a.body);
+
     let a = gw.runtime.block_on(post(
         gw.addr,
         "/v1/chat/completions",
@@ -489,7 +502,7 @@ fn a_parallel_input_check_forwards_while_it_scores_and_still_blocks() {
     assert_eq!(a.json()["choices"][0]["message"]["content"], "Hello there.");
     assert_eq!(
         held.seen.lock().expect("seen").len(),
-        3,
-        "the blocked input, then the clean input and its answer"
+        4,
+        "two blocked inputs, then the clean input and its answer"
     );
 }
