@@ -97,19 +97,25 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// nginx (its master process) and its folder.
+/// nginx (its master process), its binary and its folder (config, pid file).
 struct Nginx {
     child: Child,
-    _dir: tempfile::TempDir,
+    binary: String,
+    dir: tempfile::TempDir,
 }
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        // SIGTERM: the master stops its workers before it exits (SIGKILL would orphan them).
-        let term = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+        // `-s stop`: the master stops its workers before it exits (killing it would orphan them).
+        let stop = Command::new(&self.binary)
+            .arg("-c")
+            .arg(self.dir.path().join("nginx.conf"))
+            .arg("-p")
+            .arg(self.dir.path())
+            .args(["-s", "stop"])
+            .stderr(Stdio::null())
             .status();
-        if !term.is_ok_and(|s| s.success()) {
+        if !stop.is_ok_and(|s| s.success()) {
             let _ = self.child.kill();
         }
         let _ = self.child.wait();
@@ -140,10 +146,16 @@ fn start_nginx(binary: &str, upstream: SocketAddr, workers: usize) -> Option<(Ng
         .stdout(Stdio::null())
         .spawn()
         .ok()?;
+    // Stopped when dropped, also when it never answers.
+    let nginx = Nginx {
+        child,
+        binary: binary.to_string(),
+        dir,
+    };
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     for _ in 0..100 {
         if std::net::TcpStream::connect(addr).is_ok() {
-            return Some((Nginx { child, _dir: dir }, addr));
+            return Some((nginx, addr));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -316,8 +328,8 @@ fn main() {
         route(beside.clone(), req, timeout)
     });
     let bare = bare_proxy(&accept_rt, workers.clone(), upstream);
-    // The same gateway with its connections on one 2-thread work-stealing runtime instead.
-    let stealing_rt = runtime("bench-stealing", 2);
+    // The same gateway with its connections on one work-stealing runtime of as many threads.
+    let stealing_rt = runtime("bench-stealing", worker_count);
     let stolen = gateway(&config, constant);
     let stealing = listen(&stealing_rt, move |listener| {
         serve(
