@@ -14,7 +14,10 @@
 //! targets take turns in this many rounds, 20), SHIELDGATE_BENCH_WORKERS (the gateway's worker
 //! threads and nginx's worker processes alike; default one per core, as both programs
 //! default), SHIELDGATE_BENCH_NGINX (nginx binary), SHIELDGATE_BENCH_CONFIG (TOML appended to
-//! the gateway's config, e.g. `[proxy]` settings).
+//! the gateway's config, e.g. `[proxy]` settings), SHIELDGATE_BENCH_TARGETS (only these
+//! targets, by name, separated by ';'; "direct" always runs), SHIELDGATE_BENCH_PIN (set: the
+//! client and the upstream on one half of the CPUs, the proxies on the other, so that the load
+//! does not compete with the proxy under test; the worker count defaults to the proxies' half).
 
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
@@ -27,6 +30,8 @@ use http_body_util::BodyExt;
 use hyper::{Request, Response};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+use nix::unistd::Pid;
 use serde_json::json;
 use shieldgate::config::Config;
 use shieldgate::config::UpstreamConfig;
@@ -100,6 +105,7 @@ fn free_port() -> u16 {
 /// nginx (its master process), its binary and its folder (config, pid file).
 struct Nginx {
     child: Child,
+    workers: Vec<u32>,
     binary: String,
     dir: tempfile::TempDir,
 }
@@ -147,19 +153,129 @@ fn start_nginx(binary: &str, upstream: SocketAddr, workers: usize) -> Option<(Ng
         .spawn()
         .ok()?;
     // Stopped when dropped, also when it never answers.
-    let nginx = Nginx {
+    let mut nginx = Nginx {
         child,
+        workers: Vec::new(),
         binary: binary.to_string(),
         dir,
     };
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     for _ in 0..100 {
         if std::net::TcpStream::connect(addr).is_ok() {
+            nginx.workers = children(nginx.child.id());
             return Some((nginx, addr));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     None
+}
+
+/// The processes whose parent is `parent`.
+fn children(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            // Field 4 of /proc/PID/stat, after the parenthesised name.
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                    == Some(parent)
+            })
+        })
+        .collect()
+}
+
+/// CPU time in nanoseconds used so far by the threads of process `pid` that `keep` accepts
+/// (by thread id and name), from /proc/PID/task/TID/schedstat.
+fn cpu_ns(pid: u32, keep: impl Fn(u32, &str) -> bool) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter(|task| {
+            let tid = task.file_name().to_str().and_then(|t| t.parse().ok());
+            let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            tid.is_some_and(|tid| keep(tid, name.trim()))
+        })
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Whose CPU time counts as the proxy's.
+#[derive(Clone)]
+enum Proxy {
+    /// No proxy (the direct target).
+    None,
+    /// These processes (nginx's master and workers).
+    Processes(Vec<u32>),
+    /// This process's threads, but for the main thread, the client's and the upstream's.
+    Here,
+}
+
+impl Proxy {
+    fn cpu_ns(&self) -> u64 {
+        match self {
+            Self::None => 0,
+            Self::Processes(pids) => pids.iter().map(|pid| cpu_ns(*pid, |_, _| true)).sum(),
+            Self::Here => {
+                let me = std::process::id();
+                cpu_ns(me, |tid, name| {
+                    tid != me && name != "bench-client" && name != "bench-upstream"
+                })
+            }
+        }
+    }
+}
+
+/// With SHIELDGATE_BENCH_PIN set: the CPUs this process may use, split in two halves, the
+/// client's and upstream's side and the proxies' side. Threads inherit the affinity of the
+/// thread that starts them, so the main thread moves to a side before it starts that side's
+/// threads (and nginx).
+struct Sides {
+    load: CpuSet,
+    proxy: CpuSet,
+    load_cpus: usize,
+    proxy_cpus: usize,
+}
+
+impl Sides {
+    fn split() -> Sides {
+        let all = sched_getaffinity(Pid::from_raw(0)).expect("the CPUs of this process");
+        let cpus: Vec<usize> = (0..CpuSet::count())
+            .filter(|c| all.is_set(*c).unwrap_or(false))
+            .collect();
+        assert!(
+            cpus.len() >= 2,
+            "SHIELDGATE_BENCH_PIN needs at least 2 CPUs"
+        );
+        let (load_cpus, proxy_cpus) = cpus.split_at(cpus.len() / 2);
+        let set = |cpus: &[usize]| {
+            let mut set = CpuSet::new();
+            for c in cpus {
+                set.set(*c).expect("a CPU number");
+            }
+            set
+        };
+        Sides {
+            load: set(load_cpus),
+            proxy: set(proxy_cpus),
+            load_cpus: load_cpus.len(),
+            proxy_cpus: proxy_cpus.len(),
+        }
+    }
+}
+
+/// Moves the calling thread to `cpus` (nothing without pinning).
+fn pin(cpus: Option<&CpuSet>) {
+    if let Some(cpus) = cpus {
+        sched_setaffinity(Pid::from_raw(0), cpus).expect("pinning the main thread");
+    }
 }
 
 /// A gateway for `config` with `scorer` behind its scorer thread, as `serve` builds it.
@@ -287,17 +403,23 @@ fn main() {
         .unwrap_or(20)
         .max(1);
     let nginx_bin = std::env::var("SHIELDGATE_BENCH_NGINX").unwrap_or_else(|_| "nginx".into());
+    let sides = std::env::var_os("SHIELDGATE_BENCH_PIN").map(|_| Sides::split());
     let worker_count: usize = std::env::var("SHIELDGATE_BENCH_WORKERS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .unwrap_or_else(|| match &sides {
+            Some(sides) => sides.proxy_cpus,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        })
         .max(1);
 
+    pin(sides.as_ref().map(|s| &s.load));
     let upstream_rt = runtime("bench-upstream", 1);
     let upstream = listen(&upstream_rt, |listener| {
         serve(listener, limits(), upstream_answer, std::future::pending())
     });
 
+    pin(sides.as_ref().map(|s| &s.proxy));
     let accept_rt = runtime("bench-accept", 1);
     let workers = Arc::new(Workers::start(worker_count, "bench-gateway-worker").expect("workers"));
     let extra = std::env::var("SHIELDGATE_BENCH_CONFIG").unwrap_or_default();
@@ -346,18 +468,44 @@ fn main() {
         );
     }
 
+    pin(sides.as_ref().map(|s| &s.load));
     let client_rt = runtime("bench-client", 1);
-    let mut targets = vec![("direct", upstream)];
-    if let Some((_, addr)) = &nginx {
-        targets.push(("nginx", *addr));
+    let mut targets = vec![Target::new("direct", upstream, Proxy::None)];
+    if let Some((nginx, addr)) = &nginx {
+        let mut pids = nginx.workers.clone();
+        pids.push(nginx.child.id());
+        targets.push(Target::new("nginx", *addr, Proxy::Processes(pids)));
     }
-    targets.push(("hyper proxy (floor)", bare));
-    targets.push(("shieldgate", gateway_addr));
-    targets.push(("shieldgate, cache hits", cache_hits));
-    targets.push(("shieldgate, parallel input check", parallel));
-    targets.push(("shieldgate, work-stealing runtime", stealing));
+    targets.push(Target::new("hyper proxy (floor)", bare, Proxy::Here));
+    targets.push(Target::new("shieldgate", gateway_addr, Proxy::Here));
+    targets.push(Target::new(
+        "shieldgate, cache hits",
+        cache_hits,
+        Proxy::Here,
+    ));
+    targets.push(Target::new(
+        "shieldgate, parallel input check",
+        parallel,
+        Proxy::Here,
+    ));
+    targets.push(Target::new(
+        "shieldgate, work-stealing runtime",
+        stealing,
+        Proxy::Here,
+    ));
+    if let Ok(only) = std::env::var("SHIELDGATE_BENCH_TARGETS") {
+        let wanted: Vec<&str> = only.split(';').map(str::trim).collect();
+        targets.retain(|t| t.name == "direct" || wanted.contains(&t.name));
+    }
+    let placement = match &sides {
+        Some(sides) => format!(
+            "pinned: client and upstream on {} CPUs, the proxies on the other {}",
+            sides.load_cpus, sides.proxy_cpus
+        ),
+        None => "not pinned".to_string(),
+    };
     println!(
-        "gateway overhead: POST /v1/chat/completions (JSON), {requests} requests per target and concurrency, the targets taking turns in {rounds} rounds, constant-time scorer; gateway on {worker_count} worker threads + its scorer thread (as `serve` runs), bare hyper proxy on the same workers, nginx {worker_count} worker processes, upstream and client 1 thread each; {} cores",
+        "gateway overhead: POST /v1/chat/completions (JSON), {requests} requests per target and concurrency, the targets taking turns in {rounds} rounds, constant-time scorer; gateway on {worker_count} worker threads + its scorer thread (as `serve` runs), bare hyper proxy on the same workers, nginx {worker_count} worker processes, upstream and client 1 thread each; {} cores, {placement}",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     for concurrency in levels {
@@ -365,61 +513,90 @@ fn main() {
     }
 }
 
-/// One target's figures at one concurrency (milliseconds).
+/// A target of the load, and whose CPU time is the proxy's.
+struct Target {
+    name: &'static str,
+    addr: SocketAddr,
+    proxy: Proxy,
+}
+
+impl Target {
+    fn new(name: &'static str, addr: SocketAddr, proxy: Proxy) -> Self {
+        Self { name, addr, proxy }
+    }
+}
+
+/// One target's figures at one concurrency (milliseconds; the proxy's CPU in microseconds per
+/// request).
 struct Row<'a> {
     name: &'a str,
     p50: f64,
     p99: f64,
     rps: f64,
+    cpu_us: f64,
+}
+
+/// What one target's rounds gathered.
+#[derive(Clone, Default)]
+struct Samples {
+    times: Vec<u64>,
+    wall: Duration,
+    cpu_ns: u64,
 }
 
 /// One table: every target at one concurrency.
 fn measure(
     client_rt: &tokio::runtime::Runtime,
-    targets: &[(&str, SocketAddr)],
+    targets: &[Target],
     concurrency: usize,
     requests: usize,
     rounds: usize,
 ) {
     // Interleaved rounds, so that drift in the machine's load touches every target alike.
-    for (_, addr) in targets {
-        client_rt.block_on(load(*addr, concurrency, requests.min(400)));
+    for target in targets {
+        client_rt.block_on(load(target.addr, concurrency, requests.min(400)));
     }
-    let mut samples: Vec<(Vec<u64>, Duration)> = vec![(Vec::new(), Duration::ZERO); targets.len()];
+    let mut samples = vec![Samples::default(); targets.len()];
     for _ in 0..rounds {
-        for (k, (_, addr)) in targets.iter().enumerate() {
-            let (times, wall) = client_rt.block_on(load(*addr, concurrency, requests / rounds));
-            samples[k].0.extend(times);
-            samples[k].1 += wall;
+        for (k, target) in targets.iter().enumerate() {
+            let cpu_before = target.proxy.cpu_ns();
+            let (times, wall) =
+                client_rt.block_on(load(target.addr, concurrency, requests / rounds));
+            samples[k].cpu_ns += target.proxy.cpu_ns().saturating_sub(cpu_before);
+            samples[k].times.extend(times);
+            samples[k].wall += wall;
         }
     }
     let rows: Vec<Row> = targets
         .iter()
         .zip(samples)
-        .map(|((name, _), (mut times, wall))| {
-            times.sort_unstable();
+        .map(|(target, mut samples)| {
+            samples.times.sort_unstable();
+            let count = samples.times.len() as f64;
             Row {
-                name,
-                p50: percentile(&times, 0.5),
-                p99: percentile(&times, 0.99),
-                rps: times.len() as f64 / wall.as_secs_f64(),
+                name: target.name,
+                p50: percentile(&samples.times, 0.5),
+                p99: percentile(&samples.times, 0.99),
+                rps: count / samples.wall.as_secs_f64(),
+                cpu_us: samples.cpu_ns as f64 / 1000.0 / count,
             }
         })
         .collect();
     let direct = &rows[0];
     println!();
     println!("concurrency {concurrency}:");
-    println!("| target | p50 ms | p99 ms | added p50 ms | added p99 ms | requests/s |");
-    println!("|---|---|---|---|---|---|");
+    println!("| target | p50 ms | p99 ms | added p50 ms | added p99 ms | requests/s | proxy CPU µs/request |");
+    println!("|---|---|---|---|---|---|---|");
     for row in &rows {
         println!(
-            "| {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.0} |",
+            "| {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.0} | {:.0} |",
             row.name,
             row.p50,
             row.p99,
             row.p50 - direct.p50,
             row.p99 - direct.p99,
-            row.rps
+            row.rps,
+            row.cpu_us
         );
     }
     let Some(nginx) = rows.iter().find(|r| r.name == "nginx") else {
@@ -427,10 +604,11 @@ fn measure(
     };
     for row in rows.iter().filter(|r| r.name.starts_with("shieldgate")) {
         println!(
-            "{}: added p99 / nginx added p99 = {:.2} (target ≤ 2); throughput ratio to nginx = {:.2}",
+            "{}: added p99 / nginx added p99 = {:.2} (target ≤ 2); throughput ratio to nginx = {:.2}; CPU per request / nginx's = {:.2}",
             row.name,
             (row.p99 - direct.p99) / (nginx.p99 - direct.p99),
-            row.rps / nginx.rps
+            row.rps / nginx.rps,
+            row.cpu_us / nginx.cpu_us
         );
     }
 }
