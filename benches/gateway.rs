@@ -6,7 +6,9 @@
 //! (the same accept loop and pooled client, no parsing, no checks: the floor of this stack),
 //! the gateway with the verdict cache on (every check a hit, answered without the scorer
 //! thread), with `parallel_input_check` (the input check's round trip overlaps the upstream
-//! call), and on one work-stealing runtime instead of worker threads.
+//! call), and on one work-stealing runtime instead of worker threads. Each row also gives the
+//! proxy's CPU time per request (its threads' or processes' run time from /proc schedstat
+//! over that target's rounds), a steadier figure than a tail latency on a shared machine.
 //!
 //! Run: `scripts/bench-gateway.sh` (installs nginx from Debian if needed), or
 //! `cargo bench --bench gateway` with nginx on PATH. Environment: SHIELDGATE_BENCH_CONCURRENCY
