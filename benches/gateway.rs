@@ -405,6 +405,8 @@ fn main() {
         .unwrap_or(20)
         .max(1);
     let nginx_bin = std::env::var("SHIELDGATE_BENCH_NGINX").unwrap_or_else(|_| "nginx".into());
+    // Counted before any pinning narrows what this thread may use.
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let sides = std::env::var_os("SHIELDGATE_BENCH_PIN").map(|_| Sides::split());
     let worker_count: usize = std::env::var("SHIELDGATE_BENCH_WORKERS")
         .ok()
@@ -507,8 +509,7 @@ fn main() {
         None => "not pinned".to_string(),
     };
     println!(
-        "gateway overhead: POST /v1/chat/completions (JSON), {requests} requests per target and concurrency, the targets taking turns in {rounds} rounds, constant-time scorer; gateway on {worker_count} worker threads + its scorer thread (as `serve` runs), bare hyper proxy on the same workers, nginx {worker_count} worker processes, upstream and client 1 thread each; {} cores, {placement}",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        "gateway overhead: POST /v1/chat/completions (JSON), {requests} requests per target and concurrency, the targets taking turns in {rounds} rounds, constant-time scorer; gateway on {worker_count} worker threads + its scorer thread (as `serve` runs), bare hyper proxy on the same workers, nginx {worker_count} worker processes, upstream and client 1 thread each; {cores} cores, {placement}"
     );
     for concurrency in levels {
         measure(&client_rt, &targets, concurrency, requests, rounds);
