@@ -536,7 +536,7 @@ struct Row<'a> {
     p50: f64,
     p99: f64,
     rps: f64,
-    cpu_us: f64,
+    cpu_us: Option<f64>,
 }
 
 /// What one target's rounds gathered.
@@ -581,7 +581,8 @@ fn measure(
                 p50: percentile(&samples.times, 0.5),
                 p99: percentile(&samples.times, 0.99),
                 rps: count / samples.wall.as_secs_f64(),
-                cpu_us: samples.cpu_ns as f64 / 1000.0 / count,
+                // None for the direct target, or where /proc has no schedstat.
+                cpu_us: (samples.cpu_ns > 0).then(|| samples.cpu_ns as f64 / 1000.0 / count),
             }
         })
         .collect();
@@ -592,14 +593,14 @@ fn measure(
     println!("|---|---|---|---|---|---|---|");
     for row in &rows {
         println!(
-            "| {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.0} | {:.0} |",
+            "| {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.0} | {} |",
             row.name,
             row.p50,
             row.p99,
             row.p50 - direct.p50,
             row.p99 - direct.p99,
             row.rps,
-            row.cpu_us
+            row.cpu_us.map_or("–".to_string(), |us| format!("{us:.0}"))
         );
     }
     let Some(nginx) = rows.iter().find(|r| r.name == "nginx") else {
@@ -607,11 +608,13 @@ fn measure(
     };
     for row in rows.iter().filter(|r| r.name.starts_with("shieldgate")) {
         println!(
-            "{}: added p99 / nginx added p99 = {:.2} (target ≤ 2); throughput ratio to nginx = {:.2}; CPU per request / nginx's = {:.2}",
+            "{}: added p99 / nginx added p99 = {:.2} (target ≤ 2); throughput ratio to nginx = {:.2}; CPU per request / nginx's = {}",
             row.name,
             (row.p99 - direct.p99) / (nginx.p99 - direct.p99),
             row.rps / nginx.rps,
-            row.cpu_us / nginx.cpu_us
+            row.cpu_us
+                .zip(nginx.cpu_us)
+                .map_or("–".to_string(), |(us, theirs)| format!("{:.2}", us / theirs))
         );
     }
 }
