@@ -210,7 +210,6 @@ fn cpu_ns(pid: u32, keep: impl Fn(u32, &str) -> bool) -> u64 {
 }
 
 /// Whose CPU time counts as the proxy's.
-#[derive(Clone)]
 enum Proxy {
     /// No proxy (the direct target).
     None,
