@@ -209,6 +209,10 @@ fn cpu_ns(pid: u32, keep: impl Fn(u32, &str) -> bool) -> u64 {
         .sum()
 }
 
+/// The thread names of the load's runtimes, whose CPU time is not the proxy's.
+const CLIENT_THREAD: &str = "bench-client";
+const UPSTREAM_THREAD: &str = "bench-upstream";
+
 /// Whose CPU time counts as the proxy's.
 enum Proxy {
     /// No proxy (the direct target).
@@ -227,7 +231,7 @@ impl Proxy {
             Self::Here => {
                 let me = std::process::id();
                 cpu_ns(me, |tid, name| {
-                    tid != me && name != "bench-client" && name != "bench-upstream"
+                    tid != me && name != CLIENT_THREAD && name != UPSTREAM_THREAD
                 })
             }
         }
@@ -405,19 +409,16 @@ fn main() {
         .max(1);
     let nginx_bin = std::env::var("SHIELDGATE_BENCH_NGINX").unwrap_or_else(|_| "nginx".into());
     // Counted before any pinning narrows what this thread may use.
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let sides = std::env::var_os("SHIELDGATE_BENCH_PIN").map(|_| Sides::split());
     let worker_count: usize = std::env::var("SHIELDGATE_BENCH_WORKERS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| match &sides {
-            Some(sides) => sides.proxy_cpus,
-            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        })
+        .unwrap_or(sides.as_ref().map_or(cores, |s| s.proxy_cpus))
         .max(1);
 
     pin(sides.as_ref().map(|s| &s.load));
-    let upstream_rt = runtime("bench-upstream", 1);
+    let upstream_rt = runtime(UPSTREAM_THREAD, 1);
     let upstream = listen(&upstream_rt, |listener| {
         serve(listener, limits(), upstream_answer, std::future::pending())
     });
@@ -472,7 +473,7 @@ fn main() {
     }
 
     pin(sides.as_ref().map(|s| &s.load));
-    let client_rt = runtime("bench-client", 1);
+    let client_rt = runtime(CLIENT_THREAD, 1);
     let mut targets = vec![Target::new("direct", upstream, Proxy::None)];
     if let Some((nginx, addr)) = &nginx {
         let mut pids = nginx.workers.clone();
