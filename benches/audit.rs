@@ -8,6 +8,10 @@
 //! for f32), SHIELDGATE_BENCH_CONVERSATIONS (per preset: tiny=200,2b=4), SHIELDGATE_BENCH_BATCH
 //! (turns per batch, 32).
 
+// The binary's allocator, so that the figures are the binary's.
+#[global_allocator]
+static ALLOC: shieldgate::allocator::Split = shieldgate::allocator::Split;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;

@@ -12,6 +12,10 @@
 //! (f32,bf16,q8_0,q4_k_m), SHIELDGATE_BENCH_BUCKETS (short,medium,long), SHIELDGATE_BENCH_MODES
 //! (full,prefix), SHIELDGATE_BENCH_ITERS (timed runs per cell, default 1).
 
+// The binary's allocator, so that the figures are the binary's.
+#[global_allocator]
+static ALLOC: shieldgate::allocator::Split = shieldgate::allocator::Split;
+
 mod common;
 
 use std::collections::BTreeMap;

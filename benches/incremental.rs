@@ -8,6 +8,10 @@
 //! (q8_0), SHIELDGATE_BENCH_SENTENCES (sentences in the first answer, 20), SHIELDGATE_BENCH_STEPS
 //! (checks per series, 4).
 
+// The binary's allocator, so that the figures are the binary's.
+#[global_allocator]
+static ALLOC: shieldgate::allocator::Split = shieldgate::allocator::Split;
+
 mod common;
 
 use std::time::Instant;

@@ -14,6 +14,10 @@
 //! worker batch, 16 as in `[scorer]`), SHIELDGATE_BENCH_BATCH_TOKENS (the engine's budget,
 //! 4096 as in `[model]`).
 
+// The binary's allocator, so that the figures are the binary's.
+#[global_allocator]
+static ALLOC: shieldgate::allocator::Split = shieldgate::allocator::Split;
+
 mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};

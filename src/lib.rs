@@ -16,6 +16,7 @@
 //! - [`cli`]: command-line arguments of the `shieldgate` binary; [`commands`] runs them.
 //! - [`telemetry`]: logging setup.
 
+pub mod allocator;
 pub mod audit;
 pub mod cli;
 pub mod commands;

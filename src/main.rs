@@ -7,6 +7,9 @@ use clap::Parser;
 use shieldgate::cli::{Cli, Command};
 use shieldgate::commands;
 
+#[global_allocator]
+static ALLOC: shieldgate::allocator::Split = shieldgate::allocator::Split;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     shieldgate::telemetry::init(cli.log_format, &cli.log_level);
