@@ -139,7 +139,7 @@ pub async fn handle(
         if let Ok(r) = &sent {
             metrics
                 .upstream_seconds
-                .with_label_values(&[&format!("{}xx", r.status().as_u16() / 100)])
+                .with_label_values(&[status_class(r.status())])
                 .observe(started.elapsed().as_secs_f64());
         }
         sent
@@ -274,6 +274,14 @@ async fn check_and_send<R>(
         }
         sent = &mut send => Ok((stop(verdict.await)?, sent)),
     }
+}
+
+/// The `status_class` label of a status: "2xx", "4xx", … (a status has three digits).
+fn status_class(status: StatusCode) -> &'static str {
+    const CLASSES: [&str; 10] = [
+        "0xx", "1xx", "2xx", "3xx", "4xx", "5xx", "6xx", "7xx", "8xx", "9xx",
+    ];
+    CLASSES[usize::from(status.as_u16() / 100) % 10]
 }
 
 /// A whole response as the output check sees it.
@@ -585,6 +593,20 @@ mod tests {
     impl Drop for Dropped {
         fn drop(&mut self) {
             self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn status_classes_name_the_first_digit() {
+        for (code, class) in [
+            (101, "1xx"),
+            (200, "2xx"),
+            (404, "4xx"),
+            (599, "5xx"),
+            (999, "9xx"),
+        ] {
+            let status = StatusCode::from_u16(code).expect("status");
+            assert_eq!(status_class(status), class);
         }
     }
 

@@ -8,23 +8,23 @@ use crate::config::{Action, Reveal};
 use super::decision::{Decision, Disposition};
 
 /// The overall action.
-pub const ACTION: &str = "x-shieldgate-action";
+pub const ACTION: HeaderName = HeaderName::from_static("x-shieldgate-action");
 /// Violated `block` and `flag` categories.
-pub const CATEGORIES: &str = "x-shieldgate-categories";
+pub const CATEGORIES: HeaderName = HeaderName::from_static("x-shieldgate-categories");
 /// Violated `shadow` categories (would have been blocked).
-pub const SHADOW: &str = "x-shieldgate-shadow";
+pub const SHADOW: HeaderName = HeaderName::from_static("x-shieldgate-shadow");
 /// Scores of every category (reveal = scores).
-pub const SCORES: &str = "x-shieldgate-scores";
+pub const SCORES: HeaderName = HeaderName::from_static("x-shieldgate-scores");
 /// Why a check could not be made.
-pub const EVALUATION_ERROR: &str = "x-shieldgate-evaluation-error";
+pub const EVALUATION_ERROR: HeaderName = HeaderName::from_static("x-shieldgate-evaluation-error");
 /// How many parts could not be scanned.
-pub const UNSCANNED: &str = "x-shieldgate-unscanned";
+pub const UNSCANNED: HeaderName = HeaderName::from_static("x-shieldgate-unscanned");
 /// The policy-set version.
-pub const POLICY_VERSION: &str = "x-shieldgate-policy-version";
+pub const POLICY_VERSION: HeaderName = HeaderName::from_static("x-shieldgate-policy-version");
 /// The profile applied.
-pub const PROFILE: &str = "x-shieldgate-profile";
+pub const PROFILE: HeaderName = HeaderName::from_static("x-shieldgate-profile");
 /// The request id (also in the decision log).
-pub const REQUEST_ID: &str = "x-shieldgate-request-id";
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-shieldgate-request-id");
 
 /// What the headers describe.
 pub struct Annotation<'a> {
@@ -40,9 +40,9 @@ pub struct Annotation<'a> {
 
 /// Sets the decision headers.
 pub fn annotate(headers: &mut HeaderMap, a: &Annotation<'_>) {
-    let mut set = |name: &'static str, value: String| {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            headers.insert(HeaderName::from_static(name), v);
+    let mut set = |name: HeaderName, value: String| {
+        if let Ok(v) = HeaderValue::try_from(value) {
+            headers.insert(name, v);
         }
     };
     set(REQUEST_ID, a.request_id.to_string());

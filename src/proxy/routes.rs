@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::Incoming;
+use hyper::header::HeaderValue;
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::config::UnknownPaths;
@@ -21,8 +22,8 @@ use super::{exchange, Gateway};
 /// Answers one request on the public listener within the request timeout.
 pub async fn route(gw: Arc<Gateway>, req: Request<Incoming>, timeout: Duration) -> Response<Body> {
     let request_id = gw.next_id();
-    let path = req.uri().path().to_string();
-    let (kind, protocol) = match (req.method(), adapters::for_path(&path)) {
+    let path = req.uri().path();
+    let (kind, protocol) = match (req.method(), adapters::for_path(path)) {
         (&Method::POST, _) if path == "/v1/moderations" => ("moderations", "openai_moderations"),
         (&Method::POST, Some(a)) => ("moderated", a.protocol()),
         _ => ("passthrough", "-"),
@@ -39,8 +40,10 @@ pub async fn route(gw: Arc<Gateway>, req: Request<Incoming>, timeout: Duration) 
             ),
         ),
     };
-    if let Ok(v) = request_id.parse() {
-        response.headers_mut().entry(REQUEST_ID).or_insert(v);
+    if !response.headers().contains_key(REQUEST_ID) {
+        if let Ok(v) = HeaderValue::try_from(request_id) {
+            response.headers_mut().insert(REQUEST_ID, v);
+        }
     }
     gw.metrics
         .requests
