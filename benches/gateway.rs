@@ -21,6 +21,10 @@
 //! client and the upstream on one half of the CPUs, the proxies on the other, so that the load
 //! does not compete with the proxy under test; the worker count defaults to the proxies' half).
 
+// The binary's allocator, so that the figures are the binary's.
+#[global_allocator]
+static ALLOC: shieldgate::allocator::Split = shieldgate::allocator::Split;
+
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::process::{Child, Command, Stdio};
@@ -162,10 +166,14 @@ fn start_nginx(binary: &str, upstream: SocketAddr, workers: usize) -> Option<(Ng
         dir,
     };
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    // The master listens before it forks its workers: wait for both, or the CPU column would
+    // count the idle master alone.
     for _ in 0..100 {
         if std::net::TcpStream::connect(addr).is_ok() {
             nginx.workers = children(nginx.child.id());
-            return Some((nginx, addr));
+            if nginx.workers.len() >= workers {
+                return Some((nginx, addr));
+            }
         }
         std::thread::sleep(Duration::from_millis(50));
     }
