@@ -1,6 +1,7 @@
 //! Each protocol adapter on any JSON body and any SSE stream: requests give a conversation or
-//! an error; responses give texts; a blocked response, blocked stream or cut stream is
-//! well-formed JSON / SSE of which every frame but `[DONE]` is JSON.
+//! an error; responses give texts, the same whether read through a `Value` or (usual shapes)
+//! straight from the bytes; a blocked response, blocked stream or cut stream is well-formed
+//! JSON / SSE of which every frame but `[DONE]` is JSON.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -31,6 +32,11 @@ fn assert_stream(text: &str) {
 }
 
 fn exercise(adapter: &dyn Adapter, body: Option<&Value>, stream: &[u8], block: &Block<'_>) {
+    let by_value = body.map(|b| adapter.outputs(b));
+    assert_eq!(adapter.response_outputs(stream), by_value, "texts differ by reading");
+    if let (Some(usual), Some(by_value)) = (adapter.usual_outputs(stream), &by_value) {
+        assert_eq!(&usual, by_value, "the usual reading differs");
+    }
     if let Some(body) = body {
         for scan in [
             vec![Scan::LastUser],

@@ -205,11 +205,7 @@ pub async fn handle(
             ))
         }
     };
-    let Outputs {
-        texts,
-        collector,
-        json,
-    } = read_outputs(ex.adapter, &bytes, is_stream);
+    let Outputs { texts, collector } = read_outputs(ex.adapter, &bytes, is_stream);
     let output = match texts {
         Some(outputs) => {
             let input = CheckInput {
@@ -231,14 +227,24 @@ pub async fn handle(
         Disposition::Block => {
             let block = ex.block(&output);
             head.headers.remove(CONTENT_LENGTH);
-            match (collector, json) {
-                (Some(c), _) => full(c.blocked_stream(&output.parts_blocked, &block)),
-                (None, Some(mut v)) => {
-                    ex.adapter
-                        .block_outputs(&mut v, &output.parts_blocked, &block);
-                    full(v.to_string())
-                }
-                (None, None) => full(bytes),
+            match collector {
+                Some(c) => full(c.blocked_stream(&output.parts_blocked, &block)),
+                // Texts were read only from bodies a `Value` accepts (see
+                // `Adapter::response_outputs`); were one refused, nothing of it is sent.
+                None => match serde_json::from_slice::<Value>(&bytes) {
+                    Ok(mut v) => {
+                        ex.adapter
+                            .block_outputs(&mut v, &output.parts_blocked, &block);
+                        full(v.to_string())
+                    }
+                    Err(_) => {
+                        return ex.error(ApiError::new(
+                            StatusCode::BAD_GATEWAY,
+                            "upstream_failed",
+                            "the upstream's answer was withheld and cannot be rewritten",
+                        ))
+                    }
+                },
             }
         }
         Disposition::Pass | Disposition::Flag => full(bytes),
@@ -290,8 +296,6 @@ struct Outputs {
     texts: Option<Vec<String>>,
     /// The stream's collector (streamed responses).
     collector: Option<Box<dyn StreamCollector>>,
-    /// The parsed body (JSON responses).
-    json: Option<Value>,
 }
 
 fn read_outputs(adapter: &dyn Adapter, bytes: &[u8], is_stream: bool) -> Outputs {
@@ -306,14 +310,11 @@ fn read_outputs(adapter: &dyn Adapter, bytes: &[u8], is_stream: bool) -> Outputs
         Outputs {
             texts: Some(collector.outputs()),
             collector: Some(collector),
-            json: None,
         }
     } else {
-        let json = serde_json::from_slice::<Value>(bytes).ok();
         Outputs {
-            texts: json.as_ref().map(|v| adapter.outputs(v)),
+            texts: adapter.response_outputs(bytes),
             collector: None,
-            json,
         }
     }
 }
@@ -543,9 +544,7 @@ impl Exchange {
             } else if s.overflow {
                 None
             } else {
-                serde_json::from_slice::<Value>(&s.json)
-                    .ok()
-                    .map(|v| adapter.outputs(&v))
+                adapter.response_outputs(&s.json)
             };
             drop(s);
             tokio::spawn(async move {

@@ -2,12 +2,16 @@
 //! Anthropic's error envelope; a withheld answer has the replacement text and
 //! `stop_reason: "refusal"`.
 
+use std::borrow::Cow;
+
 use hyper::StatusCode;
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::config::Scan;
 use crate::proxy::sse::{frame, Event};
 
+use super::usual_shape::Object;
 use super::{
     add_user_turns, block_message, content_text, filter_results, messages, push_part, role, set,
     start, Adapter, Block, Conversation, StreamCollector,
@@ -99,6 +103,20 @@ impl Adapter for AnthropicMessages {
         vec![message_text(body.get("content").unwrap_or(&Value::Null))]
     }
 
+    fn usual_outputs(&self, body: &[u8]) -> Option<Vec<String>> {
+        let Object(message) = serde_json::from_slice::<Object<Message<'_>>>(body).ok()?;
+        let mut texts: Vec<&str> = Vec::new();
+        for Object(block) in &message.content {
+            match block.kind.as_deref() {
+                Some("text") => texts.extend(block.text.as_deref()),
+                // A tool's input is scored as the `Value` reading writes it out.
+                Some("tool_use") => return None,
+                _ => {}
+            }
+        }
+        Some(vec![texts.join("\n")])
+    }
+
     fn block_outputs(&self, body: &mut Value, blocked: &[bool], block: &Block<'_>) {
         if blocked.first().copied().unwrap_or(false) {
             set(
@@ -114,6 +132,22 @@ impl Adapter for AnthropicMessages {
     fn collector(&self) -> Box<dyn StreamCollector> {
         Box::new(MessageStream::default())
     }
+}
+
+/// What [`message_text`] reads of an answer without tool calls, in its usual shape (see
+/// [`Adapter::usual_outputs`]); other fields are skipped unread.
+#[derive(Deserialize)]
+struct Message<'a> {
+    #[serde(borrow, default)]
+    content: Vec<Object<ContentBlock<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct ContentBlock<'a> {
+    #[serde(borrow, default, rename = "type")]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
 }
 
 /// The text and tool inputs of an answer's content blocks.
@@ -237,8 +271,25 @@ fn refusal_end(usage: Option<Value>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::adapters::EVERY_SCAN;
+    use crate::proxy::adapters::{assert_usual_outputs_agree, EVERY_SCAN};
     use crate::proxy::sse::Parser;
+
+    #[test]
+    fn the_usual_shape_is_read_without_a_value_and_with_the_same_texts() {
+        let usual = [
+            r#"{"id":"m","type":"message","role":"assistant","content":[{"type":"text","text":"Hi\nthere"},{"type":"thinking","thinking":"t"},{"type":"text","text":"more"}],"stop_reason":"end_turn","usage":{}}"#,
+            r#"{"content":[{"type":"text"},{}]}"#,
+            r#"{"type":"message"}"#,
+        ];
+        let unusual = [
+            r#"{"content":[{"type":"tool_use","name":"f","input":{"b":1,"a":[2]}}]}"#,
+            r#"{"content":[{"type":"text","text":["x"]}]}"#,
+            r#"{"content":null}"#,
+            r#"{"content":"text"}"#,
+            r#"{"content":[],"content":[]}"#,
+        ];
+        assert_usual_outputs_agree(&AnthropicMessages, &usual, &unusual);
+    }
 
     #[test]
     fn tool_blocks_and_system_follow_the_scan_settings() {

@@ -5,6 +5,7 @@ pub mod anthropic_messages;
 pub mod openai_chat;
 pub mod openai_completions;
 pub mod openai_responses;
+mod usual_shape;
 
 use hyper::StatusCode;
 use serde_json::{json, Map, Value};
@@ -53,6 +54,26 @@ pub trait Adapter: Send + Sync {
     }
     /// The texts of a whole response, one per choice.
     fn outputs(&self, body: &Value) -> Vec<String>;
+    /// [`Adapter::outputs`] read straight from the bytes of a body a `Value` would accept, for
+    /// the protocol's usual shape only: no `Value` is built, strings are borrowed where they
+    /// have no escapes. `None` for any other shape (wrong types, duplicate keys, …) and by
+    /// default.
+    fn usual_outputs(&self, _body: &[u8]) -> Option<Vec<String>> {
+        None
+    }
+    /// The texts of a whole response body, one per choice; `None` when it is not JSON. The
+    /// usual shape is read without a `Value` ([`Adapter::usual_outputs`]); any other through
+    /// one, which tolerates every shape.
+    fn response_outputs(&self, body: &[u8]) -> Option<Vec<String>> {
+        let usual = usual_shape::skipping_is_exact(body)
+            .then(|| self.usual_outputs(body))
+            .flatten();
+        usual.or_else(|| {
+            serde_json::from_slice::<Value>(body)
+                .ok()
+                .map(|v| self.outputs(&v))
+        })
+    }
     /// Withholds the choices marked in `blocked`.
     fn block_outputs(&self, body: &mut Value, blocked: &[bool], block: &Block<'_>);
     /// A collector for a streamed response.
@@ -304,6 +325,51 @@ pub const EVERY_SCAN: [Scan; 5] = [
     Scan::ToolCalls,
     Scan::ToolResults,
 ];
+
+/// Checks an adapter's [`Adapter::usual_outputs`] against its `Value` reading: the same texts
+/// for every `usual` body, `None` for every `unusual` one (which `response_outputs` then reads
+/// through a `Value`), and `None` from `response_outputs` for bodies that are not JSON.
+#[cfg(test)]
+pub fn assert_usual_outputs_agree(adapter: &dyn Adapter, usual: &[&str], unusual: &[&str]) {
+    let through_value = |body: &str| {
+        let value: Value = serde_json::from_str(body).expect("test bodies are JSON");
+        adapter.outputs(&value)
+    };
+    for body in usual {
+        let read = adapter.usual_outputs(body.as_bytes());
+        assert_eq!(read, Some(through_value(body)), "usual: {body}");
+    }
+    for body in unusual {
+        assert_eq!(
+            adapter.usual_outputs(body.as_bytes()),
+            None,
+            "unusual: {body}"
+        );
+        let read = adapter.response_outputs(body.as_bytes());
+        assert_eq!(read, Some(through_value(body)), "unusual: {body}");
+    }
+    // Arrays where objects belong: serde would read a struct from one by position.
+    let positional = [
+        r#"[[[]]]"#,
+        r#"[[{"content":"x"}]]"#,
+        r#"{"choices":[[{"content":"x"}]]}"#,
+        r#"{"choices":[{"message":["x"]}]}"#,
+        r#"{"output":[["message",[{"text":"x"}]]]}"#,
+        r#"{"content":[["text","x"]]}"#,
+    ];
+    for body in positional {
+        let read = adapter.response_outputs(body.as_bytes());
+        assert_eq!(read, Some(through_value(body)), "positional: {body}");
+    }
+    for body in [
+        &b"{\"choices\": ["[..],
+        b"\xff",
+        b"",
+        br#"{"choices":[],"x":"\ud800"}"#,
+    ] {
+        assert_eq!(adapter.response_outputs(body), None);
+    }
+}
 
 #[cfg(test)]
 mod tests {

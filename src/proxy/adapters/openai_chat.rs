@@ -1,12 +1,15 @@
 //! OpenAI Chat Completions (`POST /v1/chat/completions`, also Azure's deployment paths), JSON
 //! and SSE. A withheld choice gets the replacement text and `finish_reason: "content_filter"`.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::config::Scan;
 
+use super::usual_shape::Object;
 use super::{
     add_user_turns, choices, chunk_meta, content_text, cut_choices, data_frame, filter_results,
     indexed_outputs, messages, push_part, role, set, start, withhold_choices, Adapter, Block,
@@ -61,6 +64,23 @@ impl Adapter for OpenAiChat {
             .collect()
     }
 
+    fn usual_outputs(&self, body: &[u8]) -> Option<Vec<String>> {
+        let Object(completion) = serde_json::from_slice::<Object<Completion<'_>>>(body).ok()?;
+        let texts = completion.choices.iter().map(|c| {
+            let Some(Object(m)) = &c.0.message else {
+                return String::new();
+            };
+            let tools: Vec<&str> = m
+                .tool_calls
+                .iter()
+                .flatten()
+                .filter_map(|call| call.0.function.as_ref()?.0.arguments.as_deref())
+                .collect();
+            join(m.content.as_deref().unwrap_or(""), &tools.join("\n"))
+        });
+        Some(texts.collect())
+    }
+
     fn block_outputs(&self, body: &mut Value, blocked: &[bool], block: &Block<'_>) {
         let results = filter_results(block);
         withhold_choices(body, blocked, |choice| {
@@ -92,6 +112,40 @@ fn tool_arguments(message: &Value) -> String {
                 .join("\n")
         })
         .unwrap_or_default()
+}
+
+/// What [`OpenAiChat::outputs`] reads of a completion, in its usual shape (see
+/// [`Adapter::usual_outputs`]); other fields are skipped unread.
+#[derive(Deserialize)]
+struct Completion<'a> {
+    #[serde(borrow)]
+    choices: Vec<Object<Choice<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct Choice<'a> {
+    #[serde(borrow, default)]
+    message: Option<Object<Message<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct Message<'a> {
+    #[serde(borrow, default)]
+    content: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    tool_calls: Option<Vec<Object<ToolCall<'a>>>>,
+}
+
+#[derive(Deserialize)]
+struct ToolCall<'a> {
+    #[serde(borrow, default)]
+    function: Option<Object<Function<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct Function<'a> {
+    #[serde(borrow, default)]
+    arguments: Option<Cow<'a, str>>,
 }
 
 fn join(a: &str, b: &str) -> String {
@@ -221,8 +275,33 @@ impl StreamCollector for ChatStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::adapters::EVERY_SCAN;
+    use crate::proxy::adapters::{assert_usual_outputs_agree, EVERY_SCAN};
     use crate::proxy::sse::Parser;
+
+    #[test]
+    fn the_usual_shape_is_read_without_a_value_and_with_the_same_texts() {
+        let usual = [
+            r#"{"id":"c","choices":[{"index":0,"message":{"role":"assistant","content":"Hi\nthere \u00e9"},"finish_reason":"stop"}],"usage":{"total_tokens":3}}"#,
+            r#"{"choices":[{"message":{"content":null,"tool_calls":[{"function":{"name":"f","arguments":"{\"q\":1}"}},{"function":{"name":"g","arguments":"2"}}]}},{"message":{"content":"b"}}]}"#,
+            r#"{"choices":[{"message":{"content":"a","tool_calls":[{"type":"function"}]}},{"message":null},{}]}"#,
+            r#"{"choices":[]}"#,
+        ];
+        let unusual = [
+            r#"{"choices":[{"message":{"content":["part"]}}]}"#,
+            r#"{"choices":[{"message":{"content":"a","content":"b"}}]}"#,
+            r#"{"choices":[{"message":{"tool_calls":[{"function":{"arguments":{"q":1}}}]}}]}"#,
+            r#"{"choices":null}"#,
+            r#"{"object":"error"}"#,
+            r#"[1, 2]"#,
+        ];
+        assert_usual_outputs_agree(&OpenAiChat, &usual, &unusual);
+        let texts = |body: &str| OpenAiChat.usual_outputs(body.as_bytes());
+        assert_eq!(texts(usual[0]), Some(vec!["Hi\nthere é".to_string()]));
+        assert_eq!(
+            texts(usual[1]),
+            Some(vec!["{\"q\":1}\n2".to_string(), "b".to_string()])
+        );
+    }
 
     #[test]
     fn scan_settings_choose_the_parts() {

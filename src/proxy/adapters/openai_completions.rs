@@ -1,12 +1,15 @@
 //! OpenAI legacy Completions (`POST /v1/completions`), JSON and SSE: the prompt is the user
 //! turn; a withheld choice gets the replacement text and `finish_reason: "content_filter"`.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::config::Scan;
 
+use super::usual_shape::Object;
 use super::{
     choices, chunk_meta, cut_choices, data_frame, filter_results, indexed_outputs, push_part, set,
     start, withhold_choices, Adapter, Block, Conversation, StreamCollector,
@@ -52,6 +55,15 @@ impl Adapter for OpenAiCompletions {
                     .to_string()
             })
             .collect()
+    }
+
+    fn usual_outputs(&self, body: &[u8]) -> Option<Vec<String>> {
+        let Object(completion) = serde_json::from_slice::<Object<Completion<'_>>>(body).ok()?;
+        let texts = completion
+            .choices
+            .into_iter()
+            .map(|Object(c)| c.text.unwrap_or_default());
+        Some(texts.map(Cow::into_owned).collect())
     }
 
     fn block_outputs(&self, body: &mut Value, blocked: &[bool], block: &Block<'_>) {
@@ -141,9 +153,39 @@ impl StreamCollector for CompletionStream {
     }
 }
 
+/// What [`OpenAiCompletions::outputs`] reads of a completion, in its usual shape (see
+/// [`Adapter::usual_outputs`]); other fields are skipped unread.
+#[derive(Deserialize)]
+struct Completion<'a> {
+    #[serde(borrow)]
+    choices: Vec<Object<Choice<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct Choice<'a> {
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::adapters::assert_usual_outputs_agree;
+
+    #[test]
+    fn the_usual_shape_is_read_without_a_value_and_with_the_same_texts() {
+        let usual = [
+            r#"{"id":"c","choices":[{"text":"Once\nupon","index":0,"finish_reason":"stop"},{"text":null},{}],"usage":{}}"#,
+            r#"{"choices":[]}"#,
+        ];
+        let unusual = [
+            r#"{"choices":[{"text":7}]}"#,
+            r#"{"choices":[{"text":"a","text":"b"}]}"#,
+            r#"{"choices":{}}"#,
+            r#"{"error":{}}"#,
+        ];
+        assert_usual_outputs_agree(&OpenAiCompletions, &usual, &unusual);
+    }
 
     #[test]
     fn prompts_are_the_parts() {

@@ -2,11 +2,15 @@
 //! `status: "incomplete"` with `incomplete_details.reason: "content_filter"` and the
 //! replacement text as its only output; a withheld stream ends with `response.incomplete`.
 
+use std::borrow::Cow;
+
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::config::Scan;
 use crate::proxy::sse::{frame, Event};
 
+use super::usual_shape::Object;
 use super::{
     add_user_turns, content_text, push_part, set, start, Adapter, Block, Conversation,
     StreamCollector,
@@ -70,6 +74,24 @@ impl Adapter for OpenAiResponses {
         vec![output_text(body)]
     }
 
+    fn usual_outputs(&self, body: &[u8]) -> Option<Vec<String>> {
+        let Object(response) = serde_json::from_slice::<Object<Response<'_>>>(body).ok()?;
+        let mut texts: Vec<&str> = Vec::new();
+        for Object(item) in &response.output {
+            match item.kind.as_deref() {
+                Some("message") => texts.extend(
+                    item.content
+                        .iter()
+                        .flatten()
+                        .filter_map(|Object(part)| part.text.as_deref()),
+                ),
+                Some("function_call") => texts.extend(item.arguments.as_deref()),
+                _ => {}
+            }
+        }
+        Some(vec![texts.join("\n")])
+    }
+
     fn block_outputs(&self, body: &mut Value, blocked: &[bool], block: &Block<'_>) {
         if blocked.first().copied().unwrap_or(false) {
             withhold(body, block.replacement);
@@ -112,6 +134,30 @@ fn output_text(response: &Value) -> String {
         }
     }
     texts.join("\n")
+}
+
+/// What [`output_text`] reads of a response, in its usual shape (see
+/// [`Adapter::usual_outputs`]); other fields are skipped unread.
+#[derive(Deserialize)]
+struct Response<'a> {
+    #[serde(borrow, default)]
+    output: Vec<Object<Item<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct Item<'a> {
+    #[serde(borrow, default, rename = "type")]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    content: Option<Vec<Object<Part<'a>>>>,
+    #[serde(borrow, default)]
+    arguments: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Part<'a> {
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
 }
 
 /// Marks a response incomplete for content filtering, with the replacement as its output.
@@ -211,7 +257,24 @@ fn event(name: &str, sequence: u64, response: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::adapters::EVERY_SCAN;
+    use crate::proxy::adapters::{assert_usual_outputs_agree, EVERY_SCAN};
+
+    #[test]
+    fn the_usual_shape_is_read_without_a_value_and_with_the_same_texts() {
+        let usual = [
+            r#"{"id":"r","object":"response","status":"completed","output":[{"type":"reasoning","summary":[]},{"type":"message","role":"assistant","content":[{"type":"output_text","text":"Hi\nthere","annotations":[]},{"type":"refusal","refusal":"no"}]},{"type":"function_call","name":"f","arguments":"{\"q\":1}"}]}"#,
+            r#"{"output":[{"type":"message"},{"type":"function_call"},{}]}"#,
+            r#"{"object":"response"}"#,
+        ];
+        let unusual = [
+            r#"{"output":null}"#,
+            r#"{"output":[{"type":"message","content":[{"text":{"value":"x"}}]}]}"#,
+            r#"{"output":[{"type":"function_call","arguments":{"q":1}}]}"#,
+            r#"{"output":[{"type":7}]}"#,
+            r#"{"output":[],"output":[]}"#,
+        ];
+        assert_usual_outputs_agree(&OpenAiResponses, &usual, &unusual);
+    }
 
     #[test]
     fn items_and_instructions_follow_the_scan_settings() {

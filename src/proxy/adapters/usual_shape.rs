@@ -1,0 +1,184 @@
+//! What the typed readings of usual response shapes ([`super::Adapter::usual_outputs`])
+//! need to read exactly what the `Value` reading reads.
+//!
+//! - [`skipping_is_exact`]: a typed reading skips the fields it does not name, and serde_json
+//!   skips more laxly than it parses (invalid UTF-8, a lone surrogate escape, a number out of
+//!   an f64's range, nesting past its depth limit all pass unread). One cheap pass finds out
+//!   whether a body holds anything of the kind; if it may, the `Value` reading decides.
+//! - [`Object`]: serde's derived structs also take a JSON array, field by position, where the
+//!   `Value` reading sees no fields at all; `Object<T>` takes `T` from an object only.
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+
+/// Nesting deeper than this goes to the `Value` reading (serde_json stops at 128).
+const MAX_DEPTH: usize = 100;
+/// A run of this many digits, or an exponent of this many, may overflow an f64.
+const LONG_NUMBER: usize = 300;
+const LONG_EXPONENT: usize = 3;
+
+/// Whether nothing in `body` is skipped more laxly than it is parsed: it is UTF-8, no string
+/// holds a `\u` escape of a surrogate, no number may overflow an f64 and nesting stays
+/// shallow. Conservative (a false answer only costs the `Value` reading); it does not check
+/// that `body` is JSON, which the typed reading itself does.
+pub fn skipping_is_exact(body: &[u8]) -> bool {
+    if std::str::from_utf8(body).is_err() {
+        return false;
+    }
+    let mut depth = 0usize;
+    let mut digits = 0usize;
+    let mut i = 0;
+    while let Some(&b) = body.get(i) {
+        i += 1;
+        match b {
+            b'"' => {
+                // To the string's end; only its escapes are looked at.
+                while let Some(k) = memchr::memchr2(b'"', b'\\', body.get(i..).unwrap_or_default())
+                {
+                    i += k + 1;
+                    if body.get(i - 1) == Some(&b'"') {
+                        break;
+                    }
+                    let escape = body.get(i..i + 3).unwrap_or_default();
+                    if let [b'u', b'd' | b'D', b'8'..=b'9' | b'a'..=b'f' | b'A'..=b'F'] = escape {
+                        return false;
+                    }
+                    i += 1;
+                }
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return false;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            b'0'..=b'9' => {
+                digits += 1;
+                if digits >= LONG_NUMBER {
+                    return false;
+                }
+                continue;
+            }
+            b'e' | b'E' if digits > 0 => {
+                let rest = body.get(i..).unwrap_or_default();
+                let rest = rest
+                    .strip_prefix(b"+")
+                    .or(rest.strip_prefix(b"-"))
+                    .unwrap_or(rest);
+                if rest.iter().take_while(|c| c.is_ascii_digit()).count() >= LONG_EXPONENT {
+                    return false;
+                }
+            }
+            _ => {}
+        }
+        digits = 0;
+    }
+    true
+}
+
+/// A `T` read from a JSON object only.
+pub struct Object<T>(pub T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer
+            .deserialize_map(ObjectVisitor(PhantomData))
+            .map(Object)
+    }
+}
+
+struct ObjectVisitor<T>(PhantomData<T>);
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for ObjectVisitor<T> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+        T::deserialize(MapAccessDeserializer::new(map))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::*;
+
+    #[derive(serde::Deserialize, Debug, PartialEq)]
+    struct Named<'a> {
+        #[serde(borrow, default)]
+        name: Option<std::borrow::Cow<'a, str>>,
+    }
+
+    #[test]
+    fn an_object_is_read_from_an_object_only() {
+        fn read(body: &str) -> serde_json::Result<Named<'_>> {
+            serde_json::from_str::<Object<Named<'_>>>(body).map(|o| o.0)
+        }
+        assert_eq!(
+            read(r#"{"name":"a","other":[1]}"#).ok(),
+            Some(Named {
+                name: Some("a".into())
+            })
+        );
+        assert_eq!(read(r#"{}"#).ok(), Some(Named { name: None }));
+        assert!(read(r#"["a"]"#).is_err());
+        assert!(read(r#"[]"#).is_err());
+        assert!(read(r#""a""#).is_err());
+        // A derived struct alone takes the array by position.
+        assert!(serde_json::from_str::<Named<'_>>(r#"["a"]"#).is_ok());
+    }
+
+    #[test]
+    fn what_skipping_would_let_through_is_found_and_the_rest_parses() {
+        let lax: [&[u8]; 8] = [
+            br#"{"x":"\ud800"}"#,
+            br#"{"x":"\udc00"}"#,
+            br#"{"x":"\uDBFF\u0041"}"#,
+            br#"{"x":"\ud83d\ude00"}"#,
+            br#"{"x":1e400}"#,
+            br#"{"x":-2.5E+999}"#,
+            b"{\"x\":\"\xff\"}",
+            b"{\"x\":\"caf\xc3\"}",
+        ];
+        for body in lax {
+            assert!(
+                !skipping_is_exact(body),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        let deep = format!("{}{}", "[".repeat(MAX_DEPTH + 1), "]".repeat(MAX_DEPTH + 1));
+        assert!(!skipping_is_exact(deep.as_bytes()));
+        let long = format!("[{}]", "9".repeat(LONG_NUMBER));
+        assert!(!skipping_is_exact(long.as_bytes()));
+        // Whatever passes the check and skips cleanly also parses as a `Value`.
+        let fine: [&[u8]; 8] = [
+            br#"{"x":1}"#,
+            br#"{"a":[1,-2,3.5e10,1e-5,true,null,"x\n\u00e9\\ud800 \"\ud800"],"b":{"c":{}}}"#,
+            br#"{"x":"1e999 in a string","y":"[[[[[["}"#,
+            br#"{"a":1,"a":2}"#,
+            "{\"x\":\"é ✓ 😀\"}".as_bytes(),
+            br#"123456789012345678901234567890"#,
+            br#"{"x":"\u0041\uE000"}"#,
+            b"",
+        ];
+        for body in fine {
+            let skips = serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok();
+            let parses = serde_json::from_slice::<Value>(body).is_ok();
+            assert_eq!(
+                skips && skipping_is_exact(body),
+                parses,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+}
