@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use crate::config::Scan;
 
-use super::usual_shape::Object;
+use super::usual_shape::{Choices, Object};
 use super::{
     add_user_turns, choices, chunk_meta, content_text, cut_choices, data_frame, filter_results,
     indexed_outputs, messages, push_part, role, set, start, withhold_choices, Adapter, Block,
@@ -65,7 +65,8 @@ impl Adapter for OpenAiChat {
     }
 
     fn usual_outputs(&self, body: &[u8]) -> Option<Vec<String>> {
-        let Object(completion) = serde_json::from_slice::<Object<Completion<'_>>>(body).ok()?;
+        let Object(completion) =
+            serde_json::from_slice::<Object<Choices<Choice<'_>>>>(body).ok()?;
         let texts = completion.choices.iter().map(|c| {
             let Some(Object(m)) = &c.0.message else {
                 return String::new();
@@ -114,14 +115,8 @@ fn tool_arguments(message: &Value) -> String {
         .unwrap_or_default()
 }
 
-/// What [`OpenAiChat::outputs`] reads of a completion, in its usual shape (see
+/// A choice as [`OpenAiChat::outputs`] reads it, in the usual shape (see
 /// [`Adapter::usual_outputs`]); other fields are skipped unread.
-#[derive(Deserialize)]
-struct Completion<'a> {
-    #[serde(borrow)]
-    choices: Vec<Object<Choice<'a>>>,
-}
-
 #[derive(Deserialize)]
 struct Choice<'a> {
     #[serde(borrow, default)]

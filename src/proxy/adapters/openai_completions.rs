@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use crate::config::Scan;
 
-use super::usual_shape::Object;
+use super::usual_shape::{Choices, Object};
 use super::{
     choices, chunk_meta, cut_choices, data_frame, filter_results, indexed_outputs, push_part, set,
     start, withhold_choices, Adapter, Block, Conversation, StreamCollector,
@@ -58,7 +58,8 @@ impl Adapter for OpenAiCompletions {
     }
 
     fn usual_outputs(&self, body: &[u8]) -> Option<Vec<String>> {
-        let Object(completion) = serde_json::from_slice::<Object<Completion<'_>>>(body).ok()?;
+        let Object(completion) =
+            serde_json::from_slice::<Object<Choices<Choice<'_>>>>(body).ok()?;
         let texts = completion
             .choices
             .into_iter()
@@ -153,14 +154,8 @@ impl StreamCollector for CompletionStream {
     }
 }
 
-/// What [`OpenAiCompletions::outputs`] reads of a completion, in its usual shape (see
+/// A choice as [`OpenAiCompletions::outputs`] reads it, in the usual shape (see
 /// [`Adapter::usual_outputs`]); other fields are skipped unread.
-#[derive(Deserialize)]
-struct Completion<'a> {
-    #[serde(borrow)]
-    choices: Vec<Object<Choice<'a>>>,
-}
-
 #[derive(Deserialize)]
 struct Choice<'a> {
     #[serde(borrow, default)]

@@ -80,6 +80,15 @@ pub fn skipping_is_exact(body: &[u8]) -> bool {
     true
 }
 
+/// A body's `choices`, each a `C` (OpenAI's Chat Completions and Completions); other fields
+/// are skipped unread.
+#[derive(serde::Deserialize)]
+#[serde(bound(deserialize = "C: Deserialize<'de>"))]
+pub struct Choices<C> {
+    /// The choices, in order.
+    pub choices: Vec<Object<C>>,
+}
+
 /// A `T` read from a JSON object only.
 pub struct Object<T>(pub T);
 
