@@ -2,8 +2,6 @@
 //! Anthropic's error envelope; a withheld answer has the replacement text and
 //! `stop_reason: "refusal"`.
 
-use std::borrow::Cow;
-
 use hyper::StatusCode;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -11,7 +9,7 @@ use serde_json::{json, Value};
 use crate::config::Scan;
 use crate::proxy::sse::{frame, Event};
 
-use super::usual_shape::Object;
+use super::usual_shape::{Object, Text};
 use super::{
     add_user_turns, block_message, content_text, filter_results, messages, push_part, role, set,
     start, Adapter, Block, Conversation, StreamCollector,
@@ -145,9 +143,9 @@ struct Message<'a> {
 #[derive(Deserialize)]
 struct ContentBlock<'a> {
     #[serde(borrow, default, rename = "type")]
-    kind: Option<Cow<'a, str>>,
+    kind: Option<Text<'a>>,
     #[serde(borrow, default)]
-    text: Option<Cow<'a, str>>,
+    text: Option<Text<'a>>,
 }
 
 /// The text and tool inputs of an answer's content blocks.

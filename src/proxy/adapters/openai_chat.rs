@@ -1,7 +1,6 @@
 //! OpenAI Chat Completions (`POST /v1/chat/completions`, also Azure's deployment paths), JSON
 //! and SSE. A withheld choice gets the replacement text and `finish_reason: "content_filter"`.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
@@ -9,7 +8,7 @@ use serde_json::{json, Value};
 
 use crate::config::Scan;
 
-use super::usual_shape::{Choices, Object};
+use super::usual_shape::{Choices, Object, Text};
 use super::{
     add_user_turns, choices, chunk_meta, content_text, cut_choices, data_frame, filter_results,
     indexed_outputs, messages, push_part, role, set, start, withhold_choices, Adapter, Block,
@@ -126,7 +125,7 @@ struct Choice<'a> {
 #[derive(Deserialize)]
 struct Message<'a> {
     #[serde(borrow, default)]
-    content: Option<Cow<'a, str>>,
+    content: Option<Text<'a>>,
     #[serde(borrow, default)]
     tool_calls: Option<Vec<Object<ToolCall<'a>>>>,
 }
@@ -140,7 +139,7 @@ struct ToolCall<'a> {
 #[derive(Deserialize)]
 struct Function<'a> {
     #[serde(borrow, default)]
-    arguments: Option<Cow<'a, str>>,
+    arguments: Option<Text<'a>>,
 }
 
 fn join(a: &str, b: &str) -> String {

@@ -1,7 +1,6 @@
 //! OpenAI legacy Completions (`POST /v1/completions`), JSON and SSE: the prompt is the user
 //! turn; a withheld choice gets the replacement text and `finish_reason: "content_filter"`.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
@@ -9,7 +8,7 @@ use serde_json::{json, Value};
 
 use crate::config::Scan;
 
-use super::usual_shape::{Choices, Object};
+use super::usual_shape::{Choices, Object, Text};
 use super::{
     choices, chunk_meta, cut_choices, data_frame, filter_results, indexed_outputs, push_part, set,
     start, withhold_choices, Adapter, Block, Conversation, StreamCollector,
@@ -63,8 +62,8 @@ impl Adapter for OpenAiCompletions {
         let texts = completion
             .choices
             .into_iter()
-            .map(|Object(c)| c.text.unwrap_or_default());
-        Some(texts.map(Cow::into_owned).collect())
+            .map(|Object(c)| c.text.map_or_else(String::new, Text::into_string));
+        Some(texts.collect())
     }
 
     fn block_outputs(&self, body: &mut Value, blocked: &[bool], block: &Block<'_>) {
@@ -159,7 +158,7 @@ impl StreamCollector for CompletionStream {
 #[derive(Deserialize)]
 struct Choice<'a> {
     #[serde(borrow, default)]
-    text: Option<Cow<'a, str>>,
+    text: Option<Text<'a>>,
 }
 
 #[cfg(test)]

@@ -2,15 +2,13 @@
 //! `status: "incomplete"` with `incomplete_details.reason: "content_filter"` and the
 //! replacement text as its only output; a withheld stream ends with `response.incomplete`.
 
-use std::borrow::Cow;
-
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::config::Scan;
 use crate::proxy::sse::{frame, Event};
 
-use super::usual_shape::Object;
+use super::usual_shape::{Object, Text};
 use super::{
     add_user_turns, content_text, push_part, set, start, Adapter, Block, Conversation,
     StreamCollector,
@@ -147,17 +145,17 @@ struct Response<'a> {
 #[derive(Deserialize)]
 struct Item<'a> {
     #[serde(borrow, default, rename = "type")]
-    kind: Option<Cow<'a, str>>,
+    kind: Option<Text<'a>>,
     #[serde(borrow, default)]
     content: Option<Vec<Object<Part<'a>>>>,
     #[serde(borrow, default)]
-    arguments: Option<Cow<'a, str>>,
+    arguments: Option<Text<'a>>,
 }
 
 #[derive(Deserialize)]
 struct Part<'a> {
     #[serde(borrow, default)]
-    text: Option<Cow<'a, str>>,
+    text: Option<Text<'a>>,
 }
 
 /// Marks a response incomplete for content filtering, with the replacement as its output.

@@ -8,6 +8,7 @@
 //! - [`Object`]: serde's derived structs also take a JSON array, field by position, where the
 //!   `Value` reading sees no fields at all; `Object<T>` takes `T` from an object only.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::marker::PhantomData;
 
@@ -89,6 +90,26 @@ pub struct Choices<C> {
     pub choices: Vec<Object<C>>,
 }
 
+/// A JSON string, borrowed from the body unless it has escapes. (serde borrows a `Cow` only
+/// where it is a field's own type, not inside an `Option`: this newtype is that field.)
+#[derive(serde::Deserialize)]
+pub struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+
+impl Text<'_> {
+    /// The string, owned.
+    pub fn into_string(self) -> String {
+        self.0.into_owned()
+    }
+}
+
+impl std::ops::Deref for Text<'_> {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
 /// A `T` read from a JSON object only.
 pub struct Object<T>(pub T);
 
@@ -123,7 +144,27 @@ mod tests {
     #[derive(serde::Deserialize, Debug, PartialEq)]
     struct Named<'a> {
         #[serde(borrow, default)]
-        name: Option<std::borrow::Cow<'a, str>>,
+        name: Option<Cow<'a, str>>,
+    }
+
+    #[derive(serde::Deserialize)]
+    struct Optional<'a> {
+        #[serde(borrow, default)]
+        text: Option<Text<'a>>,
+    }
+
+    #[test]
+    fn optional_texts_are_borrowed_unless_escaped() {
+        let read = |body: &'static str| {
+            serde_json::from_str::<Optional<'static>>(body)
+                .expect("json")
+                .text
+                .map(|t| (matches!(t.0, Cow::Borrowed(_)), t.into_string()))
+        };
+        assert_eq!(read(r#"{"text":"plain"}"#), Some((true, "plain".into())));
+        assert_eq!(read(r#"{"text":"a\nb"}"#), Some((false, "a\nb".into())));
+        assert_eq!(read(r#"{"text":null}"#), None);
+        assert_eq!(read(r#"{}"#), None);
     }
 
     #[test]
