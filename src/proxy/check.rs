@@ -50,9 +50,8 @@ pub async fn run(
         gw.metrics.queue_depth.set(gw.scorer.queued() as i64);
         let started = Instant::now();
         let result = tokio::time::timeout(gw.scorer_timeout, gw.scorer.score(requests)).await;
-        gw.metrics
-            .scorer_seconds
-            .with_label_values(&[direction.as_str()])
+        gw.hot_metrics
+            .scorer_seconds(direction)
             .observe(started.elapsed().as_secs_f64());
         match result {
             Ok(Ok(scores)) => Decision::from_scores(direction, profile, &scores),
@@ -76,8 +75,8 @@ pub fn record(
 ) {
     let direction = decision.direction.as_str();
     let m = &gw.metrics;
-    m.decisions
-        .with_label_values(&[direction, decision.disposition.as_str()])
+    gw.hot_metrics
+        .decisions(decision.direction, decision.disposition)
         .inc();
     if let Some(error) = &decision.evaluation_error {
         m.evaluation_errors
@@ -85,10 +84,9 @@ pub fn record(
             .inc();
         tracing::warn!(request_id, direction, error = %error, "moderation check failed");
     }
+    let scores = decision.categories.iter().map(|c| (c.id.as_str(), c.p_yes));
+    gw.hot_metrics.observe_scores(m, decision.direction, scores);
     for c in &decision.categories {
-        m.scores
-            .with_label_values(&[direction, c.id.as_str()])
-            .observe(c.p_yes);
         if c.violated {
             m.violations
                 .with_label_values(&[direction, c.id.as_str(), c.action.as_str()])

@@ -5,7 +5,7 @@ use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::{Action, Reveal};
 
-use super::decision::{Decision, Disposition};
+use super::decision::Decision;
 
 /// The overall action.
 pub const ACTION: HeaderName = HeaderName::from_static("x-shieldgate-action");
@@ -40,6 +40,11 @@ pub struct Annotation<'a> {
 
 /// Sets the decision headers.
 pub fn annotate(headers: &mut HeaderMap, a: &Annotation<'_>) {
+    // Room for the usual four at once, instead of growing the map one header at a time.
+    headers.reserve(4);
+    if let Some(action) = a.decisions.iter().map(|d| d.disposition).max() {
+        headers.insert(ACTION, HeaderValue::from_static(action.as_str()));
+    }
     let mut set = |name: HeaderName, value: String| {
         if let Ok(v) = HeaderValue::try_from(value) {
             headers.insert(name, v);
@@ -50,13 +55,6 @@ pub fn annotate(headers: &mut HeaderMap, a: &Annotation<'_>) {
     let Some(first) = a.decisions.first() else {
         return;
     };
-    let action = a
-        .decisions
-        .iter()
-        .map(|d| d.disposition)
-        .max()
-        .unwrap_or(Disposition::Pass);
-    set(ACTION, action.as_str().to_string());
     set(PROFILE, first.profile.clone());
     let errors: Vec<&str> = a
         .decisions

@@ -11,6 +11,7 @@ pub mod decision_log;
 pub mod error;
 mod exchange;
 mod headers;
+mod hot_metrics;
 pub mod idle;
 pub mod moderations;
 pub mod profiles;
@@ -29,6 +30,7 @@ use crate::metrics::Metrics;
 use crate::scorer::worker::ScorerHandle;
 
 use self::decision_log::DecisionLog;
+use self::hot_metrics::HotMetrics;
 use self::profiles::Profiles;
 use self::upstream::{Upstream, UpstreamError};
 
@@ -66,6 +68,8 @@ pub struct Gateway {
     scorer: ScorerHandle,
     /// The metrics.
     pub metrics: Arc<Metrics>,
+    /// The series of `metrics` every request updates, resolved.
+    hot_metrics: HotMetrics,
     /// The model name reported to clients.
     pub model_name: String,
     upstream: Option<Upstream>,
@@ -108,6 +112,7 @@ impl Gateway {
             .transpose()?;
         Ok(Self {
             scorer,
+            hot_metrics: HotMetrics::new(&metrics),
             metrics,
             model_name,
             upstream,
@@ -147,11 +152,14 @@ impl Gateway {
         let ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
-        format!(
-            "sg-{ms:x}-{:x}-{:x}",
-            self.pid,
-            self.ids.fetch_add(1, Ordering::Relaxed)
-        )
+        let mut id = String::with_capacity(48);
+        id.push_str("sg-");
+        push_hex(&mut id, ms);
+        id.push('-');
+        push_hex(&mut id, self.pid.into());
+        id.push('-');
+        push_hex(&mut id, self.ids.fetch_add(1, Ordering::Relaxed).into());
+        id
     }
 
     /// Marks the gateway as shutting down (readiness turns 503).
@@ -162,5 +170,46 @@ impl Gateway {
     /// Whether the gateway is shutting down.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
+    }
+}
+
+/// Appends `n` in lower-case hex, as `{:x}` writes it (request ids are made on every request;
+/// this skips the formatting machinery).
+fn push_hex(out: &mut String, mut n: u128) {
+    let mut digits = [0u8; 32];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b"0123456789abcdef"[(n & 0xf) as usize];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(digits[start..].iter().map(|&d| char::from(d)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::push_hex;
+
+    #[test]
+    fn hex_is_written_as_the_formatter_writes_it() {
+        for n in [
+            0,
+            1,
+            9,
+            10,
+            15,
+            16,
+            255,
+            0xdead_beef,
+            u128::from(u64::MAX),
+            u128::MAX,
+        ] {
+            let mut out = String::from("id-");
+            push_hex(&mut out, n);
+            assert_eq!(out, format!("id-{n:x}"));
+        }
     }
 }

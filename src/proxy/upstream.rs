@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::Incoming;
-use hyper::header::{HeaderMap, HeaderName, HOST};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, HOST};
+use hyper::http::uri::{self, Authority, PathAndQuery, Scheme};
 use hyper::{Request, Response, Uri, Version};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -87,8 +88,14 @@ pub struct Upstream {
     connector: HttpsConnector<HttpConnector>,
     pool_idle_timeout: Duration,
     pools: ThreadLocal<Pool>,
-    /// The URL every path is appended to, without a trailing slash.
-    base: String,
+    scheme: Scheme,
+    authority: Authority,
+    /// The Host header every request carries: the URL's host and port as written. Set here,
+    /// once, the client does not format it anew for each request.
+    host: HeaderValue,
+    /// The URL's path every request path is appended to, without a trailing slash ("" for
+    /// none).
+    prefix: String,
     response_timeout: Duration,
     /// Longest silence between two body pieces.
     pub idle_timeout: Duration,
@@ -102,7 +109,17 @@ impl Upstream {
             .trim_end_matches('/')
             .parse()
             .map_err(|e| UpstreamError::Setup(format!("url {:?}: {e}", config.url)))?;
-        let base = base.to_string().trim_end_matches('/').to_string();
+        let (Some(scheme), Some(authority)) = (base.scheme().cloned(), base.authority().cloned())
+        else {
+            return Err(UpstreamError::Setup(format!(
+                "url {:?} needs a scheme and a host",
+                config.url
+            )));
+        };
+        let prefix = base.path().trim_end_matches('/').to_string();
+        let without_userinfo = authority.as_str().rsplit('@').next().unwrap_or_default();
+        let host = HeaderValue::from_str(without_userinfo)
+            .map_err(|e| UpstreamError::Setup(format!("url {:?}: {e}", config.url)))?;
         let mut roots = rustls::RootCertStore::empty();
         let native = rustls_native_certs::load_native_certs();
         let (added, _) = roots.add_parsable_certificates(native.certs);
@@ -144,7 +161,10 @@ impl Upstream {
             connector,
             pool_idle_timeout: Duration::from_millis(config.pool_idle_timeout_ms),
             pools: ThreadLocal::new(),
-            base,
+            scheme,
+            authority,
+            host,
+            prefix,
             response_timeout: Duration::from_millis(config.response_timeout_ms),
             idle_timeout: Duration::from_millis(config.idle_timeout_ms),
         })
@@ -159,22 +179,34 @@ impl Upstream {
         })
     }
 
-    /// The upstream URI for a request's path and query.
-    fn target(&self, path_and_query: &str) -> Result<Uri, UpstreamError> {
-        format!("{}{}", self.base, path_and_query)
-            .parse()
+    /// The upstream URI for a request's path and query. Without a prefix the request's own,
+    /// already parsed, path and query is reused as it is.
+    fn target(&self, path_and_query: Option<&PathAndQuery>) -> Result<Uri, UpstreamError> {
+        let path_and_query = match path_and_query {
+            Some(p) if self.prefix.is_empty() => p.clone(),
+            p => PathAndQuery::try_from(format!(
+                "{}{}",
+                self.prefix,
+                p.map_or("/", PathAndQuery::as_str)
+            ))
+            .map_err(|e| UpstreamError::Unreachable(format!("bad target path: {e}")))?,
+        };
+        let mut parts = uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(path_and_query);
+        Uri::from_parts(parts)
             .map_err(|e| UpstreamError::Unreachable(format!("bad target path: {e}")))
     }
 
     /// Sends a request with `body` to the upstream; headers are forwarded without hop-by-hop
-    /// ones and with the upstream's host.
+    /// ones and with the upstream's Host.
     pub async fn send(
         &self,
         parts: hyper::http::request::Parts,
         body: Bytes,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let target = self.target(path)?;
+        let target = self.target(parts.uri.path_and_query())?;
         let length = body.len();
         let mut request = Request::new(full(body));
         *request.method_mut() = parts.method;
@@ -183,7 +215,7 @@ impl Upstream {
         let headers = request.headers_mut();
         *headers = parts.headers;
         strip_hop_by_hop(headers);
-        headers.remove(HOST);
+        headers.insert(HOST, self.host.clone());
         headers.insert(hyper::header::CONTENT_LENGTH, length.into());
         match tokio::time::timeout(self.response_timeout, self.pool().request(request)).await {
             Ok(Ok(response)) => Ok(response),
@@ -233,6 +265,50 @@ mod tests {
             assert_eq!(h.len(), 1, "{name} was kept");
             assert!(h.contains_key("content-type"));
         }
+    }
+
+    #[test]
+    fn requests_carry_the_upstream_host_not_the_client_one() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let head = runtime.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let upstream = tokio::spawn(async move {
+                let (mut stream, _) = listener.accept().await.expect("accept");
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = stream.read(&mut buf).await.expect("read");
+                    assert!(n > 0, "the request ended early");
+                    head.extend_from_slice(&buf[..n]);
+                }
+                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+                stream.write_all(answer).await.expect("write");
+                String::from_utf8(head).expect("utf-8")
+            });
+            let u = Upstream::new(&UpstreamConfig::new(format!("http://{addr}/base")))
+                .expect("upstream");
+            let (mut parts, ()) = Request::new(()).into_parts();
+            parts.uri = "/v1/x".parse().expect("uri");
+            parts
+                .headers
+                .insert(HOST, "gateway.example".parse().expect("host"));
+            let answer = u.send(parts, Bytes::new()).await.expect("answer");
+            assert_eq!(answer.status(), 200);
+            (addr, upstream.await.expect("upstream task"))
+        });
+        let (addr, head) = head;
+        let lines: Vec<String> = head.lines().map(str::to_ascii_lowercase).collect();
+        assert_eq!(lines[0], "get /base/v1/x http/1.1");
+        assert!(lines.contains(&format!("host: {addr}")), "{head}");
+        assert_eq!(lines.iter().filter(|l| l.starts_with("host:")).count(), 1);
     }
 
     #[test]
@@ -305,12 +381,46 @@ mod tests {
 
     #[test]
     fn paths_join_the_base() {
-        let u = Upstream::new(&UpstreamConfig::new("http://127.0.0.1:9/openai/")).expect("ok");
-        assert_eq!(
-            u.target("/v1/chat/completions?x=1")
-                .expect("uri")
-                .to_string(),
-            "http://127.0.0.1:9/openai/v1/chat/completions?x=1"
-        );
+        let target = |base: &str, path: Option<&str>| {
+            let u = Upstream::new(&UpstreamConfig::new(base)).expect("ok");
+            let path = path.map(|p| PathAndQuery::try_from(p).expect("path"));
+            u.target(path.as_ref()).expect("uri").to_string()
+        };
+        let chat = Some("/v1/chat/completions?x=1");
+        for (base, path, joined) in [
+            (
+                "http://127.0.0.1:9/openai/",
+                chat,
+                "http://127.0.0.1:9/openai/v1/chat/completions?x=1",
+            ),
+            (
+                "http://127.0.0.1:9/openai",
+                chat,
+                "http://127.0.0.1:9/openai/v1/chat/completions?x=1",
+            ),
+            (
+                "https://api.example.com",
+                chat,
+                "https://api.example.com/v1/chat/completions?x=1",
+            ),
+            (
+                "https://api.example.com/",
+                chat,
+                "https://api.example.com/v1/chat/completions?x=1",
+            ),
+            (
+                "http://[::1]:8080",
+                Some("/v1/messages"),
+                "http://[::1]:8080/v1/messages",
+            ),
+            (
+                "http://127.0.0.1:9/openai",
+                None,
+                "http://127.0.0.1:9/openai/",
+            ),
+            ("http://127.0.0.1:9", None, "http://127.0.0.1:9/"),
+        ] {
+            assert_eq!(target(base, path), joined, "{base} + {path:?}");
+        }
     }
 }

@@ -176,8 +176,12 @@ fn gather(
 
 /// Scores several jobs as one batch; a request that cannot be scored fails only its own job.
 /// A panicking scorer fails the batch's jobs, not the worker.
-fn run_batch(scorer: &dyn Score, jobs: Vec<Job>) {
-    let all: Vec<ScoreRequest> = jobs.iter().flat_map(|j| j.requests.clone()).collect();
+fn run_batch(scorer: &dyn Score, mut jobs: Vec<Job>) {
+    let sizes: Vec<usize> = jobs.iter().map(|j| j.requests.len()).collect();
+    let all: Vec<ScoreRequest> = jobs
+        .iter_mut()
+        .flat_map(|j| std::mem::take(&mut j.requests))
+        .collect();
     let _span = jobs.first().map(|j| j.span.clone().entered());
     let scored = std::panic::catch_unwind(AssertUnwindSafe(|| score_each(scorer, &all)));
     let results = scored.unwrap_or_else(|panic| {
@@ -188,8 +192,8 @@ fn run_batch(scorer: &dyn Score, jobs: Vec<Job>) {
             .collect()
     });
     let mut results = results.into_iter();
-    for job in jobs {
-        let mine: Result<Vec<_>, _> = results.by_ref().take(job.requests.len()).collect();
+    for (job, size) in jobs.into_iter().zip(sizes) {
+        let mine: Result<Vec<_>, _> = results.by_ref().take(size).collect();
         let _ = job.reply.send(mine);
     }
 }
