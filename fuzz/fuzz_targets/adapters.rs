@@ -1,6 +1,6 @@
 //! Each protocol adapter on any JSON body and any SSE stream: requests give a conversation or
-//! an error; responses give texts, the same whether read through a `Value` or (usual shapes)
-//! straight from the bytes; a blocked response, blocked stream or cut stream is well-formed
+//! an error and responses give texts, the same whether read through a `Value` or (usual
+//! shapes) straight from the bytes; a blocked response, blocked stream or cut stream is well-formed
 //! JSON / SSE of which every frame but `[DONE]` is JSON.
 #![no_main]
 
@@ -37,18 +37,22 @@ fn exercise(adapter: &dyn Adapter, body: Option<&Value>, stream: &[u8], block: &
     if let (Some(usual), Some(by_value)) = (adapter.usual_outputs(stream), &by_value) {
         assert_eq!(&usual, by_value, "the usual reading differs");
     }
+    for scan in [
+        vec![Scan::LastUser],
+        vec![
+            Scan::AllUser,
+            Scan::System,
+            Scan::ToolCalls,
+            Scan::ToolResults,
+        ],
+    ] {
+        let by_value = serde_json::from_slice::<Value>(stream)
+            .map_err(|e| format!("the body is not valid JSON: {e}"))
+            .and_then(|v| adapter.conversation(&v, &scan));
+        let read = adapter.request_conversation(stream, &scan);
+        assert_eq!(read, by_value, "conversations differ by reading");
+    }
     if let Some(body) = body {
-        for scan in [
-            vec![Scan::LastUser],
-            vec![
-                Scan::AllUser,
-                Scan::System,
-                Scan::ToolCalls,
-                Scan::ToolResults,
-            ],
-        ] {
-            let _ = adapter.conversation(body, &scan);
-        }
         let outputs = adapter.outputs(body);
         let mut blocked = body.clone();
         adapter.block_outputs(&mut blocked, &vec![true; outputs.len()], block);

@@ -76,9 +76,7 @@ pub async fn handle(
         Ok(b) => b,
         Err(e) => return ex.error(e),
     };
-    let parsed = serde_json::from_slice::<Value>(&bytes)
-        .map_err(|e| format!("the body is not valid JSON: {e}"))
-        .and_then(|v| ex.adapter.conversation(&v, &proxy.scan));
+    let parsed = ex.adapter.request_conversation(&bytes, &proxy.scan);
     let mut decisions = Vec::new();
     let mut input = None;
     let conversation = match parsed {

@@ -12,7 +12,7 @@ use crate::proxy::sse::{frame, Event};
 use super::usual_shape::{Object, Text};
 use super::{
     add_user_turns, block_message, content_text, filter_results, messages, push_part, role, set,
-    start, Adapter, Block, Conversation, StreamCollector,
+    start, Adapter, Block, Conversation, Place, StreamCollector,
 };
 
 /// The Messages adapter.
@@ -28,14 +28,14 @@ impl Adapter for AnthropicMessages {
         let mut conv = start(body);
         if scan.contains(&Scan::System) {
             if let Some(system) = body.get("system") {
-                let text = content_text(system, "system", &mut conv.unscanned);
+                let text = content_text(system, &"system", &mut conv.unscanned);
                 push_part(&mut conv.parts, text);
             }
         }
         let mut users = Vec::new();
         for (i, m) in messages.iter().enumerate() {
             let role = role(m, i)?;
-            let place = format!("messages[{i}]");
+            let place = Place("messages", i);
             let content = m.get("content").unwrap_or(&Value::Null);
             let blocks = content.as_array().map_or(&[][..], Vec::as_slice);
             let (tools, rest): (Vec<&Value>, Vec<&Value>) = blocks.iter().partition(|b| {

@@ -52,6 +52,26 @@ pub trait Adapter: Send + Sync {
     fn input_blocked(&self, block: &Block<'_>) -> Value {
         azure_input_blocked(block)
     }
+    /// [`Adapter::conversation`] read straight from the bytes of a body a `Value` would
+    /// accept, for the protocol's usual shape only (as [`Adapter::usual_outputs`] reads
+    /// responses). `None` for any other shape, for a request the `Value` reading refuses, and
+    /// by default.
+    fn usual_conversation(&self, _body: &[u8], _scan: &[Scan]) -> Option<Conversation> {
+        None
+    }
+    /// What to scan in a request body; an error says what is wrong with it. The usual shape is
+    /// read without a `Value` ([`Adapter::usual_conversation`]); any other through one.
+    fn request_conversation(&self, body: &[u8], scan: &[Scan]) -> Result<Conversation, String> {
+        let usual = usual_shape::skipping_is_exact(body)
+            .then(|| self.usual_conversation(body, scan))
+            .flatten();
+        match usual {
+            Some(conversation) => Ok(conversation),
+            None => serde_json::from_slice::<Value>(body)
+                .map_err(|e| format!("the body is not valid JSON: {e}"))
+                .and_then(|v| self.conversation(&v, scan)),
+        }
+    }
     /// The texts of a whole response, one per choice.
     fn outputs(&self, body: &Value) -> Vec<String>;
     /// [`Adapter::outputs`] read straight from the bytes of a body a `Value` would accept, for
@@ -129,27 +149,56 @@ pub fn openai_error(status: StatusCode, code: &str, message: &str, param: Option
     json!({"error": {"message": message, "type": kind, "code": code, "param": param}})
 }
 
+/// Where a part sits in a request, as notes of unscanned parts name it: `messages[2]`
+/// (written out only when a note is made).
+pub struct Place(pub &'static str, pub usize);
+
+impl std::fmt::Display for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}[{}]", self.0, self.1)
+    }
+}
+
 /// The text of an OpenAI or Anthropic `content`: a string, or parts with text; other parts are
 /// noted in `unscanned` with `place`.
-pub fn content_text(content: &Value, place: &str, unscanned: &mut Vec<String>) -> String {
+pub fn content_text(
+    content: &Value,
+    place: &dyn std::fmt::Display,
+    unscanned: &mut Vec<String>,
+) -> String {
     match content {
         Value::String(s) => s.clone(),
         Value::Array(parts) => {
-            let mut texts = Vec::new();
-            for part in parts {
-                let kind = part
-                    .get("type")
-                    .and_then(Value::as_str)
-                    .unwrap_or("unknown");
-                match (kind, part.get("text").and_then(Value::as_str)) {
-                    ("text" | "input_text" | "output_text", Some(t)) => texts.push(t),
-                    ("refusal", _) => {}
-                    _ => unscanned.push(format!("{kind} in {place}")),
-                }
-            }
+            let texts: Vec<&str> = parts
+                .iter()
+                .filter_map(|part| {
+                    let kind = part.get("type").and_then(Value::as_str);
+                    let text = part.get("text").and_then(Value::as_str);
+                    part_text(kind, text, place, unscanned)
+                })
+                .collect();
             texts.join("\n")
         }
         _ => String::new(),
+    }
+}
+
+/// The text of one part of a `content` list, from its `type` and `text`; a part of any other
+/// type than text or refusal is noted in `unscanned` with `place`.
+pub fn part_text<'a>(
+    kind: Option<&str>,
+    text: Option<&'a str>,
+    place: &dyn std::fmt::Display,
+    unscanned: &mut Vec<String>,
+) -> Option<&'a str> {
+    let kind = kind.unwrap_or("unknown");
+    match (kind, text) {
+        ("text" | "input_text" | "output_text", Some(t)) => Some(t),
+        ("refusal", _) => None,
+        _ => {
+            unscanned.push(format!("{kind} in {place}"));
+            None
+        }
     }
 }
 
@@ -174,7 +223,12 @@ pub fn role(message: &Value, i: usize) -> Result<&str, String> {
     message
         .get("role")
         .and_then(Value::as_str)
-        .ok_or_else(|| format!("messages[{i}] has no \"role\""))
+        .ok_or_else(|| no_role(i))
+}
+
+/// What is wrong with message `i` when it has no role.
+pub fn no_role(i: usize) -> String {
+    format!("messages[{i}] has no \"role\"")
 }
 
 /// Makes the last user turn the output check's prompt and adds the user turns the scan asks
@@ -326,6 +380,41 @@ pub const EVERY_SCAN: [Scan; 5] = [
     Scan::ToolResults,
 ];
 
+/// Checks an adapter's [`Adapter::usual_conversation`] against its `Value` reading, under
+/// each scan setting alone and all together: the same conversation for every `usual` request,
+/// `None` for every `unusual` one, and for both the [`Adapter::request_conversation`]
+/// (conversation or error) of the `Value` reading.
+#[cfg(test)]
+pub fn assert_usual_conversation_agrees(adapter: &dyn Adapter, usual: &[&str], unusual: &[&str]) {
+    let through_value = |body: &str, scan: &[Scan]| {
+        serde_json::from_str::<Value>(body)
+            .map_err(|e| format!("the body is not valid JSON: {e}"))
+            .and_then(|value| adapter.conversation(&value, scan))
+    };
+    let scans = EVERY_SCAN
+        .iter()
+        .map(std::slice::from_ref)
+        .chain([&EVERY_SCAN[..]]);
+    for scan in scans {
+        for body in usual {
+            let read = adapter.usual_conversation(body.as_bytes(), scan);
+            let expected = through_value(body, scan).expect("usual requests are valid");
+            assert_eq!(read.as_ref(), Some(&expected), "usual, {scan:?}: {body}");
+            let read = adapter.request_conversation(body.as_bytes(), scan);
+            assert_eq!(read, Ok(expected), "usual, {scan:?}: {body}");
+        }
+        for body in unusual {
+            // What the quick check sends to the `Value` reading anyway may read either way.
+            if usual_shape::skipping_is_exact(body.as_bytes()) {
+                let read = adapter.usual_conversation(body.as_bytes(), scan);
+                assert_eq!(read, None, "unusual, {scan:?}: {body}");
+            }
+            let read = adapter.request_conversation(body.as_bytes(), scan);
+            assert_eq!(read, through_value(body, scan), "unusual, {scan:?}: {body}");
+        }
+    }
+}
+
 /// Checks an adapter's [`Adapter::usual_outputs`] against its `Value` reading: the same texts
 /// for every `usual` body, `None` for every `unusual` one (which `response_outputs` then reads
 /// through a `Value`), and `None` from `response_outputs` for bodies that are not JSON.
@@ -454,9 +543,12 @@ mod tests {
             {"type": "image_url", "image_url": {"url": "x"}},
             {"type": "text", "text": "b"},
         ]);
-        assert_eq!(content_text(&content, "message 0", &mut unscanned), "a\nb");
-        assert_eq!(unscanned, ["image_url in message 0"]);
-        assert_eq!(content_text(&json!("plain"), "m", &mut unscanned), "plain");
-        assert_eq!(content_text(&Value::Null, "m", &mut unscanned), "");
+        assert_eq!(
+            content_text(&content, &Place("messages", 3), &mut unscanned),
+            "a\nb"
+        );
+        assert_eq!(unscanned, ["image_url in messages[3]"]);
+        assert_eq!(content_text(&json!("plain"), &"m", &mut unscanned), "plain");
+        assert_eq!(content_text(&Value::Null, &"m", &mut unscanned), "");
     }
 }

@@ -8,11 +8,11 @@ use serde_json::{json, Value};
 
 use crate::config::Scan;
 
-use super::usual_shape::{Choices, Object, Text};
+use super::usual_shape::{Choices, Content, Object, Text};
 use super::{
     add_user_turns, choices, chunk_meta, content_text, cut_choices, data_frame, filter_results,
-    indexed_outputs, messages, push_part, role, set, start, withhold_choices, Adapter, Block,
-    Conversation, StreamCollector,
+    indexed_outputs, messages, no_role, push_part, set, start, withhold_choices, Adapter, Block,
+    Conversation, Place, StreamCollector,
 };
 use crate::proxy::sse::Event;
 
@@ -25,31 +25,16 @@ impl Adapter for OpenAiChat {
     }
 
     fn conversation(&self, body: &Value, scan: &[Scan]) -> Result<Conversation, String> {
-        let messages = messages(body)?;
-        let mut conv = start(body);
-        let mut users = Vec::new();
-        for (i, m) in messages.iter().enumerate() {
-            let role = role(m, i)?;
-            let place = format!("messages[{i}]");
-            let content = m.get("content").unwrap_or(&Value::Null);
-            match role {
-                "user" => users.push(content_text(content, &place, &mut conv.unscanned)),
-                "system" | "developer" if scan.contains(&Scan::System) => {
-                    let text = content_text(content, &place, &mut conv.unscanned);
-                    push_part(&mut conv.parts, text);
-                }
-                "tool" if scan.contains(&Scan::ToolResults) => {
-                    let text = content_text(content, &place, &mut conv.unscanned);
-                    push_part(&mut conv.parts, text);
-                }
-                "assistant" if scan.contains(&Scan::ToolCalls) => {
-                    push_part(&mut conv.parts, tool_arguments(m));
-                }
-                _ => {}
-            }
-        }
-        add_user_turns(&mut conv, users, scan);
-        Ok(conv)
+        chat_conversation(start(body), messages(body)?, scan)
+    }
+
+    fn usual_conversation(&self, body: &[u8], scan: &[Scan]) -> Option<Conversation> {
+        let Object(request) = serde_json::from_slice::<Object<Request<'_>>>(body).ok()?;
+        let start = Conversation {
+            stream: request.stream.unwrap_or(false),
+            ..Conversation::default()
+        };
+        chat_conversation(start, &request.messages, scan).ok()
     }
 
     fn outputs(&self, body: &Value) -> Vec<String> {
@@ -70,13 +55,8 @@ impl Adapter for OpenAiChat {
             let Some(Object(m)) = &c.0.message else {
                 return String::new();
             };
-            let tools: Vec<&str> = m
-                .tool_calls
-                .iter()
-                .flatten()
-                .filter_map(|call| call.0.function.as_ref()?.0.arguments.as_deref())
-                .collect();
-            join(m.content.as_deref().unwrap_or(""), &tools.join("\n"))
+            let tools = call_arguments(m.tool_calls.as_deref());
+            join(m.content.as_deref().unwrap_or(""), &tools)
         });
         Some(texts.collect())
     }
@@ -99,6 +79,80 @@ impl Adapter for OpenAiChat {
     }
 }
 
+/// The conversation in a request's messages, whichever way they were read: the roles the
+/// scan names give parts, the user turns the prompt.
+fn chat_conversation<M: ChatMessage>(
+    mut conv: Conversation,
+    messages: &[M],
+    scan: &[Scan],
+) -> Result<Conversation, String> {
+    let mut users = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        let role = m.role().ok_or_else(|| no_role(i))?;
+        let place = Place("messages", i);
+        match role {
+            "user" => users.push(m.content_text(&place, &mut conv.unscanned)),
+            "system" | "developer" if scan.contains(&Scan::System) => {
+                let text = m.content_text(&place, &mut conv.unscanned);
+                push_part(&mut conv.parts, text);
+            }
+            "tool" if scan.contains(&Scan::ToolResults) => {
+                let text = m.content_text(&place, &mut conv.unscanned);
+                push_part(&mut conv.parts, text);
+            }
+            "assistant" if scan.contains(&Scan::ToolCalls) => {
+                push_part(&mut conv.parts, m.tool_arguments());
+            }
+            _ => {}
+        }
+    }
+    add_user_turns(&mut conv, users, scan);
+    Ok(conv)
+}
+
+/// A request message as the input check reads it.
+trait ChatMessage {
+    /// Its role, if it has one.
+    fn role(&self) -> Option<&str>;
+    /// The text of its `content`; parts that cannot be scanned are noted in `unscanned`.
+    fn content_text(&self, place: &Place, unscanned: &mut Vec<String>) -> String;
+    /// The arguments of its tool calls, one per line.
+    fn tool_arguments(&self) -> String;
+}
+
+impl ChatMessage for Value {
+    fn role(&self) -> Option<&str> {
+        self.get("role").and_then(Value::as_str)
+    }
+
+    fn content_text(&self, place: &Place, unscanned: &mut Vec<String>) -> String {
+        content_text(
+            self.get("content").unwrap_or(&Value::Null),
+            place,
+            unscanned,
+        )
+    }
+
+    fn tool_arguments(&self) -> String {
+        tool_arguments(self)
+    }
+}
+
+impl ChatMessage for Object<RequestMessage<'_>> {
+    fn role(&self) -> Option<&str> {
+        Some(&self.0.role)
+    }
+
+    fn content_text(&self, place: &Place, unscanned: &mut Vec<String>) -> String {
+        let content = self.0.content.as_ref();
+        content.map_or_else(String::new, |c| c.text(place, unscanned))
+    }
+
+    fn tool_arguments(&self) -> String {
+        call_arguments(self.0.tool_calls.as_deref())
+    }
+}
+
 /// The arguments of an assistant message's tool calls, one per line.
 fn tool_arguments(message: &Value) -> String {
     message
@@ -112,6 +166,36 @@ fn tool_arguments(message: &Value) -> String {
                 .join("\n")
         })
         .unwrap_or_default()
+}
+
+/// The arguments of tool calls read in the usual shape, one per line.
+fn call_arguments(calls: Option<&[Object<ToolCall<'_>>]>) -> String {
+    let arguments: Vec<&str> = calls
+        .into_iter()
+        .flatten()
+        .filter_map(|call| call.0.function.as_ref()?.0.arguments.as_deref())
+        .collect();
+    arguments.join("\n")
+}
+
+/// A request as [`OpenAiChat::conversation`] reads it, in the usual shape (see
+/// [`Adapter::usual_conversation`]); other fields are skipped unread.
+#[derive(Deserialize)]
+struct Request<'a> {
+    #[serde(borrow)]
+    messages: Vec<Object<RequestMessage<'a>>>,
+    #[serde(default)]
+    stream: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct RequestMessage<'a> {
+    #[serde(borrow)]
+    role: Text<'a>,
+    #[serde(borrow, default)]
+    content: Option<Content<'a>>,
+    #[serde(borrow, default)]
+    tool_calls: Option<Vec<Object<ToolCall<'a>>>>,
 }
 
 /// A choice as [`OpenAiChat::outputs`] reads it, in the usual shape (see
@@ -269,7 +353,9 @@ impl StreamCollector for ChatStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::adapters::{assert_usual_outputs_agree, EVERY_SCAN};
+    use crate::proxy::adapters::{
+        assert_usual_conversation_agrees, assert_usual_outputs_agree, EVERY_SCAN,
+    };
     use crate::proxy::sse::Parser;
 
     #[test]
@@ -295,6 +381,41 @@ mod tests {
             texts(usual[1]),
             Some(vec!["{\"q\":1}\n2".to_string(), "b".to_string()])
         );
+    }
+
+    #[test]
+    fn the_usual_request_is_read_without_a_value_and_gives_the_same_conversation() {
+        let usual = [
+            r#"{"model":"m","messages":[{"role":"user","content":"What is a good name for a cat?"}]}"#,
+            r#"{"model":"m","stream":true,"temperature":0.5,"messages":[{"role":"system","content":"Be brief.\nPlease."},{"role":"user","content":"hi \u00e9"},{"role":"assistant","content":null,"tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{\"q\":1}"}},{"type":"function"}]},{"role":"tool","tool_call_id":"c","content":"result"},{"role":"developer","content":[{"type":"text","text":"dev"}]},{"role":"user","content":[{"type":"text","text":"last"},{"type":"image_url","image_url":{"url":"x"}},{"type":"refusal","refusal":"no"},{"text":"untyped"},{"type":"input_audio"}]}]}"#,
+            r#"{"messages":[],"stream":null}"#,
+            r#"{"messages":[{"role":"user"},{"role":"user","content":null},{"role":"assistant","tool_calls":null},{"role":"other","content":"x"}]}"#,
+        ];
+        let unusual = [
+            r#"{"messages":[{"content":"no role"}]}"#,
+            r#"{"messages":[{"role":1,"content":"x"}]}"#,
+            r#"{"messages":[{"role":"user","content":42}]}"#,
+            r#"{"messages":[{"role":"user","content":{"text":"x"}}]}"#,
+            r#"{"messages":[{"role":"user","content":["part"]}]}"#,
+            r#"{"messages":[{"role":"user","content":[{"type":7,"text":"x"}]}]}"#,
+            r#"{"messages":[{"role":"user","content":"a","content":"b"}]}"#,
+            r#"{"messages":[{"role":"assistant","tool_calls":[{"function":{"arguments":{"q":1}}}]}]}"#,
+            r#"{"messages":[{"role":"assistant","tool_calls":[["function"]]}]}"#,
+            r#"{"messages":[["user","x"]]}"#,
+            r#"{"messages":"x"}"#,
+            r#"{"messages":[],"stream":"yes"}"#,
+            r#"{"model":"m"}"#,
+            r#"[[{"role":"user","content":"x"}]]"#,
+            r#"{"messages":[{"role":"user","content":"x"}],"temperature":1e400}"#,
+            r#"{"messages":[{"role":"user","content":"\ud800"}]}"#,
+            r#"{"messages":[]} trailing"#,
+            r#"not json"#,
+        ];
+        assert_usual_conversation_agrees(&OpenAiChat, &usual, &unusual);
+        let conv = OpenAiChat
+            .usual_conversation(usual[0].as_bytes(), &[Scan::LastUser])
+            .expect("usual");
+        assert_eq!(conv.parts, ["What is a good name for a cat?"]);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::proxy::sse::{frame, Event};
 
 use super::usual_shape::{Object, Text};
 use super::{
-    add_user_turns, content_text, push_part, set, start, Adapter, Block, Conversation,
+    add_user_turns, content_text, push_part, set, start, Adapter, Block, Conversation, Place,
     StreamCollector,
 };
 
@@ -34,7 +34,7 @@ impl Adapter for OpenAiResponses {
             Some(Value::String(s)) => users.push(s.clone()),
             Some(Value::Array(items)) => {
                 for (i, item) in items.iter().enumerate() {
-                    let place = format!("input[{i}]");
+                    let place = Place("input", i);
                     let kind = item
                         .get("type")
                         .and_then(Value::as_str)

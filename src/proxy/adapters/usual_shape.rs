@@ -13,7 +13,7 @@ use std::fmt;
 use std::marker::PhantomData;
 
 use serde::de::value::MapAccessDeserializer;
-use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 
 /// Nesting deeper than this goes to the `Value` reading (serde_json stops at 128).
 const MAX_DEPTH: usize = 100;
@@ -107,6 +107,81 @@ impl std::ops::Deref for Text<'_> {
 
     fn deref(&self) -> &str {
         &self.0
+    }
+}
+
+/// A message's `content` (OpenAI's and Anthropic's shape): a string, or a list of parts.
+/// Anything else is not the usual shape.
+pub enum Content<'a> {
+    /// Plain text.
+    Text(Text<'a>),
+    /// Parts, each an object.
+    Parts(Vec<Object<Part<'a>>>),
+}
+
+/// One part of a `content` list; other fields are skipped unread.
+#[derive(serde::Deserialize)]
+pub struct Part<'a> {
+    /// Its `type`.
+    #[serde(borrow, default, rename = "type")]
+    pub kind: Option<Text<'a>>,
+    /// Its `text`.
+    #[serde(borrow, default)]
+    pub text: Option<Text<'a>>,
+}
+
+impl Content<'_> {
+    /// The text, as [`super::content_text`] reads the same content from a `Value`.
+    pub fn text(&self, place: &dyn fmt::Display, unscanned: &mut Vec<String>) -> String {
+        match self {
+            Content::Text(text) => text.to_string(),
+            Content::Parts(parts) => {
+                let texts: Vec<&str> = parts
+                    .iter()
+                    .filter_map(|Object(p)| {
+                        let (kind, text) = (p.kind.as_deref(), p.text.as_deref());
+                        super::part_text(kind, text, place, unscanned)
+                    })
+                    .collect();
+                texts.join("\n")
+            }
+        }
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Content<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(ContentVisitor(PhantomData))
+    }
+}
+
+struct ContentVisitor<'a>(PhantomData<&'a ()>);
+
+impl<'de: 'a, 'a> Visitor<'de> for ContentVisitor<'a> {
+    type Value = Content<'a>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string or a list of parts")
+    }
+
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Content<'a>, E> {
+        Ok(Content::Text(Text(Cow::Borrowed(v))))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Content<'a>, E> {
+        Ok(Content::Text(Text(Cow::Owned(v.to_string()))))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Content<'a>, E> {
+        Ok(Content::Text(Text(Cow::Owned(v))))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Content<'a>, A::Error> {
+        let mut parts = Vec::new();
+        while let Some(part) = seq.next_element()? {
+            parts.push(part);
+        }
+        Ok(Content::Parts(parts))
     }
 }
 
