@@ -26,9 +26,48 @@ const LONG_EXPONENT: usize = 3;
 /// shallow. Conservative (a false answer only costs the `Value` reading); it does not check
 /// that `body` is JSON, which the typed reading itself does.
 pub fn skipping_is_exact(body: &[u8]) -> bool {
-    if std::str::from_utf8(body).is_err() {
-        return false;
-    }
+    std::str::from_utf8(body).is_ok() && (nothing_suspect(body) || careful_scan(body))
+}
+
+/// A quick look at the whole body, strings included: too few digits for a long number, too
+/// few brackets for deep nesting, no digit followed by an `e` (no exponent at all), no escape
+/// that could be a surrogate's. A suspect is no verdict: [`careful_scan`] then decides.
+fn nothing_suspect(body: &[u8]) -> bool {
+    let digit = |b: u8| b.wrapping_sub(b'0') < 10;
+    let next = body.get(1..).unwrap_or_default();
+    count(body, digit) < LONG_NUMBER
+        && count(body, |b| b == b'[' || b == b'{') <= MAX_DEPTH
+        && count_pairs(body, next, |a, b| digit(a) && (b | 0x20) == b'e') == 0
+        && !memchr::memchr_iter(b'\\', body)
+            .any(|i| surrogate_escape(body.get(i + 1..).unwrap_or_default()))
+}
+
+/// How many bytes pass `test`; counted 255 at a time in byte lanes, which the compiler turns
+/// into wide vector code (a `usize` count would widen every byte first).
+fn count(body: &[u8], test: impl Fn(u8) -> bool) -> usize {
+    body.chunks(255)
+        .map(|chunk| chunk.iter().fold(0u8, |n, &b| n + u8::from(test(b))))
+        .map(usize::from)
+        .sum()
+}
+
+/// How many pairs `(first[i], second[i])` pass `test`, counted as [`count`] counts.
+fn count_pairs(first: &[u8], second: &[u8], test: impl Fn(u8, u8) -> bool) -> usize {
+    first
+        .chunks(255)
+        .zip(second.chunks(255))
+        .map(|(a, b)| {
+            a.iter()
+                .zip(b)
+                .fold(0u8, |n, (&x, &y)| n + u8::from(test(x, y)))
+        })
+        .map(usize::from)
+        .sum()
+}
+
+/// The exact check, in one pass: strings are skipped to their end with only their escapes
+/// looked at; numbers, exponents and nesting are followed outside them.
+fn careful_scan(body: &[u8]) -> bool {
     let mut depth = 0usize;
     let mut digits = 0usize;
     let mut i = 0;
@@ -36,15 +75,13 @@ pub fn skipping_is_exact(body: &[u8]) -> bool {
         i += 1;
         match b {
             b'"' => {
-                // To the string's end; only its escapes are looked at.
                 while let Some(k) = memchr::memchr2(b'"', b'\\', body.get(i..).unwrap_or_default())
                 {
                     i += k + 1;
                     if body.get(i - 1) == Some(&b'"') {
                         break;
                     }
-                    let escape = body.get(i..i + 3).unwrap_or_default();
-                    if let [b'u', b'd' | b'D', b'8'..=b'9' | b'a'..=b'f' | b'A'..=b'F'] = escape {
+                    if surrogate_escape(body.get(i..).unwrap_or_default()) {
                         return false;
                     }
                     i += 1;
@@ -64,21 +101,31 @@ pub fn skipping_is_exact(body: &[u8]) -> bool {
                 }
                 continue;
             }
-            b'e' | b'E' if digits > 0 => {
-                let rest = body.get(i..).unwrap_or_default();
-                let rest = rest
-                    .strip_prefix(b"+")
-                    .or(rest.strip_prefix(b"-"))
-                    .unwrap_or(rest);
-                if rest.iter().take_while(|c| c.is_ascii_digit()).count() >= LONG_EXPONENT {
-                    return false;
-                }
+            b'e' | b'E' if digits > 0 && long_exponent(body.get(i..).unwrap_or_default()) => {
+                return false;
             }
             _ => {}
         }
         digits = 0;
     }
     true
+}
+
+/// Whether `escaped`, what follows a backslash, is a `\u` escape of a surrogate.
+fn surrogate_escape(escaped: &[u8]) -> bool {
+    matches!(
+        escaped.get(..3),
+        Some([b'u', b'd' | b'D', b'8'..=b'9' | b'a'..=b'f' | b'A'..=b'F'])
+    )
+}
+
+/// Whether what follows an exponent's `e` (a sign, then digits) has a long run of digits.
+fn long_exponent(rest: &[u8]) -> bool {
+    let rest = rest
+        .strip_prefix(b"+")
+        .or(rest.strip_prefix(b"-"))
+        .unwrap_or(rest);
+    rest.iter().take_while(|c| c.is_ascii_digit()).count() >= LONG_EXPONENT
 }
 
 /// A body's `choices`, each a `C` (OpenAI's Chat Completions and Completions); other fields
@@ -262,6 +309,19 @@ mod tests {
     }
 
     #[test]
+    fn counts_in_byte_lanes_match_plain_counts() {
+        let body: Vec<u8> = (0..2000u32).map(|i| (i * 7 % 128) as u8).collect();
+        for len in [0, 1, 254, 255, 256, 511, 1000, 2000] {
+            let b = &body[..len];
+            let plain = b.iter().filter(|c| c.is_ascii_digit()).count();
+            assert_eq!(count(b, |c| c.is_ascii_digit()), plain, "{len}");
+            let next = b.get(1..).unwrap_or_default();
+            let pairs = b.windows(2).filter(|w| w[0] < w[1]).count();
+            assert_eq!(count_pairs(b, next, |x, y| x < y), pairs, "{len}");
+        }
+    }
+
+    #[test]
     fn what_skipping_would_let_through_is_found_and_the_rest_parses() {
         let lax: [&[u8]; 8] = [
             br#"{"x":"\ud800"}"#,
@@ -279,11 +339,20 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(body)
             );
+            let valid = std::str::from_utf8(body).is_ok();
+            assert!(!valid || !nothing_suspect(body), "{body:?} is no suspect");
         }
         let deep = format!("{}{}", "[".repeat(MAX_DEPTH + 1), "]".repeat(MAX_DEPTH + 1));
         assert!(!skipping_is_exact(deep.as_bytes()));
         let long = format!("[{}]", "9".repeat(LONG_NUMBER));
         assert!(!skipping_is_exact(long.as_bytes()));
+        // Many brackets or digits in all, none of them too deep or too long: exact.
+        let wide = format!("[{}1]", "[],".repeat(MAX_DEPTH * 2));
+        let many = format!("[{}1]", "123456789,".repeat(LONG_NUMBER));
+        for body in [wide, many] {
+            assert!(!nothing_suspect(body.as_bytes()));
+            assert!(skipping_is_exact(body.as_bytes()));
+        }
         // Whatever passes the check and skips cleanly also parses as a `Value`.
         let fine: [&[u8]; 8] = [
             br#"{"x":1}"#,
@@ -296,6 +365,8 @@ mod tests {
             b"",
         ];
         for body in fine {
+            // The careful scan alone is exact too, where the quick look only suspects.
+            assert_eq!(careful_scan(body), skipping_is_exact(body));
             let skips = serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok();
             let parses = serde_json::from_slice::<Value>(body).is_ok();
             assert_eq!(
