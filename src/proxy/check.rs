@@ -85,7 +85,7 @@ pub fn record(
         tracing::warn!(request_id, direction, error = %error, "moderation check failed");
     }
     let scores = decision.categories.iter().map(|c| (c.id.as_str(), c.p_yes));
-    gw.hot_metrics.observe_scores(m, decision.direction, scores);
+    gw.hot_metrics.observe_scores(decision.direction, scores);
     for c in &decision.categories {
         if c.violated {
             m.violations

@@ -4,7 +4,7 @@
 
 use std::sync::RwLock;
 
-use prometheus::{Histogram, IntCounter};
+use prometheus::{Histogram, HistogramVec, IntCounter};
 
 use crate::metrics::Metrics;
 
@@ -27,9 +27,11 @@ pub struct HotMetrics {
     decisions: [[IntCounter; DISPOSITIONS.len()]; DIRECTIONS.len()],
     scorer_seconds: [Histogram; DIRECTIONS.len()],
     upstream_seconds: [Histogram; STATUS_CLASSES.len()],
-    /// Score histograms by category id, then direction; filled as categories are first seen
-    /// (policies come and go with reloads). Few enough to search in order.
+    /// Score histograms by category id, then direction; filled from `score_family` as
+    /// categories are first seen (policies come and go with reloads). Few enough to search in
+    /// order.
     scores: RwLock<Vec<(String, [Histogram; DIRECTIONS.len()])>>,
+    score_family: HistogramVec,
 }
 
 impl HotMetrics {
@@ -48,6 +50,7 @@ impl HotMetrics {
             upstream_seconds: STATUS_CLASSES
                 .map(|class| metrics.upstream_seconds.with_label_values(&[class])),
             scores: RwLock::new(Vec::new()),
+            score_family: metrics.scores.clone(),
         }
     }
 
@@ -69,7 +72,6 @@ impl HotMetrics {
     /// Observes each `(category id, score)` in the score histograms of `direction`.
     pub fn observe_scores<'a>(
         &self,
-        metrics: &Metrics,
         direction: Direction,
         scores: impl Iterator<Item = (&'a str, f64)>,
     ) {
@@ -93,7 +95,7 @@ impl HotMetrics {
         for (id, score) in unseen {
             let i = position(&known, id).unwrap_or_else(|| {
                 let series =
-                    DIRECTIONS.map(|d| metrics.scores.with_label_values(&[d.as_str(), id]));
+                    DIRECTIONS.map(|d| self.score_family.with_label_values(&[d.as_str(), id]));
                 known.push((id.to_string(), series));
                 known.len() - 1
             });
@@ -161,13 +163,9 @@ mod tests {
                 .with_label_values(&[direction, id])
                 .get_sample_count()
         };
-        hot.observe_scores(&metrics, Direction::Input, [("a", 0.1)].into_iter());
-        hot.observe_scores(
-            &metrics,
-            Direction::Output,
-            [("a", 0.2), ("b", 0.9)].into_iter(),
-        );
-        hot.observe_scores(&metrics, Direction::Output, [("b", 0.3)].into_iter());
+        hot.observe_scores(Direction::Input, [("a", 0.1)].into_iter());
+        hot.observe_scores(Direction::Output, [("a", 0.2), ("b", 0.9)].into_iter());
+        hot.observe_scores(Direction::Output, [("b", 0.3)].into_iter());
         assert_eq!(histogram("input", "a"), 1);
         assert_eq!(histogram("output", "a"), 1);
         assert_eq!(histogram("output", "b"), 2);
