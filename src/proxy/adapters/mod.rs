@@ -60,11 +60,13 @@ pub trait Adapter: Send + Sync {
         None
     }
     /// What to scan in a request body; an error says what is wrong with it. The usual shape is
-    /// read without a `Value` ([`Adapter::usual_conversation`]); any other through one.
+    /// read without a `Value` ([`Adapter::usual_conversation`]); any other through one. The
+    /// quick exactness check runs only where a typed reading succeeded (adapters without one
+    /// skip it).
     fn request_conversation(&self, body: &[u8], scan: &[Scan]) -> Result<Conversation, String> {
-        let usual = usual_shape::skipping_is_exact(body)
-            .then(|| self.usual_conversation(body, scan))
-            .flatten();
+        let usual = self
+            .usual_conversation(body, scan)
+            .filter(|_| usual_shape::skipping_is_exact(body));
         match usual {
             Some(conversation) => Ok(conversation),
             None => serde_json::from_slice::<Value>(body)
