@@ -9,10 +9,10 @@ use serde_json::{json, Value};
 use crate::config::Scan;
 use crate::proxy::sse::{frame, Event};
 
-use super::usual_shape::{Object, Text};
+use super::usual_shape::{Content, MessagesRequest, Object, Text};
 use super::{
-    add_user_turns, block_message, content_text, filter_results, messages, push_part, role, set,
-    start, Adapter, Block, Conversation, Place, StreamCollector,
+    add_user_turns, block_message, content_text, filter_results, messages, no_role, part_text,
+    push_part, set, start, Adapter, Block, Conversation, Place, StreamCollector,
 };
 
 /// The Messages adapter.
@@ -25,53 +25,23 @@ impl Adapter for AnthropicMessages {
 
     fn conversation(&self, body: &Value, scan: &[Scan]) -> Result<Conversation, String> {
         let messages = messages(body)?;
-        let mut conv = start(body);
-        if scan.contains(&Scan::System) {
-            if let Some(system) = body.get("system") {
-                let text = content_text(system, &"system", &mut conv.unscanned);
-                push_part(&mut conv.parts, text);
-            }
-        }
-        let mut users = Vec::new();
-        for (i, m) in messages.iter().enumerate() {
-            let role = role(m, i)?;
-            let place = Place("messages", i);
-            let content = m.get("content").unwrap_or(&Value::Null);
-            let blocks = content.as_array().map_or(&[][..], Vec::as_slice);
-            let (tools, rest): (Vec<&Value>, Vec<&Value>) = blocks.iter().partition(|b| {
-                matches!(
-                    b.get("type").and_then(Value::as_str),
-                    Some("tool_use" | "tool_result")
-                )
-            });
-            for tool in tools {
-                let text = match tool.get("type").and_then(Value::as_str) {
-                    Some("tool_use") if scan.contains(&Scan::ToolCalls) => {
-                        tool.get("input").map(Value::to_string).unwrap_or_default()
-                    }
-                    Some("tool_result") if scan.contains(&Scan::ToolResults) => content_text(
-                        tool.get("content").unwrap_or(&Value::Null),
-                        &place,
-                        &mut conv.unscanned,
-                    ),
-                    _ => String::new(),
-                };
-                push_part(&mut conv.parts, text);
-            }
-            if role == "user" {
-                let text = if content.is_string() {
-                    content_text(content, &place, &mut conv.unscanned)
-                } else {
-                    let rest = Value::Array(rest.into_iter().cloned().collect());
-                    content_text(&rest, &place, &mut conv.unscanned)
-                };
-                if !text.is_empty() {
-                    users.push(text);
-                }
-            }
-        }
-        add_user_turns(&mut conv, users, scan);
-        Ok(conv)
+        let system = |unscanned: &mut Vec<String>| {
+            let system = body.get("system");
+            system.map_or_else(String::new, |s| content_text(s, &"system", unscanned))
+        };
+        // The `Value` reading has every part, so there is always a conversation.
+        Ok(messages_conversation(start(body), system, messages, scan)?.unwrap_or_default())
+    }
+
+    fn usual_conversation(&self, body: &[u8], scan: &[Scan]) -> Option<Conversation> {
+        let request = MessagesRequest::<RequestMessage<'_>>::read(body)?;
+        let system = |unscanned: &mut Vec<String>| {
+            let system = request.system.as_ref();
+            system.map_or_else(String::new, |s| s.text(&"system", unscanned))
+        };
+        messages_conversation(request.start(), system, &request.messages, scan)
+            .ok()
+            .flatten()
     }
 
     fn error(&self, status: StatusCode, _code: &str, message: &str) -> Value {
@@ -130,6 +100,184 @@ impl Adapter for AnthropicMessages {
     fn collector(&self) -> Box<dyn StreamCollector> {
         Box::new(MessageStream::default())
     }
+}
+
+/// The conversation in a Messages request, whichever way it was read: the system prompt and
+/// the tool blocks the scan names give parts, the user turns (text blocks) the prompt. `None`
+/// when the reading cannot give a part the scan asks for (a typed reading has no tool input
+/// written out as JSON).
+fn messages_conversation<M: MessageView>(
+    mut conv: Conversation,
+    system: impl FnOnce(&mut Vec<String>) -> String,
+    messages: &[M],
+    scan: &[Scan],
+) -> Result<Option<Conversation>, String> {
+    if scan.contains(&Scan::System) {
+        let text = system(&mut conv.unscanned);
+        push_part(&mut conv.parts, text);
+    }
+    let is_tool = |kind: Option<&str>| matches!(kind, Some("tool_use" | "tool_result"));
+    let mut users = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        let role = m.role().ok_or_else(|| no_role(i))?;
+        let place = Place("messages", i);
+        for block in m.blocks().iter().filter(|b| is_tool(b.kind())) {
+            let text = match block.kind() {
+                Some("tool_use") if scan.contains(&Scan::ToolCalls) => match block.input() {
+                    Some(input) => input,
+                    None => return Ok(None),
+                },
+                Some("tool_result") if scan.contains(&Scan::ToolResults) => {
+                    block.result_text(&place, &mut conv.unscanned)
+                }
+                _ => String::new(),
+            };
+            push_part(&mut conv.parts, text);
+        }
+        if role == "user" {
+            let text = match m.content_str() {
+                Some(text) => text.to_string(),
+                None => {
+                    let texts: Vec<&str> = m
+                        .blocks()
+                        .iter()
+                        .filter(|b| !is_tool(b.kind()))
+                        .filter_map(|b| part_text(b.kind(), b.text(), &place, &mut conv.unscanned))
+                        .collect();
+                    texts.join("\n")
+                }
+            };
+            if !text.is_empty() {
+                users.push(text);
+            }
+        }
+    }
+    add_user_turns(&mut conv, users, scan);
+    Ok(Some(conv))
+}
+
+/// A request message as the input check reads it.
+trait MessageView {
+    /// Its content blocks.
+    type Block: BlockView;
+    /// Its role, if it has one.
+    fn role(&self) -> Option<&str>;
+    /// Its content, when that is a string.
+    fn content_str(&self) -> Option<&str>;
+    /// Its content's blocks (none unless the content is a list).
+    fn blocks(&self) -> &[Self::Block];
+}
+
+/// A content block as the input check reads it.
+trait BlockView {
+    /// Its `type`.
+    fn kind(&self) -> Option<&str>;
+    /// Its `text`.
+    fn text(&self) -> Option<&str>;
+    /// A tool call's input written out as JSON, when this reading has it.
+    fn input(&self) -> Option<String>;
+    /// The text of a tool result's `content`; parts that cannot be scanned are noted.
+    fn result_text(&self, place: &Place, unscanned: &mut Vec<String>) -> String;
+}
+
+impl MessageView for Value {
+    type Block = Value;
+
+    fn role(&self) -> Option<&str> {
+        self.get("role").and_then(Value::as_str)
+    }
+
+    fn content_str(&self) -> Option<&str> {
+        self.get("content").and_then(Value::as_str)
+    }
+
+    fn blocks(&self) -> &[Value] {
+        let blocks = self.get("content").and_then(Value::as_array);
+        blocks.map_or(&[], Vec::as_slice)
+    }
+}
+
+impl BlockView for Value {
+    fn kind(&self) -> Option<&str> {
+        self.get("type").and_then(Value::as_str)
+    }
+
+    fn text(&self) -> Option<&str> {
+        self.get("text").and_then(Value::as_str)
+    }
+
+    fn input(&self) -> Option<String> {
+        Some(self.get("input").map(Value::to_string).unwrap_or_default())
+    }
+
+    fn result_text(&self, place: &Place, unscanned: &mut Vec<String>) -> String {
+        content_text(
+            self.get("content").unwrap_or(&Value::Null),
+            place,
+            unscanned,
+        )
+    }
+}
+
+impl<'a> MessageView for Object<RequestMessage<'a>> {
+    type Block = Object<RequestBlock<'a>>;
+
+    fn role(&self) -> Option<&str> {
+        Some(&self.0.role)
+    }
+
+    fn content_str(&self) -> Option<&str> {
+        match &self.0.content {
+            Some(Content::Text(text)) => Some(text),
+            _ => None,
+        }
+    }
+
+    fn blocks(&self) -> &[Self::Block] {
+        match &self.0.content {
+            Some(Content::Parts(blocks)) => blocks,
+            _ => &[],
+        }
+    }
+}
+
+impl BlockView for Object<RequestBlock<'_>> {
+    fn kind(&self) -> Option<&str> {
+        self.0.kind.as_deref()
+    }
+
+    fn text(&self) -> Option<&str> {
+        self.0.text.as_deref()
+    }
+
+    fn input(&self) -> Option<String> {
+        None
+    }
+
+    fn result_text(&self, place: &Place, unscanned: &mut Vec<String>) -> String {
+        let content = self.0.content.as_ref();
+        content.map_or_else(String::new, |c| c.text(place, unscanned))
+    }
+}
+
+/// A request message as [`AnthropicMessages::conversation`] reads it, in the usual shape (see
+/// [`Adapter::usual_conversation`]); other fields are skipped unread.
+#[derive(Deserialize)]
+struct RequestMessage<'a> {
+    #[serde(borrow)]
+    role: Text<'a>,
+    #[serde(borrow, default)]
+    content: Option<Content<'a, RequestBlock<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct RequestBlock<'a> {
+    #[serde(borrow, default, rename = "type")]
+    kind: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    text: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    content: Option<Content<'a>>,
 }
 
 /// What [`message_text`] reads of an answer without tool calls, in its usual shape (see
@@ -269,7 +417,9 @@ fn refusal_end(usage: Option<Value>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::adapters::{assert_usual_outputs_agree, EVERY_SCAN};
+    use crate::proxy::adapters::{
+        assert_usual_conversation_agrees, assert_usual_outputs_agree, EVERY_SCAN,
+    };
     use crate::proxy::sse::Parser;
 
     #[test]
@@ -287,6 +437,56 @@ mod tests {
             r#"{"content":[],"content":[]}"#,
         ];
         assert_usual_outputs_agree(&AnthropicMessages, &usual, &unusual);
+    }
+
+    #[test]
+    fn the_usual_request_is_read_without_a_value_and_gives_the_same_conversation() {
+        let usual = [
+            r#"{"model":"c","max_tokens":10,"messages":[{"role":"user","content":"What is a good name for a cat?"}]}"#,
+            r#"{"model":"c","stream":true,"system":[{"type":"text","text":"sys"},{"type":"image"}],"messages":[{"role":"user","content":"hi \u00e9"},{"role":"assistant","content":[{"type":"text","text":"ok"}]},{"role":"user","content":[{"type":"tool_result","tool_use_id":"t","content":[{"type":"text","text":"found"},{"type":"image"}]},{"type":"tool_result","content":"plain"},{"type":"image","source":{}},{"type":"text","text":"and now?"},{"text":"untyped"},{"type":"document"}]}]}"#,
+            r#"{"system":"be brief","messages":[{"role":"user"},{"role":"user","content":null},{"role":"user","content":[]},{"role":"other","content":"x"}],"stream":null}"#,
+            r#"{"system":null,"messages":[]}"#,
+        ];
+        let unusual = [
+            r#"{"messages":[{"content":"no role"}]}"#,
+            r#"{"messages":[{"role":"user","content":7}]}"#,
+            r#"{"messages":[{"role":"user","content":{"type":"text"}}]}"#,
+            r#"{"messages":[{"role":"user","content":["text"]}]}"#,
+            r#"{"messages":[{"role":"user","content":[{"type":"tool_result","content":{"x":1}}]}]}"#,
+            r#"{"messages":[{"role":"user","content":[{"type":"text","text":1}]}]}"#,
+            r#"{"messages":[{"role":"user","content":"a","content":"b"}]}"#,
+            r#"{"system":3,"messages":[{"role":"user","content":"x"}]}"#,
+            r#"{"system":[["text","x"]],"messages":[]}"#,
+            r#"{"messages":[],"stream":1}"#,
+            r#"{"max_tokens":10}"#,
+            r#"{"messages":[{"role":"user","content":"x"}],"temperature":1e400}"#,
+            r#"[]"#,
+        ];
+        assert_usual_conversation_agrees(&AnthropicMessages, &usual, &unusual);
+        let conv = AnthropicMessages
+            .usual_conversation(usual[1].as_bytes(), &EVERY_SCAN)
+            .expect("usual");
+        assert_eq!(conv.parts, ["sys", "found", "plain", "hi é", "and now?"]);
+        assert_eq!(
+            conv.unscanned,
+            [
+                "image in system",
+                "image in messages[2]",
+                "image in messages[2]",
+                "unknown in messages[2]",
+                "document in messages[2]"
+            ]
+        );
+        // A tool input is written out by the `Value` reading only: scanning it takes that way.
+        let tool = r#"{"messages":[{"role":"assistant","content":[{"type":"tool_use","id":"t","name":"f","input":{"b":1,"a":[2.50]}}]}]}"#;
+        let read = |scan: &[Scan]| AnthropicMessages.usual_conversation(tool.as_bytes(), scan);
+        assert!(read(&[Scan::ToolCalls]).is_none());
+        assert!(read(&[Scan::LastUser]).is_some());
+        let value: Value = serde_json::from_str(tool).expect("json");
+        let through_value = AnthropicMessages.conversation(&value, &EVERY_SCAN);
+        let conv = AnthropicMessages.request_conversation(tool.as_bytes(), &EVERY_SCAN);
+        assert_eq!(conv, through_value);
+        assert_eq!(conv.expect("ok").parts, [r#"{"a":[2.5],"b":1}"#]);
     }
 
     #[test]

@@ -220,14 +220,6 @@ pub fn messages(body: &Value) -> Result<&[Value], String> {
         .ok_or_else(|| "the request has no \"messages\" array".to_string())
 }
 
-/// The role of message `i`.
-pub fn role(message: &Value, i: usize) -> Result<&str, String> {
-    message
-        .get("role")
-        .and_then(Value::as_str)
-        .ok_or_else(|| no_role(i))
-}
-
 /// What is wrong with message `i` when it has no role.
 pub fn no_role(i: usize) -> String {
     format!("messages[{i}] has no \"role\"")

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use crate::config::Scan;
 
-use super::usual_shape::{Choices, Content, Object, Text};
+use super::usual_shape::{Choices, Content, MessagesRequest, Object, Text};
 use super::{
     add_user_turns, choices, chunk_meta, content_text, cut_choices, data_frame, filter_results,
     indexed_outputs, messages, no_role, push_part, set, start, withhold_choices, Adapter, Block,
@@ -29,12 +29,8 @@ impl Adapter for OpenAiChat {
     }
 
     fn usual_conversation(&self, body: &[u8], scan: &[Scan]) -> Option<Conversation> {
-        let Object(request) = serde_json::from_slice::<Object<Request<'_>>>(body).ok()?;
-        let start = Conversation {
-            stream: request.stream.unwrap_or(false),
-            ..Conversation::default()
-        };
-        chat_conversation(start, &request.messages, scan).ok()
+        let request = MessagesRequest::<RequestMessage<'_>>::read(body)?;
+        chat_conversation(request.start(), &request.messages, scan).ok()
     }
 
     fn outputs(&self, body: &Value) -> Vec<String> {
@@ -178,16 +174,8 @@ fn call_arguments(calls: Option<&[Object<ToolCall<'_>>]>) -> String {
     arguments.join("\n")
 }
 
-/// A request as [`OpenAiChat::conversation`] reads it, in the usual shape (see
+/// A request message as [`OpenAiChat::conversation`] reads it, in the usual shape (see
 /// [`Adapter::usual_conversation`]); other fields are skipped unread.
-#[derive(Deserialize)]
-struct Request<'a> {
-    #[serde(borrow)]
-    messages: Vec<Object<RequestMessage<'a>>>,
-    #[serde(default)]
-    stream: Option<bool>,
-}
-
 #[derive(Deserialize)]
 struct RequestMessage<'a> {
     #[serde(borrow)]
@@ -404,6 +392,7 @@ mod tests {
             r#"{"messages":[["user","x"]]}"#,
             r#"{"messages":"x"}"#,
             r#"{"messages":[],"stream":"yes"}"#,
+            r#"{"system":3,"messages":[]}"#,
             r#"{"model":"m"}"#,
             r#"[[{"role":"user","content":"x"}]]"#,
             r#"{"messages":[{"role":"user","content":"x"}],"temperature":1e400}"#,

@@ -157,13 +157,47 @@ impl std::ops::Deref for Text<'_> {
     }
 }
 
-/// A message's `content` (OpenAI's and Anthropic's shape): a string, or a list of parts.
-/// Anything else is not the usual shape.
-pub enum Content<'a> {
+/// A request's `messages`, each an `M`, with its `stream` flag and `system` prompt, as OpenAI's
+/// Chat Completions and Anthropic's Messages send them; other fields are skipped unread. Only
+/// Anthropic has a top-level `system` (chat sends it as a message): chat reads none, and one
+/// that is neither a string nor a list of parts sends a request the `Value` way.
+#[derive(serde::Deserialize)]
+#[serde(bound(deserialize = "M: Deserialize<'de>, 'de: 'a"))]
+pub struct MessagesRequest<'a, M> {
+    /// The messages, in order.
+    pub messages: Vec<Object<M>>,
+    /// Whether the client asked for a stream.
+    #[serde(default)]
+    pub stream: Option<bool>,
+    /// The system prompt (Anthropic).
+    #[serde(borrow, default)]
+    pub system: Option<Content<'a>>,
+}
+
+impl<'a, M: Deserialize<'a>> MessagesRequest<'a, M> {
+    /// The request in `body`, when it has the usual shape.
+    pub fn read(body: &'a [u8]) -> Option<Self> {
+        serde_json::from_slice::<Object<Self>>(body)
+            .ok()
+            .map(|Object(request)| request)
+    }
+
+    /// An empty conversation with the request's `stream` flag.
+    pub fn start(&self) -> super::Conversation {
+        super::Conversation {
+            stream: self.stream.unwrap_or(false),
+            ..super::Conversation::default()
+        }
+    }
+}
+
+/// A message's `content` (OpenAI's and Anthropic's shape): a string, or a list of parts, each
+/// a `P` (by default a [`Part`]). Anything else is not the usual shape.
+pub enum Content<'a, P = Part<'a>> {
     /// Plain text.
     Text(Text<'a>),
     /// Parts, each an object.
-    Parts(Vec<Object<Part<'a>>>),
+    Parts(Vec<Object<P>>),
 }
 
 /// One part of a `content` list; other fields are skipped unread.
@@ -196,34 +230,34 @@ impl Content<'_> {
     }
 }
 
-impl<'de: 'a, 'a> Deserialize<'de> for Content<'a> {
+impl<'de: 'a, 'a, P: Deserialize<'de>> Deserialize<'de> for Content<'a, P> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         deserializer.deserialize_any(ContentVisitor(PhantomData))
     }
 }
 
-struct ContentVisitor<'a>(PhantomData<&'a ()>);
+struct ContentVisitor<'a, P>(PhantomData<(&'a (), P)>);
 
-impl<'de: 'a, 'a> Visitor<'de> for ContentVisitor<'a> {
-    type Value = Content<'a>;
+impl<'de: 'a, 'a, P: Deserialize<'de>> Visitor<'de> for ContentVisitor<'a, P> {
+    type Value = Content<'a, P>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a string or a list of parts")
     }
 
-    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Content<'a>, E> {
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
         Ok(Content::Text(Text(Cow::Borrowed(v))))
     }
 
-    fn visit_str<E>(self, v: &str) -> Result<Content<'a>, E> {
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
         Ok(Content::Text(Text(Cow::Owned(v.to_string()))))
     }
 
-    fn visit_string<E>(self, v: String) -> Result<Content<'a>, E> {
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
         Ok(Content::Text(Text(Cow::Owned(v))))
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Content<'a>, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let mut parts = Vec::new();
         while let Some(part) = seq.next_element()? {
             parts.push(part);
