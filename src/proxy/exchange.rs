@@ -135,9 +135,7 @@ pub async fn handle(
         let started = Instant::now();
         let sent = upstream.send(parts, bytes).await;
         if let Ok(r) = &sent {
-            metrics
-                .upstream_seconds(r.status())
-                .observe(started.elapsed().as_secs_f64());
+            metrics.observe_upstream(r.status(), started.elapsed().as_secs_f64());
         }
         sent
     };

@@ -17,16 +17,16 @@ const DISPOSITIONS: [Disposition; 4] = [
     Disposition::Block,
     Disposition::Unavailable,
 ];
-/// Upstream status classes by the status's first digit.
-const STATUS_CLASSES: [&str; 10] = [
-    "0xx", "1xx", "2xx", "3xx", "4xx", "5xx", "6xx", "7xx", "8xx", "9xx",
-];
+/// The status classes HTTP defines, by the status's first digit from 1; a status from 600 to
+/// 999 (hyper accepts them) is rare enough to be looked up by label.
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// Resolved series of [`Metrics`]; the same series a lookup by label values returns.
 pub struct HotMetrics {
     decisions: [[IntCounter; DISPOSITIONS.len()]; DIRECTIONS.len()],
     scorer_seconds: [Histogram; DIRECTIONS.len()],
     upstream_seconds: [Histogram; STATUS_CLASSES.len()],
+    upstream_family: HistogramVec,
     /// Score histograms by category id, then direction; filled from `score_family` as
     /// categories are first seen (policies come and go with reloads). Few enough to search in
     /// order.
@@ -49,6 +49,7 @@ impl HotMetrics {
                 .map(|d| metrics.scorer_seconds.with_label_values(&[d.as_str()])),
             upstream_seconds: STATUS_CLASSES
                 .map(|class| metrics.upstream_seconds.with_label_values(&[class])),
+            upstream_family: metrics.upstream_seconds.clone(),
             scores: RwLock::new(Vec::new()),
             score_family: metrics.scores.clone(),
         }
@@ -64,9 +65,19 @@ impl HotMetrics {
         &self.scorer_seconds[direction as usize]
     }
 
-    /// Upstream latency of responses with this status.
-    pub fn upstream_seconds(&self, status: hyper::StatusCode) -> &Histogram {
-        &self.upstream_seconds[usize::from(status.as_u16() / 100) % STATUS_CLASSES.len()]
+    /// Observes the upstream latency of a response with this status, under its class.
+    pub fn observe_upstream(&self, status: hyper::StatusCode, seconds: f64) {
+        let class = usize::from(status.as_u16() / 100);
+        match class
+            .checked_sub(1)
+            .and_then(|i| self.upstream_seconds.get(i))
+        {
+            Some(series) => series.observe(seconds),
+            None => self
+                .upstream_family
+                .with_label_values(&[&format!("{class}xx")])
+                .observe(seconds),
+        }
     }
 
     /// Observes each `(category id, score)` in the score histograms of `direction`.
@@ -114,40 +125,34 @@ mod tests {
     fn resolved_series_are_the_labelled_ones() {
         let metrics = Metrics::new();
         let hot = HotMetrics::new(&metrics);
-        hot.decisions(Direction::Output, Disposition::Block).inc();
-        hot.decisions(Direction::Output, Disposition::Block).inc();
-        hot.decisions(Direction::Input, Disposition::Pass).inc();
-        assert_eq!(
-            metrics
+        for (n, (d, a)) in DIRECTIONS
+            .iter()
+            .flat_map(|d| DISPOSITIONS.iter().map(move |a| (*d, *a)))
+            .enumerate()
+        {
+            for _ in 0..=n {
+                hot.decisions(d, a).inc();
+            }
+            let series = metrics
                 .decisions
-                .with_label_values(&["output", "block"])
-                .get(),
-            2
-        );
-        assert_eq!(
-            metrics
-                .decisions
-                .with_label_values(&["input", "pass"])
-                .get(),
-            1
-        );
-        hot.scorer_seconds(Direction::Input).observe(0.5);
-        assert_eq!(
-            metrics
-                .scorer_seconds
-                .with_label_values(&["input"])
-                .get_sample_count(),
-            1
-        );
+                .with_label_values(&[d.as_str(), a.as_str()]);
+            assert_eq!(series.get(), n as u64 + 1, "{d:?} {a:?}");
+        }
+        for d in DIRECTIONS {
+            hot.scorer_seconds(d).observe(0.5);
+            let series = metrics.scorer_seconds.with_label_values(&[d.as_str()]);
+            assert_eq!(series.get_sample_count(), 1, "{d:?}");
+        }
         for (code, class) in [
             (101, "1xx"),
             (200, "2xx"),
+            (304, "3xx"),
             (404, "4xx"),
             (599, "5xx"),
             (999, "9xx"),
         ] {
             let status = StatusCode::from_u16(code).expect("status");
-            hot.upstream_seconds(status).observe(0.1);
+            hot.observe_upstream(status, 0.1);
             let series = metrics.upstream_seconds.with_label_values(&[class]);
             assert_eq!(series.get_sample_count(), 1, "{code}");
         }
