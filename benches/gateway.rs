@@ -8,7 +8,10 @@
 //! thread), with `parallel_input_check` (the input check's round trip overlaps the upstream
 //! call), and on one work-stealing runtime instead of worker threads. Each row also gives the
 //! proxy's CPU time per request (its threads' or processes' run time from /proc schedstat
-//! over that target's rounds), a steadier figure than a tail latency on a shared machine.
+//! over that target's rounds), a steadier figure than a tail latency on a shared machine, and
+//! how busy that kept the proxy's CPUs. How far the machine's noise moves the p99 ratio is
+//! shown by resampling: the rounds are drawn again with replacement (the same rounds for every
+//! target, as they ran side by side) and the ratio is computed for each draw.
 //!
 //! Run: `scripts/bench-gateway.sh` (installs nginx from Debian if needed), or
 //! `cargo bench --bench gateway` with nginx on PATH. Environment: SHIELDGATE_BENCH_CONCURRENCY
@@ -547,12 +550,59 @@ struct Row<'a> {
     cpu_us: Option<f64>,
 }
 
-/// What one target's rounds gathered.
+/// What one target's rounds gathered: each round's request times (µs), in order.
 #[derive(Clone, Default)]
 struct Samples {
-    times: Vec<u64>,
+    rounds: Vec<Vec<u64>>,
     wall: Duration,
     cpu_ns: u64,
+}
+
+/// Draws of the rounds for [`Resampled`].
+const DRAWS: usize = 1000;
+
+/// A shieldgate target's p99 ratio to nginx's over [`DRAWS`] draws of the rounds with
+/// replacement (each draw takes the same rounds from direct, nginx and the target).
+struct Resampled {
+    /// The 5th and 95th percentiles of the ratio over the draws.
+    ratio_5_95: (f64, f64),
+    /// The share of draws in which the target held: added p99 ≤ 2 × nginx's added p99 (as
+    /// an inequality, so that a draw where nginx's added p99 is negative still counts).
+    held: f64,
+}
+
+/// The p99 (ms) of the given rounds' times together; `buffer` is reused between calls.
+fn p99_of(samples: &Samples, picks: &[usize], buffer: &mut Vec<u64>) -> f64 {
+    buffer.clear();
+    for &r in picks {
+        buffer.extend_from_slice(&samples.rounds[r]);
+    }
+    let i = ((buffer.len() as f64 - 1.0) * 0.99).round() as usize;
+    *buffer.select_nth_unstable(i).1 as f64 / 1000.0
+}
+
+/// See [`Resampled`]; the draws come from a fixed seed, so a set of samples always gives the
+/// same figures.
+fn resample(direct: &Samples, nginx: &Samples, target: &Samples) -> Resampled {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(99);
+    let rounds = direct.rounds.len();
+    let mut buffer = Vec::new();
+    let mut ratios = Vec::with_capacity(DRAWS);
+    let mut held = 0;
+    for _ in 0..DRAWS {
+        let picks: Vec<usize> = (0..rounds).map(|_| rng.random_range(0..rounds)).collect();
+        let base = p99_of(direct, &picks, &mut buffer);
+        let theirs = p99_of(nginx, &picks, &mut buffer) - base;
+        let ours = p99_of(target, &picks, &mut buffer) - base;
+        held += usize::from(ours <= 2.0 * theirs);
+        ratios.push(ours / theirs);
+    }
+    ratios.sort_unstable_by(f64::total_cmp);
+    Resampled {
+        ratio_5_95: (ratios[DRAWS / 20], ratios[DRAWS - 1 - DRAWS / 20]),
+        held: held as f64 / DRAWS as f64,
+    }
 }
 
 /// One table: every target at one concurrency.
@@ -574,20 +624,21 @@ fn measure(
             let (times, wall) =
                 client_rt.block_on(load(target.addr, concurrency, requests / rounds));
             samples[k].cpu_ns += target.proxy.cpu_ns().saturating_sub(cpu_before);
-            samples[k].times.extend(times);
+            samples[k].rounds.push(times);
             samples[k].wall += wall;
         }
     }
     let rows: Vec<Row> = targets
         .iter()
-        .zip(samples)
-        .map(|(target, mut samples)| {
-            samples.times.sort_unstable();
-            let count = samples.times.len() as f64;
+        .zip(&samples)
+        .map(|(target, samples)| {
+            let mut times = samples.rounds.concat();
+            times.sort_unstable();
+            let count = times.len() as f64;
             Row {
                 name: target.name,
-                p50: percentile(&samples.times, 0.5),
-                p99: percentile(&samples.times, 0.99),
+                p50: percentile(&times, 0.5),
+                p99: percentile(&times, 0.99),
                 rps: count / samples.wall.as_secs_f64(),
                 // None for the direct target, or where /proc has no schedstat.
                 cpu_us: (samples.cpu_ns > 0).then(|| samples.cpu_ns as f64 / 1000.0 / count),
@@ -597,28 +648,38 @@ fn measure(
     let direct = &rows[0];
     println!();
     println!("concurrency {concurrency}:");
-    println!("| target | p50 ms | p99 ms | added p50 ms | added p99 ms | requests/s | proxy CPU µs/request |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| target | p50 ms | p99 ms | added p50 ms | added p99 ms | requests/s | proxy CPU µs/request | proxy cores busy |");
+    println!("|---|---|---|---|---|---|---|---|");
     for row in &rows {
         println!(
-            "| {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.0} | {} |",
+            "| {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.0} | {} | {} |",
             row.name,
             row.p50,
             row.p99,
             row.p50 - direct.p50,
             row.p99 - direct.p99,
             row.rps,
-            row.cpu_us.map_or("–".to_string(), |us| format!("{us:.0}"))
+            row.cpu_us.map_or("–".to_string(), |us| format!("{us:.0}")),
+            row.cpu_us
+                .map_or("–".to_string(), |us| format!("{:.2}", us * row.rps / 1e6))
         );
     }
-    let Some(nginx) = rows.iter().find(|r| r.name == "nginx") else {
+    let Some(n) = rows.iter().position(|r| r.name == "nginx") else {
         return;
     };
-    for row in rows.iter().filter(|r| r.name.starts_with("shieldgate")) {
+    let nginx = &rows[n];
+    for (row, theirs) in rows.iter().zip(&samples) {
+        if !row.name.starts_with("shieldgate") {
+            continue;
+        }
+        let spread = resample(&samples[0], &samples[n], theirs);
         println!(
-            "{}: added p99 / nginx added p99 = {:.2} (target ≤ 2); throughput ratio to nginx = {:.2}; CPU per request / nginx's = {}",
+            "{}: added p99 / nginx added p99 = {:.2} (target ≤ 2; over {DRAWS} draws of the rounds: 5–95 % {:.2} to {:.2}, held in {:.0} %); throughput ratio to nginx = {:.2}; CPU per request / nginx's = {}",
             row.name,
             (row.p99 - direct.p99) / (nginx.p99 - direct.p99),
+            spread.ratio_5_95.0,
+            spread.ratio_5_95.1,
+            spread.held * 100.0,
             row.rps / nginx.rps,
             row.cpu_us
                 .zip(nginx.cpu_us)
