@@ -561,7 +561,7 @@ struct Samples {
 /// Draws of the rounds for [`Resampled`].
 const DRAWS: usize = 1000;
 
-/// A shieldgate target's p99 ratio to nginx's over [`DRAWS`] draws of the rounds with
+/// A proxy's added p99 ratio to nginx's over [`DRAWS`] draws of the rounds with
 /// replacement (each draw takes the same rounds from direct, nginx and the target).
 struct Resampled {
     /// The 5th and 95th percentiles of the ratio over the draws.
@@ -669,7 +669,7 @@ fn measure(
     };
     let nginx = &rows[n];
     for (row, theirs) in rows.iter().zip(&samples) {
-        if !row.name.starts_with("shieldgate") {
+        if row.name == "direct" || row.name == "nginx" {
             continue;
         }
         let spread = resample(&samples[0], &samples[n], theirs);
