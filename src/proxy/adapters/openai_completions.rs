@@ -37,11 +37,20 @@ impl Adapter for OpenAiCompletions {
             }
             _ => return Err("the request has no \"prompt\" string".into()),
         };
-        conv.prompt = prompts.join("\n");
-        prompts
-            .into_iter()
-            .for_each(|p| push_part(&mut conv.parts, p));
-        Ok(conv)
+        Ok(prompt_conversation(conv, prompts))
+    }
+
+    fn usual_conversation(&self, body: &[u8], _scan: &[Scan]) -> Option<Conversation> {
+        let Object(request) = serde_json::from_slice::<Object<Request<'_>>>(body).ok()?;
+        let prompts = match request.prompt {
+            Prompt::One(text) => vec![text.into_string()],
+            Prompt::Many(texts) => texts.into_iter().map(Text::into_string).collect(),
+        };
+        let conv = Conversation {
+            stream: request.stream.unwrap_or(false),
+            ..Conversation::default()
+        };
+        Some(prompt_conversation(conv, prompts))
     }
 
     fn outputs(&self, body: &Value) -> Vec<String> {
@@ -78,6 +87,34 @@ impl Adapter for OpenAiCompletions {
     fn collector(&self) -> Box<dyn StreamCollector> {
         Box::new(CompletionStream::default())
     }
+}
+
+/// The prompts are the output check's prompt (joined) and the input check's parts.
+fn prompt_conversation(mut conv: Conversation, prompts: Vec<String>) -> Conversation {
+    conv.prompt = prompts.join("\n");
+    prompts
+        .into_iter()
+        .for_each(|p| push_part(&mut conv.parts, p));
+    conv
+}
+
+/// A request as [`OpenAiCompletions::conversation`] reads it, in the usual shape (see
+/// [`Adapter::usual_conversation`]): a prompt of text (token ids go the `Value` way); other
+/// fields are skipped unread.
+#[derive(Deserialize)]
+struct Request<'a> {
+    #[serde(borrow)]
+    prompt: Prompt<'a>,
+    #[serde(default)]
+    stream: Option<bool>,
+}
+
+/// A `prompt`: one string or a list of strings.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Prompt<'a> {
+    One(#[serde(borrow)] Text<'a>),
+    Many(#[serde(borrow)] Vec<Text<'a>>),
 }
 
 /// The state of a streamed completion.
@@ -164,7 +201,37 @@ struct Choice<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::adapters::assert_usual_outputs_agree;
+    use crate::proxy::adapters::{assert_usual_conversation_agrees, assert_usual_outputs_agree};
+
+    #[test]
+    fn usual_requests_are_read_without_a_value_and_the_same_way() {
+        let usual = [
+            r#"{"model":"m","prompt":"Once upon a time","max_tokens":16,"stream":true}"#,
+            r#"{"prompt":["a","b \"quoted\"","  "],"stream":false}"#,
+            r#"{"prompt":[]}"#,
+            r#"{"prompt":"caf\u00e9","stream":null}"#,
+        ];
+        let unusual = [
+            r#"{"prompt":[1,2]}"#,
+            r#"{"prompt":["a",2]}"#,
+            r#"{"prompt":[[1,2]]}"#,
+            r#"{"prompt":null}"#,
+            r#"{"prompt":{"text":"x"}}"#,
+            r#"{"model":"m"}"#,
+            r#"{"prompt":"a","prompt":"b"}"#,
+            r#"{"prompt":"x","stream":"yes"}"#,
+            r#"{"prompt":"x","temperature":1e400}"#,
+            r#"{"prompt":"\udc00"}"#,
+            r#"["prompt","x"]"#,
+            r#"not json"#,
+        ];
+        assert_usual_conversation_agrees(&OpenAiCompletions, &usual, &unusual);
+        let conv = OpenAiCompletions
+            .usual_conversation(usual[1].as_bytes(), &[Scan::LastUser])
+            .expect("usual");
+        assert_eq!(conv.parts, ["a", "b \"quoted\""]);
+        assert_eq!(conv.prompt, "a\nb \"quoted\"\n  ");
+    }
 
     #[test]
     fn the_usual_shape_is_read_without_a_value_and_with_the_same_texts() {

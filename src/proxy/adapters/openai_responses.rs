@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use crate::config::Scan;
 use crate::proxy::sse::{frame, Event};
 
-use super::usual_shape::{Object, Text};
+use super::usual_shape::{Content, Object, Text};
 use super::{
     add_user_turns, content_text, push_part, set, start, Adapter, Block, Conversation, Place,
     StreamCollector,
@@ -23,49 +23,27 @@ impl Adapter for OpenAiResponses {
     }
 
     fn conversation(&self, body: &Value, scan: &[Scan]) -> Result<Conversation, String> {
-        let mut conv = start(body);
-        if scan.contains(&Scan::System) {
-            if let Some(Value::String(s)) = body.get("instructions") {
-                push_part(&mut conv.parts, s.clone());
-            }
-        }
-        let mut users = Vec::new();
-        match body.get("input") {
-            Some(Value::String(s)) => users.push(s.clone()),
-            Some(Value::Array(items)) => {
-                for (i, item) in items.iter().enumerate() {
-                    let place = Place("input", i);
-                    let kind = item
-                        .get("type")
-                        .and_then(Value::as_str)
-                        .unwrap_or("message");
-                    let role = item.get("role").and_then(Value::as_str).unwrap_or("");
-                    let content = item.get("content").unwrap_or(&Value::Null);
-                    match (kind, role) {
-                        ("message", "user") => {
-                            users.push(content_text(content, &place, &mut conv.unscanned))
-                        }
-                        ("message", "system" | "developer") if scan.contains(&Scan::System) => {
-                            let text = content_text(content, &place, &mut conv.unscanned);
-                            push_part(&mut conv.parts, text);
-                        }
-                        ("function_call", _) if scan.contains(&Scan::ToolCalls) => {
-                            let args = item.get("arguments").and_then(Value::as_str);
-                            push_part(&mut conv.parts, args.unwrap_or("").to_string());
-                        }
-                        ("function_call_output", _) if scan.contains(&Scan::ToolResults) => {
-                            let out = item.get("output").unwrap_or(&Value::Null);
-                            let text = content_text(out, &place, &mut conv.unscanned);
-                            push_part(&mut conv.parts, text);
-                        }
-                        _ => {}
-                    }
-                }
-            }
+        let input = match body.get("input") {
+            Some(Value::String(s)) => Input::Text(s),
+            Some(Value::Array(items)) => Input::Items(items),
             _ => return Err("the request has no \"input\" (a string or a list of items)".into()),
-        }
-        add_user_turns(&mut conv, users, scan);
-        Ok(conv)
+        };
+        let instructions = body.get("instructions").and_then(Value::as_str);
+        Ok(input_conversation(start(body), instructions, input, scan))
+    }
+
+    fn usual_conversation(&self, body: &[u8], scan: &[Scan]) -> Option<Conversation> {
+        let Object(request) = serde_json::from_slice::<Object<Request<'_>>>(body).ok()?;
+        let input = match &request.input {
+            Content::Text(text) => Input::Text(text),
+            Content::Parts(items) => Input::Items(items),
+        };
+        let conv = Conversation {
+            stream: request.stream.unwrap_or(false),
+            ..Conversation::default()
+        };
+        let instructions = request.instructions.as_deref();
+        Some(input_conversation(conv, instructions, input, scan))
     }
 
     fn outputs(&self, body: &Value) -> Vec<String> {
@@ -99,6 +77,149 @@ impl Adapter for OpenAiResponses {
     fn collector(&self) -> Box<dyn StreamCollector> {
         Box::new(ResponseStream::default())
     }
+}
+
+/// A request's `input`, whichever way it was read.
+enum Input<'a, I> {
+    /// One user turn.
+    Text(&'a str),
+    /// Items: messages, function calls and their outputs.
+    Items(&'a [I]),
+}
+
+/// The conversation in a request's `instructions` and `input`, whichever way they were read:
+/// the user messages are the user turns; instructions, system and developer messages,
+/// function calls and their outputs become parts as the scan names them.
+fn input_conversation<I: InputItem>(
+    mut conv: Conversation,
+    instructions: Option<&str>,
+    input: Input<'_, I>,
+    scan: &[Scan],
+) -> Conversation {
+    if let (Some(s), true) = (instructions, scan.contains(&Scan::System)) {
+        push_part(&mut conv.parts, s.to_string());
+    }
+    let mut users = Vec::new();
+    match input {
+        Input::Text(s) => users.push(s.to_string()),
+        Input::Items(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let place = Place("input", i);
+                match (item.kind(), item.role()) {
+                    ("message", "user") => {
+                        users.push(item.content_text(&place, &mut conv.unscanned))
+                    }
+                    ("message", "system" | "developer") if scan.contains(&Scan::System) => {
+                        let text = item.content_text(&place, &mut conv.unscanned);
+                        push_part(&mut conv.parts, text);
+                    }
+                    ("function_call", _) if scan.contains(&Scan::ToolCalls) => {
+                        push_part(&mut conv.parts, item.arguments().to_string());
+                    }
+                    ("function_call_output", _) if scan.contains(&Scan::ToolResults) => {
+                        let text = item.output_text(&place, &mut conv.unscanned);
+                        push_part(&mut conv.parts, text);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    add_user_turns(&mut conv, users, scan);
+    conv
+}
+
+/// An item of a request's `input` as the input check reads it.
+trait InputItem {
+    /// Its `type`; "message" when it has none.
+    fn kind(&self) -> &str;
+    /// Its `role`; empty when it has none.
+    fn role(&self) -> &str;
+    /// The text of its `content`; parts that cannot be scanned are noted in `unscanned`.
+    fn content_text(&self, place: &Place, unscanned: &mut Vec<String>) -> String;
+    /// Its `arguments` (a function call's); empty when it has none.
+    fn arguments(&self) -> &str;
+    /// The text of its `output` (a function call's result), read like a `content`.
+    fn output_text(&self, place: &Place, unscanned: &mut Vec<String>) -> String;
+}
+
+impl InputItem for Value {
+    fn kind(&self) -> &str {
+        self.get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("message")
+    }
+
+    fn role(&self) -> &str {
+        self.get("role").and_then(Value::as_str).unwrap_or("")
+    }
+
+    fn content_text(&self, place: &Place, unscanned: &mut Vec<String>) -> String {
+        content_text(
+            self.get("content").unwrap_or(&Value::Null),
+            place,
+            unscanned,
+        )
+    }
+
+    fn arguments(&self) -> &str {
+        self.get("arguments").and_then(Value::as_str).unwrap_or("")
+    }
+
+    fn output_text(&self, place: &Place, unscanned: &mut Vec<String>) -> String {
+        content_text(self.get("output").unwrap_or(&Value::Null), place, unscanned)
+    }
+}
+
+impl InputItem for Object<RequestItem<'_>> {
+    fn kind(&self) -> &str {
+        self.0.kind.as_deref().unwrap_or("message")
+    }
+
+    fn role(&self) -> &str {
+        self.0.role.as_deref().unwrap_or("")
+    }
+
+    fn content_text(&self, place: &Place, unscanned: &mut Vec<String>) -> String {
+        let content = self.0.content.as_ref();
+        content.map_or_else(String::new, |c| c.text(place, unscanned))
+    }
+
+    fn arguments(&self) -> &str {
+        self.0.arguments.as_deref().unwrap_or("")
+    }
+
+    fn output_text(&self, place: &Place, unscanned: &mut Vec<String>) -> String {
+        let output = self.0.output.as_ref();
+        output.map_or_else(String::new, |c| c.text(place, unscanned))
+    }
+}
+
+/// A request as [`OpenAiResponses::conversation`] reads it, in the usual shape (see
+/// [`Adapter::usual_conversation`]): `input` is a string or a list of items, the same two
+/// shapes as a message's content; other fields are skipped unread.
+#[derive(Deserialize)]
+struct Request<'a> {
+    #[serde(borrow)]
+    input: Content<'a, RequestItem<'a>>,
+    #[serde(borrow, default)]
+    instructions: Option<Text<'a>>,
+    #[serde(default)]
+    stream: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct RequestItem<'a> {
+    #[serde(borrow, default, rename = "type")]
+    kind: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    role: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    content: Option<Content<'a>>,
+    #[serde(borrow, default)]
+    arguments: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    output: Option<Content<'a>>,
 }
 
 /// The text and function-call arguments of a response's output items.
@@ -255,7 +376,57 @@ fn event(name: &str, sequence: u64, response: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::adapters::{assert_usual_outputs_agree, EVERY_SCAN};
+    use crate::proxy::adapters::{
+        assert_usual_conversation_agrees, assert_usual_outputs_agree, EVERY_SCAN,
+    };
+
+    #[test]
+    fn usual_requests_are_read_without_a_value_and_the_same_way() {
+        let usual = [
+            r#"{"model":"m","instructions":"be nice","stream":true,"input":[{"role":"user","content":"first"},{"type":"function_call","call_id":"c","name":"f","arguments":"{\"a\":1}"},{"type":"function_call_output","call_id":"c","output":"42"},{"type":"message","role":"system","content":[{"type":"input_text","text":"sys"}]},{"type":"message","role":"developer","content":"dev"},{"type":"message","role":"user","content":[{"type":"input_text","text":"second"},{"type":"input_image","image_url":"x"}]}]}"#,
+            r#"{"input":"What is a good name for a cat?","instructions":null,"stream":false}"#,
+            r#"{"input":[{"type":"reasoning","summary":[]},{"type":"message","role":"assistant","content":[{"type":"output_text","text":"Hi"}]},{"role":"user"},{"type":"function_call_output","output":[{"type":"input_text","text":"out"},{"type":"input_file"}]},{"type":"function_call"}]}"#,
+            r#"{"input":[]}"#,
+            r#"{"input":"caf\u00e9 \"quoted\""}"#,
+        ];
+        let unusual = [
+            r#"{"model":"m"}"#,
+            r#"{"input":null}"#,
+            r#"{"input":42}"#,
+            r#"{"input":["text"]}"#,
+            r#"{"input":[{"type":7,"role":"user","content":"x"}]}"#,
+            r#"{"input":[{"role":"user","content":{"text":"x"}}]}"#,
+            r#"{"input":[{"role":"user","content":["part"]}]}"#,
+            r#"{"input":[{"type":"function_call","arguments":{"a":1}}]}"#,
+            r#"{"input":[{"type":"function_call_output","output":{"ok":true}}]}"#,
+            r#"{"input":[{"role":"user","content":"a","content":"b"}]}"#,
+            r#"{"input":"x","instructions":["be nice"]}"#,
+            r#"{"input":"x","stream":"yes"}"#,
+            r#"{"input":"a","input":"b"}"#,
+            r#"{"input":"x","temperature":1e400}"#,
+            r#"{"input":"\ud800"}"#,
+            r#"[{"input":"x"}]"#,
+            r#"not json"#,
+        ];
+        assert_usual_conversation_agrees(&OpenAiResponses, &usual, &unusual);
+        let conv = OpenAiResponses
+            .usual_conversation(usual[0].as_bytes(), &EVERY_SCAN)
+            .expect("usual");
+        assert_eq!(
+            conv.parts,
+            [
+                "be nice",
+                "{\"a\":1}",
+                "42",
+                "sys",
+                "dev",
+                "first",
+                "second"
+            ]
+        );
+        assert_eq!(conv.unscanned, ["input_image in input[5]"]);
+        assert!(conv.stream);
+    }
 
     #[test]
     fn the_usual_shape_is_read_without_a_value_and_with_the_same_texts() {
