@@ -377,9 +377,35 @@ pub const EVERY_SCAN: [Scan; 5] = [
 /// Checks an adapter's [`Adapter::usual_conversation`] against its `Value` reading, under
 /// each scan setting alone and all together: the same conversation for every `usual` request,
 /// `None` for every `unusual` one, and for both the [`Adapter::request_conversation`]
-/// (conversation or error) of the `Value` reading.
+/// (conversation or error) of the `Value` reading. Beside the given unusual requests, each
+/// usual one is also tried with what only the `Value` reading refuses whatever the protocol:
+/// a number beyond an f64 and a lone surrogate where the typed reading skips them, more text
+/// after it, and inside an array; and so is a body that is not JSON.
 #[cfg(test)]
 pub fn assert_usual_conversation_agrees(adapter: &dyn Adapter, usual: &[&str], unusual: &[&str]) {
+    let derived: Vec<String> = usual
+        .iter()
+        .flat_map(|body| {
+            let rest = body.strip_prefix('{').expect("usual requests are objects");
+            let skipped = [
+                format!(r#"{{"unread":1e400,{rest}"#),
+                format!(r#"{{"unread":"\ud800",{rest}"#),
+            ];
+            for body in &skipped {
+                let exact = usual_shape::skipping_is_exact(body.as_bytes());
+                assert!(!exact, "the quick check sends it the Value way: {body}");
+            }
+            skipped
+                .into_iter()
+                .chain([format!("{body} trailing"), format!("[{body}]")])
+        })
+        .chain(["not json".to_string()])
+        .collect();
+    let unusual: Vec<&str> = unusual
+        .iter()
+        .copied()
+        .chain(derived.iter().map(String::as_str))
+        .collect();
     let through_value = |body: &str, scan: &[Scan]| {
         serde_json::from_str::<Value>(body)
             .map_err(|e| format!("the body is not valid JSON: {e}"))
@@ -397,7 +423,7 @@ pub fn assert_usual_conversation_agrees(adapter: &dyn Adapter, usual: &[&str], u
             let read = adapter.request_conversation(body.as_bytes(), scan);
             assert_eq!(read, Ok(expected), "usual, {scan:?}: {body}");
         }
-        for body in unusual {
+        for body in &unusual {
             // What the quick check sends to the `Value` reading anyway may read either way.
             if usual_shape::skipping_is_exact(body.as_bytes()) {
                 let read = adapter.usual_conversation(body.as_bytes(), scan);

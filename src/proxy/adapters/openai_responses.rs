@@ -181,8 +181,7 @@ impl InputItem for Object<RequestItem<'_>> {
     }
 
     fn content_text(&self, place: &Place, unscanned: &mut Vec<String>) -> String {
-        let content = self.0.content.as_ref();
-        content.map_or_else(String::new, |c| c.text(place, unscanned))
+        Content::text_of(self.0.content.as_ref(), place, unscanned)
     }
 
     fn arguments(&self) -> &str {
@@ -190,8 +189,7 @@ impl InputItem for Object<RequestItem<'_>> {
     }
 
     fn output_text(&self, place: &Place, unscanned: &mut Vec<String>) -> String {
-        let output = self.0.output.as_ref();
-        output.map_or_else(String::new, |c| c.text(place, unscanned))
+        Content::text_of(self.0.output.as_ref(), place, unscanned)
     }
 }
 
@@ -403,10 +401,7 @@ mod tests {
             r#"{"input":"x","instructions":["be nice"]}"#,
             r#"{"input":"x","stream":"yes"}"#,
             r#"{"input":"a","input":"b"}"#,
-            r#"{"input":"x","temperature":1e400}"#,
             r#"{"input":"\ud800"}"#,
-            r#"[{"input":"x"}]"#,
-            r#"not json"#,
         ];
         assert_usual_conversation_agrees(&OpenAiResponses, &usual, &unusual);
         let conv = OpenAiResponses

@@ -212,6 +212,16 @@ pub struct Part<'a> {
 }
 
 impl Content<'_> {
+    /// [`Content::text`] of a content that may be absent: empty when it is, as the `Value`
+    /// reading reads a missing or `null` content.
+    pub fn text_of(
+        content: Option<&Self>,
+        place: &dyn fmt::Display,
+        unscanned: &mut Vec<String>,
+    ) -> String {
+        content.map_or_else(String::new, |c| c.text(place, unscanned))
+    }
+
     /// The text, as [`super::content_text`] reads the same content from a `Value`.
     pub fn text(&self, place: &dyn fmt::Display, unscanned: &mut Vec<String>) -> String {
         match self {
