@@ -397,9 +397,13 @@ async fn load(addr: SocketAddr, concurrency: usize, requests: usize) -> (Vec<u64
     (all, started.elapsed())
 }
 
+/// Where the `p` quantile of `len` sorted times stands (nearest rank).
+fn rank(len: usize, p: f64) -> usize {
+    ((len as f64 - 1.0) * p).round() as usize
+}
+
 fn percentile(sorted: &[u64], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i] as f64 / 1000.0
+    sorted[rank(sorted.len(), p)] as f64 / 1000.0
 }
 
 fn main() {
@@ -577,7 +581,7 @@ fn p99_of(samples: &Samples, picks: &[usize], buffer: &mut Vec<u64>) -> f64 {
     for &r in picks {
         buffer.extend_from_slice(&samples.rounds[r]);
     }
-    let i = ((buffer.len() as f64 - 1.0) * 0.99).round() as usize;
+    let i = rank(buffer.len(), 0.99);
     *buffer.select_nth_unstable(i).1 as f64 / 1000.0
 }
 
@@ -668,11 +672,11 @@ fn measure(
         return;
     };
     let nginx = &rows[n];
-    for (row, theirs) in rows.iter().zip(&samples) {
+    for (row, its_samples) in rows.iter().zip(&samples) {
         if row.name == "direct" || row.name == "nginx" {
             continue;
         }
-        let spread = resample(&samples[0], &samples[n], theirs);
+        let spread = resample(&samples[0], &samples[n], its_samples);
         println!(
             "{}: added p99 / nginx added p99 = {:.2} (target ≤ 2; over {DRAWS} draws of the rounds: 5–95 % {:.2} to {:.2}, held in {:.0} %); throughput ratio to nginx = {:.2}; CPU per request / nginx's = {}",
             row.name,
