@@ -25,10 +25,8 @@ impl Adapter for AnthropicMessages {
 
     fn conversation(&self, body: &Value, scan: &[Scan]) -> Result<Conversation, String> {
         let messages = messages(body)?;
-        let system = |unscanned: &mut Vec<String>| {
-            let system = body.get("system");
-            system.map_or_else(String::new, |s| content_text(s, &"system", unscanned))
-        };
+        let system =
+            |unscanned: &mut Vec<String>| content_text(body.get("system"), &"system", unscanned);
         // The `Value` reading has every part, so there is always a conversation.
         Ok(messages_conversation(start(body), system, messages, scan)?.unwrap_or_default())
     }
@@ -36,8 +34,7 @@ impl Adapter for AnthropicMessages {
     fn usual_conversation(&self, body: &[u8], scan: &[Scan]) -> Option<Conversation> {
         let request = MessagesRequest::<RequestMessage<'_>>::read(body)?;
         let system = |unscanned: &mut Vec<String>| {
-            let system = request.system.as_ref();
-            system.map_or_else(String::new, |s| s.text(&"system", unscanned))
+            Content::text_of(request.system.as_ref(), &"system", unscanned)
         };
         messages_conversation(request.start(), system, &request.messages, scan)
             .ok()
@@ -211,11 +208,7 @@ impl BlockView for Value {
     }
 
     fn result_text(&self, place: &Place, unscanned: &mut Vec<String>) -> String {
-        content_text(
-            self.get("content").unwrap_or(&Value::Null),
-            place,
-            unscanned,
-        )
+        content_text(self.get("content"), place, unscanned)
     }
 }
 

@@ -162,15 +162,15 @@ impl std::fmt::Display for Place {
 }
 
 /// The text of an OpenAI or Anthropic `content`: a string, or parts with text; other parts are
-/// noted in `unscanned` with `place`.
+/// noted in `unscanned` with `place`. Empty when the content is absent or of another type.
 pub fn content_text(
-    content: &Value,
+    content: Option<&Value>,
     place: &dyn std::fmt::Display,
     unscanned: &mut Vec<String>,
 ) -> String {
     match content {
-        Value::String(s) => s.clone(),
-        Value::Array(parts) => {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => {
             let texts: Vec<&str> = parts
                 .iter()
                 .filter_map(|part| {
@@ -564,11 +564,13 @@ mod tests {
             {"type": "text", "text": "b"},
         ]);
         assert_eq!(
-            content_text(&content, &Place("messages", 3), &mut unscanned),
+            content_text(Some(&content), &Place("messages", 3), &mut unscanned),
             "a\nb"
         );
         assert_eq!(unscanned, ["image_url in messages[3]"]);
-        assert_eq!(content_text(&json!("plain"), &"m", &mut unscanned), "plain");
-        assert_eq!(content_text(&Value::Null, &"m", &mut unscanned), "");
+        let plain = json!("plain");
+        assert_eq!(content_text(Some(&plain), &"m", &mut unscanned), "plain");
+        assert_eq!(content_text(Some(&Value::Null), &"m", &mut unscanned), "");
+        assert_eq!(content_text(None, &"m", &mut unscanned), "");
     }
 }

@@ -122,11 +122,7 @@ impl ChatMessage for Value {
     }
 
     fn content_text(&self, place: &Place, unscanned: &mut Vec<String>) -> String {
-        content_text(
-            self.get("content").unwrap_or(&Value::Null),
-            place,
-            unscanned,
-        )
+        content_text(self.get("content"), place, unscanned)
     }
 
     fn tool_arguments(&self) -> String {

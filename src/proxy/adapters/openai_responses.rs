@@ -155,11 +155,7 @@ impl InputItem for Value {
     }
 
     fn content_text(&self, place: &Place, unscanned: &mut Vec<String>) -> String {
-        content_text(
-            self.get("content").unwrap_or(&Value::Null),
-            place,
-            unscanned,
-        )
+        content_text(self.get("content"), place, unscanned)
     }
 
     fn arguments(&self) -> &str {
@@ -167,7 +163,7 @@ impl InputItem for Value {
     }
 
     fn output_text(&self, place: &Place, unscanned: &mut Vec<String>) -> String {
-        content_text(self.get("output").unwrap_or(&Value::Null), place, unscanned)
+        content_text(self.get("output"), place, unscanned)
     }
 }
 
