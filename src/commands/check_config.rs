@@ -16,7 +16,7 @@ pub fn run(args: &CheckConfigArgs) -> anyhow::Result<Outcome> {
     let config = Config::load(&args.config)?;
     let profiles = Profiles::build(&config)?;
     loader::parse_dtype(&config.model.dtype)?;
-    loader::parse_device(&config.model.device)?;
+    crate::model::parse_device(&config.model.device)?;
     if let Some(upstream) = &config.upstream {
         // Building the client needs a runtime handle for its pool.
         let runtime = tokio::runtime::Builder::new_current_thread()

@@ -48,7 +48,7 @@ pub fn load_engine(settings: &ModelSettings) -> anyhow::Result<Engine> {
     let source = ModelSource::parse(&settings.source)?;
     let opts = LoadOptions {
         dtype: loader::parse_dtype(&settings.dtype)?,
-        device: loader::parse_device(&settings.device)?,
+        device: crate::model::parse_device(&settings.device)?,
         tokenizer: settings.tokenizer.clone(),
         quantize: match settings.quantize.as_deref() {
             None => None,

@@ -109,32 +109,6 @@ pub fn parse_dtype(s: &str) -> Result<DType, ModelError> {
     }
 }
 
-/// Parses `cpu`, `cuda`, `cuda:N` or `metal`.
-pub fn parse_device(s: &str) -> Result<Device, ModelError> {
-    let unavailable = |e: candle_core::Error| {
-        ModelError::Unsupported(format!(
-            "device {s:?} is unavailable ({e}); build with --features cuda or metal, or use cpu"
-        ))
-    };
-    match s {
-        "cpu" => Ok(Device::Cpu),
-        "metal" => Device::new_metal(0).map_err(unavailable),
-        _ => match s.strip_prefix("cuda") {
-            Some("") => Device::new_cuda(0).map_err(unavailable),
-            Some(n) => {
-                let ordinal = n
-                    .strip_prefix(':')
-                    .and_then(|n| n.parse().ok())
-                    .ok_or_else(|| ModelError::Unsupported(format!("bad device {s:?}")))?;
-                Device::new_cuda(ordinal).map_err(unavailable)
-            }
-            None => Err(ModelError::Unsupported(format!(
-                "device {s:?} is not one of cpu, cuda, cuda:N, metal"
-            ))),
-        },
-    }
-}
-
 /// A model's weights opened for reading, before the network is built.
 pub struct Weights {
     /// The hyper-parameters.
@@ -414,10 +388,8 @@ mod tests {
     }
 
     #[test]
-    fn parses_dtypes_and_devices() {
+    fn parses_dtypes() {
         assert_eq!(parse_dtype("bf16").expect("bf16"), DType::BF16);
         assert!(parse_dtype("int3").is_err());
-        assert!(parse_device("cpu").expect("cpu").is_cpu());
-        assert!(parse_device("tpu").is_err());
     }
 }

@@ -6,6 +6,7 @@ mod allocator;
 mod approx;
 mod attention;
 pub mod config;
+mod device;
 pub mod embedding;
 pub mod export;
 mod geglu;
@@ -30,6 +31,7 @@ pub mod weights;
 use std::path::PathBuf;
 
 pub use config::Gemma2Config;
+pub use device::parse_device;
 pub use gemma2::{Gemma2, Step};
 pub use int8_gemm::quantized_kernel;
 pub use kv_cache::KvCache;
