@@ -1,18 +1,16 @@
 #!/usr/bin/env bash
 # Installs llama-cpp-python from PyPI (pinned; built from source, a few minutes on 2 cores) into a
-# venv outside the work tree, so later runs on the same machine reuse it. Prints the venv's python.
-#   scripts/llama-venv.sh          llama.cpp's OpenAI-compatible server, portable build (tests)
+# venv outside the work tree, so later runs on the same machine reuse it, for the peer benchmark
+# (scripts/bench-peers.sh). Prints the venv's python.
 #   scripts/llama-venv.sh native   built for this CPU's vector extensions (AVX2, AVX-512, VNNI,
-#                                  BF16 where /proc/cpuinfo lists them), plus tokenizers: the peer
-#                                  benchmark's llama.cpp. AMX stays off: llama-cpp-python 0.3.36's
-#                                  AMX kernels die with SIGILL (tileloadd) on this project's VMs.
+#                                  BF16 where /proc/cpuinfo lists them), plus tokenizers. AMX
+#                                  stays off: llama-cpp-python 0.3.36's AMX kernels die with
+#                                  SIGILL (tileloadd) on this project's VMs.
+# The remote-scorer tests use llama.cpp's own server instead (scripts/llama-server.sh).
 set -euo pipefail
 version=0.3.36
 cpu_args=""
-case "${1:-server}" in
-  server)
-    venv="${SHIELDGATE_LLAMA_VENV:-${HOME}/.cache/shieldgate/llama-venv-$version}"
-    package="llama-cpp-python[server]==$version" extra="" probe="import llama_cpp.server" ;;
+case "${1:-native}" in
   native)
     venv="${SHIELDGATE_LLAMA_NATIVE_VENV:-${HOME}/.cache/shieldgate/llama-venv-native-$version}"
     flags=$(grep -m1 '^flags' /proc/cpuinfo)
@@ -24,7 +22,7 @@ case "${1:-server}" in
     probe="import llama_cpp, tokenizers" ;;
   *) echo "usage: scripts/llama-venv.sh [native]" >&2; exit 2 ;;
 esac
-# GGML_NATIVE stays off in both builds: the native one names its CPU flags itself (see above).
+# GGML_NATIVE stays off: the build names its CPU flags itself (see above).
 cmake_args="-DGGML_NATIVE=OFF$cpu_args -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
 # The build arguments are kept in the venv: a venv built with other ones is rebuilt.
 if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "$probe" 2>/dev/null \

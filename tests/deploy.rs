@@ -57,7 +57,11 @@ fn every_manifest_runs_commands_and_configs_that_shieldgate_accepts() {
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
         .collect();
     files.sort();
-    assert_eq!(files.len(), 4, "sidecar, gateway, audit job, vLLM pool");
+    assert_eq!(
+        files.len(),
+        5,
+        "sidecar, gateway, GPU gateway, audit job, vLLM pool"
+    );
     let docs_page = std::fs::read_to_string(common::root().join("docs/deploy.md")).expect("docs");
     let mut containers_seen = 0;
     for file in &files {
@@ -121,6 +125,19 @@ fn every_manifest_runs_commands_and_configs_that_shieldgate_accepts() {
                     .get(map)
                     .and_then(|m| m.get(key))
                     .unwrap_or_else(|| panic!("{origin}: ConfigMap {map} has no {key}"));
+                // A replica on a GPU asks for one, runs the CUDA image, and the reverse.
+                let gpu_limit = c["resources"]["limits"]["nvidia.com/gpu"].as_i64();
+                let on_gpu = config.model.device.starts_with("cuda");
+                assert_eq!(
+                    gpu_limit.is_some(),
+                    on_gpu,
+                    "{origin}: nvidia.com/gpu limit"
+                );
+                assert_eq!(
+                    c["image"].as_str().is_some_and(|i| i.ends_with("-cuda")),
+                    on_gpu,
+                    "{origin}: the CUDA image for a GPU"
+                );
                 // Probes go to the admin port that the config opens.
                 let admin = port_of(&config.server.admin_listen);
                 let ports = c["ports"].as_vec().cloned().unwrap_or_default();
@@ -150,42 +167,71 @@ fn every_manifest_runs_commands_and_configs_that_shieldgate_accepts() {
         }
     }
     assert_eq!(
-        containers_seen, 5,
-        "sidecar, gateway, audit, merge, remote gateway"
+        containers_seen, 6,
+        "sidecar, gateway, GPU gateway, audit, merge, remote gateway"
     );
 }
 
 #[test]
-fn the_image_runs_a_command_and_config_that_shieldgate_accepts() {
-    let dockerfile =
-        std::fs::read_to_string(common::root().join("deploy/Dockerfile")).expect("Dockerfile");
-    let json_array = |instruction: &str| -> Vec<String> {
-        let line = dockerfile
-            .lines()
-            .find_map(|l| l.strip_prefix(instruction))
-            .unwrap_or_else(|| panic!("no {instruction}"));
-        serde_json::from_str(line.trim()).expect("exec form")
-    };
-    let entry = json_array("ENTRYPOINT ");
-    assert_eq!(entry, ["/usr/local/bin/shieldgate"]);
-    assert!(dockerfile
-        .contains("COPY --from=build /src/target/release/shieldgate /usr/local/bin/shieldgate"));
-    let cmd = json_array("CMD ");
-    parse_args(&cmd, "Dockerfile CMD");
-    let config_path = &cmd[cmd.iter().position(|a| a == "--config").expect("--config") + 1];
-    let copy = format!("COPY deploy/container.toml {config_path}");
-    assert!(dockerfile.contains(&copy), "the image holds {config_path}");
-    let text =
-        std::fs::read_to_string(common::root().join("deploy/container.toml")).expect("config");
-    let config = load_config(&text, "deploy/container.toml");
-    assert!(
-        config.server.listen.starts_with("0.0.0.0:"),
-        "reachable from outside the container"
-    );
-    for port in [
-        port_of(&config.server.listen),
-        port_of(&config.server.admin_listen),
+fn the_images_run_a_command_and_config_that_shieldgate_accepts() {
+    for (file, binary, config_file) in [
+        (
+            "deploy/Dockerfile",
+            "/src/target/release/shieldgate",
+            "deploy/container.toml",
+        ),
+        (
+            "deploy/Dockerfile.cuda",
+            "/src/target/cuda/release/shieldgate",
+            "deploy/container-gpu.toml",
+        ),
     ] {
-        assert!(dockerfile.contains(&format!("{port}")), "EXPOSE {port}");
+        let dockerfile = std::fs::read_to_string(common::root().join(file)).expect("Dockerfile");
+        let json_array = |instruction: &str| -> Vec<String> {
+            let line = dockerfile
+                .lines()
+                .find_map(|l| l.strip_prefix(instruction))
+                .unwrap_or_else(|| panic!("{file}: no {instruction}"));
+            serde_json::from_str(line.trim()).expect("exec form")
+        };
+        let entry = json_array("ENTRYPOINT ");
+        assert_eq!(entry, ["/usr/local/bin/shieldgate"]);
+        assert!(
+            dockerfile.contains(&format!(
+                "COPY --from=build {binary} /usr/local/bin/shieldgate"
+            )),
+            "{file}: the binary from {binary}"
+        );
+        let cmd = json_array("CMD ");
+        parse_args(&cmd, file);
+        let config_path = &cmd[cmd.iter().position(|a| a == "--config").expect("--config") + 1];
+        let copy = format!("COPY {config_file} {config_path}");
+        assert!(dockerfile.contains(&copy), "{file} holds {config_path}");
+        let text = std::fs::read_to_string(common::root().join(config_file)).expect("config");
+        let config = load_config(&text, config_file);
+        assert!(
+            config.server.listen.starts_with("0.0.0.0:"),
+            "{config_file}: reachable from outside the container"
+        );
+        for port in [
+            port_of(&config.server.listen),
+            port_of(&config.server.admin_listen),
+        ] {
+            assert!(
+                dockerfile.contains(&format!("{port}")),
+                "{file}: EXPOSE {port}"
+            );
+        }
+        let cuda = file.ends_with(".cuda");
+        assert_eq!(
+            config.model.device.starts_with("cuda"),
+            cuda,
+            "{config_file}"
+        );
+        assert_eq!(
+            dockerfile.contains("scripts/cuda-build.sh"),
+            cuda,
+            "{file}: the CUDA image builds the cuda feature the way CI does"
+        );
     }
 }

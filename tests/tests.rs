@@ -3,6 +3,7 @@
 mod audit;
 mod cli;
 mod common;
+mod cuda;
 mod deploy;
 mod faults;
 mod gateway;

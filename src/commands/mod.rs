@@ -12,8 +12,8 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 
 use crate::cli::PolicyArgs;
-use crate::config::{Config, ModelSettings};
-use crate::model::loader::{self, LoadOptions, ModelSource};
+use crate::config::{Config, ModelSettings, PromptFormat};
+use crate::model::loader::{self, load_tokenizer, LoadOptions, ModelSource};
 use crate::model::quantize::GgufType;
 use crate::policy::{Policy, PolicySet};
 use crate::proxy::profiles::Profiles;
@@ -135,9 +135,17 @@ fn uncached_scorer(
 ) -> anyhow::Result<(Arc<dyn Score>, String)> {
     match &config.scorer.remote {
         Some(remote) => {
-            tracing::info!(endpoints = ?remote.urls, model = %remote.model, "using remote scorer");
+            tracing::info!(endpoints = ?remote.urls, model = %remote.model, format = ?remote.prompt_format, "using remote scorer");
+            // The tokenizer alone: the weights stay on the servers.
+            let tokenizer = match remote.prompt_format {
+                PromptFormat::TokenIds => Some(
+                    load_tokenizer(&ModelSource::parse(&model.source)?, model.tokenizer.as_deref())
+                        .context("[scorer.remote] sends token ids, so it needs the served model's tokenizer: set [model] source or [model] tokenizer")?,
+                ),
+                PromptFormat::Text => None,
+            };
             Ok((
-                Arc::new(RemoteScorer::new(remote.clone())?),
+                Arc::new(RemoteScorer::new(remote.clone(), tokenizer)?),
                 remote.model.clone(),
             ))
         }

@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 pub use model::ModelSettings;
 pub use profile::{Action, CategoryRule, ProfileConfig};
 pub use proxy::{BadRequest, FailMode, OutputMode, ProxyConfig, Reveal, Scan, UnknownPaths};
-pub use server::{DecisionLogConfig, RemoteSettings, ScorerConfig, ServerConfig, UpstreamConfig};
+pub use server::{
+    DecisionLogConfig, PromptFormat, RemoteSettings, ScorerConfig, ServerConfig, UpstreamConfig,
+};
 
 /// Why a configuration cannot be used.
 #[derive(Debug, thiserror::Error)]

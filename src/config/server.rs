@@ -108,6 +108,22 @@ pub struct RemoteSettings {
     pub breaker_cooldown_ms: u64,
     /// Interval of the health probe (`GET /v1/models`); 0 turns it off.
     pub health_interval_ms: u64,
+    /// How prompts are sent: token ids from the model's tokenizer (special tokens only where
+    /// the template puts them), or text that the server tokenizes (user text that spells a
+    /// special token such as `<end_of_turn>` then becomes that token).
+    pub prompt_format: PromptFormat,
+    /// Longest prompt in tokens (token ids only); longer content is cut inside its slot.
+    pub max_tokens: usize,
+}
+
+/// How the remote scorer sends its prompts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PromptFormat {
+    /// Lists of token ids (vLLM, llama.cpp's `llama-server`).
+    TokenIds,
+    /// Plain text; only for servers that take nothing else (the risk above).
+    Text,
 }
 
 impl Default for RemoteSettings {
@@ -124,6 +140,8 @@ impl Default for RemoteSettings {
             breaker_failures: 3,
             breaker_cooldown_ms: 10_000,
             health_interval_ms: 5_000,
+            prompt_format: PromptFormat::TokenIds,
+            max_tokens: 8192,
         }
     }
 }

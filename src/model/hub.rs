@@ -12,8 +12,38 @@ use super::ModelError;
 /// Resolves one file of the repository to a local path.
 type Fetch<'a> = Box<dyn Fn(&str) -> Result<PathBuf, ModelError> + 'a>;
 
+/// Fetches (or finds in the cache) the repository's tokenizer.json alone.
+pub(crate) fn download_tokenizer(id: &str) -> Result<PathBuf, ModelError> {
+    fetcher(id)?("tokenizer.json")
+}
+
 /// Fetches (or finds in the cache) config.json, tokenizer.json and the safetensors weights.
 pub(crate) fn download(id: &str) -> Result<HfFiles, ModelError> {
+    let fetch = fetcher(id)?;
+    let config = fetch("config.json")?;
+    let tokenizer = fetch("tokenizer.json")?;
+    let weights = match fetch("model.safetensors.index.json") {
+        Ok(index) => {
+            let text = std::fs::read_to_string(&index).map_err(|source| ModelError::Io {
+                path: index.clone(),
+                source,
+            })?;
+            shard_names(&text, id)?
+                .iter()
+                .map(|name| fetch(name))
+                .collect::<Result<Vec<_>, _>>()?
+        }
+        Err(_) => vec![fetch("model.safetensors")?],
+    };
+    Ok(HfFiles {
+        config,
+        tokenizer,
+        weights,
+    })
+}
+
+/// Resolves files of `id`: from the local cache in offline mode, else through the hub.
+fn fetcher(id: &str) -> Result<Fetch<'_>, ModelError> {
     let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1" || v == "true");
     let fetch: Fetch = if offline {
         let cache = Cache::from_env().repo(Repo::model(id.to_string()));
@@ -40,26 +70,7 @@ pub(crate) fn download(id: &str) -> Result<HfFiles, ModelError> {
         let repo = api.model(id.to_string());
         Box::new(move |file: &str| get(&repo, id, file, has_token))
     };
-    let config = fetch("config.json")?;
-    let tokenizer = fetch("tokenizer.json")?;
-    let weights = match fetch("model.safetensors.index.json") {
-        Ok(index) => {
-            let text = std::fs::read_to_string(&index).map_err(|source| ModelError::Io {
-                path: index.clone(),
-                source,
-            })?;
-            shard_names(&text, id)?
-                .iter()
-                .map(|name| fetch(name))
-                .collect::<Result<Vec<_>, _>>()?
-        }
-        Err(_) => vec![fetch("model.safetensors")?],
-    };
-    Ok(HfFiles {
-        config,
-        tokenizer,
-        weights,
-    })
+    Ok(fetch)
 }
 
 fn shard_names(index: &str, id: &str) -> Result<Vec<String>, ModelError> {

@@ -197,6 +197,40 @@ pub fn load(source: &ModelSource, opts: &LoadOptions) -> Result<LoadedModel, Mod
     })
 }
 
+/// The tokenizer of `source` without its weights (for scoring through a remote server):
+/// `tokenizer` if given, else the tokenizer.json of the folder, beside the GGUF file, or of the
+/// hub repository (fetched alone).
+pub fn load_tokenizer(
+    source: &ModelSource,
+    tokenizer: Option<&Path>,
+) -> Result<GemmaTokenizer, ModelError> {
+    let path = match (tokenizer, source) {
+        (Some(path), _) => path.to_path_buf(),
+        (None, ModelSource::Folder(dir)) => dir.join("tokenizer.json"),
+        (None, ModelSource::Gguf(path)) => path
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("tokenizer.json"),
+        #[cfg(feature = "hub")]
+        (None, ModelSource::Hub(id)) => super::hub::download_tokenizer(id)?,
+        #[cfg(not(feature = "hub"))]
+        (None, ModelSource::Hub(id)) => {
+            return Err(ModelError::Hub {
+                model: id.clone(),
+                reason: "this build has no hub support; pass the tokenizer.json's path".into(),
+            })
+        }
+        (None, ModelSource::Synthetic(_)) => {
+            return Err(ModelError::Unsupported(
+                "a synthetic model needs a tokenizer path (scripts/fetch-tokenizer.sh writes \
+                 tests/assets/tokenizer.json)"
+                    .into(),
+            ))
+        }
+    };
+    GemmaTokenizer::from_file(&path)
+}
+
 /// The files of a Hugging Face checkpoint.
 pub(crate) struct HfFiles {
     pub config: PathBuf,

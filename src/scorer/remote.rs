@@ -1,8 +1,10 @@
 //! The remote scorer: the same [`Score`] contract, served by an OpenAI-compatible completions
-//! endpoint that returns logprobs (vLLM, llama.cpp's server, TGI). Each policy's rendered
-//! ShieldGemma prompt is sent as raw text (no chat template; the server adds `<bos>`), one
-//! token is asked for with the top logprobs, and P(Yes) is the softmax over the `Yes` and `No`
-//! logprobs — the same number as the embedded engine's, since the normalisation cancels.
+//! endpoint that returns logprobs (vLLM, llama.cpp's `llama-server`). Each policy's ShieldGemma
+//! prompt is encoded here exactly as the embedded engine encodes it (`<bos>` and the template's
+//! markers as special tokens, user text never) and sent as a list of token ids; one token is
+//! asked for with the top logprobs, and P(Yes) is the softmax over the `Yes` and `No` logprobs —
+//! the same number as the embedded engine's, since the normalisation cancels. Prompts as text
+//! (the server tokenizes, so typed markers become special tokens) remain an explicit option.
 //! Several endpoints share the load round-robin; failures are retried on the next endpoint
 //! with backoff, a circuit breaker rests an endpoint after repeated failures, and a health
 //! thread probes `/v1/models`.
@@ -11,12 +13,31 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use serde::Serialize;
 use serde_json::{json, Value};
 
-pub use crate::config::RemoteSettings;
+pub use crate::config::{PromptFormat, RemoteSettings};
+use crate::model::GemmaTokenizer;
 use crate::prompt::{Content, Templates};
 
+use super::encode::{encode_request, Truncation};
 use super::{PolicyScore, RequestScores, Score, ScoreError, ScoreRequest};
+
+/// One prompt as the server receives it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+enum Prompt {
+    /// Token ids, `<bos>` first.
+    Ids(Vec<u32>),
+    /// The rendered text without `<bos>` (the server adds it).
+    Text(String),
+}
+
+/// The tokenizer of token-id prompts, with the ids of `Yes` and `No`.
+struct Encoder {
+    tokenizer: GemmaTokenizer,
+    max_tokens: usize,
+}
 
 /// Why a remote call failed (reported as [`ScoreError::Remote`]).
 #[derive(Debug, Clone, PartialEq)]
@@ -67,6 +88,8 @@ pub struct RemoteScorer {
     endpoints: Arc<Vec<Endpoint>>,
     agent: ureq::Agent,
     templates: Templates,
+    /// Present for token-id prompts.
+    encoder: Option<Encoder>,
     settings: RemoteSettings,
     api_key: Option<String>,
     next: AtomicUsize,
@@ -80,14 +103,31 @@ impl Drop for RemoteScorer {
 }
 
 impl RemoteScorer {
-    /// Builds the scorer (and starts its health thread); fails on an empty URL list or an
-    /// unset API key variable.
-    pub fn new(settings: RemoteSettings) -> Result<Self, ScoreError> {
+    /// Builds the scorer (and starts its health thread); fails on an empty URL list, an unset
+    /// API key variable, or token-id prompts without the model's tokenizer.
+    pub fn new(
+        settings: RemoteSettings,
+        tokenizer: Option<GemmaTokenizer>,
+    ) -> Result<Self, ScoreError> {
         if settings.urls.is_empty() {
             return Err(ScoreError::Remote(
                 "no scorer endpoints: set [scorer.remote] urls".into(),
             ));
         }
+        let encoder = match (settings.prompt_format, tokenizer) {
+            (PromptFormat::Text, _) => None,
+            (PromptFormat::TokenIds, Some(tokenizer)) => Some(Encoder {
+                tokenizer,
+                max_tokens: settings.max_tokens,
+            }),
+            (PromptFormat::TokenIds, None) => {
+                return Err(ScoreError::Remote(
+                    "token-id prompts need the model's tokenizer: set [model] source (or \
+                     [model] tokenizer) to the served model's"
+                        .into(),
+                ))
+            }
+        };
         let api_key = match &settings.api_key_env {
             Some(var) => Some(std::env::var(var).map_err(|_| {
                 ScoreError::Remote(format!(
@@ -124,6 +164,7 @@ impl RemoteScorer {
             endpoints,
             agent,
             templates: Templates::builtin(),
+            encoder,
             settings,
             api_key,
             next: AtomicUsize::new(0),
@@ -133,8 +174,8 @@ impl RemoteScorer {
 
     /// `(Yes, No)` logprobs of each prompt: `prompts_per_request` per request, the requests
     /// sent concurrently.
-    fn complete(&self, prompts: &[String]) -> Result<Vec<(f64, f64)>, ScoreError> {
-        let chunks: Vec<&[String]> = prompts
+    fn complete(&self, prompts: &[Prompt]) -> Result<Vec<(f64, f64)>, ScoreError> {
+        let chunks: Vec<&[Prompt]> = prompts
             .chunks(self.settings.prompts_per_request.max(1))
             .collect();
         if chunks.len() == 1 {
@@ -162,7 +203,7 @@ impl RemoteScorer {
     }
 
     /// `(Yes, No)` logprobs of each prompt of one request, trying endpoints in turn.
-    fn complete_chunk(&self, prompts: &[String]) -> Result<Vec<(f64, f64)>, ScoreError> {
+    fn complete_chunk(&self, prompts: &[Prompt]) -> Result<Vec<(f64, f64)>, ScoreError> {
         let body = json!({"model": self.settings.model, "prompt": prompts, "max_tokens": 1,
             "temperature": 0, "logprobs": self.settings.top_logprobs, "echo": false});
         let mut last = String::from("no endpoint is available");
@@ -241,13 +282,58 @@ impl RemoteScorer {
             }
             Err(e) => return Err(CallError::Retryable(e.to_string())),
         };
-        yes_no_logprobs(&answer, n, self.settings.top_logprobs)
+        let ids = self
+            .encoder
+            .as_ref()
+            .map(|e| (e.tokenizer.yes, e.tokenizer.no));
+        yes_no_logprobs(&answer, n, self.settings.top_logprobs, ids)
+    }
+
+    /// Each policy's prompt of `request`, and how its content was cut.
+    fn prompts(
+        &self,
+        request: &ScoreRequest,
+        out: &mut Vec<Prompt>,
+    ) -> Result<Truncation, ScoreError> {
+        let content = Content {
+            user: &request.user,
+            response: request.response.as_deref(),
+        };
+        let guidelines: Vec<&str> = request
+            .policies
+            .iter()
+            .map(|p| p.guideline(content.mode()))
+            .collect();
+        let template = self.templates.get(content.mode());
+        match &self.encoder {
+            Some(e) => {
+                let (encoded, truncation) =
+                    encode_request(&e.tokenizer, template, &content, &guidelines, e.max_tokens)?;
+                out.extend((0..guidelines.len()).map(|i| Prompt::Ids(encoded.full(i))));
+                Ok(truncation)
+            }
+            None => {
+                let rendered = template.render(&content, &guidelines);
+                out.extend((0..guidelines.len()).map(|i| {
+                    let text = rendered.text(i);
+                    Prompt::Text(text.strip_prefix("<bos>").unwrap_or(&text).to_string())
+                }));
+                Ok(Truncation::default())
+            }
+        }
     }
 }
 
-/// Reads each choice's `Yes` and `No` logprobs from a completions answer (legacy `logprobs`
-/// format: `top_logprobs[0]` maps token text to logprob).
-fn yes_no_logprobs(answer: &Value, n: usize, asked: u32) -> Result<Vec<(f64, f64)>, CallError> {
+/// Reads each choice's `Yes` and `No` logprobs from a completions answer, in either shape:
+/// OpenAI's legacy `logprobs.top_logprobs[0]` mapping token text to logprob (vLLM), or
+/// llama.cpp's `logprobs.content[0].top_logprobs` list of `{id, token, logprob}` (matched by
+/// id when the ids are known).
+fn yes_no_logprobs(
+    answer: &Value,
+    n: usize,
+    asked: u32,
+    ids: Option<(u32, u32)>,
+) -> Result<Vec<(f64, f64)>, CallError> {
     let choices = answer
         .get("choices")
         .and_then(Value::as_array)
@@ -258,24 +344,42 @@ fn yes_no_logprobs(answer: &Value, n: usize, asked: u32) -> Result<Vec<(f64, f64
             .get("index")
             .and_then(Value::as_u64)
             .map_or(k, |i| i as usize);
-        let top = choice
+        let missing = |token: &str, returned: usize| {
+            CallError::Final(format!(
+                "{token:?} is not among the top {asked} logprobs of prompt {index} (the server returned {returned}); raise [scorer.remote] top_logprobs (and the server's limit, e.g. vLLM --max-logprobs)"
+            ))
+        };
+        let pair = if let Some(top) = choice
             .pointer("/logprobs/top_logprobs/0")
             .and_then(Value::as_object)
-            .ok_or_else(|| {
-                CallError::Final(
-                    "the answer has no logprobs.top_logprobs: the server must support logprobs on /v1/completions".into(),
-                )
-            })?;
-        let get = |token: &str| {
-            top.get(token).and_then(Value::as_f64).ok_or_else(|| {
-                CallError::Final(format!(
-                    "{token:?} is not among the top {asked} logprobs of prompt {index} (the server returned {}); raise [scorer.remote] top_logprobs (and the server's limit, e.g. vLLM --max-logprobs)",
-                    top.len()
-                ))
-            })
+        {
+            let get = |token: &str| {
+                top.get(token)
+                    .and_then(Value::as_f64)
+                    .ok_or_else(|| missing(token, top.len()))
+            };
+            (get("Yes")?, get("No")?)
+        } else if let Some(top) = choice
+            .pointer("/logprobs/content/0/top_logprobs")
+            .and_then(Value::as_array)
+        {
+            let get = |token: &str, id: Option<u32>| {
+                top.iter()
+                    .find(|entry| match id {
+                        Some(id) => entry.get("id").and_then(Value::as_u64) == Some(id.into()),
+                        None => entry.get("token").and_then(Value::as_str) == Some(token),
+                    })
+                    .and_then(|entry| entry.get("logprob").and_then(Value::as_f64))
+                    .ok_or_else(|| missing(token, top.len()))
+            };
+            (get("Yes", ids.map(|i| i.0))?, get("No", ids.map(|i| i.1))?)
+        } else {
+            return Err(CallError::Final(
+                "the answer has no top logprobs: the server must support logprobs on /v1/completions".into(),
+            ));
         };
         if let Some(slot) = found.get_mut(index) {
-            *slot = Some((get("Yes")?, get("No")?));
+            *slot = Some(pair);
         }
     }
     found
@@ -311,45 +415,38 @@ fn probe_health(
 impl Score for RemoteScorer {
     fn score(&self, requests: &[ScoreRequest]) -> Result<Vec<RequestScores>, ScoreError> {
         let mut prompts = Vec::new();
+        let mut truncations = Vec::with_capacity(requests.len());
         for r in requests {
             if r.policies.is_empty() {
                 return Err(ScoreError::NoPolicies);
             }
-            let content = Content {
-                user: &r.user,
-                response: r.response.as_deref(),
-            };
-            let guidelines: Vec<&str> = r
-                .policies
-                .iter()
-                .map(|p| p.guideline(content.mode()))
-                .collect();
-            let rendered = self
-                .templates
-                .get(content.mode())
-                .render(&content, &guidelines);
-            for i in 0..guidelines.len() {
-                let text = rendered.text(i);
-                prompts.push(text.strip_prefix("<bos>").unwrap_or(&text).to_string());
-            }
+            truncations.push(self.prompts(r, &mut prompts)?);
         }
-        let mut logprobs = self.complete(&prompts)?.into_iter();
+        let lengths: Vec<usize> = prompts
+            .iter()
+            .map(|p| match p {
+                Prompt::Ids(ids) => ids.len(),
+                Prompt::Text(_) => 0,
+            })
+            .collect();
+        let mut logprobs = self.complete(&prompts)?.into_iter().zip(lengths);
         Ok(requests
             .iter()
-            .map(|r| RequestScores {
+            .zip(truncations)
+            .map(|(r, truncation)| RequestScores {
                 scores: r
                     .policies
                     .iter()
                     .zip(logprobs.by_ref())
-                    .map(|(p, (yes, no))| PolicyScore {
+                    .map(|(p, ((yes, no), tokens))| PolicyScore {
                         id: p.id.clone(),
                         p_yes: 1.0 / (1.0 + (no - yes).exp()),
                         yes_logit: yes as f32,
                         no_logit: no as f32,
-                        tokens: 0,
+                        tokens,
                     })
                     .collect(),
-                truncated: None,
+                truncated: (truncation != Truncation::default()).then_some(truncation),
             })
             .collect())
     }
@@ -418,11 +515,14 @@ mod tests {
         })
     }
 
+    /// Text prompts: these tests are about the transport; token ids are tested against the
+    /// real tokenizer in tests/remote.rs.
     fn settings(urls: Vec<String>) -> RemoteSettings {
         RemoteSettings {
             urls,
             backoff_ms: 1,
             health_interval_ms: 0,
+            prompt_format: PromptFormat::Text,
             ..RemoteSettings::default()
         }
     }
@@ -447,7 +547,7 @@ mod tests {
             *store.lock().expect("lock") = body.clone();
             inner(body)
         }));
-        let scorer = RemoteScorer::new(settings(vec![url.clone()])).expect("scorer");
+        let scorer = RemoteScorer::new(settings(vec![url.clone()]), None).expect("scorer");
         let scores = scorer.score(&[request()]).expect("scores");
         let want = 1.0 / (1.0 + (-2.3f64).exp());
         assert_eq!(scores[0].scores.len(), 4);
@@ -472,6 +572,28 @@ mod tests {
     }
 
     #[test]
+    fn llama_cpp_logprobs_are_read_by_id_or_by_text() {
+        let entry = |id: u32, token: &str, logprob: f64| json!({"id": id, "token": token, "bytes": [], "logprob": logprob});
+        let answer = json!({"choices": [
+            {"index": 1, "logprobs": {"content": [{"id": 9, "token": "x", "logprob": -0.5,
+                "top_logprobs": [entry(9, "x", -0.5), entry(1294, "No", -1.5), entry(3553, "Yes", -2.5)]}]}},
+            {"index": 0, "logprobs": {"content": [{"id": 9, "token": "x", "logprob": -0.5,
+                "top_logprobs": [entry(3553, "Yes", -0.25), entry(7, "Yes", -9.0), entry(1294, "No", -4.0)]}]}}
+        ]});
+        let by_id = yes_no_logprobs(&answer, 2, 20, Some((3553, 1294))).expect("by id");
+        assert_eq!(by_id, vec![(-0.25, -4.0), (-2.5, -1.5)]);
+        let by_text = yes_no_logprobs(&answer, 2, 20, None).expect("by text");
+        assert_eq!(by_text, vec![(-0.25, -4.0), (-2.5, -1.5)]);
+        let without_no = json!({"choices": [{"index": 0, "logprobs": {"content": [{"top_logprobs": [entry(3553, "Yes", -0.1)]}]}}]});
+        match yes_no_logprobs(&without_no, 1, 20, Some((3553, 1294))) {
+            Err(CallError::Final(msg)) => {
+                assert!(msg.contains("\"No\" is not among the top 20"), "{msg}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn prompts_are_split_over_concurrent_requests_in_order() {
         let answer: Answer = Arc::new(|body: &Value| {
             let prompts = body["prompt"].as_array().cloned().unwrap_or_default();
@@ -491,10 +613,13 @@ mod tests {
             )
         });
         let (url, calls) = mock(answer);
-        let scorer = RemoteScorer::new(RemoteSettings {
-            prompts_per_request: 1,
-            ..settings(vec![url])
-        })
+        let scorer = RemoteScorer::new(
+            RemoteSettings {
+                prompts_per_request: 1,
+                ..settings(vec![url])
+            },
+            None,
+        )
         .expect("scorer");
         let scores = scorer.score(&[request(), request()]).expect("scores");
         assert_eq!(calls.load(Ordering::SeqCst), 8);
@@ -517,7 +642,7 @@ mod tests {
                 json!({"choices": [{"index": 0, "logprobs": {"top_logprobs": [{"Yes": -0.1}]}}]}),
             )
         }));
-        let scorer = RemoteScorer::new(settings(vec![url])).expect("scorer");
+        let scorer = RemoteScorer::new(settings(vec![url]), None).expect("scorer");
         let err = scorer.score(&[request()]).expect_err("refused").to_string();
         assert!(
             err.contains("\"No\" is not among the top 20 logprobs"),
@@ -529,10 +654,13 @@ mod tests {
     fn failures_move_to_the_next_endpoint_and_open_the_circuit() {
         let (bad, bad_calls) = mock(Arc::new(|_: &Value| (503, json!({"error": "overloaded"}))));
         let (good, good_calls) = mock(logprobs(-1.0, -1.0));
-        let scorer = RemoteScorer::new(RemoteSettings {
-            breaker_failures: 1,
-            ..settings(vec![bad, good])
-        })
+        let scorer = RemoteScorer::new(
+            RemoteSettings {
+                breaker_failures: 1,
+                ..settings(vec![bad, good])
+            },
+            None,
+        )
         .expect("scorer");
         for _ in 0..4 {
             let s = scorer.score(&[request()]).expect("scores");
@@ -551,7 +679,7 @@ mod tests {
         let (url, calls) = mock(Arc::new(|_: &Value| {
             (400, json!({"error": "unknown model"}))
         }));
-        let scorer = RemoteScorer::new(settings(vec![url])).expect("scorer");
+        let scorer = RemoteScorer::new(settings(vec![url]), None).expect("scorer");
         let err = scorer.score(&[request()]).expect_err("refused").to_string();
         assert!(
             err.contains("HTTP 400") && err.contains("unknown model"),
@@ -559,14 +687,25 @@ mod tests {
         );
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         let (down, calls) = mock(Arc::new(|_: &Value| (500, json!({}))));
-        let scorer = RemoteScorer::new(RemoteSettings {
-            breaker_failures: 10,
-            ..settings(vec![down])
-        })
+        let scorer = RemoteScorer::new(
+            RemoteSettings {
+                breaker_failures: 10,
+                ..settings(vec![down])
+            },
+            None,
+        )
         .expect("scorer");
         let err = scorer.score(&[request()]).expect_err("refused").to_string();
         assert!(err.contains("gave up after 3 tries"), "{err}");
         assert_eq!(calls.load(Ordering::SeqCst), 3);
-        assert!(RemoteScorer::new(settings(Vec::new())).is_err());
+        assert!(RemoteScorer::new(settings(Vec::new()), None).is_err());
+        let token_ids = RemoteSettings {
+            prompt_format: PromptFormat::TokenIds,
+            ..settings(vec!["http://127.0.0.1:9".into()])
+        };
+        let e = RemoteScorer::new(token_ids, None)
+            .err()
+            .expect("no tokenizer");
+        assert!(e.to_string().contains("tokenizer"), "{e}");
     }
 }
