@@ -5,8 +5,9 @@
 # the llama-cpp-python sdist, PyPI, pinned) for the remote-scorer test, CUDA 13.0's compiler and
 # libraries (PyPI, pinned) for the CUDA build, Debian's wrk for the load test and cargo-fuzz
 # (crates.io, pinned) are the only downloads; then formatting, lints, every test (test models are
-# written by the tests themselves), the CUDA build and its test on this GPU-less machine, and a
-# repeatable fuzzing pass over each parser.
+# written by the tests themselves), the CUDA build and its test on this GPU-less machine, a CPU
+# rehearsal of the GPU proof (transformers from PyPI, pinned), and a repeatable fuzzing pass
+# over each parser.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch-tokenizer.sh
@@ -18,4 +19,5 @@ cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --locked
 SHIELDGATE_CUDA_BIN=$(scripts/cuda-build.sh) cargo test --locked --test tests cuda -- --ignored
+scripts/gpu/rehearse.sh >/dev/null
 scripts/fuzz.sh runs=100000

@@ -43,6 +43,7 @@ SENTENCES = [
     "What can I say to him that keeps things calm but makes the point clear?",
 ]
 BUCKETS = {"short": 0, "medium": 4, "long": 30}  # sentences after the short question
+F32_TARGET = 1e-4  # largest |Δlogit| against the fixtures in f32
 
 
 def log(*args):
@@ -465,6 +466,9 @@ def main():
         try:
             if step == "parity":
                 report["parity"] = parity(sg, args, torch_device)
+                worst = max(r["f32_vs_fixture"] for r in report["parity"].values())
+                if worst > F32_TARGET:
+                    raise AssertionError(f"f32 |Δlogit| {worst:.2e} > {F32_TARGET:.0e}")
             elif step == "speed":
                 report["speed"] = speed(sg, args, work)
             elif step == "peer":
