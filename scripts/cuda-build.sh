@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # Builds shieldgate with the `cuda` feature on any x86-64 machine, GPU or not (the toolkit comes
-# from scripts/cuda-env.sh), into target/cuda/ so the CPU build is left alone. Prints the
-# binary's path. Arguments go to cargo (e.g. --offline).
+# from scripts/cuda-env.sh). Prints the binary's path. Arguments go to cargo (e.g. --offline).
+# The build lives outside the work tree (SHIELDGATE_CUDA_TARGET, default a per-machine cache),
+# so a fresh clone on the same machine reuses the compiled CUDA kernels and dependencies.
+# The binary is built for any x86-64-v3 (AVX2) host, not for this machine's CPU: it is shipped
+# to GPU machines whose processors differ (SHIELDGATE_CUDA_RUSTFLAGS overrides).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/cuda-env.sh)"
-cargo build --release --locked --features cuda --target-dir target/cuda "$@" >&2
-echo "$PWD/target/cuda/release/shieldgate"
+export RUSTFLAGS="${SHIELDGATE_CUDA_RUSTFLAGS:--C target-cpu=x86-64-v3}"
+target="${SHIELDGATE_CUDA_TARGET:-${HOME}/.cache/shieldgate/cuda-target}"
+cargo build --release --locked --features cuda --target-dir "$target" "$@" >&2
+echo "$target/release/shieldgate"
