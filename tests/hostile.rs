@@ -355,11 +355,12 @@ pub fn hostile_gateway(
             "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
              max_body_bytes = {MAX_BODY}\nmax_header_bytes = {MAX_HEAD}\n\
              client_timeout_ms = {CLIENT_TIMEOUT_MS}\nidle_timeout_ms = {IDLE_TIMEOUT_MS}\n\
-             [model]\nsource = \"/nonexistent/model\"\n\
+             [model]\nsource = \"synthetic:tiny\"\ntokenizer = {:?}\n\
              [scorer.remote]\nurls = [\"http://{scorer}\"]\nmodel = \"m\"\nhealth_interval_ms = 0\n\
              [upstream]\nurl = \"http://{}\"\n\
              [proxy]\noutput_mode = \"off\"\n\
              [profiles.default.categories]\nhate = {{ threshold = 0.99, action = \"block\" }}\n",
+            crate::common::tokenizer_path(),
             upstream.addr
         ),
     )

@@ -171,9 +171,10 @@ fn sustained_load_has_no_errors_and_flat_memory() {
         dir.path(),
         upstream.addr,
         &format!(
-            "[model]\nsource = \"/nonexistent/model\"\n\
+            "[model]\nsource = \"synthetic:tiny\"\ntokenizer = {:?}\n\
              [scorer.remote]\nurls = [\"http://{completions}\"]\nmodel = \"m\"\nhealth_interval_ms = 0\n\
-             [profiles.default.categories]\nhate = {{ threshold = 0.99, action = \"block\" }}\n"
+             [profiles.default.categories]\nhate = {{ threshold = 0.99, action = \"block\" }}\n",
+            crate::common::tokenizer_path()
         ),
     );
     let (running, addr, _) = spawn_serve(&config);

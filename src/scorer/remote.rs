@@ -33,7 +33,7 @@ enum Prompt {
     Text(String),
 }
 
-/// The tokenizer of token-id prompts, with the ids of `Yes` and `No`.
+/// How token-id prompts are made: the model's tokenizer and the longest prompt allowed.
 struct Encoder {
     tokenizer: GemmaTokenizer,
     max_tokens: usize,
