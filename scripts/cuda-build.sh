@@ -3,12 +3,11 @@
 # from scripts/cuda-env.sh). Prints the binary's path. Arguments go to cargo (e.g. --offline).
 # The build lives outside the work tree (SHIELDGATE_CUDA_TARGET, default a per-machine cache),
 # so a fresh clone on the same machine reuses the compiled CUDA kernels and dependencies.
-# The binary is built for any x86-64-v3 (AVX2) host, not for this machine's CPU: it is shipped
-# to GPU machines whose processors differ (SHIELDGATE_CUDA_RUSTFLAGS overrides).
+# Like every build (.cargo/config.toml), the binary runs on any x86-64-v3 (AVX2) host, as it
+# must: it is shipped to GPU machines whose processors differ from the building one's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/cuda-env.sh)"
-export RUSTFLAGS="${SHIELDGATE_CUDA_RUSTFLAGS:--C target-cpu=x86-64-v3}"
 target="${SHIELDGATE_CUDA_TARGET:-${HOME}/.cache/shieldgate/cuda-target}"
 cargo build --release --locked --features cuda --target-dir "$target" "$@" >&2
 echo "$target/release/shieldgate"

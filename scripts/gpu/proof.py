@@ -18,6 +18,7 @@ CPU with the small test shape (numbers then mean nothing).
 """
 
 import argparse
+import functools
 import http.client
 import json
 import lzma
@@ -316,11 +317,18 @@ def speed(sg, args, work):
     return result
 
 
-def rendered_ids(tok, text):
-    """The four policy prompts of a user text, as token ids (the template starts with <bos>)."""
+@functools.cache
+def prompt_template_and_policies():
+    """The prompt-only template and the built-in policies in id order, read once."""
     template = (ROOT / "prompts/prompt_only.txt").read_text()
     policies = sorted((fixtures.tomllib.loads(p.read_text()) for p in (ROOT / "policies").glob("*.toml")),
                       key=lambda p: p["id"])
+    return template, policies
+
+
+def rendered_ids(tok, text):
+    """The four policy prompts of a user text, as token ids (the template starts with <bos>)."""
+    template, policies = prompt_template_and_policies()
     return [tok.encode(fixtures.render(template, USER=text, RESPONSE="",
                                        GUIDELINE=p["guideline"]["prompt"]),
                        add_special_tokens=False).ids for p in policies]
@@ -380,7 +388,7 @@ def peer(sg, args, work, torch_device, tok):
     texts = [text_for(b, k) for b in BUCKETS for k in range(2)]
     scored = sg.score_jsonl(f"synthetic:{args.preset}", "bf16",
                             [{"id": i, "prompt": t} for i, t in enumerate(texts)])
-    policy_ids = sorted(p.stem for p in (ROOT / "policies").glob("*.toml"))
+    policy_ids = [p["id"] for p in prompt_template_and_policies()[1]]
     ours = [scored[(i, pid)] for i in range(len(texts)) for pid in policy_ids]
     theirs = [last_logits(model, ids, yes, no, torch_device)
               for t in texts for ids in rendered_ids(tok, t)]
