@@ -506,3 +506,57 @@ fn a_parallel_input_check_forwards_while_it_scores_and_still_blocks() {
         "two blocked inputs, then the clean input and its answer"
     );
 }
+
+#[test]
+fn a_rewritten_answer_never_carries_the_upstreams_length() {
+    // Upstreams that send a stream with a Content-Length (not chunked): whatever the gateway
+    // answers must be complete, with a length (if any) that is its own.
+    let requests = [
+        (
+            "/v1/chat/completions",
+            chat("say: fine start then hate~ later on", true),
+        ),
+        (
+            "/v1/chat/completions",
+            chat("say: fine start then hate~ later on", false),
+        ),
+        (
+            "/v1/completions",
+            json!({"model": "m", "stream": true, "prompt": "say: fine start then hate~ later on"}),
+        ),
+        (
+            "/v1/responses",
+            json!({"model": "m", "stream": true, "input": "say: fine start then hate~ later on"}),
+        ),
+        (
+            "/v1/messages",
+            json!({"model": "c", "max_tokens": 9, "stream": true,
+                   "messages": [{"role": "user", "content": "say: fine start then hate~ later on"}]}),
+        ),
+    ];
+    for mode in ["buffer", "incremental", "audit", "off"] {
+        let (gw, mock, _scorer) = gateway(&format!(
+            "[proxy]\noutput_mode = \"{mode}\"\nincremental_chars = 8\n"
+        ));
+        for (path, body) in &requests {
+            let headers = [("x-mock-content-length", "1")];
+            let a = gw.runtime.block_on(post(gw.addr, path, &headers, body));
+            let upstream = gw.runtime.block_on(post(mock.addr, path, &headers, body));
+            let what = format!("{mode} {path} stream={}: {}", body["stream"], a.body);
+            assert_eq!(a.status, 200, "{what}");
+            assert!(!a.body.starts_with("<body failed"), "truncated: {what}");
+            if let Some(length) = a.header("content-length") {
+                assert_eq!(length, a.body.len().to_string(), "{what}");
+            }
+            let withheld = matches!(mode, "buffer" | "incremental");
+            assert_eq!(a.body != upstream.body, withheld, "{what}");
+            if body["stream"] == true {
+                for data in a.sse_data().iter().filter(|d| *d != "[DONE]") {
+                    serde_json::from_str::<Value>(data).unwrap_or_else(|e| panic!("{e}: {what}"));
+                }
+            } else {
+                a.json();
+            }
+        }
+    }
+}

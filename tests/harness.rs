@@ -324,7 +324,8 @@ pub struct Received {
 /// Headers steer it: `x-mock-status` (answer with this error status), `x-mock-stall-ms`
 /// (wait before the head), `x-mock-stall-body-ms` (wait half-way through the body),
 /// `x-mock-break` (end the stream abruptly half-way), `x-mock-garbage` (a 200 whose JSON body
-/// is not JSON).
+/// is not JSON), `x-mock-content-length` (send the body, streamed or not, with a
+/// `Content-Length` instead of chunked, as some servers and buffering proxies do).
 pub struct MockUpstream {
     /// Its address.
     pub addr: SocketAddr,
@@ -528,6 +529,7 @@ async fn mock_answer(log: Arc<Mutex<Vec<Received>>>, req: Request<Incoming>) -> 
         ("/v1/messages", true) => ("text/event-stream", messages_stream(&answer)),
         _ => ("application/json", json!({"echo": path}).to_string()),
     };
+    let length = payload.len();
     let (tx, body) = channel(4);
     tokio::spawn(async move {
         let bytes = payload.into_bytes();
@@ -551,6 +553,12 @@ async fn mock_answer(log: Arc<Mutex<Vec<Received>>>, req: Request<Incoming>) -> 
         .insert("content-type", content_type.parse().expect("ct"));
     r.headers_mut()
         .insert("x-upstream", "mock".parse().expect("value"));
+    if headers.contains_key("x-mock-content-length") {
+        r.headers_mut().insert(
+            "content-length",
+            length.to_string().parse().expect("length"),
+        );
+    }
     r
 }
 

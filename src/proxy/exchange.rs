@@ -150,6 +150,10 @@ pub async fn handle(
     };
     let (mut head, upstream_body) = response.into_parts();
     strip_hop_by_hop(&mut head.headers);
+    // A length belongs to a body, not to a head: the body sent below may be rewritten (a block,
+    // an end of stream cut short), and hyper writes the length of whatever body it sends (an
+    // upstream body relayed unchanged keeps its exact length through its size hint).
+    head.headers.remove(CONTENT_LENGTH);
     let idle = upstream.idle_timeout;
     let refs: Vec<&Decision> = decisions.iter().collect();
     if !head.status.is_success() || proxy.output_mode == OutputMode::Off {
@@ -221,7 +225,6 @@ pub async fn handle(
         Disposition::Unavailable => return ex.unavailable(&output),
         Disposition::Block => {
             let block = ex.block(&output);
-            head.headers.remove(CONTENT_LENGTH);
             match collector {
                 Some(c) => full(c.blocked_stream(&output.parts_blocked, &block)),
                 // Texts were read only from bodies a `Value` accepts (see
