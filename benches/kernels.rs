@@ -17,8 +17,8 @@ use std::time::Instant;
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
-use shieldgate::model::synthetic;
-use shieldgate::model::weights::{StoredTensor, WeightSource};
+use shieldgate::model::load::synthetic;
+use shieldgate::model::load::weights::{StoredTensor, WeightSource};
 
 use common::{cpu_name, env_or, number};
 

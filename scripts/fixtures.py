@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Seeded random-weight Gemma 2 test models and reference fixtures for shieldgate.
 
-The weights come from a deterministic integer formula that src/model/test_weights.rs
+The weights come from a deterministic integer formula that src/model/load/synthetic.rs
 implements too, so neither side commits weights:
 
     seed  = FNV-1a 64 of the tensor's Hugging Face name (UTF-8)
@@ -34,7 +34,7 @@ TOKENIZER_SHA256 = "7da53ca29fb16f6b2489482fc0bc6a394162cdab14d12764a1755ebc583f
 GOLDEN = 0x9E3779B97F4A7C15
 MASK = (1 << 64) - 1
 
-# Keep in sync with src/model/test_weights.rs (TestPreset).
+# Keep in sync with src/model/load/synthetic.rs (TestPreset).
 PRESETS = {
     # Four layers so both sliding (even) and global (odd) layers run; a window of
     # 32 tokens is shorter than every rendered prompt.

@@ -4,7 +4,7 @@
 //! decisions, futures), often on one thread and freed on another; glibc's malloc spent about a
 //! tenth of a connection worker's time on them, mimalloc's thread-local free lists far less.
 //! The model's tensors (MiBs each) stay with the C library, whose thresholds the model's loader
-//! tunes (`src/model/allocator.rs`) so that a forward step reuses the memory the previous one
+//! tunes (`src/model/load/malloc.rs`) so that a forward step reuses the memory the previous one
 //! freed. A block's side is decided by its size, which Rust passes to
 //! every call (the same on free as on allocation), so each side frees only its own blocks.
 //!

@@ -5,7 +5,7 @@ use std::process::Command;
 use std::sync::{Arc, OnceLock};
 
 use serde::Deserialize;
-use shieldgate::model::loader::{load, LoadOptions, ModelSource};
+use shieldgate::model::load::loader::{load, LoadOptions, ModelSource};
 use shieldgate::policy::{Policy, PolicySet};
 use shieldgate::scorer::{Engine, EngineOptions, ScoreRequest};
 

@@ -9,7 +9,7 @@ use std::path::Path;
 use clap::Parser;
 use shieldgate::cli::Cli;
 use shieldgate::config::Config;
-use shieldgate::proxy::profiles::Profiles;
+use shieldgate::policy::profiles::Profiles;
 use yaml_rust2::{Yaml, YamlLoader};
 
 use crate::common;

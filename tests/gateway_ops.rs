@@ -444,13 +444,13 @@ fn a_tls_upstream_is_trusted_through_the_configured_ca_file_only() {
 fn h2c_clients_are_served_on_the_same_port() {
     let (gw, _mock, _) = gateway("");
     let a = gw.runtime.block_on(async {
-        let client: hyper_util::client::legacy::Client<_, shieldgate::proxy::body::Body> =
+        let client: hyper_util::client::legacy::Client<_, shieldgate::http::body::Body> =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .http2_only(true)
                 .build_http();
         let req = hyper::Request::post(format!("http://{}/v1/chat/completions", gw.addr))
             .header("content-type", "application/json")
-            .body(shieldgate::proxy::body::full(
+            .body(shieldgate::http::body::full(
                 chat("hello over h2", false).to_string(),
             ))
             .expect("request");

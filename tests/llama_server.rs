@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use shieldgate::config::{PromptFormat, RemoteSettings};
-use shieldgate::model::loader::{load_tokenizer, LoadOptions, ModelSource};
+use shieldgate::model::load::loader::{load_tokenizer, LoadOptions, ModelSource};
 use shieldgate::scorer::remote::RemoteScorer;
 use shieldgate::scorer::{RequestScores, Score, ScoreRequest};
 

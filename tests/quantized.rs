@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use candle_core::DType;
-use shieldgate::model::loader::{LoadOptions, ModelSource};
-use shieldgate::model::quantize::GgufType;
+use shieldgate::model::load::loader::{LoadOptions, ModelSource};
+use shieldgate::model::load::quantize::GgufType;
 use shieldgate::scorer::{Engine, Score, ScoreRequest};
 
 use crate::common;
@@ -97,8 +97,8 @@ fn quantizing_while_loading_matches_f32_closely() {
 #[test]
 fn a_k_quant_embedding_stays_quantized_when_loaded() {
     use candle_core::quantized::GgmlDType;
-    use shieldgate::model::embedding::Embedding;
-    use shieldgate::model::loader::open;
+    use shieldgate::model::forward::embedding::Embedding;
+    use shieldgate::model::load::loader::open;
 
     let weights = open(&gguf("kquant/model-q4_k_m.gguf"), &LoadOptions::default())
         .unwrap_or_else(|e| panic!("the Q4_K_M file opens: {e}"));

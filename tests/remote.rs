@@ -11,8 +11,8 @@ use http_body_util::BodyExt;
 use hyper::{Request, Response};
 use serde_json::{json, Value};
 use shieldgate::config::RemoteSettings;
-use shieldgate::model::loader::{load_tokenizer, ModelSource};
-use shieldgate::proxy::body::{json_response, Body};
+use shieldgate::http::body::{json_response, Body};
+use shieldgate::model::load::loader::{load_tokenizer, ModelSource};
 use shieldgate::scorer::remote::RemoteScorer;
 use shieldgate::scorer::{Score, ScoreRequest};
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use shieldgate::proxy::moderations::CATEGORIES;
+use shieldgate::gateway::moderations::CATEGORIES;
 use shieldgate::scorer::{p_yes, Score};
 
 use crate::common;

@@ -9,7 +9,7 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::{json, Value};
 use shieldgate::config::Config;
-use shieldgate::model::loader::{LoadOptions, ModelSource};
+use shieldgate::model::load::loader::{LoadOptions, ModelSource};
 use shieldgate::scorer::Score;
 use shieldgate::tune::curves::{Confusion, Sample};
 

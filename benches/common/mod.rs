@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::DType;
-use shieldgate::model::loader::{load, parse_dtype, LoadOptions, ModelSource};
-use shieldgate::model::quantize::GgufType;
+use shieldgate::model::load::loader::{load, parse_dtype, LoadOptions, ModelSource};
+use shieldgate::model::load::quantize::GgufType;
 use shieldgate::policy::{Policy, PolicySet};
 use shieldgate::scorer::{Engine, EngineOptions, Score, ScoreRequest};
 

@@ -7,9 +7,9 @@
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 use shieldgate::config::{Reveal, Scan};
-use shieldgate::proxy::adapters::{for_path, Adapter, Block};
-use shieldgate::proxy::decision::{Decision, Direction};
-use shieldgate::proxy::sse::Parser;
+use shieldgate::gateway::protocols::{for_path, Adapter, Block};
+use shieldgate::gateway::decision::{Decision, Direction};
+use shieldgate::gateway::protocols::sse::Parser;
 
 const PATHS: [&str; 4] = [
     "/v1/chat/completions",

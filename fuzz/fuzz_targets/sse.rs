@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use shieldgate::proxy::sse::{frame, Event, Parser};
+use shieldgate::gateway::protocols::sse::{frame, Event, Parser};
 
 fn parse(pieces: &[&[u8]]) -> (Vec<Event>, Vec<u64>) {
     let mut parser = Parser::new();

@@ -5,9 +5,9 @@ use anyhow::Context;
 
 use crate::cli::CheckConfigArgs;
 use crate::config::Config;
-use crate::model::loader;
-use crate::proxy::profiles::Profiles;
-use crate::proxy::upstream::Upstream;
+use crate::http::upstream::Upstream;
+use crate::model::load::loader;
+use crate::policy::profiles::Profiles;
 
 use super::Outcome;
 

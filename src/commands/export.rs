@@ -5,9 +5,9 @@ use anyhow::{bail, Context};
 use candle_core::DType;
 
 use crate::cli::ExportArgs;
-use crate::model::export::{export, ExportFormat};
-use crate::model::loader::{open, parse_dtype, LoadOptions, ModelSource};
-use crate::model::quantize::GgufType;
+use crate::model::load::export::{export, ExportFormat};
+use crate::model::load::loader::{open, parse_dtype, LoadOptions, ModelSource};
+use crate::model::load::quantize::GgufType;
 use crate::model::GemmaTokenizer;
 
 use super::Outcome;

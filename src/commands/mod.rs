@@ -13,10 +13,10 @@ use anyhow::{bail, Context};
 
 use crate::cli::PolicyArgs;
 use crate::config::{Config, ModelSettings, PromptFormat};
-use crate::model::loader::{self, load_tokenizer, LoadOptions, ModelSource};
-use crate::model::quantize::GgufType;
+use crate::model::load::loader::{self, load_tokenizer, LoadOptions, ModelSource};
+use crate::model::load::quantize::GgufType;
+use crate::policy::profiles::Profiles;
 use crate::policy::{Policy, PolicySet};
-use crate::proxy::profiles::Profiles;
 use crate::scorer::cache::CachedScorer;
 use crate::scorer::remote::RemoteScorer;
 use crate::scorer::{Engine, EngineOptions, Score};

@@ -12,10 +12,10 @@ use tokio::sync::watch;
 
 use crate::cli::ServeArgs;
 use crate::config::{Config, UpstreamConfig};
-use crate::metrics::Metrics;
-use crate::proxy::server::{serve, serve_on, Limits};
-use crate::proxy::workers::Workers;
-use crate::proxy::{admin, route, Gateway};
+use crate::gateway::metrics::Metrics;
+use crate::gateway::{admin, route, Gateway};
+use crate::http::server::{serve, serve_on, Limits};
+use crate::http::workers::Workers;
 use crate::scorer::worker::ScorerHandle;
 
 use super::{load_scorer, Outcome};

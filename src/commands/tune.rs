@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 
 use crate::cli::TuneArgs;
 use crate::config::Config;
-use crate::proxy::server::{serve, Limits};
+use crate::http::server::{serve, Limits};
 use crate::tune::analysis::{analyse, CategoryReport, Current, Settings};
 use crate::tune::curves::Target;
 use crate::tune::data::{read_examples, read_traffic, ExampleFields};

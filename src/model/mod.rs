@@ -2,41 +2,20 @@
 //! cache passed into each step, the Yes/No head and the tokenizer. Knows nothing of HTTP,
 //! policies or metrics.
 
-mod allocator;
-mod approx;
-mod attention;
-pub mod config;
 mod device;
-pub mod embedding;
-pub mod export;
-mod geglu;
-mod gemma2;
-mod gguf;
-mod gguf_tokenizer;
-mod head;
-#[cfg(feature = "hub")]
-mod hub;
-mod int8_gemm;
-mod kv_cache;
-mod linear;
-pub mod loader;
-mod norm;
-pub mod quantize;
-mod slots;
-mod softmax;
-pub mod synthetic;
-pub mod tokenizer;
-pub mod weights;
+pub mod forward;
+pub mod kernels;
+pub mod load;
 
 use std::path::PathBuf;
 
-pub use config::Gemma2Config;
 pub use device::parse_device;
-pub use gemma2::{Gemma2, Step};
-pub use int8_gemm::quantized_kernel;
-pub use kv_cache::KvCache;
-pub use loader::{LoadOptions, LoadedModel, ModelSource};
-pub use tokenizer::GemmaTokenizer;
+pub use forward::gemma2::{Gemma2, Step};
+pub use forward::kv_cache::KvCache;
+pub use kernels::int8_gemm::quantized_kernel;
+pub use load::config::Gemma2Config;
+pub use load::loader::{LoadOptions, LoadedModel, ModelSource};
+pub use load::tokenizer::GemmaTokenizer;
 
 /// Everything that can go wrong while loading or running the model.
 #[derive(Debug, thiserror::Error)]

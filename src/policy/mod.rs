@@ -1,6 +1,9 @@
 //! Safety policies: the guideline texts ShieldGemma classifies against, in both wordings
 //! (prompt-only and prompt-response), with an id and a default threshold. The four harms of
-//! the model card ship built in; users add their own TOML files.
+//! the model card ship built in; users add their own TOML files. [`profiles`] groups them with
+//! thresholds and actions, shared by the gateway, audit and tuning.
+
+pub mod profiles;
 
 use std::path::Path;
 

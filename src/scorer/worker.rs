@@ -22,17 +22,6 @@ pub enum WorkerError {
     Score(#[from] ScoreError),
 }
 
-impl WorkerError {
-    /// A stable name for error bodies, metrics and logs.
-    pub fn error_type(&self) -> &'static str {
-        match self {
-            Self::QueueFull => "queue_full",
-            Self::Stopped => "scorer_stopped",
-            Self::Score(_) => "scoring_failed",
-        }
-    }
-}
-
 struct Job {
     requests: Vec<ScoreRequest>,
     reply: oneshot::Sender<Result<Vec<RequestScores>, ScoreError>>,

@@ -15,7 +15,7 @@ use super::analysis::CategoryReport;
 use super::data::{Example, Scores};
 use super::thresholds::set_thresholds;
 use crate::config::Config;
-use crate::proxy::body::{read_limited, text_response, with_type, Body};
+use crate::http::body::{read_limited, text_response, with_type, Body, BodyError};
 
 const PAGE: &str = include_str!("workbench.html");
 
@@ -82,14 +82,17 @@ impl Workbench {
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/") => with_type(
                 StatusCode::OK,
-                crate::proxy::body::full(self.page.clone()),
+                crate::http::body::full(self.page.clone()),
                 "text/html; charset=utf-8",
             ),
             (&Method::POST, "/export") => {
                 match read_limited(req.into_body(), 1 << 20, Duration::from_secs(30)).await {
                     Ok(body) => self.export(&body),
-                    Err(_) => {
-                        text_response(StatusCode::PAYLOAD_TOO_LARGE, "the request is too large\n")
+                    Err(e @ BodyError::TooLarge(_)) => {
+                        text_response(StatusCode::PAYLOAD_TOO_LARGE, format!("{e}\n"))
+                    }
+                    Err(e) => {
+                        text_response(StatusCode::BAD_REQUEST, format!("{e}; send it again\n"))
                     }
                 }
             }

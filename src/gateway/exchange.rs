@@ -1,0 +1,717 @@
+//! One moderated exchange on a protocol's path, as phases: read the request, check the input
+//! and forward it (in turn, or side by side), then answer with the upstream's response, checked
+//! whole (`buffer`), relayed as it is checked (`incremental`), relayed and scored afterwards
+//! (`audit`) or untouched (`off`). Each phase returns `Result<_, Stop>`; [`Exchange::render`]
+//! is the one place a [`Stop`] becomes an answer in the client's protocol.
+
+use std::future::Future;
+use std::pin::pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::header::{ACCEPT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::http::request::Parts;
+use hyper::http::response;
+use hyper::{Request, Response, StatusCode};
+use serde_json::Value;
+
+use crate::config::{BadRequest, FailMode, OutputMode};
+use crate::http::body::{
+    channel, collect, full, json_response, pass_through, read_json_request, relay, Body,
+    ChannelSender, CollectError, RelayEnd,
+};
+use crate::http::upstream::{strip_hop_by_hop, Upstream};
+use crate::policy::profiles::{Profile, Selector};
+
+use super::check::{self, CheckInput};
+use super::decision::{Decision, Direction, Disposition};
+use super::error::{RequestError, Unchecked};
+use super::headers::{annotate, Annotation, REQUEST_ID};
+use super::protocols::sse::Parser;
+use super::protocols::{Adapter, Block, Conversation, StreamCollector};
+use super::{Gateway, Settings};
+
+/// Why an exchange ends before the upstream's answer is relayed.
+enum Stop {
+    /// The input check blocked the request: the protocol's block shape.
+    Blocked(Box<Decision>),
+    /// A check gave no verdict and fails closed.
+    Unavailable(Box<Decision>),
+    /// The gateway answers with an error.
+    Error(RequestError),
+}
+
+impl From<RequestError> for Stop {
+    fn from(e: RequestError) -> Self {
+        Self::Error(e)
+    }
+}
+
+impl Stop {
+    /// The stop for a decision that [`Decision::stops`].
+    fn checked(decision: Decision) -> Self {
+        if decision.disposition == Disposition::Unavailable {
+            Self::Unavailable(Box::new(decision))
+        } else {
+            Self::Blocked(Box::new(decision))
+        }
+    }
+}
+
+/// What the steps of one exchange share.
+#[derive(Clone)]
+struct Exchange {
+    gw: Arc<Gateway>,
+    adapter: &'static dyn Adapter,
+    settings: Arc<Settings>,
+    profile: Arc<Profile>,
+    request_id: String,
+}
+
+/// A request as read: its bytes, what to scan, and a decision already made (an unparsable
+/// request forwarded unscanned).
+struct ReadRequest {
+    bytes: Bytes,
+    conversation: Conversation,
+    check: bool,
+    unparsable: Option<Decision>,
+}
+
+/// The upstream's response body and how long it may pause.
+struct UpstreamBody {
+    body: Incoming,
+    idle: Duration,
+}
+
+/// Handles a POST on a protocol's path.
+pub async fn handle(
+    gw: Arc<Gateway>,
+    adapter: &'static dyn Adapter,
+    req: Request<Incoming>,
+    request_id: String,
+) -> Response<Body> {
+    let settings = gw.settings();
+    let (parts, body) = req.into_parts();
+    let profile = settings
+        .profiles
+        .select(&Selector {
+            path: parts.uri.path(),
+            headers: &parts.headers,
+            tenant_header: &settings.proxy.tenant_header,
+        })
+        .clone();
+    let ex = Exchange {
+        gw,
+        adapter,
+        settings,
+        profile,
+        request_id,
+    };
+    match ex.run(parts, body).await {
+        Ok(response) => response,
+        Err(stop) => ex.render(stop),
+    }
+}
+
+impl Exchange {
+    async fn run(&self, mut parts: Parts, body: Incoming) -> Result<Response<Body>, Stop> {
+        let request = self.read(&parts.headers, body).await?;
+        let Some(upstream) = &self.gw.upstream else {
+            return match self.check_input(&request).await {
+                Some(d) if d.stops() => Err(Stop::checked(d)),
+                _ => Err(RequestError::NoUpstream.into()),
+            };
+        };
+        if self.settings.proxy.output_mode != OutputMode::Off {
+            // The output check reads the body: ask for it uncompressed.
+            parts.headers.remove(ACCEPT_ENCODING);
+        }
+        let (decisions, response) = self.forward(upstream, parts, &request).await?;
+        let (mut head, body) = response.into_parts();
+        strip_hop_by_hop(&mut head.headers);
+        // A length belongs to a body, not to a head: the body sent may be rewritten (a block,
+        // a stream cut short), and hyper writes the length of whatever body it sends (a body
+        // relayed unchanged keeps its exact length through its size hint).
+        head.headers.remove(CONTENT_LENGTH);
+        let upstream_body = UpstreamBody {
+            body,
+            idle: upstream.idle_timeout,
+        };
+        self.answer(head, upstream_body, &request.conversation.prompt, decisions)
+            .await
+    }
+
+    /// Reads the request and what to scan in it.
+    async fn read(&self, headers: &hyper::HeaderMap, body: Incoming) -> Result<ReadRequest, Stop> {
+        let proxy = &self.settings.proxy;
+        let bytes = read_json_request(
+            headers,
+            body,
+            self.gw.max_body_bytes,
+            self.gw.client_timeout,
+        )
+        .await
+        .map_err(RequestError::from)?;
+        match self.adapter.request_conversation(&bytes, &proxy.scan) {
+            Ok(conversation) => Ok(ReadRequest {
+                bytes,
+                conversation,
+                check: proxy.input_check,
+                unparsable: None,
+            }),
+            Err(message) if proxy.on_bad_request == BadRequest::Reject => {
+                Err(RequestError::InvalidRequest(message).into())
+            }
+            Err(message) => {
+                tracing::info!(request_id = %self.request_id, %message, "forwarding an unparsable request unscanned");
+                let mut d = Decision::failed(
+                    Direction::Input,
+                    &self.profile,
+                    Unchecked::UnparsableRequest,
+                    FailMode::Open,
+                );
+                d.unscanned.push("the whole request".into());
+                Ok(ReadRequest {
+                    bytes,
+                    conversation: Conversation::default(),
+                    check: false,
+                    unparsable: Some(d),
+                })
+            }
+        }
+    }
+
+    /// The input check, unless there is nothing to check.
+    async fn check_input(&self, request: &ReadRequest) -> Option<Decision> {
+        if !request.check {
+            return None;
+        }
+        let input = CheckInput {
+            direction: Direction::Input,
+            profile: &self.profile,
+            texts: request
+                .conversation
+                .parts
+                .iter()
+                .map(|p| (p.clone(), None))
+                .collect(),
+            fail: self.settings.proxy.on_input_error,
+            unscanned: request.conversation.unscanned.clone(),
+        };
+        Some(check::run(&self.gw, input, &self.request_id, self.adapter.protocol()).await)
+    }
+
+    /// Checks the input and sends the request upstream (in turn, or side by side).
+    async fn forward(
+        &self,
+        upstream: &Upstream,
+        parts: Parts,
+        request: &ReadRequest,
+    ) -> Result<(Vec<Decision>, Response<Incoming>), Stop> {
+        let metrics = &self.gw.hot_metrics;
+        let send = async {
+            let started = Instant::now();
+            let sent = upstream.send(parts, request.bytes.clone()).await;
+            if let Ok(r) = &sent {
+                metrics.observe_upstream(r.status(), started.elapsed().as_secs_f64());
+            }
+            sent
+        };
+        let parallel = self.settings.proxy.parallel_input_check;
+        let (input, sent) = check_and_send(self.check_input(request), send, parallel)
+            .await
+            .map_err(|d| Stop::checked(*d))?;
+        let decisions = request.unparsable.iter().cloned().chain(input).collect();
+        Ok((decisions, sent.map_err(RequestError::from)?))
+    }
+
+    /// Answers with the upstream's response, as the output mode says.
+    async fn answer(
+        &self,
+        head: response::Parts,
+        upstream: UpstreamBody,
+        prompt: &str,
+        decisions: Vec<Decision>,
+    ) -> Result<Response<Body>, Stop> {
+        let proxy = &self.settings.proxy;
+        let UpstreamBody { body, idle } = upstream;
+        if !head.status.is_success() || proxy.output_mode == OutputMode::Off {
+            let body = pass_through(body, idle, Bytes::new());
+            return Ok(self.annotated(Response::from_parts(head, body), &decisions));
+        }
+        let is_stream = head
+            .headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        let body = match proxy.output_mode {
+            OutputMode::Audit => self.audit(body, is_stream, prompt.to_string(), idle),
+            OutputMode::Incremental if is_stream => {
+                self.incremental(body, prompt.to_string(), idle)
+            }
+            _ => {
+                let upstream = UpstreamBody { body, idle };
+                return self
+                    .buffered(head, upstream, is_stream, prompt, decisions)
+                    .await;
+            }
+        };
+        Ok(self.annotated(Response::from_parts(head, body), &decisions))
+    }
+
+    /// Holds the whole response, checks it, and relays it or its blocked form.
+    async fn buffered(
+        &self,
+        head: response::Parts,
+        upstream: UpstreamBody,
+        is_stream: bool,
+        prompt: &str,
+        mut decisions: Vec<Decision>,
+    ) -> Result<Response<Body>, Stop> {
+        let UpstreamBody { mut body, idle } = upstream;
+        let bytes = match collect(&mut body, self.settings.proxy.max_response_bytes, idle).await {
+            Ok(b) => b,
+            Err(CollectError::TooLarge(prefix)) => {
+                let d = self.output_failed(Unchecked::ResponseTooLarge);
+                if d.stops() {
+                    return Err(Stop::checked(d));
+                }
+                decisions.push(d);
+                let body = pass_through(body, idle, prefix);
+                return Ok(self.annotated(Response::from_parts(head, body), &decisions));
+            }
+            Err(CollectError::Failed) => return Err(RequestError::UpstreamFailed.into()),
+            Err(CollectError::Stalled) => {
+                return Err(RequestError::UpstreamStalled(idle.as_millis()).into())
+            }
+        };
+        let Outputs { texts, collector } = read_outputs(self.adapter, &bytes, is_stream);
+        let output = match texts {
+            Some(texts) => self.check_output(prompt, texts).await,
+            None => self.output_failed(Unchecked::UnparsableResponse),
+        };
+        let body = match output.disposition {
+            Disposition::Unavailable => return Err(Stop::checked(output)),
+            Disposition::Block => {
+                let block = self.block(&output);
+                match collector {
+                    Some(c) => full(c.blocked_stream(&output.parts_blocked, &block)),
+                    // Texts were read only from bodies a `Value` accepts (see
+                    // `Adapter::response_outputs`); were one refused, nothing of it is sent.
+                    None => {
+                        let mut v = serde_json::from_slice::<Value>(&bytes)
+                            .map_err(|_| RequestError::UpstreamUnrewritable)?;
+                        self.adapter
+                            .block_outputs(&mut v, &output.parts_blocked, &block);
+                        full(v.to_string())
+                    }
+                }
+            }
+            Disposition::Pass | Disposition::Flag => full(bytes),
+        };
+        decisions.push(output);
+        Ok(self.annotated(Response::from_parts(head, body), &decisions))
+    }
+
+    /// Checks answer texts (one per choice) against the prompt.
+    async fn check_output(&self, prompt: &str, texts: Vec<String>) -> Decision {
+        let input = CheckInput {
+            direction: Direction::Output,
+            profile: &self.profile,
+            texts: texts
+                .into_iter()
+                .map(|o| (prompt.to_string(), Some(o)))
+                .collect(),
+            fail: self.settings.proxy.on_output_error,
+            unscanned: Vec::new(),
+        };
+        check::run(&self.gw, input, &self.request_id, self.adapter.protocol()).await
+    }
+
+    /// The one place a [`Stop`] becomes an answer in the client's protocol.
+    fn render(&self, stop: Stop) -> Response<Body> {
+        match stop {
+            Stop::Blocked(d) => {
+                let body = self.adapter.input_blocked(&self.block(&d));
+                self.annotated(json_response(StatusCode::BAD_REQUEST, &body), &[*d])
+            }
+            Stop::Unavailable(d) => {
+                let why = d.evaluation_error.unwrap_or(Unchecked::ScoringFailed);
+                let response = super::error::respond(
+                    &self.gw,
+                    self.adapter,
+                    &RequestError::ModerationUnavailable(why),
+                    &self.request_id,
+                );
+                self.annotated(response, &[*d])
+            }
+            Stop::Error(e) => super::error::respond(&self.gw, self.adapter, &e, &self.request_id),
+        }
+    }
+
+    fn block<'a>(&'a self, decision: &'a Decision) -> Block<'a> {
+        Block {
+            decision,
+            reveal: self.settings.proxy.reveal,
+            replacement: &self.settings.proxy.replacement_text,
+        }
+    }
+
+    /// A failed output check, recorded like any other.
+    fn output_failed(&self, why: Unchecked) -> Decision {
+        let d = Decision::failed(
+            Direction::Output,
+            &self.profile,
+            why,
+            self.settings.proxy.on_output_error,
+        );
+        check::record(&self.gw, &d, &self.request_id, self.adapter.protocol(), &[]);
+        d
+    }
+
+    fn annotated(&self, mut response: Response<Body>, decisions: &[Decision]) -> Response<Body> {
+        let headers = response.headers_mut();
+        if decisions.is_empty() {
+            if let Ok(v) = self.request_id.parse() {
+                headers.insert(REQUEST_ID, v);
+            }
+            return response;
+        }
+        let decisions: Vec<&Decision> = decisions.iter().collect();
+        annotate(
+            headers,
+            &Annotation {
+                request_id: &self.request_id,
+                policy_version: &self.settings.profiles.version,
+                decisions: &decisions,
+                reveal: self.settings.proxy.reveal,
+            },
+        );
+        response
+    }
+
+    /// Relays a stream as it is scored; see [`OutputMode::Incremental`].
+    fn incremental(&self, upstream: Incoming, prompt: String, idle: Duration) -> Body {
+        let (tx, body) = channel(16);
+        let ex = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = ex.run_incremental(upstream, &prompt, idle, &tx).await {
+                let _ = tx.send(Err(e.into())).await;
+            }
+        });
+        body
+    }
+
+    async fn run_incremental(
+        &self,
+        mut upstream: Incoming,
+        prompt: &str,
+        idle: Duration,
+        tx: &ChannelSender,
+    ) -> Result<(), &'static str> {
+        let every = self.settings.proxy.incremental_chars;
+        let mut scoring = (Parser::new(), self.adapter.collector());
+        let mut released = (Parser::new(), self.adapter.collector());
+        let mut held: Vec<u8> = Vec::new();
+        let (mut total, mut sent, mut checked) = (0u64, 0u64, 0usize);
+        loop {
+            let done = match next_frame(&mut upstream, idle).await? {
+                Some(data) => {
+                    total += data.len() as u64;
+                    held.extend_from_slice(&data);
+                    for event in scoring.0.feed(&data) {
+                        scoring.1.event(&event);
+                    }
+                    false
+                }
+                None => {
+                    if let Some(event) = scoring.0.finish() {
+                        scoring.1.event(&event);
+                    }
+                    true
+                }
+            };
+            let outputs = scoring.1.outputs();
+            let length: usize = outputs.iter().map(String::len).sum();
+            if !done && length < checked + every {
+                continue;
+            }
+            if length > checked || (done && checked == 0) {
+                checked = length;
+                let d = self.check_output(prompt, outputs).await;
+                if d.stops() {
+                    let block = self.block(&d);
+                    let end = if sent == 0 {
+                        scoring.1.blocked_stream(&d.parts_blocked, &block)
+                    } else {
+                        released.1.terminate(&block)
+                    };
+                    let _ = tx.send(Ok(Bytes::from(end))).await;
+                    return Ok(());
+                }
+            }
+            let upto = if done {
+                total
+            } else {
+                scoring.0.complete_through()
+            };
+            if upto > sent {
+                let release: Vec<u8> = held.drain(..(upto - sent) as usize).collect();
+                for event in released.0.feed(&release) {
+                    released.1.event(&event);
+                }
+                sent = upto;
+                if tx.send(Ok(Bytes::from(release))).await.is_err() {
+                    return Ok(());
+                }
+            }
+            if done {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Relays the response at once and scores it when it is complete (record only).
+    fn audit(&self, upstream: Incoming, is_stream: bool, prompt: String, idle: Duration) -> Body {
+        let limit = self.settings.proxy.max_response_bytes;
+        let state = Arc::new(Mutex::new(AuditState {
+            parser: Parser::new(),
+            collector: self.adapter.collector(),
+            json: Vec::new(),
+            overflow: false,
+        }));
+        let tap_state = state.clone();
+        let tap = move |data: &Bytes| {
+            let mut s = tap_state.lock().unwrap_or_else(|e| e.into_inner());
+            if is_stream {
+                for event in s.parser.feed(data) {
+                    s.collector.event(&event);
+                }
+            } else if s.json.len() + data.len() <= limit {
+                s.json.extend_from_slice(data);
+            } else {
+                s.overflow = true;
+            }
+        };
+        let ex = self.clone();
+        let done = move |end: RelayEnd| {
+            if end != RelayEnd::Complete {
+                return;
+            }
+            let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+            let outputs = if is_stream {
+                if let Some(event) = s.parser.finish() {
+                    s.collector.event(&event);
+                }
+                Ok(s.collector.outputs())
+            } else if s.overflow {
+                Err(Unchecked::ResponseTooLarge)
+            } else {
+                ex.adapter
+                    .response_outputs(&s.json)
+                    .ok_or(Unchecked::UnparsableResponse)
+            };
+            drop(s);
+            tokio::spawn(async move {
+                let d = match outputs {
+                    Ok(outputs) => ex.check_output(&prompt, outputs).await,
+                    Err(why) => ex.output_failed(why),
+                };
+                tracing::info!(request_id = %ex.request_id, action = d.disposition.as_str(), "audited response");
+            });
+        };
+        relay(upstream, idle, tap, done)
+    }
+}
+
+/// Runs the input check (`None`: nothing to check) and the upstream call: one after the
+/// other, or side by side when `parallel` (the answer then waits for the verdict). A verdict
+/// that stops the request comes back as the error, and the call is dropped (cancelled) or
+/// never made.
+async fn check_and_send<R>(
+    verdict: impl Future<Output = Option<Decision>>,
+    send: impl Future<Output = R>,
+    parallel: bool,
+) -> Result<(Option<Decision>, R), Box<Decision>> {
+    let stop = |d: Option<Decision>| match d {
+        Some(d) if d.stops() => Err(Box::new(d)),
+        d => Ok(d),
+    };
+    if !parallel {
+        let d = stop(verdict.await)?;
+        return Ok((d, send.await));
+    }
+    let mut verdict = pin!(verdict);
+    let mut send = pin!(send);
+    tokio::select! {
+        d = &mut verdict => {
+            let d = stop(d)?;
+            Ok((d, send.await))
+        }
+        sent = &mut send => Ok((stop(verdict.await)?, sent)),
+    }
+}
+
+/// The next data of a body (`None` at its end), waiting at most `idle`.
+async fn next_frame(body: &mut Incoming, idle: Duration) -> Result<Option<Bytes>, &'static str> {
+    loop {
+        match tokio::time::timeout(idle, body.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    return Ok(Some(data));
+                }
+            }
+            Ok(None) => return Ok(None),
+            Ok(Some(Err(_))) => return Err("the upstream stream broke off"),
+            Err(_) => return Err("the upstream stream stalled"),
+        }
+    }
+}
+
+/// A whole response as the output check sees it.
+struct Outputs {
+    /// One text per choice; `None` when the body is not what the protocol promises.
+    texts: Option<Vec<String>>,
+    /// The stream's collector (streamed responses).
+    collector: Option<Box<dyn StreamCollector>>,
+}
+
+fn read_outputs(adapter: &dyn Adapter, bytes: &[u8], is_stream: bool) -> Outputs {
+    if is_stream {
+        let mut collector = adapter.collector();
+        let mut parser = Parser::new();
+        let mut events = parser.feed(bytes);
+        events.extend(parser.finish());
+        for event in &events {
+            collector.event(event);
+        }
+        Outputs {
+            texts: Some(collector.outputs()),
+            collector: Some(collector),
+        }
+    } else {
+        Outputs {
+            texts: adapter.response_outputs(bytes),
+            collector: None,
+        }
+    }
+}
+
+/// What an audited response accumulates while it is relayed.
+struct AuditState {
+    parser: Parser,
+    collector: Box<dyn StreamCollector>,
+    json: Vec<u8>,
+    overflow: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use tokio::sync::oneshot;
+
+    use super::*;
+
+    fn decided(disposition: Disposition) -> Option<Decision> {
+        let mut d = Decision::bare_block(Direction::Input);
+        d.disposition = disposition;
+        Some(d)
+    }
+
+    /// Sets its flag when dropped.
+    struct Dropped(Arc<AtomicBool>);
+
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn in_turn_the_call_waits_for_the_verdict_and_is_not_made_when_stopped() {
+        let (give, verdict) = oneshot::channel();
+        let called = Arc::new(AtomicBool::new(false));
+        let flag = called.clone();
+        let send = async move {
+            flag.store(true, Ordering::SeqCst);
+            "answer"
+        };
+        let both = tokio::spawn(check_and_send(
+            async { verdict.await.expect("verdict") },
+            send,
+            false,
+        ));
+        tokio::task::yield_now().await;
+        assert!(!called.load(Ordering::SeqCst), "called before the verdict");
+        give.send(decided(Disposition::Block)).expect("given");
+        let stopped = both.await.expect("task").expect_err("stopped");
+        assert_eq!(stopped.disposition, Disposition::Block);
+        assert!(!called.load(Ordering::SeqCst), "a blocked request was sent");
+
+        let passed = check_and_send(async { decided(Disposition::Flag) }, async { 7 }, false).await;
+        let (d, sent) = passed.expect("let through");
+        assert_eq!(
+            (d.map(|d| d.disposition), sent),
+            (Some(Disposition::Flag), 7)
+        );
+    }
+
+    #[tokio::test]
+    async fn side_by_side_the_call_goes_out_at_once_and_its_answer_waits_for_the_verdict() {
+        let (give, verdict) = oneshot::channel();
+        let (answered, answer) = oneshot::channel();
+        let both = tokio::spawn(check_and_send(
+            async { verdict.await.expect("verdict") },
+            async move {
+                answered.send(()).expect("answered");
+                "answer"
+            },
+            true,
+        ));
+        tokio::time::timeout(Duration::from_secs(5), answer)
+            .await
+            .expect("the call was made before the verdict")
+            .expect("answered");
+        tokio::task::yield_now().await;
+        assert!(
+            !both.is_finished(),
+            "the answer did not wait for the verdict"
+        );
+        give.send(None).expect("given");
+        let (d, sent) = both.await.expect("task").expect("let through");
+        assert_eq!((d, sent), (None, "answer"));
+    }
+
+    #[tokio::test]
+    async fn side_by_side_a_stopping_verdict_cancels_the_call_or_drops_its_answer() {
+        for unfinished in [true, false] {
+            let dropped = Arc::new(AtomicBool::new(false));
+            let guard = Dropped(dropped.clone());
+            let send = async move {
+                let _guard = guard;
+                if unfinished {
+                    std::future::pending::<()>().await;
+                }
+            };
+            let stopped = check_and_send(
+                async {
+                    tokio::task::yield_now().await;
+                    decided(Disposition::Unavailable)
+                },
+                send,
+                true,
+            )
+            .await
+            .expect_err("stopped");
+            assert_eq!(stopped.disposition, Disposition::Unavailable);
+            assert!(
+                dropped.load(Ordering::SeqCst),
+                "the call outlived the verdict"
+            );
+        }
+    }
+}

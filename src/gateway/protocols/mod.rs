@@ -1,0 +1,577 @@
+//! Protocol adapters, one file per wire protocol: what the input check scans in a request,
+//! the text of a response (whole or streamed), and how a block looks in that protocol.
+
+pub mod anthropic_messages;
+pub mod openai_chat;
+pub mod openai_completions;
+pub mod openai_responses;
+pub mod sse;
+mod usual_shape;
+
+use hyper::StatusCode;
+use serde_json::{json, Map, Value};
+
+use crate::config::{Action, Reveal, Scan};
+
+use self::sse::Event;
+use crate::gateway::decision::Decision;
+
+/// What a request asks the model, as the checks see it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Conversation {
+    /// Texts the input check scores, each on its own.
+    pub parts: Vec<String>,
+    /// The user turn the output check pairs with the response.
+    pub prompt: String,
+    /// Parts that cannot be scanned (images, audio, files), with where they are.
+    pub unscanned: Vec<String>,
+    /// The client asked for a stream.
+    pub stream: bool,
+}
+
+/// How a block is shown.
+pub struct Block<'a> {
+    /// The decision behind it.
+    pub decision: &'a Decision,
+    /// What may be revealed.
+    pub reveal: Reveal,
+    /// The text put in place of a withheld response.
+    pub replacement: &'a str,
+}
+
+/// One wire protocol.
+pub trait Adapter: Send + Sync {
+    /// The protocol's name in logs, metrics and headers.
+    fn protocol(&self) -> &'static str;
+    /// Extracts what to scan; an error says what is wrong with the request.
+    fn conversation(&self, body: &Value, scan: &[Scan]) -> Result<Conversation, String>;
+    /// An error body in the protocol's envelope.
+    fn error(&self, status: StatusCode, code: &str, message: &str) -> Value {
+        openai_error(status, code, message, None)
+    }
+    /// The body of the 400 answered when the input is blocked (Azure's shape by default).
+    fn input_blocked(&self, block: &Block<'_>) -> Value {
+        azure_input_blocked(block)
+    }
+    /// [`Adapter::conversation`] read straight from the bytes of a body a `Value` would
+    /// accept, for the protocol's usual shape only (as [`Adapter::usual_outputs`] reads
+    /// responses). `None` for any other shape, for a request the `Value` reading refuses, and
+    /// by default.
+    fn usual_conversation(&self, _body: &[u8], _scan: &[Scan]) -> Option<Conversation> {
+        None
+    }
+    /// What to scan in a request body; an error says what is wrong with it. The usual shape is
+    /// read without a `Value` ([`Adapter::usual_conversation`]); any other through one. The
+    /// quick exactness check runs only where a typed reading succeeded (adapters without one
+    /// skip it).
+    fn request_conversation(&self, body: &[u8], scan: &[Scan]) -> Result<Conversation, String> {
+        let usual = self
+            .usual_conversation(body, scan)
+            .filter(|_| usual_shape::skipping_is_exact(body));
+        match usual {
+            Some(conversation) => Ok(conversation),
+            None => serde_json::from_slice::<Value>(body)
+                .map_err(|e| format!("the body is not valid JSON: {e}"))
+                .and_then(|v| self.conversation(&v, scan)),
+        }
+    }
+    /// The texts of a whole response, one per choice.
+    fn outputs(&self, body: &Value) -> Vec<String>;
+    /// [`Adapter::outputs`] read straight from the bytes of a body a `Value` would accept, for
+    /// the protocol's usual shape only: no `Value` is built, strings are borrowed where they
+    /// have no escapes. `None` for any other shape (wrong types, duplicate keys, …) and by
+    /// default.
+    fn usual_outputs(&self, _body: &[u8]) -> Option<Vec<String>> {
+        None
+    }
+    /// The texts of a whole response body, one per choice; `None` when it is not JSON. The
+    /// usual shape is read without a `Value` ([`Adapter::usual_outputs`]); any other through
+    /// one, which tolerates every shape.
+    fn response_outputs(&self, body: &[u8]) -> Option<Vec<String>> {
+        let usual = usual_shape::skipping_is_exact(body)
+            .then(|| self.usual_outputs(body))
+            .flatten();
+        usual.or_else(|| {
+            serde_json::from_slice::<Value>(body)
+                .ok()
+                .map(|v| self.outputs(&v))
+        })
+    }
+    /// Withholds the choices marked in `blocked`.
+    fn block_outputs(&self, body: &mut Value, blocked: &[bool], block: &Block<'_>);
+    /// A collector for a streamed response.
+    fn collector(&self) -> Box<dyn StreamCollector>;
+}
+
+/// Follows a streamed response, event by event.
+pub trait StreamCollector: Send {
+    /// Takes the next event.
+    fn event(&mut self, event: &Event);
+    /// The texts so far, one per choice.
+    fn outputs(&self) -> Vec<String>;
+    /// A complete, valid stream that withholds the choices marked in `blocked`.
+    fn blocked_stream(&self, blocked: &[bool], block: &Block<'_>) -> String;
+    /// The frames that end, for content filtering, a stream of which the client has seen
+    /// exactly the events this collector was given.
+    fn terminate(&self, block: &Block<'_>) -> String;
+}
+
+/// The adapter for a POST to `path`, if one applies.
+pub fn for_path(path: &str) -> Option<&'static dyn Adapter> {
+    if path.ends_with("/chat/completions") {
+        Some(&openai_chat::OpenAiChat)
+    } else if path.ends_with("/v1/responses") {
+        Some(&openai_responses::OpenAiResponses)
+    } else if path.ends_with("/completions") {
+        Some(&openai_completions::OpenAiCompletions)
+    } else if path.ends_with("/v1/messages") {
+        Some(&anthropic_messages::AnthropicMessages)
+    } else {
+        None
+    }
+}
+
+/// Sets `key` on `value`, turning it into an object first when it is not one: upstream JSON
+/// may have any shape, and rewriting it must never panic.
+pub fn set(value: &mut Value, key: &str, field: Value) {
+    if !value.is_object() {
+        *value = Value::Object(Map::new());
+    }
+    if let Value::Object(map) = value {
+        map.insert(key.to_string(), field);
+    }
+}
+
+/// OpenAI's error envelope.
+pub fn openai_error(status: StatusCode, code: &str, message: &str, param: Option<&str>) -> Value {
+    let kind = if status.is_client_error() {
+        "invalid_request_error"
+    } else {
+        "server_error"
+    };
+    json!({"error": {"message": message, "type": kind, "code": code, "param": param}})
+}
+
+/// Where a part sits in a request, as notes of unscanned parts name it: `messages[2]`
+/// (written out only when a note is made).
+pub struct Place(pub &'static str, pub usize);
+
+impl std::fmt::Display for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}[{}]", self.0, self.1)
+    }
+}
+
+/// The text of an OpenAI or Anthropic `content`: a string, or parts with text; other parts are
+/// noted in `unscanned` with `place`. Empty when the content is absent or of another type.
+pub fn content_text(
+    content: Option<&Value>,
+    place: &dyn std::fmt::Display,
+    unscanned: &mut Vec<String>,
+) -> String {
+    match content {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => {
+            let texts: Vec<&str> = parts
+                .iter()
+                .filter_map(|part| {
+                    let kind = part.get("type").and_then(Value::as_str);
+                    let text = part.get("text").and_then(Value::as_str);
+                    part_text(kind, text, place, unscanned)
+                })
+                .collect();
+            texts.join("\n")
+        }
+        _ => String::new(),
+    }
+}
+
+/// The text of one part of a `content` list, from its `type` and `text`; a part of any other
+/// type than text or refusal is noted in `unscanned` with `place`.
+pub fn part_text<'a>(
+    kind: Option<&str>,
+    text: Option<&'a str>,
+    place: &dyn std::fmt::Display,
+    unscanned: &mut Vec<String>,
+) -> Option<&'a str> {
+    let kind = kind.unwrap_or("unknown");
+    match (kind, text) {
+        ("text" | "input_text" | "output_text", Some(t)) => Some(t),
+        ("refusal", _) => None,
+        _ => {
+            unscanned.push(format!("{kind} in {place}"));
+            None
+        }
+    }
+}
+
+/// An empty conversation with the body's `stream` flag.
+pub fn start(body: &Value) -> Conversation {
+    Conversation {
+        stream: body.get("stream").and_then(Value::as_bool).unwrap_or(false),
+        ..Conversation::default()
+    }
+}
+
+/// The body's `messages` array.
+pub fn messages(body: &Value) -> Result<&[Value], String> {
+    body.get("messages")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .ok_or_else(|| "the request has no \"messages\" array".to_string())
+}
+
+/// What is wrong with message `i` when it has no role.
+pub fn no_role(i: usize) -> String {
+    format!("messages[{i}] has no \"role\"")
+}
+
+/// Makes the last user turn the output check's prompt and adds the user turns the scan asks
+/// for to the scanned parts.
+pub fn add_user_turns(conv: &mut Conversation, users: Vec<String>, scan: &[Scan]) {
+    conv.prompt = users.last().cloned().unwrap_or_default();
+    if scan.contains(&Scan::AllUser) {
+        users
+            .into_iter()
+            .for_each(|u| push_part(&mut conv.parts, u));
+    } else if scan.contains(&Scan::LastUser) {
+        push_part(&mut conv.parts, conv.prompt.clone());
+    }
+}
+
+/// The body's `choices` array (empty when absent).
+pub fn choices(body: &Value) -> &[Value] {
+    body.get("choices")
+        .and_then(Value::as_array)
+        .map_or(&[], Vec::as_slice)
+}
+
+/// Applies `withhold` to each choice marked in `blocked`.
+pub fn withhold_choices(body: &mut Value, blocked: &[bool], withhold: impl Fn(&mut Value)) {
+    if let Some(choices) = body.get_mut("choices").and_then(Value::as_array_mut) {
+        for (choice, _) in choices.iter_mut().zip(blocked).filter(|(_, b)| **b) {
+            withhold(choice);
+        }
+    }
+}
+
+/// The fields of a stream's first chunk that every rewritten chunk repeats.
+pub fn chunk_meta(chunk: &Value, keys: &[&str]) -> Value {
+    let mut meta = chunk.clone();
+    if let Some(m) = meta.as_object_mut() {
+        m.retain(|k, _| keys.contains(&k.as_str()));
+    }
+    meta
+}
+
+/// One text per choice index from 0 to the highest seen (missing ones empty).
+pub fn indexed_outputs<T>(
+    choices: &std::collections::BTreeMap<u64, T>,
+    text: impl Fn(&T) -> String,
+) -> Vec<String> {
+    let last = choices.keys().next_back().map_or(0, |k| k + 1);
+    (0..last)
+        .map(|i| choices.get(&i).map_or_else(String::new, &text))
+        .collect()
+}
+
+/// Adds `text` to the scanned parts unless it is blank.
+pub fn push_part(parts: &mut Vec<String>, text: String) {
+    if !text.trim().is_empty() {
+        parts.push(text);
+    }
+}
+
+/// A sentence naming the blocked categories, when they may be revealed.
+pub fn block_message(what: &str, block: &Block<'_>) -> String {
+    let blocked = block.decision.violated(Action::Block);
+    if block.reveal == Reveal::None || blocked.is_empty() {
+        format!("The {what} was filtered by the content policy.")
+    } else {
+        format!(
+            "The {what} was filtered by the content policy ({}).",
+            blocked.join(", ")
+        )
+    }
+}
+
+/// Azure's `content_filter_result(s)` map: per category `filtered` and `severity`, plus the
+/// score and threshold when scores may be revealed; empty when nothing may be revealed.
+pub fn filter_results(block: &Block<'_>) -> Value {
+    let mut map = Map::new();
+    if block.reveal == Reveal::None {
+        return Value::Object(map);
+    }
+    for c in &block.decision.categories {
+        let filtered = c.violated && c.action == Action::Block;
+        let mut entry = json!({
+            "filtered": filtered,
+            "severity": if c.violated { "high" } else { "safe" },
+        });
+        if block.reveal == Reveal::Scores {
+            set(&mut entry, "score", json!(c.p_yes));
+            set(&mut entry, "threshold", json!(c.threshold));
+        }
+        map.insert(c.id.clone(), entry);
+    }
+    Value::Object(map)
+}
+
+/// The Azure-style 400 for a blocked prompt, shared by the OpenAI surfaces.
+pub fn azure_input_blocked(block: &Block<'_>) -> Value {
+    let mut body = openai_error(
+        StatusCode::BAD_REQUEST,
+        "content_filter",
+        &block_message("prompt", block),
+        Some("prompt"),
+    );
+    body["error"]["type"] = Value::Null;
+    body["error"]["status"] = json!(400);
+    body["error"]["innererror"] = json!({
+        "code": "ResponsibleAIPolicyViolation",
+        "content_filter_result": filter_results(block),
+    });
+    body
+}
+
+/// The end of a choice-based stream cut for content filtering: one chunk per still-open choice
+/// (`finished` tells, per index seen, whether its finish_reason was relayed; choice 0 when none
+/// was seen), built by `choice`, each repeating `meta`, then `[DONE]`.
+pub fn cut_choices(
+    meta: &Value,
+    finished: &std::collections::BTreeMap<u64, bool>,
+    choice: impl Fn(u64) -> Value,
+) -> String {
+    let open: Vec<u64> = if finished.is_empty() {
+        vec![0]
+    } else {
+        finished
+            .iter()
+            .filter(|(_, done)| !**done)
+            .map(|(i, _)| *i)
+            .collect()
+    };
+    let mut out = String::new();
+    for index in open {
+        let mut chunk = meta.clone();
+        set(&mut chunk, "choices", json!([choice(index)]));
+        out += &data_frame(&chunk);
+    }
+    out + "data: [DONE]\n\n"
+}
+
+/// `data: {json}` followed by a blank line.
+pub fn data_frame(value: &Value) -> String {
+    self::sse::frame(None, &value.to_string())
+}
+
+/// Every scan setting (tests).
+#[cfg(test)]
+pub const EVERY_SCAN: [Scan; 5] = [
+    Scan::LastUser,
+    Scan::AllUser,
+    Scan::System,
+    Scan::ToolCalls,
+    Scan::ToolResults,
+];
+
+/// Checks an adapter's [`Adapter::usual_conversation`] against its `Value` reading, under
+/// each scan setting alone and all together: the same conversation for every `usual` request,
+/// `None` for every `unusual` one, and for both the [`Adapter::request_conversation`]
+/// (conversation or error) of the `Value` reading. Beside the given unusual requests, each
+/// usual one is also tried with what only the `Value` reading refuses whatever the protocol:
+/// a number beyond an f64 and a lone surrogate where the typed reading skips them, more text
+/// after it, and inside an array; and so is a body that is not JSON.
+#[cfg(test)]
+pub fn assert_usual_conversation_agrees(adapter: &dyn Adapter, usual: &[&str], unusual: &[&str]) {
+    let derived: Vec<String> = usual
+        .iter()
+        .flat_map(|body| {
+            let rest = body.strip_prefix('{').expect("usual requests are objects");
+            let skipped = [
+                format!(r#"{{"unread":1e400,{rest}"#),
+                format!(r#"{{"unread":"\ud800",{rest}"#),
+            ];
+            for body in &skipped {
+                let exact = usual_shape::skipping_is_exact(body.as_bytes());
+                assert!(!exact, "the quick check sends it the Value way: {body}");
+            }
+            skipped
+                .into_iter()
+                .chain([format!("{body} trailing"), format!("[{body}]")])
+        })
+        .chain(["not json".to_string()])
+        .collect();
+    let unusual: Vec<&str> = unusual
+        .iter()
+        .copied()
+        .chain(derived.iter().map(String::as_str))
+        .collect();
+    let through_value = |body: &str, scan: &[Scan]| {
+        serde_json::from_str::<Value>(body)
+            .map_err(|e| format!("the body is not valid JSON: {e}"))
+            .and_then(|value| adapter.conversation(&value, scan))
+    };
+    let scans = EVERY_SCAN
+        .iter()
+        .map(std::slice::from_ref)
+        .chain([&EVERY_SCAN[..]]);
+    for scan in scans {
+        for body in usual {
+            let read = adapter.usual_conversation(body.as_bytes(), scan);
+            let expected = through_value(body, scan).expect("usual requests are valid");
+            assert_eq!(read.as_ref(), Some(&expected), "usual, {scan:?}: {body}");
+            let read = adapter.request_conversation(body.as_bytes(), scan);
+            assert_eq!(read, Ok(expected), "usual, {scan:?}: {body}");
+        }
+        for body in &unusual {
+            // What the quick check sends to the `Value` reading anyway may read either way.
+            if usual_shape::skipping_is_exact(body.as_bytes()) {
+                let read = adapter.usual_conversation(body.as_bytes(), scan);
+                assert_eq!(read, None, "unusual, {scan:?}: {body}");
+            }
+            let read = adapter.request_conversation(body.as_bytes(), scan);
+            assert_eq!(read, through_value(body, scan), "unusual, {scan:?}: {body}");
+        }
+    }
+}
+
+/// Checks an adapter's [`Adapter::usual_outputs`] against its `Value` reading: the same texts
+/// for every `usual` body, `None` for every `unusual` one (which `response_outputs` then reads
+/// through a `Value`), and `None` from `response_outputs` for bodies that are not JSON.
+#[cfg(test)]
+pub fn assert_usual_outputs_agree(adapter: &dyn Adapter, usual: &[&str], unusual: &[&str]) {
+    let through_value = |body: &str| {
+        let value: Value = serde_json::from_str(body).expect("test bodies are JSON");
+        adapter.outputs(&value)
+    };
+    for body in usual {
+        let read = adapter.usual_outputs(body.as_bytes());
+        assert_eq!(read, Some(through_value(body)), "usual: {body}");
+    }
+    for body in unusual {
+        assert_eq!(
+            adapter.usual_outputs(body.as_bytes()),
+            None,
+            "unusual: {body}"
+        );
+        let read = adapter.response_outputs(body.as_bytes());
+        assert_eq!(read, Some(through_value(body)), "unusual: {body}");
+    }
+    // Arrays where objects belong: serde would read a struct from one by position.
+    let positional = [
+        r#"[[[]]]"#,
+        r#"[[{"content":"x"}]]"#,
+        r#"{"choices":[[{"content":"x"}]]}"#,
+        r#"{"choices":[{"message":["x"]}]}"#,
+        r#"{"output":[["message",[{"text":"x"}]]]}"#,
+        r#"{"content":[["text","x"]]}"#,
+    ];
+    for body in positional {
+        let read = adapter.response_outputs(body.as_bytes());
+        assert_eq!(read, Some(through_value(body)), "positional: {body}");
+    }
+    for body in [
+        &b"{\"choices\": ["[..],
+        b"\xff",
+        b"",
+        br#"{"choices":[],"x":"\ud800"}"#,
+    ] {
+        assert_eq!(adapter.response_outputs(body), None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_pick_their_adapter() {
+        let name = |p: &str| for_path(p).map(|a| a.protocol());
+        assert_eq!(name("/v1/chat/completions"), Some("openai_chat"));
+        assert_eq!(
+            name("/openai/deployments/gpt/chat/completions"),
+            Some("openai_chat")
+        );
+        assert_eq!(name("/v1/completions"), Some("openai_completions"));
+        assert_eq!(name("/v1/responses"), Some("openai_responses"));
+        assert_eq!(name("/v1/messages"), Some("anthropic_messages"));
+        assert_eq!(name("/v1/threads/t1/messages"), None);
+        assert_eq!(name("/v1/models"), None);
+    }
+
+    /// Found by the `adapters` fuzz target: upstream JSON of another shape (a number, a list,
+    /// choices that are not objects, stream events that are not objects) is withheld
+    /// without a panic, as valid JSON and SSE.
+    #[test]
+    fn any_upstream_shape_is_withheld_without_a_panic() {
+        let decision = Decision::bare_block(crate::gateway::decision::Direction::Output);
+        let block = Block {
+            decision: &decision,
+            reveal: Reveal::Scores,
+            replacement: "withheld",
+        };
+        let bodies = [
+            json!(0),
+            json!([1, 2]),
+            json!("text"),
+            json!({"choices": [1, "x", null]}),
+            json!({"content": 3}),
+        ];
+        for path in [
+            "/v1/chat/completions",
+            "/v1/responses",
+            "/v1/completions",
+            "/v1/messages",
+        ] {
+            let adapter = for_path(path).expect("adapter");
+            for body in &bodies {
+                let mut blocked = body.clone();
+                adapter.block_outputs(&mut blocked, &[true, true, true], &block);
+                assert!(blocked.is_object() || blocked == *body, "{path}: {blocked}");
+            }
+            let mut collector = adapter.collector();
+            for data in [
+                "0",
+                "[1]",
+                "\"s\"",
+                "{\"choices\": [7]}",
+                "{\"response\": 2}",
+            ] {
+                collector.event(&Event {
+                    name: Some("message_start".into()),
+                    data: data.into(),
+                });
+            }
+            for stream in [
+                collector.blocked_stream(&[true], &block),
+                collector.terminate(&block),
+            ] {
+                let events = super::sse::Parser::new().feed(stream.as_bytes());
+                assert!(!events.is_empty(), "{path}: {stream}");
+                for e in events.iter().filter(|e| e.data != "[DONE]") {
+                    serde_json::from_str::<Value>(&e.data).expect("JSON frames");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn content_keeps_text_and_reports_the_rest() {
+        let mut unscanned = Vec::new();
+        let content = json!([
+            {"type": "text", "text": "a"},
+            {"type": "image_url", "image_url": {"url": "x"}},
+            {"type": "text", "text": "b"},
+        ]);
+        assert_eq!(
+            content_text(Some(&content), &Place("messages", 3), &mut unscanned),
+            "a\nb"
+        );
+        assert_eq!(unscanned, ["image_url in messages[3]"]);
+        let plain = json!("plain");
+        assert_eq!(content_text(Some(&plain), &"m", &mut unscanned), "plain");
+        assert_eq!(content_text(Some(&Value::Null), &"m", &mut unscanned), "");
+        assert_eq!(content_text(None, &"m", &mut unscanned), "");
+    }
+}
