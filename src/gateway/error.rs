@@ -336,4 +336,65 @@ mod tests {
             assert_eq!(serde_json::to_value(why).expect("json"), name);
         }
     }
+
+    /// The comma-separated values listed in parentheses after `` `type` `` on a metric's row
+    /// of docs/metrics.md.
+    fn documented_types(metric: &str) -> Vec<String> {
+        let docs = include_str!("../../docs/metrics.md");
+        let row = docs
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{metric}`")))
+            .unwrap_or_else(|| panic!("docs/metrics.md has no row for {metric}"));
+        let (_, after) = row.split_once("`type` (").expect("a `type` label");
+        let (list, _) = after.split_once(')').expect("closing parenthesis");
+        list.split(',').map(|t| t.trim().to_string()).collect()
+    }
+
+    /// The codes in the first column of the docs' table whose header starts with `header`.
+    fn documented_codes(header: &str) -> Vec<String> {
+        let docs = include_str!("../../docs/metrics.md");
+        let table = docs.split(header).nth(1).expect("the table");
+        table
+            .lines()
+            .skip(1)
+            .take_while(|l| l.starts_with('|'))
+            .filter_map(|l| l.split('`').nth(1).map(str::to_string))
+            .collect()
+    }
+
+    #[test]
+    fn docs_list_exactly_the_codes_the_enums_produce() {
+        let unchecked: Vec<String> = Unchecked::iter()
+            .map(|u| u.error_type().to_string())
+            .collect();
+        assert_eq!(
+            documented_types("shieldgate_evaluation_errors_total"),
+            unchecked
+        );
+        assert_eq!(documented_codes("| code | fault | meaning |"), unchecked);
+        assert_eq!(
+            documented_types("shieldgate_errors_total"),
+            REQUEST_ERROR_TYPES
+        );
+        assert_eq!(
+            documented_codes("| code | status | fault | meaning |"),
+            REQUEST_ERROR_TYPES
+        );
+    }
+
+    #[test]
+    fn docs_give_each_request_error_its_status_and_fault() {
+        let docs = include_str!("../../docs/metrics.md");
+        for e in every_request_error() {
+            let row = docs
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{}` |", e.error_type())))
+                .expect("documented");
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            assert!(cells[2].contains(e.status().as_str()), "{row}");
+            if !matches!(e, RequestError::ModerationUnavailable(_)) {
+                assert_eq!(cells[3], <&str>::from(e.fault()), "{row}");
+            }
+        }
+    }
 }
