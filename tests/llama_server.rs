@@ -71,6 +71,7 @@ fn max_delta(a: &[RequestScores], b: &[RequestScores]) -> f64 {
 }
 
 #[test]
+#[ignore = "needs llama-server: scripts/llama-server.sh (scripts/test.sh runs it)"]
 fn token_id_prompts_score_as_the_embedded_engine_even_when_user_text_spells_special_tokens() {
     let gguf = common::assets().join("tiny/model-f32.gguf");
     let (server, url) = start(&gguf);

@@ -161,6 +161,7 @@ fn config(dir: &Path, upstream: SocketAddr, scorer: &str) -> std::path::PathBuf 
 }
 
 #[test]
+#[ignore = "needs wrk: scripts/apt-install.sh wrk wrk (scripts/test.sh runs it)"]
 fn sustained_load_has_no_errors_and_flat_memory() {
     let secs = soak_secs();
     let runtime = crate::harness::runtime();
@@ -206,6 +207,7 @@ fn sustained_load_has_no_errors_and_flat_memory() {
 }
 
 #[test]
+#[ignore = "needs wrk: scripts/apt-install.sh wrk wrk (scripts/test.sh runs it)"]
 fn the_tiny_model_batches_under_contention_without_errors() {
     let secs = soak_secs();
     let runtime = crate::harness::runtime();

@@ -20,6 +20,7 @@ fn python() -> std::path::PathBuf {
 }
 
 #[test]
+#[ignore = "needs the SDK venv: scripts/sdk-venv.sh (scripts/test.sh runs it)"]
 fn the_official_sdks_understand_every_block() {
     let python = python();
     let runtime = crate::harness::runtime();

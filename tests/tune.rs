@@ -262,6 +262,7 @@ fn precomputed_scores_and_traffic_need_no_model_and_bad_lines_are_kept() {
 }
 
 #[test]
+#[ignore = "needs Chromium and playwright-core: scripts/workbench-env.sh (scripts/test.sh runs it)"]
 fn the_workbench_slider_moves_the_numbers_in_a_real_browser() {
     let node_modules = common::root().join("tests/workbench/node_modules/playwright-core");
     assert!(

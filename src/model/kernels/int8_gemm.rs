@@ -401,6 +401,36 @@ mod tests {
             .expect("a shape and type the kernels cover")
     }
 
+    /// These tests run in a binary built with the project's portable flags
+    /// (`.cargo/config.toml`: x86-64-v3), and the kernels still find AVX-512 and VNNI at run
+    /// time where the CPU has them.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn a_portable_build_still_picks_the_cpus_best_kernel() {
+        assert!(
+            cfg!(target_feature = "avx2") && !cfg!(target_feature = "avx512f"),
+            "the kernel tests must run with the portable flags of .cargo/config.toml; \
+             unset RUSTFLAGS (a native build hides missing run-time dispatch)"
+        );
+        if std::env::var_os("SHIELDGATE_KERNELS").is_some() {
+            return;
+        }
+        let vnni = std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vnni");
+        let expected: &[&str] = if vnni {
+            &["amx", "vnni"]
+        } else if std::arch::is_x86_feature_detected!("avx2") {
+            &["avx2"]
+        } else {
+            &["candle"]
+        };
+        assert!(
+            expected.contains(&quantized_kernel()),
+            "{} chosen, expected one of {expected:?}",
+            quantized_kernel()
+        );
+    }
     #[test]
     fn the_tiles_compute_the_integer_reference_for_odd_row_counts() {
         for (kernel, (dtype, in_dim)) in tiles_here().into_iter().flat_map(|k| {
