@@ -5,6 +5,7 @@ mod cli;
 mod common;
 mod cuda;
 mod deploy;
+mod docs;
 mod faults;
 mod gateway;
 mod gateway_ops;

@@ -205,4 +205,109 @@ mod tests {
         let e = Config::load(&dir.path().join("missing.toml")).expect_err("must fail");
         assert!(e.to_string().contains("missing.toml"), "{e}");
     }
+
+    /// `section → key → default cell` of docs/configuration.md's tables.
+    fn documented() -> BTreeMap<String, BTreeMap<String, String>> {
+        let mut out: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        let mut section = None;
+        for line in include_str!("../../docs/configuration.md").lines() {
+            if let Some(heading) = line.strip_prefix("## `[") {
+                section = heading.strip_suffix("]`").map(str::to_string);
+                continue;
+            }
+            let (Some(section), Some(row)) = (&section, line.strip_prefix("| `")) else {
+                continue;
+            };
+            let cells: Vec<&str> = row.split(" | ").collect();
+            let key = cells[0].trim_end_matches('`').to_string();
+            let default = cells[1].trim().trim_matches('`').to_string();
+            out.entry(section.clone()).or_default().insert(key, default);
+        }
+        out
+    }
+
+    /// `section → keys` of the example config, commented-out keys and sections included.
+    fn example_keys() -> BTreeMap<String, Vec<String>> {
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut section = String::new();
+        for line in include_str!("../../examples/shieldgate.toml").lines() {
+            let line = line.trim_start_matches("# ").trim();
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = name.to_string();
+            } else if let Some((key, _)) = line.split_once(" = ") {
+                if key.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                    out.entry(section.clone())
+                        .or_default()
+                        .push(key.to_string());
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn docs_give_every_key_with_the_codes_default() {
+        let docs = documented();
+        let example = Config::parse(
+            include_str!("../../examples/shieldgate.toml"),
+            "examples/shieldgate.toml",
+        )
+        .expect("example parses");
+        let mut config = example.clone();
+        config.scorer.remote = Some(RemoteSettings::default());
+        let code = toml::Value::try_from(&config).expect("serializes");
+        let profile = toml::Value::try_from(ProfileConfig::default()).expect("serializes");
+        let examples = example_keys();
+        for (section, keys) in &docs {
+            let values = if section == "profiles.NAME" {
+                &profile
+            } else {
+                section
+                    .split('.')
+                    .try_fold(&code, |v, part| v.get(part))
+                    .unwrap_or_else(|| panic!("[{section}] is not a config section"))
+            };
+            let table = values.as_table().expect("a table");
+            for (key, default) in keys {
+                let value = table.get(key);
+                match default.as_str() {
+                    "unset" => assert!(value.is_none(), "[{section}] {key} has a default"),
+                    "required" => assert!(value.is_some(), "[{section}] {key} is missing"),
+                    _ if section == "profiles.NAME" => assert!(value.is_some(), "{key}"),
+                    _ => {
+                        let parsed: toml::Table = toml::from_str(&format!("v = {default}"))
+                            .unwrap_or_else(|e| panic!("[{section}] {key}: {default}: {e}"));
+                        assert_eq!(value, parsed.get("v"), "[{section}] {key}");
+                    }
+                }
+            }
+            let nested = |v: &toml::Value| v.is_table() && section != "profiles.NAME";
+            for key in table.iter().filter(|(_, v)| !nested(v)).map(|(k, _)| k) {
+                assert!(
+                    keys.contains_key(key),
+                    "[{section}] {key} is not documented"
+                );
+            }
+            if section != "profiles.NAME" {
+                let mut shown = examples.get(section).cloned().unwrap_or_default();
+                shown.sort();
+                let documented: Vec<String> = keys.keys().cloned().collect();
+                assert_eq!(shown, documented, "[{section}] in examples/shieldgate.toml");
+            }
+        }
+        let sections: Vec<&String> = docs.keys().collect();
+        for name in [
+            "server",
+            "model",
+            "scorer",
+            "scorer.remote",
+            "policies",
+            "upstream",
+        ] {
+            assert!(
+                sections.iter().any(|s| *s == name),
+                "no [{name}] in the docs"
+            );
+        }
+    }
 }
