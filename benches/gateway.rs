@@ -9,9 +9,11 @@
 //! call), and on one work-stealing runtime instead of worker threads. Each row also gives the
 //! proxy's CPU time per request (its threads' or processes' run time from /proc schedstat
 //! over that target's rounds), a steadier figure than a tail latency on a shared machine, and
-//! how busy that kept the proxy's CPUs. How far the machine's noise moves the p99 ratio is
-//! shown by resampling: the rounds are drawn again with replacement (the same rounds for every
-//! target, as they ran side by side) and the ratio is computed for each draw.
+//! how busy that kept the proxy's CPUs. The requirement is absolute: a proxy's added p99 stays
+//! far below one check's time, at most 1 ms at concurrency 8 (nginx is shown for information,
+//! not as a bar). How far the machine's noise moves the added p99 is shown by resampling: the
+//! rounds are drawn again with replacement (the same rounds for every target, as they ran side
+//! by side) and the added p99 is computed for each draw.
 //!
 //! Run: `scripts/bench-gateway.sh` (installs nginx from Debian if needed), or
 //! `cargo bench --bench gateway` with nginx on PATH. Environment: SHIELDGATE_BENCH_CONCURRENCY
@@ -565,13 +567,16 @@ struct Samples {
 /// Draws of the rounds for [`Resampled`].
 const DRAWS: usize = 1000;
 
-/// A proxy's added p99 ratio to nginx's over [`DRAWS`] draws of the rounds with
-/// replacement (each draw takes the same rounds from direct, nginx and the target).
+/// The most a proxy may add to the p99 (ms); a check costs seconds on CPU, milliseconds on a
+/// GPU.
+const ADDED_P99_LIMIT_MS: f64 = 1.0;
+
+/// A proxy's added p99 over [`DRAWS`] draws of the rounds with replacement (each draw takes
+/// the same rounds from direct and the target).
 struct Resampled {
-    /// The 5th and 95th percentiles of the ratio over the draws.
-    ratio_5_95: (f64, f64),
-    /// The share of draws in which the target held: added p99 ≤ 2 × nginx's added p99 (as
-    /// an inequality, so that a draw where nginx's added p99 is negative still counts).
+    /// The 5th and 95th percentiles of the added p99 (ms) over the draws.
+    added_5_95: (f64, f64),
+    /// The share of draws in which the added p99 stayed within [`ADDED_P99_LIMIT_MS`].
     held: f64,
 }
 
@@ -587,24 +592,21 @@ fn p99_of(samples: &Samples, picks: &[usize], buffer: &mut Vec<u64>) -> f64 {
 
 /// See [`Resampled`]; the draws come from a fixed seed, so a set of samples always gives the
 /// same figures.
-fn resample(direct: &Samples, nginx: &Samples, target: &Samples) -> Resampled {
+fn resample(direct: &Samples, target: &Samples) -> Resampled {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(99);
     let rounds = direct.rounds.len();
     let mut buffer = Vec::new();
-    let mut ratios = Vec::with_capacity(DRAWS);
-    let mut held = 0;
+    let mut added = Vec::with_capacity(DRAWS);
     for _ in 0..DRAWS {
         let picks: Vec<usize> = (0..rounds).map(|_| rng.random_range(0..rounds)).collect();
         let base = p99_of(direct, &picks, &mut buffer);
-        let theirs = p99_of(nginx, &picks, &mut buffer) - base;
-        let ours = p99_of(target, &picks, &mut buffer) - base;
-        held += usize::from(ours <= 2.0 * theirs);
-        ratios.push(ours / theirs);
+        added.push(p99_of(target, &picks, &mut buffer) - base);
     }
-    ratios.sort_unstable_by(f64::total_cmp);
+    added.sort_unstable_by(f64::total_cmp);
+    let held = added.iter().filter(|&&a| a <= ADDED_P99_LIMIT_MS).count();
     Resampled {
-        ratio_5_95: (ratios[DRAWS / 20], ratios[DRAWS - 1 - DRAWS / 20]),
+        added_5_95: (added[DRAWS / 20], added[DRAWS - 1 - DRAWS / 20]),
         held: held as f64 / DRAWS as f64,
     }
 }
@@ -668,26 +670,30 @@ fn measure(
                 .map_or("–".to_string(), |us| format!("{:.2}", us * row.rps / 1e6))
         );
     }
-    let Some(n) = rows.iter().position(|r| r.name == "nginx") else {
-        return;
-    };
-    let nginx = &rows[n];
+    let nginx = rows.iter().find(|r| r.name == "nginx");
     for (row, its_samples) in rows.iter().zip(&samples) {
-        if row.name == "direct" || row.name == "nginx" {
+        if row.name == "direct" {
             continue;
         }
-        let spread = resample(&samples[0], &samples[n], its_samples);
+        let spread = resample(&samples[0], its_samples);
+        let next_to_nginx = nginx
+            .filter(|n| n.name != row.name)
+            .map_or(String::new(), |n| {
+                format!(
+                "; for information, added p99 / nginx's = {:.2}, CPU per request / nginx's = {}",
+                (row.p99 - direct.p99) / (n.p99 - direct.p99),
+                row.cpu_us
+                    .zip(n.cpu_us)
+                    .map_or("–".to_string(), |(us, theirs)| format!("{:.2}", us / theirs))
+            )
+            });
         println!(
-            "{}: added p99 / nginx added p99 = {:.2} (target ≤ 2; over {DRAWS} draws of the rounds: 5–95 % {:.2} to {:.2}, held in {:.0} %); throughput ratio to nginx = {:.2}; CPU per request / nginx's = {}",
+            "{}: added p99 {:.3} ms (requirement ≤ {ADDED_P99_LIMIT_MS} ms at concurrency 8; over {DRAWS} draws of the rounds: 5–95 % {:.3} to {:.3} ms, within it in {:.0} %){next_to_nginx}",
             row.name,
-            (row.p99 - direct.p99) / (nginx.p99 - direct.p99),
-            spread.ratio_5_95.0,
-            spread.ratio_5_95.1,
+            row.p99 - direct.p99,
+            spread.added_5_95.0,
+            spread.added_5_95.1,
             spread.held * 100.0,
-            row.rps / nginx.rps,
-            row.cpu_us
-                .zip(nginx.cpu_us)
-                .map_or("–".to_string(), |(us, theirs)| format!("{:.2}", us / theirs))
         );
     }
 }
