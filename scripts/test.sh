@@ -19,7 +19,8 @@ cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --locked
 # The suites that need the outside tools installed above (and the CUDA build) are #[ignore]d
-# in plain `cargo test`; run them all here.
-SHIELDGATE_CUDA_BIN=$(scripts/cuda-build.sh) cargo test --locked --test tests -- --ignored
+# in plain `cargo test`; run them all here, one at a time (load tests, browsers and servers
+# must not starve each other on two cores).
+SHIELDGATE_CUDA_BIN=$(scripts/cuda-build.sh) cargo test --locked --test tests -- --ignored --test-threads=1
 scripts/gpu/rehearse.sh >/dev/null
 scripts/fuzz.sh runs=100000

@@ -223,6 +223,13 @@ fn bad_requests_get_clear_4xx_in_the_protocol_shape() {
         Some("unparsable_request")
     );
     assert_eq!(mock.last().body, "{odd");
+    let metrics = gw.gw.metrics.render();
+    assert!(
+        metrics.contains(
+            "shieldgate_evaluation_errors_total{direction=\"input\",type=\"unparsable_request\"} 1"
+        ),
+        "{metrics}"
+    );
 }
 
 #[test]

@@ -174,6 +174,7 @@ impl Exchange {
                     FailMode::Open,
                 );
                 d.unscanned.push("the whole request".into());
+                check::record(&self.gw, &d, &self.request_id, self.adapter.protocol(), &[]);
                 Ok(ReadRequest {
                     bytes,
                     conversation: Conversation::default(),
