@@ -179,7 +179,15 @@ fn sustained_load_has_no_errors_and_flat_memory() {
         ),
     );
     let (running, addr, _) = spawn_serve(&config);
-    wrk(addr, 8, 1, dir.path());
+    // Warm-up: the first exchange opens the pooled connections (over a second against these
+    // in-test mock servers).
+    let first = runtime.block_on(crate::harness::post(
+        addr,
+        "/v1/chat/completions",
+        &[],
+        &serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "warm up"}]}),
+    ));
+    assert_eq!(first.status, 200, "{}", first.body);
     let direct = wrk(upstream.addr, 8, secs, dir.path());
     let sampler = Sampler::start(running.0.id());
     let through = wrk(addr, 8, secs, dir.path());
