@@ -15,6 +15,7 @@ scripts/sdk-venv.sh
 scripts/workbench-env.sh
 scripts/llama-server.sh >/dev/null
 scripts/apt-install.sh wrk wrk
+scripts/apt-install.sh promtool prometheus
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --locked
