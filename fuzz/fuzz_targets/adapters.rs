@@ -1,7 +1,7 @@
-//! Each protocol adapter on any JSON body and any SSE stream: requests give a conversation or
-//! an error and responses give texts, the same whether read through a `Value` or (usual
-//! shapes) straight from the bytes; a blocked response, blocked stream or cut stream is well-formed
-//! JSON / SSE of which every frame but `[DONE]` is JSON.
+//! Each protocol adapter on any body and any SSE stream: a body that is JSON is never refused
+//! as not JSON (other shapes read as absent fields), scanned parts are never blank; a blocked
+//! response, blocked stream or cut stream is well-formed JSON / SSE of which every frame but
+//! `[DONE]` is JSON.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -32,10 +32,9 @@ fn assert_stream(text: &str) {
 }
 
 fn exercise(adapter: &dyn Adapter, body: Option<&Value>, stream: &[u8], block: &Block<'_>) {
-    let by_value = body.map(|b| adapter.outputs(b));
-    assert_eq!(adapter.response_outputs(stream), by_value, "texts differ by reading");
-    if let (Some(usual), Some(by_value)) = (adapter.usual_outputs(stream), &by_value) {
-        assert_eq!(&usual, by_value, "the usual reading differs");
+    let outputs = adapter.response_outputs(stream);
+    if body.is_some() {
+        assert!(outputs.is_some(), "a JSON answer was taken for no JSON");
     }
     for scan in [
         vec![Scan::LastUser],
@@ -46,16 +45,22 @@ fn exercise(adapter: &dyn Adapter, body: Option<&Value>, stream: &[u8], block: &
             Scan::ToolResults,
         ],
     ] {
-        let by_value = serde_json::from_slice::<Value>(stream)
-            .map_err(|e| format!("the body is not valid JSON: {e}"))
-            .and_then(|v| adapter.conversation(&v, &scan));
-        let read = adapter.request_conversation(stream, &scan);
-        assert_eq!(read, by_value, "conversations differ by reading");
+        match adapter.request_conversation(stream, &scan) {
+            Ok(conversation) => {
+                for part in &conversation.parts {
+                    assert!(!part.trim().is_empty(), "a blank part is scanned");
+                }
+            }
+            Err(e) => assert!(
+                body.is_none() || !e.starts_with("the body is not valid JSON"),
+                "a JSON request was taken for no JSON: {e}"
+            ),
+        }
     }
     if let Some(body) = body {
-        let outputs = adapter.outputs(body);
+        let count = outputs.map_or(1, |o| o.len());
         let mut blocked = body.clone();
-        adapter.block_outputs(&mut blocked, &vec![true; outputs.len()], block);
+        adapter.block_outputs(&mut blocked, &vec![true; count], block);
         serde_json::to_string(&blocked).expect("a blocked body serializes");
         let _ = adapter.input_blocked(block);
     }

@@ -9,10 +9,12 @@ use serde_json::{json, Value};
 use crate::config::Scan;
 use crate::gateway::protocols::sse::{frame, Event};
 
-use super::usual_shape::{Content, MessagesRequest, Object, Text};
+use super::json::{
+    content_text, items, part_text, read_body, Content, Items, Lenient, Object, Text,
+};
 use super::{
-    add_user_turns, block_message, content_text, filter_results, messages, no_role, part_text,
-    push_part, set, start, Adapter, Block, Conversation, Place, StreamCollector,
+    add_user_turns, block_message, filter_results, no_role, push_part, set, Adapter, Block,
+    Conversation, Place, StreamCollector,
 };
 
 /// The Messages adapter.
@@ -23,22 +25,69 @@ impl Adapter for AnthropicMessages {
         "anthropic_messages"
     }
 
-    fn conversation(&self, body: &Value, scan: &[Scan]) -> Result<Conversation, String> {
-        let messages = messages(body)?;
-        let system =
-            |unscanned: &mut Vec<String>| content_text(body.get("system"), &"system", unscanned);
-        // The `Value` reading has every part, so there is always a conversation.
-        Ok(messages_conversation(start(body), system, messages, scan)?.unwrap_or_default())
-    }
-
-    fn usual_conversation(&self, body: &[u8], scan: &[Scan]) -> Option<Conversation> {
-        let request = MessagesRequest::<RequestMessage<'_>>::read(body)?;
-        let system = |unscanned: &mut Vec<String>| {
-            Content::text_of(request.system.as_ref(), &"system", unscanned)
+    fn request_conversation(&self, body: &[u8], scan: &[Scan]) -> Result<Conversation, String> {
+        let request: Request<'_> = read_body(body)?;
+        let messages = request
+            .messages
+            .get()
+            .ok_or("the request has no \"messages\" array")?;
+        let mut conv = Conversation {
+            stream: request.stream.get().copied().unwrap_or(false),
+            ..Conversation::default()
         };
-        messages_conversation(request.start(), system, &request.messages, scan)
-            .ok()
-            .flatten()
+        if scan.contains(&Scan::System) {
+            let text = content_text(&request.system, &"system", &mut conv.unscanned);
+            push_part(&mut conv.parts, text);
+        }
+        let mut users = Vec::new();
+        for (i, message) in messages.iter().enumerate() {
+            let Some((m, role)) = message.get().and_then(|Object(m)| Some((m, m.role.get()?)))
+            else {
+                return Err(no_role(i));
+            };
+            let place = Place("messages", i);
+            let blocks: Vec<Option<&RequestBlock<'_>>> = match m.content.get() {
+                Some(Content::Parts(blocks)) => {
+                    blocks.iter().map(|b| b.get().map(|Object(b)| b)).collect()
+                }
+                _ => Vec::new(),
+            };
+            for block in blocks.iter().flatten() {
+                let text = match block.kind.get().map(|k| &**k) {
+                    Some("tool_use") if scan.contains(&Scan::ToolCalls) => {
+                        block.input.get().map(Value::to_string).unwrap_or_default()
+                    }
+                    Some("tool_result") if scan.contains(&Scan::ToolResults) => {
+                        content_text(&block.content, &place, &mut conv.unscanned)
+                    }
+                    _ => continue,
+                };
+                push_part(&mut conv.parts, text);
+            }
+            if &**role != "user" {
+                continue;
+            }
+            let text = match m.content.get() {
+                Some(Content::Text(text)) => text.to_string(),
+                _ => {
+                    let texts: Vec<&str> = blocks
+                        .iter()
+                        .filter(|b| !b.is_some_and(RequestBlock::is_tool))
+                        .filter_map(|b| {
+                            let kind = b.and_then(|b| b.kind.get()).map(|k| &**k);
+                            let text = b.and_then(|b| b.text.get()).map(|t| &**t);
+                            part_text(kind, text, &place, &mut conv.unscanned)
+                        })
+                        .collect();
+                    texts.join("\n")
+                }
+            };
+            if !text.is_empty() {
+                users.push(text);
+            }
+        }
+        add_user_turns(&mut conv, users, scan);
+        Ok(conv)
     }
 
     fn error(&self, status: StatusCode, _code: &str, message: &str) -> Value {
@@ -64,21 +113,15 @@ impl Adapter for AnthropicMessages {
         body
     }
 
-    fn outputs(&self, body: &Value) -> Vec<String> {
-        vec![message_text(body.get("content").unwrap_or(&Value::Null))]
-    }
-
-    fn usual_outputs(&self, body: &[u8]) -> Option<Vec<String>> {
-        let Object(message) = serde_json::from_slice::<Object<Message<'_>>>(body).ok()?;
-        let mut texts: Vec<&str> = Vec::new();
-        for Object(block) in &message.content {
-            match block.kind.as_deref() {
-                Some("text") => texts.extend(block.text.as_deref()),
-                // A tool's input is scored as the `Value` reading writes it out.
-                Some("tool_use") => return None,
-                _ => {}
-            }
-        }
+    fn response_outputs(&self, body: &[u8]) -> Option<Vec<String>> {
+        let message: Message<'_> = read_body(body).ok()?;
+        let texts: Vec<String> = items(&message.content)
+            .flatten()
+            .filter_map(|b| {
+                let kind = b.kind.get().map(|k| &**k);
+                block_text(kind, b.text.get().map(|t| &**t), b.input.get())
+            })
+            .collect();
         Some(vec![texts.join("\n")])
     }
 
@@ -99,211 +142,75 @@ impl Adapter for AnthropicMessages {
     }
 }
 
-/// The conversation in a Messages request, whichever way it was read: the system prompt and
-/// the tool blocks the scan names give parts, the user turns (text blocks) the prompt. `None`
-/// when the reading cannot give a part the scan asks for (a typed reading has no tool input
-/// written out as JSON).
-fn messages_conversation<M: MessageView>(
-    mut conv: Conversation,
-    system: impl FnOnce(&mut Vec<String>) -> String,
-    messages: &[M],
-    scan: &[Scan],
-) -> Result<Option<Conversation>, String> {
-    if scan.contains(&Scan::System) {
-        let text = system(&mut conv.unscanned);
-        push_part(&mut conv.parts, text);
-    }
-    let is_tool = |kind: Option<&str>| matches!(kind, Some("tool_use" | "tool_result"));
-    let mut users = Vec::new();
-    for (i, m) in messages.iter().enumerate() {
-        let role = m.role().ok_or_else(|| no_role(i))?;
-        let place = Place("messages", i);
-        for block in m.blocks().iter().filter(|b| is_tool(b.kind())) {
-            let text = match block.kind() {
-                Some("tool_use") if scan.contains(&Scan::ToolCalls) => match block.input() {
-                    Some(input) => input,
-                    None => return Ok(None),
-                },
-                Some("tool_result") if scan.contains(&Scan::ToolResults) => {
-                    block.result_text(&place, &mut conv.unscanned)
-                }
-                _ => String::new(),
-            };
-            push_part(&mut conv.parts, text);
-        }
-        if role == "user" {
-            let text = match m.content_str() {
-                Some(text) => text.to_string(),
-                None => {
-                    let texts: Vec<&str> = m
-                        .blocks()
-                        .iter()
-                        .filter(|b| !is_tool(b.kind()))
-                        .filter_map(|b| part_text(b.kind(), b.text(), &place, &mut conv.unscanned))
-                        .collect();
-                    texts.join("\n")
-                }
-            };
-            if !text.is_empty() {
-                users.push(text);
-            }
-        }
-    }
-    add_user_turns(&mut conv, users, scan);
-    Ok(Some(conv))
+/// What the input check reads of a request.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Request<'a> {
+    #[serde(borrow)]
+    messages: Lenient<Vec<Lenient<Object<RequestMessage<'a>>>>>,
+    #[serde(borrow)]
+    system: Lenient<Content<'a>>,
+    stream: Lenient<bool>,
 }
 
-/// A request message as the input check reads it.
-trait MessageView {
-    /// Its content blocks.
-    type Block: BlockView;
-    /// Its role, if it has one.
-    fn role(&self) -> Option<&str>;
-    /// Its content, when that is a string.
-    fn content_str(&self) -> Option<&str>;
-    /// Its content's blocks (none unless the content is a list).
-    fn blocks(&self) -> &[Self::Block];
-}
-
-/// A content block as the input check reads it.
-trait BlockView {
-    /// Its `type`.
-    fn kind(&self) -> Option<&str>;
-    /// Its `text`.
-    fn text(&self) -> Option<&str>;
-    /// A tool call's input written out as JSON, when this reading has it.
-    fn input(&self) -> Option<String>;
-    /// The text of a tool result's `content`; parts that cannot be scanned are noted.
-    fn result_text(&self, place: &Place, unscanned: &mut Vec<String>) -> String;
-}
-
-impl MessageView for Value {
-    type Block = Value;
-
-    fn role(&self) -> Option<&str> {
-        self.get("role").and_then(Value::as_str)
-    }
-
-    fn content_str(&self) -> Option<&str> {
-        self.get("content").and_then(Value::as_str)
-    }
-
-    fn blocks(&self) -> &[Value] {
-        let blocks = self.get("content").and_then(Value::as_array);
-        blocks.map_or(&[], Vec::as_slice)
-    }
-}
-
-impl BlockView for Value {
-    fn kind(&self) -> Option<&str> {
-        self.get("type").and_then(Value::as_str)
-    }
-
-    fn text(&self) -> Option<&str> {
-        self.get("text").and_then(Value::as_str)
-    }
-
-    fn input(&self) -> Option<String> {
-        Some(self.get("input").map(Value::to_string).unwrap_or_default())
-    }
-
-    fn result_text(&self, place: &Place, unscanned: &mut Vec<String>) -> String {
-        content_text(self.get("content"), place, unscanned)
-    }
-}
-
-impl<'a> MessageView for Object<RequestMessage<'a>> {
-    type Block = Object<RequestBlock<'a>>;
-
-    fn role(&self) -> Option<&str> {
-        Some(&self.0.role)
-    }
-
-    fn content_str(&self) -> Option<&str> {
-        match &self.0.content {
-            Some(Content::Text(text)) => Some(text),
-            _ => None,
-        }
-    }
-
-    fn blocks(&self) -> &[Self::Block] {
-        match &self.0.content {
-            Some(Content::Parts(blocks)) => blocks,
-            _ => &[],
-        }
-    }
-}
-
-impl BlockView for Object<RequestBlock<'_>> {
-    fn kind(&self) -> Option<&str> {
-        self.0.kind.as_deref()
-    }
-
-    fn text(&self) -> Option<&str> {
-        self.0.text.as_deref()
-    }
-
-    fn input(&self) -> Option<String> {
-        None
-    }
-
-    fn result_text(&self, place: &Place, unscanned: &mut Vec<String>) -> String {
-        Content::text_of(self.0.content.as_ref(), place, unscanned)
-    }
-}
-
-/// A request message as [`AnthropicMessages::conversation`] reads it, in the usual shape (see
-/// [`Adapter::usual_conversation`]); other fields are skipped unread.
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
+#[serde(default)]
 struct RequestMessage<'a> {
     #[serde(borrow)]
-    role: Text<'a>,
-    #[serde(borrow, default)]
-    content: Option<Content<'a, RequestBlock<'a>>>,
+    role: Lenient<Text<'a>>,
+    #[serde(borrow)]
+    content: Lenient<Content<'a, RequestBlock<'a>>>,
 }
 
-#[derive(Deserialize)]
+/// A content block of a request: text, a tool call (`input`, any JSON, scanned as written
+/// out compactly) or a tool's result (`content`).
+#[derive(Deserialize, Default)]
+#[serde(default)]
 struct RequestBlock<'a> {
-    #[serde(borrow, default, rename = "type")]
-    kind: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    text: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    content: Option<Content<'a>>,
+    #[serde(borrow, rename = "type")]
+    kind: Lenient<Text<'a>>,
+    #[serde(borrow)]
+    text: Lenient<Text<'a>>,
+    #[serde(borrow)]
+    content: Lenient<Content<'a>>,
+    input: Lenient<Value>,
 }
 
-/// What [`message_text`] reads of an answer without tool calls, in its usual shape (see
-/// [`Adapter::usual_outputs`]); other fields are skipped unread.
-#[derive(Deserialize)]
+impl RequestBlock<'_> {
+    fn is_tool(&self) -> bool {
+        matches!(
+            self.kind.get().map(|k| &**k),
+            Some("tool_use" | "tool_result")
+        )
+    }
+}
+
+/// The text an answer's content block gives the output check: a text block's text, a tool
+/// call's input written out as JSON; nothing from other blocks.
+fn block_text(kind: Option<&str>, text: Option<&str>, input: Option<&Value>) -> Option<String> {
+    match kind {
+        Some("text") => text.map(str::to_string),
+        Some("tool_use") => input.map(Value::to_string),
+        _ => None,
+    }
+}
+
+/// What the output check reads of an answer: its text blocks and tool calls' inputs.
+#[derive(Deserialize, Default)]
+#[serde(default)]
 struct Message<'a> {
-    #[serde(borrow, default)]
-    content: Vec<Object<ContentBlock<'a>>>,
+    #[serde(borrow)]
+    content: Items<AnswerBlock<'a>>,
 }
 
-#[derive(Deserialize)]
-struct ContentBlock<'a> {
-    #[serde(borrow, default, rename = "type")]
-    kind: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    text: Option<Text<'a>>,
-}
-
-/// The text and tool inputs of an answer's content blocks.
-fn message_text(content: &Value) -> String {
-    content
-        .as_array()
-        .map(|blocks| {
-            blocks
-                .iter()
-                .filter_map(|b| match b.get("type").and_then(Value::as_str) {
-                    Some("text") => b.get("text").and_then(Value::as_str).map(str::to_string),
-                    Some("tool_use") => b.get("input").map(Value::to_string),
-                    _ => None,
-                })
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
-        .unwrap_or_default()
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct AnswerBlock<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: Lenient<Text<'a>>,
+    #[serde(borrow)]
+    text: Lenient<Text<'a>>,
+    input: Lenient<Value>,
 }
 
 /// The state of a streamed message.
@@ -329,8 +236,11 @@ impl StreamCollector for MessageStream {
             Some("content_block_stop") => self.open = None,
             Some("content_block_start") => {
                 self.open = Some(index);
-                let text = message_text(&json!([data.get("content_block")]));
-                self.blocks[index].push_str(&text);
+                let block = data.get("content_block").unwrap_or(&Value::Null);
+                let field = |name| block.get(name);
+                let kind = field("type").and_then(Value::as_str);
+                let text = block_text(kind, field("text").and_then(Value::as_str), field("input"));
+                self.blocks[index].push_str(&text.unwrap_or_default());
             }
             Some("content_block_delta") => {
                 let delta = data.get("delta").unwrap_or(&Value::Null);
@@ -410,53 +320,41 @@ fn refusal_end(usage: Option<Value>) -> String {
 mod tests {
     use super::*;
     use crate::gateway::protocols::sse::Parser;
-    use crate::gateway::protocols::{
-        assert_usual_conversation_agrees, assert_usual_outputs_agree, EVERY_SCAN,
-    };
+    use crate::gateway::protocols::EVERY_SCAN;
 
     #[test]
-    fn the_usual_shape_is_read_without_a_value_and_with_the_same_texts() {
-        let usual = [
-            r#"{"id":"m","type":"message","role":"assistant","content":[{"type":"text","text":"Hi\nthere"},{"type":"thinking","thinking":"t"},{"type":"text","text":"more"}],"stop_reason":"end_turn","usage":{}}"#,
-            r#"{"content":[{"type":"text"},{}]}"#,
-            r#"{"type":"message"}"#,
-        ];
-        let unusual = [
-            r#"{"content":[{"type":"tool_use","name":"f","input":{"b":1,"a":[2]}}]}"#,
-            r#"{"content":[{"type":"text","text":["x"]}]}"#,
+    fn an_answer_gives_its_text_blocks_and_tool_inputs() {
+        let read = |body: &str| AnthropicMessages.response_outputs(body.as_bytes());
+        assert_eq!(
+            read(
+                r#"{"id":"m","type":"message","role":"assistant","content":[{"type":"text","text":"Hi\nthere"},{"type":"thinking","thinking":"t"},{"type":"text","text":"more"}],"stop_reason":"end_turn"}"#
+            ),
+            Some(vec!["Hi\nthere\nmore".to_string()])
+        );
+        assert_eq!(
+            read(
+                r#"{"content":[{"type":"tool_use","name":"f","input":{"b":1,"a":[2.50]}},{"type":"text","text":["x"]},{"type":"text"},7]}"#
+            ),
+            Some(vec![r#"{"a":[2.5],"b":1}"#.to_string()])
+        );
+        for empty in [
             r#"{"content":null}"#,
             r#"{"content":"text"}"#,
-            r#"{"content":[],"content":[]}"#,
-        ];
-        assert_usual_outputs_agree(&AnthropicMessages, &usual, &unusual);
+            r#"{"type":"message"}"#,
+        ] {
+            assert_eq!(read(empty), Some(vec![String::new()]), "{empty}");
+        }
+        assert_eq!(
+            read(r#"{"content":[{"type":"text","text":"\ud800"}]}"#),
+            None
+        );
     }
 
     #[test]
-    fn the_usual_request_is_read_without_a_value_and_gives_the_same_conversation() {
-        let usual = [
-            r#"{"model":"c","max_tokens":10,"messages":[{"role":"user","content":"What is a good name for a cat?"}]}"#,
-            r#"{"model":"c","stream":true,"system":[{"type":"text","text":"sys"},{"type":"image"}],"messages":[{"role":"user","content":"hi \u00e9"},{"role":"assistant","content":[{"type":"text","text":"ok"}]},{"role":"user","content":[{"type":"tool_result","tool_use_id":"t","content":[{"type":"text","text":"found"},{"type":"image"}]},{"type":"tool_result","content":"plain"},{"type":"image","source":{}},{"type":"text","text":"and now?"},{"text":"untyped"},{"type":"document"}]}]}"#,
-            r#"{"system":"be brief","messages":[{"role":"user"},{"role":"user","content":null},{"role":"user","content":[]},{"role":"other","content":"x"}],"stream":null}"#,
-            r#"{"system":null,"messages":[]}"#,
-        ];
-        let unusual = [
-            r#"{"messages":[{"content":"no role"}]}"#,
-            r#"{"messages":[{"role":"user","content":7}]}"#,
-            r#"{"messages":[{"role":"user","content":{"type":"text"}}]}"#,
-            r#"{"messages":[{"role":"user","content":["text"]}]}"#,
-            r#"{"messages":[{"role":"user","content":[{"type":"tool_result","content":{"x":1}}]}]}"#,
-            r#"{"messages":[{"role":"user","content":[{"type":"text","text":1}]}]}"#,
-            r#"{"messages":[{"role":"user","content":"a","content":"b"}]}"#,
-            r#"{"system":3,"messages":[{"role":"user","content":"x"}]}"#,
-            r#"{"system":[["text","x"]],"messages":[]}"#,
-            r#"{"messages":[],"stream":1}"#,
-            r#"{"max_tokens":10}"#,
-            r#"[]"#,
-        ];
-        assert_usual_conversation_agrees(&AnthropicMessages, &usual, &unusual);
-        let conv = AnthropicMessages
-            .usual_conversation(usual[1].as_bytes(), &EVERY_SCAN)
-            .expect("usual");
+    fn requests_of_every_shape_give_their_texts_or_say_what_is_wrong() {
+        let read =
+            |body: &str| AnthropicMessages.request_conversation(body.as_bytes(), &EVERY_SCAN);
+        let conv = read(r#"{"model":"c","stream":true,"system":[{"type":"text","text":"sys"},{"type":"image"}],"messages":[{"role":"user","content":"hi \u00e9"},{"role":"assistant","content":[{"type":"text","text":"ok"}]},{"role":"user","content":[{"type":"tool_result","tool_use_id":"t","content":[{"type":"text","text":"found"},{"type":"image"}]},{"type":"tool_result","content":"plain"},{"type":"image","source":{}},{"type":"text","text":"and now?"},{"text":"untyped"},{"type":"document"}]}]}"#).expect("ok");
         assert_eq!(conv.parts, ["sys", "found", "plain", "hi é", "and now?"]);
         assert_eq!(
             conv.unscanned,
@@ -468,16 +366,19 @@ mod tests {
                 "document in messages[2]"
             ]
         );
-        // A tool input is written out by the `Value` reading only: scanning it takes that way.
-        let tool = r#"{"messages":[{"role":"assistant","content":[{"type":"tool_use","id":"t","name":"f","input":{"b":1,"a":[2.50]}}]}]}"#;
-        let read = |scan: &[Scan]| AnthropicMessages.usual_conversation(tool.as_bytes(), scan);
-        assert!(read(&[Scan::ToolCalls]).is_none());
-        assert!(read(&[Scan::LastUser]).is_some());
-        let value: Value = serde_json::from_str(tool).expect("json");
-        let through_value = AnthropicMessages.conversation(&value, &EVERY_SCAN);
-        let conv = AnthropicMessages.request_conversation(tool.as_bytes(), &EVERY_SCAN);
-        assert_eq!(conv, through_value);
-        assert_eq!(conv.expect("ok").parts, [r#"{"a":[2.5],"b":1}"#]);
+        assert!(conv.stream);
+        let conv = read(r#"{"system":3,"messages":[{"role":"user","content":7},{"role":"user","content":{"type":"text"}},{"role":"user","content":[{"type":"tool_result","content":{"x":1}},{"type":"text","text":1}]},{"role":"user","content":"x"}],"stream":1}"#).expect("ok");
+        assert_eq!(conv.parts, ["x"]);
+        assert_eq!(conv.unscanned, ["text in messages[2]"]);
+        assert!(!conv.stream);
+        for bad in [
+            r#"{"messages":[{"content":"no role"}]}"#,
+            r#"{"max_tokens":10}"#,
+            r#"[]"#,
+            r#"{"messages":[["user"]]}"#,
+        ] {
+            assert!(read(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -490,13 +391,14 @@ mod tests {
                 {"type": "image", "source": {}},
                 {"type": "text", "text": "and now?"}]},
         ]});
+        let body = body.to_string();
         let conv = AnthropicMessages
-            .conversation(&body, &[Scan::LastUser])
+            .request_conversation(body.as_bytes(), &[Scan::LastUser])
             .expect("ok");
         assert_eq!(conv.parts, ["and now?"]);
         assert_eq!(conv.unscanned, ["image in messages[2]"]);
         let conv = AnthropicMessages
-            .conversation(&body, &EVERY_SCAN)
+            .request_conversation(body.as_bytes(), &EVERY_SCAN)
             .expect("ok");
         assert_eq!(conv.parts, ["sys", "{\"q\":1}", "found", "hi", "and now?"]);
     }

@@ -2,11 +2,11 @@
 //! the text of a response (whole or streamed), and how a block looks in that protocol.
 
 pub mod anthropic_messages;
+pub mod json;
 pub mod openai_chat;
 pub mod openai_completions;
 pub mod openai_responses;
 pub mod sse;
-mod usual_shape;
 
 use hyper::StatusCode;
 use serde_json::{json, Map, Value};
@@ -43,8 +43,8 @@ pub struct Block<'a> {
 pub trait Adapter: Send + Sync {
     /// The protocol's name in logs, metrics and headers.
     fn protocol(&self) -> &'static str;
-    /// Extracts what to scan; an error says what is wrong with the request.
-    fn conversation(&self, body: &Value, scan: &[Scan]) -> Result<Conversation, String>;
+    /// What to scan in a request body; an error says what is wrong with it.
+    fn request_conversation(&self, body: &[u8], scan: &[Scan]) -> Result<Conversation, String>;
     /// An error body in the protocol's envelope.
     fn error(&self, status: StatusCode, code: &str, message: &str) -> Value {
         openai_error(status, code, message, None)
@@ -53,50 +53,8 @@ pub trait Adapter: Send + Sync {
     fn input_blocked(&self, block: &Block<'_>) -> Value {
         azure_input_blocked(block)
     }
-    /// [`Adapter::conversation`] read straight from the bytes of a body a `Value` would
-    /// accept, for the protocol's usual shape only (as [`Adapter::usual_outputs`] reads
-    /// responses). `None` for any other shape, for a request the `Value` reading refuses, and
-    /// by default.
-    fn usual_conversation(&self, _body: &[u8], _scan: &[Scan]) -> Option<Conversation> {
-        None
-    }
-    /// What to scan in a request body; an error says what is wrong with it. The usual shape is
-    /// read without a `Value` ([`Adapter::usual_conversation`]); any other through one. The
-    /// quick exactness check runs only where a typed reading succeeded (adapters without one
-    /// skip it).
-    fn request_conversation(&self, body: &[u8], scan: &[Scan]) -> Result<Conversation, String> {
-        let usual = self
-            .usual_conversation(body, scan)
-            .filter(|_| usual_shape::skipping_is_exact(body));
-        match usual {
-            Some(conversation) => Ok(conversation),
-            None => serde_json::from_slice::<Value>(body)
-                .map_err(|e| format!("the body is not valid JSON: {e}"))
-                .and_then(|v| self.conversation(&v, scan)),
-        }
-    }
-    /// The texts of a whole response, one per choice.
-    fn outputs(&self, body: &Value) -> Vec<String>;
-    /// [`Adapter::outputs`] read straight from the bytes of a body a `Value` would accept, for
-    /// the protocol's usual shape only: no `Value` is built, strings are borrowed where they
-    /// have no escapes. `None` for any other shape (wrong types, duplicate keys, …) and by
-    /// default.
-    fn usual_outputs(&self, _body: &[u8]) -> Option<Vec<String>> {
-        None
-    }
-    /// The texts of a whole response body, one per choice; `None` when it is not JSON. The
-    /// usual shape is read without a `Value` ([`Adapter::usual_outputs`]); any other through
-    /// one, which tolerates every shape.
-    fn response_outputs(&self, body: &[u8]) -> Option<Vec<String>> {
-        let usual = usual_shape::skipping_is_exact(body)
-            .then(|| self.usual_outputs(body))
-            .flatten();
-        usual.or_else(|| {
-            serde_json::from_slice::<Value>(body)
-                .ok()
-                .map(|v| self.outputs(&v))
-        })
-    }
+    /// The texts of a whole response body, one per choice; `None` when it is not JSON.
+    fn response_outputs(&self, body: &[u8]) -> Option<Vec<String>>;
     /// Withholds the choices marked in `blocked`.
     fn block_outputs(&self, body: &mut Value, blocked: &[bool], block: &Block<'_>);
     /// A collector for a streamed response.
@@ -160,65 +118,6 @@ impl std::fmt::Display for Place {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}[{}]", self.0, self.1)
     }
-}
-
-/// The text of an OpenAI or Anthropic `content`: a string, or parts with text; other parts are
-/// noted in `unscanned` with `place`. Empty when the content is absent or of another type.
-pub fn content_text(
-    content: Option<&Value>,
-    place: &dyn std::fmt::Display,
-    unscanned: &mut Vec<String>,
-) -> String {
-    match content {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(parts)) => {
-            let texts: Vec<&str> = parts
-                .iter()
-                .filter_map(|part| {
-                    let kind = part.get("type").and_then(Value::as_str);
-                    let text = part.get("text").and_then(Value::as_str);
-                    part_text(kind, text, place, unscanned)
-                })
-                .collect();
-            texts.join("\n")
-        }
-        _ => String::new(),
-    }
-}
-
-/// The text of one part of a `content` list, from its `type` and `text`; a part of any other
-/// type than text or refusal is noted in `unscanned` with `place`.
-pub fn part_text<'a>(
-    kind: Option<&str>,
-    text: Option<&'a str>,
-    place: &dyn std::fmt::Display,
-    unscanned: &mut Vec<String>,
-) -> Option<&'a str> {
-    let kind = kind.unwrap_or("unknown");
-    match (kind, text) {
-        ("text" | "input_text" | "output_text", Some(t)) => Some(t),
-        ("refusal", _) => None,
-        _ => {
-            unscanned.push(format!("{kind} in {place}"));
-            None
-        }
-    }
-}
-
-/// An empty conversation with the body's `stream` flag.
-pub fn start(body: &Value) -> Conversation {
-    Conversation {
-        stream: body.get("stream").and_then(Value::as_bool).unwrap_or(false),
-        ..Conversation::default()
-    }
-}
-
-/// The body's `messages` array.
-pub fn messages(body: &Value) -> Result<&[Value], String> {
-    body.get("messages")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .ok_or_else(|| "the request has no \"messages\" array".to_string())
 }
 
 /// What is wrong with message `i` when it has no role.
@@ -375,112 +274,6 @@ pub const EVERY_SCAN: [Scan; 5] = [
     Scan::ToolResults,
 ];
 
-/// Checks an adapter's [`Adapter::usual_conversation`] against its `Value` reading, under
-/// each scan setting alone and all together: the same conversation for every `usual` request,
-/// `None` for every `unusual` one, and for both the [`Adapter::request_conversation`]
-/// (conversation or error) of the `Value` reading. Beside the given unusual requests, each
-/// usual one is also tried with what only the `Value` reading refuses whatever the protocol:
-/// a number beyond an f64 and a lone surrogate where the typed reading skips them, more text
-/// after it, and inside an array; and so is a body that is not JSON.
-#[cfg(test)]
-pub fn assert_usual_conversation_agrees(adapter: &dyn Adapter, usual: &[&str], unusual: &[&str]) {
-    let derived: Vec<String> = usual
-        .iter()
-        .flat_map(|body| {
-            let rest = body.strip_prefix('{').expect("usual requests are objects");
-            let skipped = [
-                format!(r#"{{"unread":1e400,{rest}"#),
-                format!(r#"{{"unread":"\ud800",{rest}"#),
-            ];
-            for body in &skipped {
-                let exact = usual_shape::skipping_is_exact(body.as_bytes());
-                assert!(!exact, "the quick check sends it the Value way: {body}");
-            }
-            skipped
-                .into_iter()
-                .chain([format!("{body} trailing"), format!("[{body}]")])
-        })
-        .chain(["not json".to_string()])
-        .collect();
-    let unusual: Vec<&str> = unusual
-        .iter()
-        .copied()
-        .chain(derived.iter().map(String::as_str))
-        .collect();
-    let through_value = |body: &str, scan: &[Scan]| {
-        serde_json::from_str::<Value>(body)
-            .map_err(|e| format!("the body is not valid JSON: {e}"))
-            .and_then(|value| adapter.conversation(&value, scan))
-    };
-    let scans = EVERY_SCAN
-        .iter()
-        .map(std::slice::from_ref)
-        .chain([&EVERY_SCAN[..]]);
-    for scan in scans {
-        for body in usual {
-            let read = adapter.usual_conversation(body.as_bytes(), scan);
-            let expected = through_value(body, scan).expect("usual requests are valid");
-            assert_eq!(read.as_ref(), Some(&expected), "usual, {scan:?}: {body}");
-            let read = adapter.request_conversation(body.as_bytes(), scan);
-            assert_eq!(read, Ok(expected), "usual, {scan:?}: {body}");
-        }
-        for body in &unusual {
-            // What the quick check sends to the `Value` reading anyway may read either way.
-            if usual_shape::skipping_is_exact(body.as_bytes()) {
-                let read = adapter.usual_conversation(body.as_bytes(), scan);
-                assert_eq!(read, None, "unusual, {scan:?}: {body}");
-            }
-            let read = adapter.request_conversation(body.as_bytes(), scan);
-            assert_eq!(read, through_value(body, scan), "unusual, {scan:?}: {body}");
-        }
-    }
-}
-
-/// Checks an adapter's [`Adapter::usual_outputs`] against its `Value` reading: the same texts
-/// for every `usual` body, `None` for every `unusual` one (which `response_outputs` then reads
-/// through a `Value`), and `None` from `response_outputs` for bodies that are not JSON.
-#[cfg(test)]
-pub fn assert_usual_outputs_agree(adapter: &dyn Adapter, usual: &[&str], unusual: &[&str]) {
-    let through_value = |body: &str| {
-        let value: Value = serde_json::from_str(body).expect("test bodies are JSON");
-        adapter.outputs(&value)
-    };
-    for body in usual {
-        let read = adapter.usual_outputs(body.as_bytes());
-        assert_eq!(read, Some(through_value(body)), "usual: {body}");
-    }
-    for body in unusual {
-        assert_eq!(
-            adapter.usual_outputs(body.as_bytes()),
-            None,
-            "unusual: {body}"
-        );
-        let read = adapter.response_outputs(body.as_bytes());
-        assert_eq!(read, Some(through_value(body)), "unusual: {body}");
-    }
-    // Arrays where objects belong: serde would read a struct from one by position.
-    let positional = [
-        r#"[[[]]]"#,
-        r#"[[{"content":"x"}]]"#,
-        r#"{"choices":[[{"content":"x"}]]}"#,
-        r#"{"choices":[{"message":["x"]}]}"#,
-        r#"{"output":[["message",[{"text":"x"}]]]}"#,
-        r#"{"content":[["text","x"]]}"#,
-    ];
-    for body in positional {
-        let read = adapter.response_outputs(body.as_bytes());
-        assert_eq!(read, Some(through_value(body)), "positional: {body}");
-    }
-    for body in [
-        &b"{\"choices\": ["[..],
-        b"\xff",
-        b"",
-        br#"{"choices":[],"x":"\ud800"}"#,
-    ] {
-        assert_eq!(adapter.response_outputs(body), None);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -558,20 +351,23 @@ mod tests {
 
     #[test]
     fn content_keeps_text_and_reports_the_rest() {
-        let mut unscanned = Vec::new();
-        let content = json!([
-            {"type": "text", "text": "a"},
-            {"type": "image_url", "image_url": {"url": "x"}},
-            {"type": "text", "text": "b"},
-        ]);
+        let read = |body: &str| {
+            let content: json::Lenient<json::Content<'_>> =
+                serde_json::from_str(body).expect("JSON");
+            let mut unscanned = Vec::new();
+            let text = json::content_text(&content, &Place("messages", 3), &mut unscanned);
+            (text, unscanned)
+        };
+        let parts = r#"[{"type":"text","text":"a"},{"type":"image_url","image_url":{"url":"x"}},{"type":"text","text":"b"}]"#;
         assert_eq!(
-            content_text(Some(&content), &Place("messages", 3), &mut unscanned),
-            "a\nb"
+            read(parts),
+            (
+                "a\nb".to_string(),
+                vec!["image_url in messages[3]".to_string()]
+            )
         );
-        assert_eq!(unscanned, ["image_url in messages[3]"]);
-        let plain = json!("plain");
-        assert_eq!(content_text(Some(&plain), &"m", &mut unscanned), "plain");
-        assert_eq!(content_text(Some(&Value::Null), &"m", &mut unscanned), "");
-        assert_eq!(content_text(None, &"m", &mut unscanned), "");
+        assert_eq!(read(r#""plain""#), ("plain".to_string(), Vec::new()));
+        assert_eq!(read("null"), (String::new(), Vec::new()));
+        assert_eq!(read("7"), (String::new(), Vec::new()));
     }
 }

@@ -8,11 +8,11 @@ use serde_json::{json, Value};
 
 use crate::config::Scan;
 
-use super::usual_shape::{Choices, Content, MessagesRequest, Object, Text};
+use super::json::{content_text, items, read_body, text, Content, Items, Lenient, Object, Text};
 use super::{
-    add_user_turns, choices, chunk_meta, content_text, cut_choices, data_frame, filter_results,
-    indexed_outputs, messages, no_role, push_part, set, start, withhold_choices, Adapter, Block,
-    Conversation, Place, StreamCollector,
+    add_user_turns, choices, chunk_meta, cut_choices, data_frame, filter_results, indexed_outputs,
+    no_role, push_part, set, withhold_choices, Adapter, Block, Conversation, Place,
+    StreamCollector,
 };
 use crate::gateway::protocols::sse::Event;
 
@@ -24,35 +24,49 @@ impl Adapter for OpenAiChat {
         "openai_chat"
     }
 
-    fn conversation(&self, body: &Value, scan: &[Scan]) -> Result<Conversation, String> {
-        chat_conversation(start(body), messages(body)?, scan)
-    }
-
-    fn usual_conversation(&self, body: &[u8], scan: &[Scan]) -> Option<Conversation> {
-        let request = MessagesRequest::<RequestMessage<'_>>::read(body)?;
-        chat_conversation(request.start(), &request.messages, scan).ok()
-    }
-
-    fn outputs(&self, body: &Value) -> Vec<String> {
-        choices(body)
-            .iter()
-            .map(|c| {
-                let m = c.get("message").unwrap_or(&Value::Null);
-                let text = m.get("content").and_then(Value::as_str).unwrap_or("");
-                join(text, &tool_arguments(m))
-            })
-            .collect()
-    }
-
-    fn usual_outputs(&self, body: &[u8]) -> Option<Vec<String>> {
-        let Object(completion) =
-            serde_json::from_slice::<Object<Choices<Choice<'_>>>>(body).ok()?;
-        let texts = completion.choices.iter().map(|c| {
-            let Some(Object(m)) = &c.0.message else {
-                return String::new();
+    fn request_conversation(&self, body: &[u8], scan: &[Scan]) -> Result<Conversation, String> {
+        let request: Request<'_> = read_body(body)?;
+        let messages = request
+            .messages
+            .get()
+            .ok_or("the request has no \"messages\" array")?;
+        let mut conv = Conversation {
+            stream: request.stream.get().copied().unwrap_or(false),
+            ..Conversation::default()
+        };
+        let mut users = Vec::new();
+        for (i, m) in messages.iter().enumerate() {
+            let Some((m, role)) = m.get().and_then(|Object(m)| Some((m, m.role.get()?))) else {
+                return Err(no_role(i));
             };
-            let tools = call_arguments(m.tool_calls.as_deref());
-            join(m.content.as_deref().unwrap_or(""), &tools)
+            let place = Place("messages", i);
+            match &**role {
+                "user" => users.push(content_text(&m.content, &place, &mut conv.unscanned)),
+                "system" | "developer" if scan.contains(&Scan::System) => {
+                    let text = content_text(&m.content, &place, &mut conv.unscanned);
+                    push_part(&mut conv.parts, text);
+                }
+                "tool" if scan.contains(&Scan::ToolResults) => {
+                    let text = content_text(&m.content, &place, &mut conv.unscanned);
+                    push_part(&mut conv.parts, text);
+                }
+                "assistant" if scan.contains(&Scan::ToolCalls) => {
+                    push_part(&mut conv.parts, call_arguments(&m.tool_calls));
+                }
+                _ => {}
+            }
+        }
+        add_user_turns(&mut conv, users, scan);
+        Ok(conv)
+    }
+
+    fn response_outputs(&self, body: &[u8]) -> Option<Vec<String>> {
+        let completion: Completion<'_> = read_body(body).ok()?;
+        let texts = items(&completion.choices).map(|choice| {
+            let message = choice.and_then(|c| c.message.get()).map(|Object(m)| m);
+            message.map_or_else(String::new, |m| {
+                join(text(&m.content), &call_arguments(&m.tool_calls))
+            })
         });
         Some(texts.collect())
     }
@@ -75,138 +89,73 @@ impl Adapter for OpenAiChat {
     }
 }
 
-/// The conversation in a request's messages, whichever way they were read: the roles the
-/// scan names give parts, the user turns the prompt.
-fn chat_conversation<M: ChatMessage>(
-    mut conv: Conversation,
-    messages: &[M],
-    scan: &[Scan],
-) -> Result<Conversation, String> {
-    let mut users = Vec::new();
-    for (i, m) in messages.iter().enumerate() {
-        let role = m.role().ok_or_else(|| no_role(i))?;
-        let place = Place("messages", i);
-        match role {
-            "user" => users.push(m.content_text(&place, &mut conv.unscanned)),
-            "system" | "developer" if scan.contains(&Scan::System) => {
-                let text = m.content_text(&place, &mut conv.unscanned);
-                push_part(&mut conv.parts, text);
-            }
-            "tool" if scan.contains(&Scan::ToolResults) => {
-                let text = m.content_text(&place, &mut conv.unscanned);
-                push_part(&mut conv.parts, text);
-            }
-            "assistant" if scan.contains(&Scan::ToolCalls) => {
-                push_part(&mut conv.parts, m.tool_arguments());
-            }
-            _ => {}
-        }
-    }
-    add_user_turns(&mut conv, users, scan);
-    Ok(conv)
-}
-
-/// A request message as the input check reads it.
-trait ChatMessage {
-    /// Its role, if it has one.
-    fn role(&self) -> Option<&str>;
-    /// The text of its `content`; parts that cannot be scanned are noted in `unscanned`.
-    fn content_text(&self, place: &Place, unscanned: &mut Vec<String>) -> String;
-    /// The arguments of its tool calls, one per line.
-    fn tool_arguments(&self) -> String;
-}
-
-impl ChatMessage for Value {
-    fn role(&self) -> Option<&str> {
-        self.get("role").and_then(Value::as_str)
-    }
-
-    fn content_text(&self, place: &Place, unscanned: &mut Vec<String>) -> String {
-        content_text(self.get("content"), place, unscanned)
-    }
-
-    fn tool_arguments(&self) -> String {
-        tool_arguments(self)
-    }
-}
-
-impl ChatMessage for Object<RequestMessage<'_>> {
-    fn role(&self) -> Option<&str> {
-        Some(&self.0.role)
-    }
-
-    fn content_text(&self, place: &Place, unscanned: &mut Vec<String>) -> String {
-        Content::text_of(self.0.content.as_ref(), place, unscanned)
-    }
-
-    fn tool_arguments(&self) -> String {
-        call_arguments(self.0.tool_calls.as_deref())
-    }
-}
-
-/// The arguments of an assistant message's tool calls, one per line.
-fn tool_arguments(message: &Value) -> String {
-    message
-        .get("tool_calls")
-        .and_then(Value::as_array)
-        .map(|calls| {
-            calls
-                .iter()
-                .filter_map(|c| c.pointer("/function/arguments").and_then(Value::as_str))
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
-        .unwrap_or_default()
-}
-
-/// The arguments of tool calls read in the usual shape, one per line.
-fn call_arguments(calls: Option<&[Object<ToolCall<'_>>]>) -> String {
-    let arguments: Vec<&str> = calls
-        .into_iter()
+/// The arguments of a message's tool calls, one per line.
+fn call_arguments(calls: &Items<ToolCall<'_>>) -> String {
+    let arguments: Vec<&str> = items(calls)
         .flatten()
-        .filter_map(|call| call.0.function.as_ref()?.0.arguments.as_deref())
+        .filter_map(|call| call.function.get())
+        .filter_map(|Object(f)| f.arguments.get())
+        .map(|a| &**a)
         .collect();
     arguments.join("\n")
 }
 
-/// A request message as [`OpenAiChat::conversation`] reads it, in the usual shape (see
-/// [`Adapter::usual_conversation`]); other fields are skipped unread.
-#[derive(Deserialize)]
+/// What the input check reads of a request.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Request<'a> {
+    #[serde(borrow)]
+    messages: Lenient<Vec<Lenient<Object<RequestMessage<'a>>>>>,
+    stream: Lenient<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
 struct RequestMessage<'a> {
     #[serde(borrow)]
-    role: Text<'a>,
-    #[serde(borrow, default)]
-    content: Option<Content<'a>>,
-    #[serde(borrow, default)]
-    tool_calls: Option<Vec<Object<ToolCall<'a>>>>,
+    role: Lenient<Text<'a>>,
+    #[serde(borrow)]
+    content: Lenient<Content<'a>>,
+    #[serde(borrow)]
+    tool_calls: Items<ToolCall<'a>>,
 }
 
-/// A choice as [`OpenAiChat::outputs`] reads it, in the usual shape (see
-/// [`Adapter::usual_outputs`]); other fields are skipped unread.
-#[derive(Deserialize)]
+/// What the output check reads of an answer.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Completion<'a> {
+    #[serde(borrow)]
+    choices: Items<Choice<'a>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
 struct Choice<'a> {
-    #[serde(borrow, default)]
-    message: Option<Object<Message<'a>>>,
+    #[serde(borrow)]
+    message: Lenient<Object<AnswerMessage<'a>>>,
 }
 
-#[derive(Deserialize)]
-struct Message<'a> {
-    #[serde(borrow, default)]
-    content: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    tool_calls: Option<Vec<Object<ToolCall<'a>>>>,
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct AnswerMessage<'a> {
+    #[serde(borrow)]
+    content: Lenient<Text<'a>>,
+    #[serde(borrow)]
+    tool_calls: Items<ToolCall<'a>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
+#[serde(default)]
 struct ToolCall<'a> {
-    #[serde(borrow, default)]
-    function: Option<Object<Function<'a>>>,
+    #[serde(borrow)]
+    function: Lenient<Object<Function<'a>>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
+#[serde(default)]
 struct Function<'a> {
-    #[serde(borrow, default)]
-    arguments: Option<Text<'a>>,
+    #[serde(borrow)]
+    arguments: Lenient<Text<'a>>,
 }
 
 fn join(a: &str, b: &str) -> String {
@@ -337,66 +286,62 @@ impl StreamCollector for ChatStream {
 mod tests {
     use super::*;
     use crate::gateway::protocols::sse::Parser;
-    use crate::gateway::protocols::{
-        assert_usual_conversation_agrees, assert_usual_outputs_agree, EVERY_SCAN,
-    };
+    use crate::gateway::protocols::EVERY_SCAN;
 
     #[test]
-    fn the_usual_shape_is_read_without_a_value_and_with_the_same_texts() {
-        let usual = [
-            r#"{"id":"c","choices":[{"index":0,"message":{"role":"assistant","content":"Hi\nthere \u00e9"},"finish_reason":"stop"}],"usage":{"total_tokens":3}}"#,
-            r#"{"choices":[{"message":{"content":null,"tool_calls":[{"function":{"name":"f","arguments":"{\"q\":1}"}},{"function":{"name":"g","arguments":"2"}}]}},{"message":{"content":"b"}}]}"#,
-            r#"{"choices":[{"message":{"content":"a","tool_calls":[{"type":"function"}]}},{"message":null},{}]}"#,
-            r#"{"choices":[]}"#,
-        ];
-        let unusual = [
-            r#"{"choices":[{"message":{"content":["part"]}}]}"#,
-            r#"{"choices":[{"message":{"content":"a","content":"b"}}]}"#,
-            r#"{"choices":[{"message":{"tool_calls":[{"function":{"arguments":{"q":1}}}]}}]}"#,
-            r#"{"choices":null}"#,
-            r#"{"object":"error"}"#,
-            r#"[1, 2]"#,
-        ];
-        assert_usual_outputs_agree(&OpenAiChat, &usual, &unusual);
-        let texts = |body: &str| OpenAiChat.usual_outputs(body.as_bytes());
-        assert_eq!(texts(usual[0]), Some(vec!["Hi\nthere é".to_string()]));
+    fn each_choice_gives_its_text_and_tool_arguments() {
+        let read = |body: &str| OpenAiChat.response_outputs(body.as_bytes());
         assert_eq!(
-            texts(usual[1]),
+            read(
+                r#"{"id":"c","choices":[{"index":0,"message":{"role":"assistant","content":"Hi\nthere \u00e9"},"finish_reason":"stop"}]}"#
+            ),
+            Some(vec!["Hi\nthere é".to_string()])
+        );
+        assert_eq!(
+            read(
+                r#"{"choices":[{"message":{"content":null,"tool_calls":[{"function":{"name":"f","arguments":"{\"q\":1}"}},{"function":{"name":"g","arguments":"2"}}]}},{"message":{"content":"b"}}]}"#
+            ),
             Some(vec!["{\"q\":1}\n2".to_string(), "b".to_string()])
+        );
+        assert_eq!(
+            read(
+                r#"{"choices":[{"message":{"content":["part"]}},{"message":null},{},7,{"message":{"content":"a","tool_calls":[{"function":{"arguments":{"q":1}}}]}}]}"#
+            ),
+            Some(vec![
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                "a".to_string()
+            ])
+        );
+        assert_eq!(read(r#"{"choices":null}"#), Some(Vec::new()));
+        assert_eq!(read(r#"[1, 2]"#), Some(Vec::new()));
+        assert_eq!(
+            read(r#"{"choices":[{"message":{"content":"\ud800"}}]}"#),
+            None
         );
     }
 
     #[test]
-    fn the_usual_request_is_read_without_a_value_and_gives_the_same_conversation() {
-        let usual = [
-            r#"{"model":"m","messages":[{"role":"user","content":"What is a good name for a cat?"}]}"#,
-            r#"{"model":"m","stream":true,"temperature":0.5,"messages":[{"role":"system","content":"Be brief.\nPlease."},{"role":"user","content":"hi \u00e9"},{"role":"assistant","content":null,"tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{\"q\":1}"}},{"type":"function"}]},{"role":"tool","tool_call_id":"c","content":"result"},{"role":"developer","content":[{"type":"text","text":"dev"}]},{"role":"user","content":[{"type":"text","text":"last"},{"type":"image_url","image_url":{"url":"x"}},{"type":"refusal","refusal":"no"},{"text":"untyped"},{"type":"input_audio"}]}]}"#,
-            r#"{"messages":[],"stream":null}"#,
-            r#"{"messages":[{"role":"user"},{"role":"user","content":null},{"role":"assistant","tool_calls":null},{"role":"other","content":"x"}]}"#,
-        ];
-        let unusual = [
+    fn requests_of_other_shapes_read_as_the_protocol_allows() {
+        let read = |body: &str| OpenAiChat.request_conversation(body.as_bytes(), &EVERY_SCAN);
+        let conv = read(r#"{"messages":[{"role":"user"},{"role":"user","content":null},{"role":"assistant","tool_calls":null},{"role":"other","content":"x"},{"role":"user","content":42}]}"#).expect("ok");
+        assert!(conv.parts.is_empty(), "{:?}", conv.parts);
+        for bad in [
             r#"{"messages":[{"content":"no role"}]}"#,
             r#"{"messages":[{"role":1,"content":"x"}]}"#,
-            r#"{"messages":[{"role":"user","content":42}]}"#,
-            r#"{"messages":[{"role":"user","content":{"text":"x"}}]}"#,
-            r#"{"messages":[{"role":"user","content":["part"]}]}"#,
-            r#"{"messages":[{"role":"user","content":[{"type":7,"text":"x"}]}]}"#,
-            r#"{"messages":[{"role":"user","content":"a","content":"b"}]}"#,
-            r#"{"messages":[{"role":"assistant","tool_calls":[{"function":{"arguments":{"q":1}}}]}]}"#,
-            r#"{"messages":[{"role":"assistant","tool_calls":[["function"]]}]}"#,
             r#"{"messages":[["user","x"]]}"#,
             r#"{"messages":"x"}"#,
-            r#"{"messages":[],"stream":"yes"}"#,
-            r#"{"system":3,"messages":[]}"#,
             r#"{"model":"m"}"#,
             r#"[[{"role":"user","content":"x"}]]"#,
             r#"{"messages":[{"role":"user","content":"\ud800"}]}"#,
-        ];
-        assert_usual_conversation_agrees(&OpenAiChat, &usual, &unusual);
-        let conv = OpenAiChat
-            .usual_conversation(usual[0].as_bytes(), &[Scan::LastUser])
-            .expect("usual");
-        assert_eq!(conv.parts, ["What is a good name for a cat?"]);
+            r#"{"messages":[]} trailing"#,
+        ] {
+            assert!(read(bad).is_err(), "{bad}");
+        }
+        let conv = read(r#"{"messages":[],"stream":"yes"}"#).expect("ok");
+        assert!(!conv.stream);
     }
 
     #[test]
@@ -408,20 +353,23 @@ mod tests {
             {"role": "tool", "tool_call_id": "c", "content": "result"},
             {"role": "user", "content": [{"type": "text", "text": "last"}, {"type": "input_audio", "input_audio": {}}]},
         ]});
+        let body = body.to_string();
         let conv = OpenAiChat
-            .conversation(&body, &[Scan::LastUser])
+            .request_conversation(body.as_bytes(), &[Scan::LastUser])
             .expect("ok");
         assert_eq!(conv.parts, ["last"]);
         assert_eq!(conv.prompt, "last");
         assert_eq!(conv.unscanned, ["input_audio in messages[4]"]);
         assert!(conv.stream);
-        let conv = OpenAiChat.conversation(&body, &EVERY_SCAN).expect("ok");
+        let conv = OpenAiChat
+            .request_conversation(body.as_bytes(), &EVERY_SCAN)
+            .expect("ok");
         assert_eq!(conv.parts, ["sys", "{\"q\":1}", "result", "first", "last"]);
         assert!(OpenAiChat
-            .conversation(&json!({"messages": "x"}), &EVERY_SCAN)
+            .request_conversation(br#"{"messages": "x"}"#, &EVERY_SCAN)
             .is_err());
         assert!(OpenAiChat
-            .conversation(&json!({"messages": [{}]}), &EVERY_SCAN)
+            .request_conversation(br#"{"messages": [{}]}"#, &EVERY_SCAN)
             .is_err());
     }
 

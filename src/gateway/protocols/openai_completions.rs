@@ -8,10 +8,10 @@ use serde_json::{json, Value};
 
 use crate::config::Scan;
 
-use super::usual_shape::{Choices, Object, Text};
+use super::json::{items, read_body, text, Items, Lenient, Text};
 use super::{
     choices, chunk_meta, cut_choices, data_frame, filter_results, indexed_outputs, push_part, set,
-    start, withhold_choices, Adapter, Block, Conversation, StreamCollector,
+    withhold_choices, Adapter, Block, Conversation, StreamCollector,
 };
 use crate::gateway::protocols::sse::Event;
 
@@ -23,56 +23,32 @@ impl Adapter for OpenAiCompletions {
         "openai_completions"
     }
 
-    fn conversation(&self, body: &Value, _scan: &[Scan]) -> Result<Conversation, String> {
-        let mut conv = start(body);
-        let prompts: Vec<String> = match body.get("prompt") {
-            Some(Value::String(s)) => vec![s.clone()],
-            Some(Value::Array(items)) if items.iter().all(Value::is_string) => items
-                .iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect(),
-            Some(Value::Array(_)) => {
+    fn request_conversation(&self, body: &[u8], _scan: &[Scan]) -> Result<Conversation, String> {
+        let request: Request<'_> = read_body(body)?;
+        let mut conv = Conversation {
+            stream: request.stream.get().copied().unwrap_or(false),
+            ..Conversation::default()
+        };
+        let prompts: Vec<String> = match request.prompt.get() {
+            Some(Prompt::One(text)) => vec![text.to_string()],
+            Some(Prompt::Many(texts)) => texts.iter().map(|t| t.to_string()).collect(),
+            Some(Prompt::Tokens(_)) => {
                 conv.unscanned.push("token ids in prompt".into());
                 Vec::new()
             }
-            _ => return Err("the request has no \"prompt\" string".into()),
+            None => return Err("the request has no \"prompt\" string".into()),
         };
-        Ok(prompt_conversation(conv, prompts))
-    }
-
-    fn usual_conversation(&self, body: &[u8], _scan: &[Scan]) -> Option<Conversation> {
-        let Object(request) = serde_json::from_slice::<Object<Request<'_>>>(body).ok()?;
-        let prompts = match request.prompt {
-            Prompt::One(text) => vec![text.into_string()],
-            Prompt::Many(texts) => texts.into_iter().map(Text::into_string).collect(),
-        };
-        let conv = Conversation {
-            stream: request.stream.unwrap_or(false),
-            ..Conversation::default()
-        };
-        Some(prompt_conversation(conv, prompts))
-    }
-
-    fn outputs(&self, body: &Value) -> Vec<String> {
-        choices(body)
-            .iter()
-            .map(|c| {
-                c.get("text")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string()
-            })
-            .collect()
-    }
-
-    fn usual_outputs(&self, body: &[u8]) -> Option<Vec<String>> {
-        let Object(completion) =
-            serde_json::from_slice::<Object<Choices<Choice<'_>>>>(body).ok()?;
-        let texts = completion
-            .choices
+        conv.prompt = prompts.join("\n");
+        prompts
             .into_iter()
-            .map(|Object(c)| c.text.map_or_else(String::new, Text::into_string));
-        Some(texts.collect())
+            .for_each(|p| push_part(&mut conv.parts, p));
+        Ok(conv)
+    }
+
+    fn response_outputs(&self, body: &[u8]) -> Option<Vec<String>> {
+        let completion: Completion<'_> = read_body(body).ok()?;
+        let texts = items(&completion.choices).map(|c| c.map_or("", |c| text(&c.text)));
+        Some(texts.map(str::to_string).collect())
     }
 
     fn block_outputs(&self, body: &mut Value, blocked: &[bool], block: &Block<'_>) {
@@ -89,32 +65,37 @@ impl Adapter for OpenAiCompletions {
     }
 }
 
-/// The prompts are the output check's prompt (joined) and the input check's parts.
-fn prompt_conversation(mut conv: Conversation, prompts: Vec<String>) -> Conversation {
-    conv.prompt = prompts.join("\n");
-    prompts
-        .into_iter()
-        .for_each(|p| push_part(&mut conv.parts, p));
-    conv
-}
-
-/// A request as [`OpenAiCompletions::conversation`] reads it, in the usual shape (see
-/// [`Adapter::usual_conversation`]): a prompt of text (token ids go the `Value` way); other
-/// fields are skipped unread.
-#[derive(Deserialize)]
+/// What the input check reads of a request.
+#[derive(Deserialize, Default)]
+#[serde(default)]
 struct Request<'a> {
     #[serde(borrow)]
-    prompt: Prompt<'a>,
-    #[serde(default)]
-    stream: Option<bool>,
+    prompt: Lenient<Prompt<'a>>,
+    stream: Lenient<bool>,
 }
 
-/// A `prompt`: one string or a list of strings.
+/// A `prompt`: one string, a list of strings, or token ids (not scanned).
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum Prompt<'a> {
     One(#[serde(borrow)] Text<'a>),
     Many(#[serde(borrow)] Vec<Text<'a>>),
+    Tokens(#[allow(dead_code)] Vec<serde::de::IgnoredAny>), // only its shape matters
+}
+
+/// What the output check reads of an answer.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Completion<'a> {
+    #[serde(borrow)]
+    choices: Items<Choice<'a>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Choice<'a> {
+    #[serde(borrow)]
+    text: Lenient<Text<'a>>,
 }
 
 /// The state of a streamed completion.
@@ -190,74 +171,61 @@ impl StreamCollector for CompletionStream {
     }
 }
 
-/// A choice as [`OpenAiCompletions::outputs`] reads it, in the usual shape (see
-/// [`Adapter::usual_outputs`]); other fields are skipped unread.
-#[derive(Deserialize)]
-struct Choice<'a> {
-    #[serde(borrow, default)]
-    text: Option<Text<'a>>,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gateway::protocols::{assert_usual_conversation_agrees, assert_usual_outputs_agree};
 
-    #[test]
-    fn usual_requests_are_read_without_a_value_and_the_same_way() {
-        let usual = [
-            r#"{"model":"m","prompt":"Once upon a time","max_tokens":16,"stream":true}"#,
-            r#"{"prompt":["a","b \"quoted\"","  "],"stream":false}"#,
-            r#"{"prompt":[]}"#,
-            r#"{"prompt":"caf\u00e9","stream":null}"#,
-        ];
-        let unusual = [
-            r#"{"prompt":[1,2]}"#,
-            r#"{"prompt":["a",2]}"#,
-            r#"{"prompt":[[1,2]]}"#,
-            r#"{"prompt":null}"#,
-            r#"{"prompt":{"text":"x"}}"#,
-            r#"{"model":"m"}"#,
-            r#"{"prompt":"a","prompt":"b"}"#,
-            r#"{"prompt":"x","stream":"yes"}"#,
-            r#"{"prompt":"\udc00"}"#,
-        ];
-        assert_usual_conversation_agrees(&OpenAiCompletions, &usual, &unusual);
-        let conv = OpenAiCompletions
-            .usual_conversation(usual[1].as_bytes(), &[Scan::LastUser])
-            .expect("usual");
-        assert_eq!(conv.parts, ["a", "b \"quoted\""]);
-        assert_eq!(conv.prompt, "a\nb \"quoted\"\n  ");
-    }
-
-    #[test]
-    fn the_usual_shape_is_read_without_a_value_and_with_the_same_texts() {
-        let usual = [
-            r#"{"id":"c","choices":[{"text":"Once\nupon","index":0,"finish_reason":"stop"},{"text":null},{}],"usage":{}}"#,
-            r#"{"choices":[]}"#,
-        ];
-        let unusual = [
-            r#"{"choices":[{"text":7}]}"#,
-            r#"{"choices":[{"text":"a","text":"b"}]}"#,
-            r#"{"choices":{}}"#,
-            r#"{"error":{}}"#,
-        ];
-        assert_usual_outputs_agree(&OpenAiCompletions, &usual, &unusual);
+    fn conversation(body: &str) -> Result<Conversation, String> {
+        OpenAiCompletions.request_conversation(body.as_bytes(), &[Scan::LastUser])
     }
 
     #[test]
     fn prompts_are_the_parts() {
-        let conv = OpenAiCompletions
-            .conversation(
-                &json!({"prompt": ["a", "b"], "stream": false}),
-                &[Scan::LastUser],
-            )
-            .expect("ok");
-        assert_eq!(conv.parts, ["a", "b"]);
-        let conv = OpenAiCompletions
-            .conversation(&json!({"prompt": [1, 2]}), &[Scan::LastUser])
-            .expect("ok");
-        assert_eq!(conv.unscanned, ["token ids in prompt"]);
-        assert!(OpenAiCompletions.conversation(&json!({}), &[]).is_err());
+        let conv =
+            conversation(r#"{"prompt":["a","b \"quoted\"","  "],"stream":true}"#).expect("ok");
+        assert_eq!(conv.parts, ["a", "b \"quoted\""]);
+        assert_eq!(conv.prompt, "a\nb \"quoted\"\n  ");
+        assert!(conv.stream);
+        let conv = conversation(r#"{"prompt":"caf\u00e9","stream":"yes"}"#).expect("ok");
+        assert_eq!((conv.parts, conv.stream), (vec!["café".to_string()], false));
+        for tokens in [
+            r#"{"prompt":[1,2]}"#,
+            r#"{"prompt":[[1,2]]}"#,
+            r#"{"prompt":["a",2]}"#,
+        ] {
+            let conv = conversation(tokens).expect("ok");
+            assert_eq!(conv.unscanned, ["token ids in prompt"], "{tokens}");
+            assert!(conv.parts.is_empty());
+        }
+        for bad in [
+            r#"{}"#,
+            r#"{"prompt":null}"#,
+            r#"{"prompt":{"text":"x"}}"#,
+            "[1]",
+        ] {
+            assert!(conversation(bad).is_err(), "{bad}");
+        }
+        assert!(conversation(r#"{"prompt":"\udc00"}"#).is_err());
+    }
+
+    #[test]
+    fn each_choice_gives_its_text() {
+        let read = |body: &str| OpenAiCompletions.response_outputs(body.as_bytes());
+        assert_eq!(
+            read(
+                r#"{"id":"c","choices":[{"text":"Once\nupon","index":0},{"text":null},{},7,{"text":3}]}"#
+            ),
+            Some(vec![
+                "Once\nupon".to_string(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new()
+            ])
+        );
+        assert_eq!(read(r#"{"choices":{}}"#), Some(Vec::new()));
+        assert_eq!(read(r#"{"error":{}}"#), Some(Vec::new()));
+        assert_eq!(read("{\"choices\": ["), None);
+        assert_eq!(read(r#"{"choices":[{"text":"\ud800"}]}"#), None);
     }
 }

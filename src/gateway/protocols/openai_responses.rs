@@ -8,11 +8,8 @@ use serde_json::{json, Value};
 use crate::config::Scan;
 use crate::gateway::protocols::sse::{frame, Event};
 
-use super::usual_shape::{Content, Object, Text};
-use super::{
-    add_user_turns, content_text, push_part, set, start, Adapter, Block, Conversation, Place,
-    StreamCollector,
-};
+use super::json::{content_text, items, read_body, text, Content, Items, Lenient, Object, Text};
+use super::{add_user_turns, push_part, set, Adapter, Block, Conversation, Place, StreamCollector};
 
 /// The Responses adapter.
 pub struct OpenAiResponses;
@@ -22,46 +19,65 @@ impl Adapter for OpenAiResponses {
         "openai_responses"
     }
 
-    fn conversation(&self, body: &Value, scan: &[Scan]) -> Result<Conversation, String> {
-        let input = match body.get("input") {
-            Some(Value::String(s)) => Input::Text(s),
-            Some(Value::Array(items)) => Input::Items(items),
-            _ => return Err("the request has no \"input\" (a string or a list of items)".into()),
-        };
-        let instructions = body.get("instructions").and_then(Value::as_str);
-        Ok(input_conversation(start(body), instructions, input, scan))
-    }
-
-    fn usual_conversation(&self, body: &[u8], scan: &[Scan]) -> Option<Conversation> {
-        let Object(request) = serde_json::from_slice::<Object<Request<'_>>>(body).ok()?;
-        let input = match &request.input {
-            Content::Text(text) => Input::Text(text),
-            Content::Parts(items) => Input::Items(items),
-        };
-        let conv = Conversation {
-            stream: request.stream.unwrap_or(false),
+    fn request_conversation(&self, body: &[u8], scan: &[Scan]) -> Result<Conversation, String> {
+        let request: Request<'_> = read_body(body)?;
+        let input = request
+            .input
+            .get()
+            .ok_or("the request has no \"input\" (a string or a list of items)")?;
+        let mut conv = Conversation {
+            stream: request.stream.get().copied().unwrap_or(false),
             ..Conversation::default()
         };
-        let instructions = request.instructions.as_deref();
-        Some(input_conversation(conv, instructions, input, scan))
+        if scan.contains(&Scan::System) {
+            push_part(&mut conv.parts, text(&request.instructions).to_string());
+        }
+        let mut users = Vec::new();
+        match input {
+            Content::Text(s) => users.push(s.to_string()),
+            Content::Parts(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let Some(Object(item)) = item.get() else {
+                        continue;
+                    };
+                    let place = Place("input", i);
+                    let kind = item.kind.get().map_or("message", |k| k);
+                    match (kind, text(&item.role)) {
+                        ("message", "user") => {
+                            users.push(content_text(&item.content, &place, &mut conv.unscanned))
+                        }
+                        ("message", "system" | "developer") if scan.contains(&Scan::System) => {
+                            let text = content_text(&item.content, &place, &mut conv.unscanned);
+                            push_part(&mut conv.parts, text);
+                        }
+                        ("function_call", _) if scan.contains(&Scan::ToolCalls) => {
+                            push_part(&mut conv.parts, text(&item.arguments).to_string());
+                        }
+                        ("function_call_output", _) if scan.contains(&Scan::ToolResults) => {
+                            let text = content_text(&item.output, &place, &mut conv.unscanned);
+                            push_part(&mut conv.parts, text);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        add_user_turns(&mut conv, users, scan);
+        Ok(conv)
     }
 
-    fn outputs(&self, body: &Value) -> Vec<String> {
-        vec![output_text(body)]
-    }
-
-    fn usual_outputs(&self, body: &[u8]) -> Option<Vec<String>> {
-        let Object(response) = serde_json::from_slice::<Object<Response<'_>>>(body).ok()?;
+    fn response_outputs(&self, body: &[u8]) -> Option<Vec<String>> {
+        let response: Response<'_> = read_body(body).ok()?;
         let mut texts: Vec<&str> = Vec::new();
-        for Object(item) in &response.output {
-            match item.kind.as_deref() {
+        for item in items(&response.output).flatten() {
+            match item.kind.get().map(|k| &**k) {
                 Some("message") => texts.extend(
-                    item.content
-                        .iter()
+                    items(&item.content)
                         .flatten()
-                        .filter_map(|Object(part)| part.text.as_deref()),
+                        .filter_map(|p| p.text.get())
+                        .map(|t| &**t),
                 ),
-                Some("function_call") => texts.extend(item.arguments.as_deref()),
+                Some("function_call") => texts.extend(item.arguments.get().map(|a| &**a)),
                 _ => {}
             }
         }
@@ -79,201 +95,59 @@ impl Adapter for OpenAiResponses {
     }
 }
 
-/// A request's `input`, whichever way it was read.
-enum Input<'a, I> {
-    /// One user turn.
-    Text(&'a str),
-    /// Items: messages, function calls and their outputs.
-    Items(&'a [I]),
-}
-
-/// The conversation in a request's `instructions` and `input`, whichever way they were read:
-/// the user messages are the user turns; instructions, system and developer messages,
-/// function calls and their outputs become parts as the scan names them.
-fn input_conversation<I: InputItem>(
-    mut conv: Conversation,
-    instructions: Option<&str>,
-    input: Input<'_, I>,
-    scan: &[Scan],
-) -> Conversation {
-    if let (Some(s), true) = (instructions, scan.contains(&Scan::System)) {
-        push_part(&mut conv.parts, s.to_string());
-    }
-    let mut users = Vec::new();
-    match input {
-        Input::Text(s) => users.push(s.to_string()),
-        Input::Items(items) => {
-            for (i, item) in items.iter().enumerate() {
-                let place = Place("input", i);
-                match (item.kind(), item.role()) {
-                    ("message", "user") => {
-                        users.push(item.content_text(&place, &mut conv.unscanned))
-                    }
-                    ("message", "system" | "developer") if scan.contains(&Scan::System) => {
-                        let text = item.content_text(&place, &mut conv.unscanned);
-                        push_part(&mut conv.parts, text);
-                    }
-                    ("function_call", _) if scan.contains(&Scan::ToolCalls) => {
-                        push_part(&mut conv.parts, item.arguments().to_string());
-                    }
-                    ("function_call_output", _) if scan.contains(&Scan::ToolResults) => {
-                        let text = item.output_text(&place, &mut conv.unscanned);
-                        push_part(&mut conv.parts, text);
-                    }
-                    _ => {}
-                }
-            }
-        }
-    }
-    add_user_turns(&mut conv, users, scan);
-    conv
-}
-
-/// An item of a request's `input` as the input check reads it.
-trait InputItem {
-    /// Its `type`; "message" when it has none.
-    fn kind(&self) -> &str;
-    /// Its `role`; empty when it has none.
-    fn role(&self) -> &str;
-    /// The text of its `content`; parts that cannot be scanned are noted in `unscanned`.
-    fn content_text(&self, place: &Place, unscanned: &mut Vec<String>) -> String;
-    /// Its `arguments` (a function call's); empty when it has none.
-    fn arguments(&self) -> &str;
-    /// The text of its `output` (a function call's result), read like a `content`.
-    fn output_text(&self, place: &Place, unscanned: &mut Vec<String>) -> String;
-}
-
-impl InputItem for Value {
-    fn kind(&self) -> &str {
-        self.get("type")
-            .and_then(Value::as_str)
-            .unwrap_or("message")
-    }
-
-    fn role(&self) -> &str {
-        self.get("role").and_then(Value::as_str).unwrap_or("")
-    }
-
-    fn content_text(&self, place: &Place, unscanned: &mut Vec<String>) -> String {
-        content_text(self.get("content"), place, unscanned)
-    }
-
-    fn arguments(&self) -> &str {
-        self.get("arguments").and_then(Value::as_str).unwrap_or("")
-    }
-
-    fn output_text(&self, place: &Place, unscanned: &mut Vec<String>) -> String {
-        content_text(self.get("output"), place, unscanned)
-    }
-}
-
-impl InputItem for Object<RequestItem<'_>> {
-    fn kind(&self) -> &str {
-        self.0.kind.as_deref().unwrap_or("message")
-    }
-
-    fn role(&self) -> &str {
-        self.0.role.as_deref().unwrap_or("")
-    }
-
-    fn content_text(&self, place: &Place, unscanned: &mut Vec<String>) -> String {
-        Content::text_of(self.0.content.as_ref(), place, unscanned)
-    }
-
-    fn arguments(&self) -> &str {
-        self.0.arguments.as_deref().unwrap_or("")
-    }
-
-    fn output_text(&self, place: &Place, unscanned: &mut Vec<String>) -> String {
-        Content::text_of(self.0.output.as_ref(), place, unscanned)
-    }
-}
-
-/// A request as [`OpenAiResponses::conversation`] reads it, in the usual shape (see
-/// [`Adapter::usual_conversation`]): `input` is a string or a list of items, the same two
-/// shapes as a message's content; other fields are skipped unread.
-#[derive(Deserialize)]
+/// What the input check reads of a request: `input` is a string or a list of items.
+#[derive(Deserialize, Default)]
+#[serde(default)]
 struct Request<'a> {
     #[serde(borrow)]
-    input: Content<'a, RequestItem<'a>>,
-    #[serde(borrow, default)]
-    instructions: Option<Text<'a>>,
-    #[serde(default)]
-    stream: Option<bool>,
+    input: Lenient<Content<'a, RequestItem<'a>>>,
+    #[serde(borrow)]
+    instructions: Lenient<Text<'a>>,
+    stream: Lenient<bool>,
 }
 
-#[derive(Deserialize)]
+/// An input item: a message (the default type), a function call or a function's output.
+#[derive(Deserialize, Default)]
+#[serde(default)]
 struct RequestItem<'a> {
-    #[serde(borrow, default, rename = "type")]
-    kind: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    role: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    content: Option<Content<'a>>,
-    #[serde(borrow, default)]
-    arguments: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    output: Option<Content<'a>>,
+    #[serde(borrow, rename = "type")]
+    kind: Lenient<Text<'a>>,
+    #[serde(borrow)]
+    role: Lenient<Text<'a>>,
+    #[serde(borrow)]
+    content: Lenient<Content<'a>>,
+    #[serde(borrow)]
+    arguments: Lenient<Text<'a>>,
+    #[serde(borrow)]
+    output: Lenient<Content<'a>>,
 }
 
-/// The text and function-call arguments of a response's output items.
-fn output_text(response: &Value) -> String {
-    let mut texts = Vec::new();
-    for item in response
-        .get("output")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        match item.get("type").and_then(Value::as_str) {
-            Some("message") => {
-                for part in item
-                    .get("content")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                {
-                    if let Some(t) = part.get("text").and_then(Value::as_str) {
-                        texts.push(t.to_string());
-                    }
-                }
-            }
-            Some("function_call") => {
-                if let Some(a) = item.get("arguments").and_then(Value::as_str) {
-                    texts.push(a.to_string());
-                }
-            }
-            _ => {}
-        }
-    }
-    texts.join("\n")
-}
-
-/// What [`output_text`] reads of a response, in its usual shape (see
-/// [`Adapter::usual_outputs`]); other fields are skipped unread.
-#[derive(Deserialize)]
+/// What the output check reads of an answer.
+#[derive(Deserialize, Default)]
+#[serde(default)]
 struct Response<'a> {
-    #[serde(borrow, default)]
-    output: Vec<Object<Item<'a>>>,
+    #[serde(borrow)]
+    output: Items<Item<'a>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
+#[serde(default)]
 struct Item<'a> {
-    #[serde(borrow, default, rename = "type")]
-    kind: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    content: Option<Vec<Object<Part<'a>>>>,
-    #[serde(borrow, default)]
-    arguments: Option<Text<'a>>,
+    #[serde(borrow, rename = "type")]
+    kind: Lenient<Text<'a>>,
+    #[serde(borrow)]
+    content: Items<Part<'a>>,
+    #[serde(borrow)]
+    arguments: Lenient<Text<'a>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
+#[serde(default)]
 struct Part<'a> {
-    #[serde(borrow, default)]
-    text: Option<Text<'a>>,
+    #[serde(borrow)]
+    text: Lenient<Text<'a>>,
 }
 
-/// Marks a response incomplete for content filtering, with the replacement as its output.
 fn withhold(response: &mut Value, replacement: &str) {
     set(response, "status", json!("incomplete"));
     set(
@@ -370,39 +244,20 @@ fn event(name: &str, sequence: u64, response: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gateway::protocols::{
-        assert_usual_conversation_agrees, assert_usual_outputs_agree, EVERY_SCAN,
-    };
+    use crate::gateway::protocols::EVERY_SCAN;
+
+    fn conversation(body: &str, scan: &[Scan]) -> Result<Conversation, String> {
+        OpenAiResponses.request_conversation(body.as_bytes(), scan)
+    }
 
     #[test]
-    fn usual_requests_are_read_without_a_value_and_the_same_way() {
-        let usual = [
-            r#"{"model":"m","instructions":"be nice","stream":true,"input":[{"role":"user","content":"first"},{"type":"function_call","call_id":"c","name":"f","arguments":"{\"a\":1}"},{"type":"function_call_output","call_id":"c","output":"42"},{"type":"message","role":"system","content":[{"type":"input_text","text":"sys"}]},{"type":"message","role":"developer","content":"dev"},{"type":"message","role":"user","content":[{"type":"input_text","text":"second"},{"type":"input_image","image_url":"x"}]}]}"#,
-            r#"{"input":"What is a good name for a cat?","instructions":null,"stream":false}"#,
-            r#"{"input":[{"type":"reasoning","summary":[]},{"type":"message","role":"assistant","content":[{"type":"output_text","text":"Hi"}]},{"role":"user"},{"type":"function_call_output","output":[{"type":"input_text","text":"out"},{"type":"input_file"}]},{"type":"function_call"}]}"#,
-            r#"{"input":[]}"#,
-            r#"{"input":"caf\u00e9 \"quoted\""}"#,
-        ];
-        let unusual = [
-            r#"{"model":"m"}"#,
-            r#"{"input":null}"#,
-            r#"{"input":42}"#,
-            r#"{"input":["text"]}"#,
-            r#"{"input":[{"type":7,"role":"user","content":"x"}]}"#,
-            r#"{"input":[{"role":"user","content":{"text":"x"}}]}"#,
-            r#"{"input":[{"role":"user","content":["part"]}]}"#,
-            r#"{"input":[{"type":"function_call","arguments":{"a":1}}]}"#,
-            r#"{"input":[{"type":"function_call_output","output":{"ok":true}}]}"#,
-            r#"{"input":[{"role":"user","content":"a","content":"b"}]}"#,
-            r#"{"input":"x","instructions":["be nice"]}"#,
-            r#"{"input":"x","stream":"yes"}"#,
-            r#"{"input":"a","input":"b"}"#,
-            r#"{"input":"\ud800"}"#,
-        ];
-        assert_usual_conversation_agrees(&OpenAiResponses, &usual, &unusual);
-        let conv = OpenAiResponses
-            .usual_conversation(usual[0].as_bytes(), &EVERY_SCAN)
-            .expect("usual");
+    fn items_and_instructions_follow_the_scan_settings() {
+        let body = r#"{"model":"m","instructions":"be nice","stream":true,"input":[{"role":"user","content":"first"},{"type":"function_call","call_id":"c","name":"f","arguments":"{\"a\":1}"},{"type":"function_call_output","call_id":"c","output":"42"},{"type":"message","role":"system","content":[{"type":"input_text","text":"sys"}]},{"type":"message","role":"developer","content":"dev"},{"type":"message","role":"user","content":[{"type":"input_text","text":"second"},{"type":"input_image","image_url":"x"}]}]}"#;
+        let conv = conversation(body, &[Scan::LastUser]).expect("ok");
+        assert_eq!(conv.parts, ["second"]);
+        assert_eq!(conv.unscanned, ["input_image in input[5]"]);
+        assert!(conv.stream);
+        let conv = conversation(body, &EVERY_SCAN).expect("ok");
         assert_eq!(
             conv.parts,
             [
@@ -415,60 +270,45 @@ mod tests {
                 "second"
             ]
         );
-        assert_eq!(conv.unscanned, ["input_image in input[5]"]);
-        assert!(conv.stream);
-    }
-
-    #[test]
-    fn the_usual_shape_is_read_without_a_value_and_with_the_same_texts() {
-        let usual = [
-            r#"{"id":"r","object":"response","status":"completed","output":[{"type":"reasoning","summary":[]},{"type":"message","role":"assistant","content":[{"type":"output_text","text":"Hi\nthere","annotations":[]},{"type":"refusal","refusal":"no"}]},{"type":"function_call","name":"f","arguments":"{\"q\":1}"}]}"#,
-            r#"{"output":[{"type":"message"},{"type":"function_call"},{}]}"#,
-            r#"{"object":"response"}"#,
-        ];
-        let unusual = [
-            r#"{"output":null}"#,
-            r#"{"output":[{"type":"message","content":[{"text":{"value":"x"}}]}]}"#,
-            r#"{"output":[{"type":"function_call","arguments":{"q":1}}]}"#,
-            r#"{"output":[{"type":7}]}"#,
-            r#"{"output":[],"output":[]}"#,
-        ];
-        assert_usual_outputs_agree(&OpenAiResponses, &usual, &unusual);
-    }
-
-    #[test]
-    fn items_and_instructions_follow_the_scan_settings() {
-        let body = json!({"model": "m", "instructions": "be nice", "input": [
-            {"role": "user", "content": "first"},
-            {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{\"a\":1}"},
-            {"type": "function_call_output", "call_id": "c", "output": "42"},
-            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "second"}, {"type": "input_image", "image_url": "x"}]},
-        ]});
-        let conv = OpenAiResponses
-            .conversation(&body, &[Scan::LastUser])
-            .expect("ok");
-        assert_eq!(conv.parts, ["second"]);
-        assert_eq!(conv.unscanned, ["input_image in input[3]"]);
-        let conv = OpenAiResponses
-            .conversation(&body, &EVERY_SCAN)
-            .expect("ok");
-        assert_eq!(
-            conv.parts,
-            ["be nice", "{\"a\":1}", "42", "first", "second"]
-        );
-        let conv = OpenAiResponses
-            .conversation(&json!({"input": "hi"}), &EVERY_SCAN)
-            .expect("ok");
+        let conv = conversation(r#"{"input": "hi"}"#, &EVERY_SCAN).expect("ok");
         assert_eq!(conv.parts, ["hi"]);
     }
 
     #[test]
+    fn items_of_other_shapes_read_as_absent() {
+        let conv = conversation(
+            r#"{"input":[{"type":"reasoning","summary":[]},["text"],{"type":7,"role":"user","content":"x"},{"role":"user","content":{"text":"y"}},{"type":"function_call","arguments":{"a":1}},{"type":"function_call_output","output":{"ok":true}}],"instructions":["be nice"],"stream":"yes"}"#,
+            &EVERY_SCAN,
+        )
+        .expect("ok");
+        assert_eq!(conv.parts, ["x"]);
+        assert!(!conv.stream);
+        for bad in [
+            r#"{"model":"m"}"#,
+            r#"{"input":null}"#,
+            r#"{"input":42}"#,
+            r#"{"input":"\ud800"}"#,
+        ] {
+            assert!(conversation(bad, &EVERY_SCAN).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn output_text_joins_messages_and_calls() {
-        let body = json!({"output": [
-            {"type": "reasoning", "summary": []},
-            {"type": "message", "content": [{"type": "output_text", "text": "Hello"}]},
-            {"type": "function_call", "arguments": "{}"},
-        ]});
-        assert_eq!(OpenAiResponses.outputs(&body), ["Hello\n{}"]);
+        let read = |body: &str| OpenAiResponses.response_outputs(body.as_bytes());
+        assert_eq!(
+            read(
+                r#"{"output":[{"type":"reasoning","summary":[]},{"type":"message","content":[{"type":"output_text","text":"Hello"},{"type":"refusal","refusal":"no"}]},{"type":"function_call","arguments":"{}"}]}"#
+            ),
+            Some(vec!["Hello\n{}".to_string()])
+        );
+        assert_eq!(
+            read(
+                r#"{"output":[{"type":"message","content":[{"text":{"value":"x"}}]},{"type":"function_call","arguments":{"q":1}},{"type":7}]}"#
+            ),
+            Some(vec![String::new()])
+        );
+        assert_eq!(read(r#"{"output":null}"#), Some(vec![String::new()]));
+        assert_eq!(read("not json"), None);
     }
 }
