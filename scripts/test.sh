@@ -19,6 +19,8 @@ scripts/apt-install.sh promtool prometheus
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --locked
+# The kernels as a shipped binary runs them: release profile, portable flags.
+cargo test --release --locked --lib model::kernels
 # The suites that need the outside tools installed above (and the CUDA build) are #[ignore]d
 # in plain `cargo test`; run them all here, one at a time (load tests, browsers and servers
 # must not starve each other on two cores).
