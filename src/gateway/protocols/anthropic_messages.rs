@@ -13,8 +13,8 @@ use super::json::{
     content_text, items, part_text, read_body, Content, Items, Lenient, Object, Text,
 };
 use super::{
-    add_user_turns, block_message, filter_results, no_role, push_part, set, Adapter, Block,
-    Conversation, Place, StreamCollector,
+    add_user_turns, block_message, filter_results, push_part, set, start, with_roles, Adapter,
+    Block, Conversation, Place, StreamCollector,
 };
 
 /// The Messages adapter.
@@ -27,24 +27,14 @@ impl Adapter for AnthropicMessages {
 
     fn request_conversation(&self, body: &[u8], scan: &[Scan]) -> Result<Conversation, String> {
         let request: Request<'_> = read_body(body)?;
-        let messages = request
-            .messages
-            .get()
-            .ok_or("the request has no \"messages\" array")?;
-        let mut conv = Conversation {
-            stream: request.stream.get().copied().unwrap_or(false),
-            ..Conversation::default()
-        };
+        let messages = with_roles(&request.messages, |m| m.role.get().map(|r| &**r))?;
+        let mut conv = start(&request.stream);
         if scan.contains(&Scan::System) {
             let text = content_text(&request.system, &"system", &mut conv.unscanned);
             push_part(&mut conv.parts, text);
         }
         let mut users = Vec::new();
-        for (i, message) in messages.iter().enumerate() {
-            let Some((m, role)) = message.get().and_then(|Object(m)| Some((m, m.role.get()?)))
-            else {
-                return Err(no_role(i));
-            };
+        for (i, (m, role)) in messages.into_iter().enumerate() {
             let place = Place("messages", i);
             let blocks: Vec<Option<&RequestBlock<'_>>> = match m.content.get() {
                 Some(Content::Parts(blocks)) => {
@@ -64,7 +54,7 @@ impl Adapter for AnthropicMessages {
                 };
                 push_part(&mut conv.parts, text);
             }
-            if &**role != "user" {
+            if role != "user" {
                 continue;
             }
             let text = match m.content.get() {

@@ -120,9 +120,32 @@ impl std::fmt::Display for Place {
     }
 }
 
-/// What is wrong with message `i` when it has no role.
-pub fn no_role(i: usize) -> String {
-    format!("messages[{i}] has no \"role\"")
+/// An empty conversation with the request's `stream` flag (false unless `true`).
+pub fn start(stream: &json::Lenient<bool>) -> Conversation {
+    Conversation {
+        stream: stream.get().copied().unwrap_or(false),
+        ..Conversation::default()
+    }
+}
+
+/// A request's `messages` (OpenAI Chat, Anthropic), each with its `role`; an error says which
+/// is missing.
+pub fn with_roles<'m, M>(
+    messages: &'m json::Lenient<Vec<json::Lenient<json::Object<M>>>>,
+    role: impl Fn(&'m M) -> Option<&'m str>,
+) -> Result<Vec<(&'m M, &'m str)>, String> {
+    let messages = messages
+        .get()
+        .ok_or("the request has no \"messages\" array")?;
+    messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            m.get()
+                .and_then(|json::Object(m)| Some((m, role(m)?)))
+                .ok_or_else(|| format!("messages[{i}] has no \"role\""))
+        })
+        .collect()
 }
 
 /// Makes the last user turn the output check's prompt and adds the user turns the scan asks

@@ -11,7 +11,7 @@ use crate::config::Scan;
 use super::json::{content_text, items, read_body, text, Content, Items, Lenient, Object, Text};
 use super::{
     add_user_turns, choices, chunk_meta, cut_choices, data_frame, filter_results, indexed_outputs,
-    no_role, push_part, set, withhold_choices, Adapter, Block, Conversation, Place,
+    push_part, set, start, with_roles, withhold_choices, Adapter, Block, Conversation, Place,
     StreamCollector,
 };
 use crate::gateway::protocols::sse::Event;
@@ -26,21 +26,12 @@ impl Adapter for OpenAiChat {
 
     fn request_conversation(&self, body: &[u8], scan: &[Scan]) -> Result<Conversation, String> {
         let request: Request<'_> = read_body(body)?;
-        let messages = request
-            .messages
-            .get()
-            .ok_or("the request has no \"messages\" array")?;
-        let mut conv = Conversation {
-            stream: request.stream.get().copied().unwrap_or(false),
-            ..Conversation::default()
-        };
+        let messages = with_roles(&request.messages, |m| m.role.get().map(|r| &**r))?;
+        let mut conv = start(&request.stream);
         let mut users = Vec::new();
-        for (i, m) in messages.iter().enumerate() {
-            let Some((m, role)) = m.get().and_then(|Object(m)| Some((m, m.role.get()?))) else {
-                return Err(no_role(i));
-            };
+        for (i, (m, role)) in messages.into_iter().enumerate() {
             let place = Place("messages", i);
-            match &**role {
+            match role {
                 "user" => users.push(content_text(&m.content, &place, &mut conv.unscanned)),
                 "system" | "developer" if scan.contains(&Scan::System) => {
                     let text = content_text(&m.content, &place, &mut conv.unscanned);

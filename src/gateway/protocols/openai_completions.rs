@@ -11,7 +11,7 @@ use crate::config::Scan;
 use super::json::{items, read_body, text, Items, Lenient, Text};
 use super::{
     choices, chunk_meta, cut_choices, data_frame, filter_results, indexed_outputs, push_part, set,
-    withhold_choices, Adapter, Block, Conversation, StreamCollector,
+    start, withhold_choices, Adapter, Block, Conversation, StreamCollector,
 };
 use crate::gateway::protocols::sse::Event;
 
@@ -25,10 +25,7 @@ impl Adapter for OpenAiCompletions {
 
     fn request_conversation(&self, body: &[u8], _scan: &[Scan]) -> Result<Conversation, String> {
         let request: Request<'_> = read_body(body)?;
-        let mut conv = Conversation {
-            stream: request.stream.get().copied().unwrap_or(false),
-            ..Conversation::default()
-        };
+        let mut conv = start(&request.stream);
         let prompts: Vec<String> = match request.prompt.get() {
             Some(Prompt::One(text)) => vec![text.to_string()],
             Some(Prompt::Many(texts)) => texts.iter().map(|t| t.to_string()).collect(),

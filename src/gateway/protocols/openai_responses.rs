@@ -9,7 +9,9 @@ use crate::config::Scan;
 use crate::gateway::protocols::sse::{frame, Event};
 
 use super::json::{content_text, items, read_body, text, Content, Items, Lenient, Object, Text};
-use super::{add_user_turns, push_part, set, Adapter, Block, Conversation, Place, StreamCollector};
+use super::{
+    add_user_turns, push_part, set, start, Adapter, Block, Conversation, Place, StreamCollector,
+};
 
 /// The Responses adapter.
 pub struct OpenAiResponses;
@@ -25,10 +27,7 @@ impl Adapter for OpenAiResponses {
             .input
             .get()
             .ok_or("the request has no \"input\" (a string or a list of items)")?;
-        let mut conv = Conversation {
-            stream: request.stream.get().copied().unwrap_or(false),
-            ..Conversation::default()
-        };
+        let mut conv = start(&request.stream);
         if scan.contains(&Scan::System) {
             push_part(&mut conv.parts, text(&request.instructions).to_string());
         }
