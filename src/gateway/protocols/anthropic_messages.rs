@@ -203,6 +203,31 @@ struct AnswerBlock<'a> {
     input: Lenient<Value>,
 }
 
+/// What the output check reads of a streamed event; `message` and `usage` are kept as sent,
+/// for the events a block writes.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct StreamEvent<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: Lenient<Text<'a>>,
+    index: Lenient<u64>,
+    #[serde(borrow)]
+    content_block: Lenient<Object<AnswerBlock<'a>>>,
+    #[serde(borrow)]
+    delta: Lenient<Object<Delta<'a>>>,
+    message: Option<Value>,
+    usage: Option<Value>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Delta<'a> {
+    #[serde(borrow)]
+    text: Lenient<Text<'a>>,
+    #[serde(borrow)]
+    partial_json: Lenient<Text<'a>>,
+}
+
 /// The state of a streamed message.
 #[derive(Default)]
 struct MessageStream {
@@ -214,33 +239,31 @@ struct MessageStream {
 
 impl StreamCollector for MessageStream {
     fn event(&mut self, event: &Event) {
-        let Ok(data) = serde_json::from_str::<Value>(&event.data) else {
+        let Ok(data) = read_body::<StreamEvent<'_>>(event.data.as_bytes()) else {
             return;
         };
-        let index = data.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
+        let index = data.index.get().copied().unwrap_or(0) as usize;
         if self.blocks.len() <= index {
             self.blocks.resize(index + 1, String::new());
         }
-        match data.get("type").and_then(Value::as_str) {
-            Some("message_start") => self.start = data.get("message").cloned(),
+        match data.kind.get().map(|k| &**k) {
+            Some("message_start") => self.start = data.message,
             Some("content_block_stop") => self.open = None,
             Some("content_block_start") => {
                 self.open = Some(index);
-                let block = data.get("content_block").unwrap_or(&Value::Null);
-                let field = |name| block.get(name);
-                let kind = field("type").and_then(Value::as_str);
-                let text = block_text(kind, field("text").and_then(Value::as_str), field("input"));
-                self.blocks[index].push_str(&text.unwrap_or_default());
+                if let Some(Object(b)) = data.content_block.get() {
+                    let kind = b.kind.get().map(|k| &**k);
+                    let text = block_text(kind, b.text.get().map(|t| &**t), b.input.get());
+                    self.blocks[index].push_str(&text.unwrap_or_default());
+                }
             }
             Some("content_block_delta") => {
-                let delta = data.get("delta").unwrap_or(&Value::Null);
-                let piece = delta
-                    .get("text")
-                    .or_else(|| delta.get("partial_json"))
-                    .and_then(Value::as_str);
-                self.blocks[index].push_str(piece.unwrap_or(""));
+                if let Some(Object(d)) = data.delta.get() {
+                    let piece = d.text.get().or(d.partial_json.get());
+                    self.blocks[index].push_str(piece.map_or("", |p| p));
+                }
             }
-            Some("message_delta") => self.usage = data.get("usage").cloned(),
+            Some("message_delta") => self.usage = data.usage,
             _ => {}
         }
     }

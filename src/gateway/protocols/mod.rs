@@ -161,13 +161,6 @@ pub fn add_user_turns(conv: &mut Conversation, users: Vec<String>, scan: &[Scan]
     }
 }
 
-/// The body's `choices` array (empty when absent).
-pub fn choices(body: &Value) -> &[Value] {
-    body.get("choices")
-        .and_then(Value::as_array)
-        .map_or(&[], Vec::as_slice)
-}
-
 /// Applies `withhold` to each choice marked in `blocked`.
 pub fn withhold_choices(body: &mut Value, blocked: &[bool], withhold: impl Fn(&mut Value)) {
     if let Some(choices) = body.get_mut("choices").and_then(Value::as_array_mut) {
@@ -177,9 +170,10 @@ pub fn withhold_choices(body: &mut Value, blocked: &[bool], withhold: impl Fn(&m
     }
 }
 
-/// The fields of a stream's first chunk that every rewritten chunk repeats.
-pub fn chunk_meta(chunk: &Value, keys: &[&str]) -> Value {
-    let mut meta = chunk.clone();
+/// The fields `keys` of a stream's first chunk (its event data), which every chunk a block
+/// writes repeats as the upstream sent them.
+pub fn chunk_meta(data: &str, keys: &[&str]) -> Value {
+    let mut meta = serde_json::from_str(data).unwrap_or(Value::Null);
     if let Some(m) = meta.as_object_mut() {
         m.retain(|k, _| keys.contains(&k.as_str()));
     }

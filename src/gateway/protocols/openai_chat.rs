@@ -10,7 +10,7 @@ use crate::config::Scan;
 
 use super::json::{content_text, items, read_body, text, Content, Items, Lenient, Object, Text};
 use super::{
-    add_user_turns, choices, chunk_meta, cut_choices, data_frame, filter_results, indexed_outputs,
+    add_user_turns, chunk_meta, cut_choices, data_frame, filter_results, indexed_outputs,
     push_part, set, start, with_roles, withhold_choices, Adapter, Block, Conversation, Place,
     StreamCollector,
 };
@@ -164,6 +164,41 @@ struct ChoiceText {
     finish: Value,
 }
 
+/// What the output check reads of a streamed chunk.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Chunk<'a> {
+    #[serde(borrow)]
+    choices: Items<ChunkChoice<'a>>,
+    usage: Option<Value>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ChunkChoice<'a> {
+    index: Lenient<u64>,
+    #[serde(borrow)]
+    delta: Lenient<Object<Delta<'a>>>,
+    finish_reason: Option<Value>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Delta<'a> {
+    #[serde(borrow)]
+    content: Lenient<Text<'a>>,
+    #[serde(borrow)]
+    tool_calls: Items<DeltaCall<'a>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct DeltaCall<'a> {
+    index: Lenient<u64>,
+    #[serde(borrow)]
+    function: Lenient<Object<Function<'a>>>,
+}
+
 /// The state of a streamed chat completion.
 #[derive(Default)]
 struct ChatStream {
@@ -174,34 +209,32 @@ struct ChatStream {
 
 impl StreamCollector for ChatStream {
     fn event(&mut self, event: &Event) {
-        let Ok(chunk) = serde_json::from_str::<Value>(&event.data) else {
+        let Ok(chunk) = read_body::<Chunk<'_>>(event.data.as_bytes()) else {
             return;
         };
         if self.meta.is_none() {
             let keys = ["id", "object", "created", "model", "system_fingerprint"];
-            self.meta = Some(chunk_meta(&chunk, &keys));
+            self.meta = Some(chunk_meta(&event.data, &keys));
         }
-        if chunk.get("usage").is_some_and(|u| !u.is_null()) {
-            self.usage = chunk.get("usage").cloned();
+        if chunk.usage.is_some() {
+            self.usage = chunk.usage;
         }
-        for c in choices(&chunk) {
-            let index = c.get("index").and_then(Value::as_u64).unwrap_or(0);
+        for c in items(&chunk.choices).flatten() {
+            let index = c.index.get().copied().unwrap_or(0);
             let state = self.choices.entry(index).or_default();
-            if let Some(t) = c.pointer("/delta/content").and_then(Value::as_str) {
-                state.text.push_str(t);
-            }
-            for call in c
-                .pointer("/delta/tool_calls")
-                .and_then(Value::as_array)
+            let delta = c.delta.get().map(|Object(d)| d);
+            state.text.push_str(delta.map_or("", |d| text(&d.content)));
+            for call in delta
                 .into_iter()
-                .flatten()
+                .flat_map(|d| items(&d.tool_calls).flatten())
             {
-                let i = call.get("index").and_then(Value::as_u64).unwrap_or(0);
-                if let Some(a) = call.pointer("/function/arguments").and_then(Value::as_str) {
-                    state.tools.entry(i).or_default().push_str(a);
+                let i = call.index.get().copied().unwrap_or(0);
+                let function = call.function.get().map(|Object(f)| f);
+                if let Some(arguments) = function.and_then(|f| f.arguments.get()) {
+                    state.tools.entry(i).or_default().push_str(arguments);
                 }
             }
-            if let Some(f) = c.get("finish_reason").filter(|f| !f.is_null()) {
+            if let Some(f) = &c.finish_reason {
                 state.finish = f.clone();
             }
         }
@@ -378,6 +411,22 @@ mod tests {
             collector.event(&e);
         }
         assert_eq!(collector.outputs(), ["Hello", "Other"]);
+    }
+
+    #[test]
+    fn streamed_fields_of_other_types_read_as_absent() {
+        let text = concat!(
+            "data: {\"choices\":[{\"index\":\"1\",\"delta\":{\"content\":\"a\",\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":7}},{\"function\":{\"arguments\":\"{}\"}}]}}]}\n\n",
+            "data: {\"choices\":[7,{\"delta\":[\"b\"]},{\"delta\":{\"content\":{\"text\":\"c\"}}},{\"index\":0,\"delta\":{\"content\":\"d\"}}],\"usage\":null}\n\n",
+            "data: {\"choices\":{\"index\":0}}\n\n",
+            "data: [\"not an object\"]\n\n",
+            "data: {\"choices\":[{\"delta\":{\"content\":\"\\ud800\"}}]}\n\n",
+        );
+        let mut collector = OpenAiChat.collector();
+        for e in Parser::new().feed(text.as_bytes()) {
+            collector.event(&e);
+        }
+        assert_eq!(collector.outputs(), ["ad\n{}"]);
     }
 
     #[test]

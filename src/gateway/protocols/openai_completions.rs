@@ -10,8 +10,8 @@ use crate::config::Scan;
 
 use super::json::{items, read_body, text, Items, Lenient, Text};
 use super::{
-    choices, chunk_meta, cut_choices, data_frame, filter_results, indexed_outputs, push_part, set,
-    start, withhold_choices, Adapter, Block, Conversation, StreamCollector,
+    chunk_meta, cut_choices, data_frame, filter_results, indexed_outputs, push_part, set, start,
+    withhold_choices, Adapter, Block, Conversation, StreamCollector,
 };
 use crate::gateway::protocols::sse::Event;
 
@@ -80,7 +80,7 @@ enum Prompt<'a> {
     Tokens(#[allow(dead_code)] Vec<serde::de::IgnoredAny>), // only its shape matters
 }
 
-/// What the output check reads of an answer.
+/// What the output check reads of an answer, and of each chunk of a streamed one.
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct Completion<'a> {
@@ -93,6 +93,8 @@ struct Completion<'a> {
 struct Choice<'a> {
     #[serde(borrow)]
     text: Lenient<Text<'a>>,
+    index: Lenient<u64>,
+    finish_reason: Option<Value>,
 }
 
 /// The state of a streamed completion.
@@ -104,22 +106,21 @@ struct CompletionStream {
 
 impl StreamCollector for CompletionStream {
     fn event(&mut self, event: &Event) {
-        let Ok(chunk) = serde_json::from_str::<Value>(&event.data) else {
+        let Ok(chunk) = read_body::<Completion<'_>>(event.data.as_bytes()) else {
             return;
         };
         if self.meta.is_none() {
-            self.meta = Some(chunk_meta(&chunk, &["id", "object", "created", "model"]));
+            let keys = ["id", "object", "created", "model"];
+            self.meta = Some(chunk_meta(&event.data, &keys));
         }
-        for c in choices(&chunk) {
-            let index = c.get("index").and_then(Value::as_u64).unwrap_or(0);
+        for c in items(&chunk.choices).flatten() {
+            let index = c.index.get().copied().unwrap_or(0);
             let state = self
                 .choices
                 .entry(index)
                 .or_insert((String::new(), Value::Null));
-            if let Some(t) = c.get("text").and_then(Value::as_str) {
-                state.0.push_str(t);
-            }
-            if let Some(f) = c.get("finish_reason").filter(|f| !f.is_null()) {
+            state.0.push_str(text(&c.text));
+            if let Some(f) = &c.finish_reason {
                 state.1 = f.clone();
             }
         }

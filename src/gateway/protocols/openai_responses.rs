@@ -167,6 +167,21 @@ fn withhold(response: &mut Value, replacement: &str) {
     );
 }
 
+/// What the output check reads of a streamed event; `response` is kept as sent, for the events
+/// a block writes.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct StreamEvent<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: Lenient<Text<'a>>,
+    sequence_number: Lenient<u64>,
+    #[serde(borrow)]
+    item_id: Lenient<Text<'a>>,
+    #[serde(borrow)]
+    delta: Lenient<Text<'a>>,
+    response: Option<Value>,
+}
+
 /// The state of a streamed response.
 #[derive(Default)]
 struct ResponseStream {
@@ -178,31 +193,23 @@ struct ResponseStream {
 
 impl StreamCollector for ResponseStream {
     fn event(&mut self, event: &Event) {
-        let Ok(data) = serde_json::from_str::<Value>(&event.data) else {
+        let Ok(data) = read_body::<StreamEvent<'_>>(event.data.as_bytes()) else {
             return;
         };
-        if let Some(n) = data.get("sequence_number").and_then(Value::as_u64) {
+        if let Some(&n) = data.sequence_number.get() {
             self.sequence = self.sequence.max(n);
         }
-        match data.get("type").and_then(Value::as_str) {
+        match data.kind.get().map(|k| &**k) {
             Some("response.output_text.delta" | "response.function_call_arguments.delta") => {
-                let item = data
-                    .get("item_id")
-                    .and_then(Value::as_str)
-                    .map(str::to_string);
+                let item = data.item_id.get().map(|i| i.to_string());
                 if !self.text.is_empty() && item != self.item {
                     self.text.push('\n');
                 }
                 self.item = item;
-                self.text
-                    .push_str(data.get("delta").and_then(Value::as_str).unwrap_or(""));
+                self.text.push_str(text(&data.delta));
             }
-            Some(_) => {
-                if let Some(r) = data.get("response") {
-                    self.response = Some(r.clone());
-                }
-            }
-            None => {}
+            Some(_) if data.response.is_some() => self.response = data.response,
+            _ => {}
         }
     }
 
