@@ -8,6 +8,8 @@
 //!   policies.
 //! - [`policy`]: the safety policies (built-in four harms and custom TOML files) and the
 //!   profiles (thresholds, actions, selection) the gateway, audit and tuning share.
+//! - [`pii`]: personal data and secrets: validating recognizers and masking with typed
+//!   placeholders, for whole texts and streams.
 //! - [`prompt`]: ShieldGemma's two templates and their rendering into prefix + suffixes.
 //! - [`scorer`]: the engine that turns requests into P(Yes) per policy, with prefix reuse, the
 //!   worker thread that serves it to async code, and the remote backend.
@@ -31,6 +33,7 @@ pub mod gateway;
 pub mod html;
 pub mod http;
 pub mod model;
+pub mod pii;
 pub mod policy;
 pub mod prompt;
 pub mod scorer;

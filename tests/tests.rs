@@ -17,6 +17,7 @@ mod hub;
 mod llama_server;
 mod load;
 mod parity;
+mod pii;
 mod prometheus_rules;
 mod quantized;
 mod remote;

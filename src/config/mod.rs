@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use model::ModelSettings;
-pub use profile::{Action, CategoryRule, ProfileConfig};
+pub use profile::{Action, CategoryRule, PiiAction, PiiRules, ProfileConfig};
 pub use proxy::{BadRequest, FailMode, OutputMode, ProxyConfig, Reveal, Scan, UnknownPaths};
 pub use server::{
     DecisionLogConfig, PromptFormat, RemoteSettings, ScorerConfig, ServerConfig, UpstreamConfig,
@@ -82,8 +82,10 @@ pub struct PoliciesConfig {
 }
 
 impl Config {
-    /// Parses and validates a configuration text; `origin` names it in errors.
+    /// Parses and validates a configuration text (after a byte-order mark, if it starts with
+    /// one); `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             origin: origin.to_string(),
             reason: e.to_string(),
@@ -166,6 +168,14 @@ mod tests {
         };
         assert_eq!(config, expected, "the example must show the defaults");
         assert!(config.upstream.is_some());
+    }
+
+    #[test]
+    fn a_file_opened_by_a_byte_order_mark_parses() {
+        let text = format!("\u{feff}{}", include_str!("../../examples/shieldgate.toml"));
+        let with = Config::parse(&text, "bom.toml").expect("parses");
+        let without = Config::parse(&text[3..], "plain.toml").expect("parses");
+        assert_eq!(with, without);
     }
 
     #[test]

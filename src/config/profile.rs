@@ -22,6 +22,45 @@ pub struct ProfileConfig {
     /// The categories scored, by policy id; empty: every loaded policy at its own threshold,
     /// with action `block`.
     pub categories: BTreeMap<String, CategoryRule>,
+    /// Personal data and secrets: what each kind found does.
+    pub pii: PiiRules,
+}
+
+/// What personal data and secrets found in a request do, per kind (`email`, `phone`, `card`,
+/// `iban`, `ssn`, `ip`, `private_key`, `jwt`, `cloud_key`, `api_key`, `bearer_token`); a kind
+/// not listed is not looked for.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PiiRules {
+    /// In the request's texts (every message, whoever wrote it, and tool calls and results).
+    pub input: BTreeMap<crate::pii::Kind, PiiAction>,
+}
+
+/// What a kind of personal data or secret does where it is found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PiiAction {
+    /// Not looked for.
+    #[default]
+    Off,
+    /// Replaced by a typed placeholder (`[EMAIL_1]`) before the request goes upstream.
+    Mask,
+    /// The request is refused (`pii_blocked`), with the kinds found but never the values.
+    Block,
+    /// Passed as it is; counted and noted in the `x-shieldgate-pii` header and the decision log.
+    Flag,
+}
+
+impl PiiAction {
+    /// The name used in headers, logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::Mask => "mask",
+            Self::Block => "block",
+            Self::Flag => "flag",
+        }
+    }
 }
 
 /// A category's threshold and action.

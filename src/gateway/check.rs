@@ -2,15 +2,17 @@
 //! scorer timeout; the outcome becomes a decision, is counted in the metrics and written to
 //! the decision log.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use crate::config::FailMode;
 use crate::scorer::ScoreRequest;
 
-use super::decision::{Decision, Direction};
+use super::decision::{Decision, Direction, PiiFound};
 use super::decision_log::Entry;
 use super::error::Unchecked;
 use super::Gateway;
+use crate::pii::Kind;
 use crate::policy::profiles::Profile;
 
 /// What to check.
@@ -25,6 +27,8 @@ pub struct CheckInput<'a> {
     pub fail: FailMode,
     /// Parts that could not be scanned.
     pub unscanned: Vec<String>,
+    /// Personal data and secrets found in the checked side.
+    pub pii: BTreeMap<Kind, PiiFound>,
 }
 
 /// Runs a check and records it.
@@ -61,6 +65,7 @@ pub async fn run(
         }
     };
     decision.unscanned = input.unscanned;
+    decision.pii = input.pii;
     record(gw, &decision, request_id, protocol, &input.texts);
     decision
 }

@@ -1,9 +1,12 @@
 //! Decisions: a check's scores compared with the profile's thresholds and turned into one
 //! disposition (pass, flag, block), or the record of a check that could not be made.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
-use crate::config::{Action, FailMode};
+use crate::config::{Action, FailMode, PiiAction};
+use crate::pii::Kind;
 use crate::scorer::RequestScores;
 
 use crate::policy::profiles::Profile;
@@ -87,9 +90,21 @@ pub struct Decision {
     /// Why the check could not be made.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub evaluation_error: Option<Unchecked>,
+    /// Personal data and secrets found in the checked side, per kind (never the values).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub pii: BTreeMap<Kind, PiiFound>,
     /// For each checked part (one per choice on output): whether it alone must be blocked.
     #[serde(skip)]
     pub parts_blocked: Vec<bool>,
+}
+
+/// How often one kind of personal data or secret was found, and what was done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PiiFound {
+    /// Occurrences.
+    pub count: usize,
+    /// The profile's action for the kind.
+    pub action: PiiAction,
 }
 
 impl Decision {
@@ -112,7 +127,24 @@ impl Decision {
             categories: Vec::new(),
             unscanned: Vec::new(),
             evaluation_error: None,
+            pii: BTreeMap::new(),
             parts_blocked: Vec::new(),
+        }
+    }
+
+    /// The input side's personal data and secrets alone (no check was made): a block when a
+    /// kind found is blocked, else a pass.
+    pub fn pii_only(profile: &Profile, pii: BTreeMap<Kind, PiiFound>) -> Self {
+        let blocked = pii.values().any(|f| f.action == PiiAction::Block);
+        Self {
+            disposition: if blocked {
+                Disposition::Block
+            } else {
+                Disposition::Pass
+            },
+            profile: profile.name.clone(),
+            pii,
+            ..Self::bare_block(Direction::Input)
         }
     }
 
@@ -162,6 +194,7 @@ impl Decision {
             categories,
             unscanned: Vec::new(),
             evaluation_error: None,
+            pii: BTreeMap::new(),
             parts_blocked,
         }
     }
@@ -183,6 +216,7 @@ impl Decision {
             categories: Vec::new(),
             unscanned: Vec::new(),
             evaluation_error: Some(error),
+            pii: BTreeMap::new(),
             parts_blocked: Vec::new(),
         }
     }

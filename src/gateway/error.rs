@@ -124,13 +124,17 @@ pub enum RequestError {
     /// A withheld answer cannot be rewritten in its protocol's shape (502).
     #[error("the upstream's answer was withheld and cannot be rewritten")]
     UpstreamUnrewritable,
+    /// The request carries personal data or secrets of kinds its profile blocks (400); the
+    /// kinds are named, never the values.
+    #[error("the request contains {0}, which this gateway does not forward; remove it and retry")]
+    PiiBlocked(String),
     /// No verdict, and the check fails closed (503, 429 when the queue is full).
     #[error("moderation is unavailable ({}); retry shortly", .0.error_type())]
     ModerationUnavailable(Unchecked),
 }
 
 /// Every `error_type()` a [`RequestError`] can have.
-pub const REQUEST_ERROR_TYPES: [&str; 15] = [
+pub const REQUEST_ERROR_TYPES: [&str; 16] = [
     "unsupported_media_type",
     "body_too_large",
     "request_body_timeout",
@@ -145,6 +149,7 @@ pub const REQUEST_ERROR_TYPES: [&str; 15] = [
     "upstream_failed",
     "upstream_stalled",
     "upstream_unrewritable",
+    "pii_blocked",
     "moderation_unavailable",
 ];
 
@@ -166,6 +171,7 @@ impl RequestError {
             Self::UpstreamFailed => "upstream_failed",
             Self::UpstreamStalled(_) => "upstream_stalled",
             Self::UpstreamUnrewritable => "upstream_unrewritable",
+            Self::PiiBlocked(_) => "pii_blocked",
             Self::ModerationUnavailable(_) => "moderation_unavailable",
         }
     }
@@ -176,7 +182,7 @@ impl RequestError {
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RequestBodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            Self::InvalidRequest(_) | Self::PiiBlocked(_) => StatusCode::BAD_REQUEST,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::RequestTimeout(_)
@@ -197,6 +203,7 @@ impl RequestError {
             | Self::BodyTooLarge(_)
             | Self::RequestBodyTimeout(_)
             | Self::InvalidRequest(_)
+            | Self::PiiBlocked(_)
             | Self::NotFound(_)
             | Self::MethodNotAllowed(_) => Fault::Client,
             Self::Upstream(UpstreamError::Setup(_)) => Fault::Gateway,
@@ -285,6 +292,7 @@ mod tests {
             RequestError::UpstreamFailed,
             RequestError::UpstreamStalled(1),
             RequestError::UpstreamUnrewritable,
+            RequestError::PiiBlocked("card".into()),
             RequestError::ModerationUnavailable(Unchecked::QueueFull),
         ]
     }

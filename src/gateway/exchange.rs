@@ -4,6 +4,7 @@
 //! (`audit`) or untouched (`off`). Each phase returns `Result<_, Stop>`; [`Exchange::render`]
 //! is the one place a [`Stop`] becomes an answer in the client's protocol.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::pin;
 use std::sync::{Arc, Mutex};
@@ -24,12 +25,14 @@ use crate::http::body::{
     ChannelSender, CollectError, RelayEnd,
 };
 use crate::http::upstream::{strip_hop_by_hop, Upstream};
+use crate::pii::Kind;
 use crate::policy::profiles::{Profile, Selector};
 
 use super::check::{self, CheckInput};
-use super::decision::{Decision, Direction, Disposition};
+use super::decision::{Decision, Direction, Disposition, PiiFound};
 use super::error::{RequestError, Unchecked};
 use super::headers::{annotate, Annotation, REQUEST_ID};
+use super::pii::protect_input;
 use super::protocols::sse::Parser;
 use super::protocols::{Adapter, Block, Conversation, StreamCollector};
 use super::{Gateway, Settings};
@@ -71,13 +74,15 @@ struct Exchange {
     request_id: String,
 }
 
-/// A request as read: its bytes, what to scan, and a decision already made (an unparsable
-/// request forwarded unscanned).
+/// A request as read: its bytes (masked where the profile masks), what to scan, a decision
+/// already made (an unparsable request forwarded unscanned), and the personal data and
+/// secrets found.
 struct ReadRequest {
     bytes: Bytes,
     conversation: Conversation,
     check: bool,
     unparsable: Option<Decision>,
+    pii: BTreeMap<Kind, PiiFound>,
 }
 
 /// The upstream's response body and how long it may pause.
@@ -156,12 +161,24 @@ impl Exchange {
         .await
         .map_err(RequestError::from)?;
         match self.adapter.request_conversation(&bytes, &proxy.scan) {
-            Ok(conversation) => Ok(ReadRequest {
-                bytes,
-                conversation,
-                check: proxy.input_check,
-                unparsable: None,
-            }),
+            Ok(conversation) => {
+                let protected = protect_input(
+                    &self.gw,
+                    &self.profile,
+                    self.adapter,
+                    &proxy.scan,
+                    bytes,
+                    conversation,
+                    &self.request_id,
+                )?;
+                Ok(ReadRequest {
+                    bytes: protected.bytes,
+                    conversation: protected.conversation,
+                    check: proxy.input_check,
+                    unparsable: None,
+                    pii: protected.found,
+                })
+            }
             Err(message) if proxy.on_bad_request == BadRequest::Reject => {
                 Err(RequestError::InvalidRequest(message).into())
             }
@@ -180,6 +197,7 @@ impl Exchange {
                     conversation: Conversation::default(),
                     check: false,
                     unparsable: Some(d),
+                    pii: BTreeMap::new(),
                 })
             }
         }
@@ -201,6 +219,7 @@ impl Exchange {
                 .collect(),
             fail: self.settings.proxy.on_input_error,
             unscanned: request.conversation.unscanned.clone(),
+            pii: request.pii.clone(),
         };
         Some(check::run(&self.gw, input, &self.request_id, self.adapter.protocol()).await)
     }
@@ -225,6 +244,14 @@ impl Exchange {
         let (input, sent) = check_and_send(self.check_input(request), send, parallel)
             .await
             .map_err(|d| Stop::checked(*d))?;
+        // Without an input check, what was found still gets its decision (log, headers).
+        let input = input.or_else(|| {
+            (!request.pii.is_empty()).then(|| {
+                let d = Decision::pii_only(&self.profile, request.pii.clone());
+                check::record(&self.gw, &d, &self.request_id, self.adapter.protocol(), &[]);
+                d
+            })
+        });
         let decisions = request.unparsable.iter().cloned().chain(input).collect();
         Ok((decisions, sent.map_err(RequestError::from)?))
     }
@@ -328,6 +355,7 @@ impl Exchange {
                 .collect(),
             fail: self.settings.proxy.on_output_error,
             unscanned: Vec::new(),
+            pii: BTreeMap::new(),
         };
         check::run(&self.gw, input, &self.request_id, self.adapter.protocol()).await
     }

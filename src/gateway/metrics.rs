@@ -19,6 +19,8 @@ pub struct Metrics {
     pub scores: HistogramVec,
     /// Checks that could not be made, by direction and error type.
     pub evaluation_errors: IntCounterVec,
+    /// Personal data and secrets found, by direction, kind and action (each occurrence).
+    pub pii_found: IntCounterVec,
     /// Time from submitting a check to its scores, in seconds.
     pub scorer_seconds: HistogramVec,
     /// Checks waiting for the scorer.
@@ -83,6 +85,11 @@ impl Metrics {
                 "shieldgate_evaluation_errors_total",
                 "Checks that could not be made",
                 &["direction", "type"],
+            ),
+            pii_found: counter(
+                "shieldgate_pii_found_total",
+                "Personal data and secrets found",
+                &["direction", "kind", "action"],
             ),
             scorer_seconds: histogram(
                 "shieldgate_scorer_seconds",

@@ -1,12 +1,14 @@
 //! Profiles at run time: each one's policies (with thresholds applied) and actions, the rules
 //! that select it, and a version string that changes whenever any of it changes.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use hyper::HeaderMap;
 use sha2::{Digest, Sha256};
 
-use crate::config::{Action, Config, ConfigError, ProfileConfig};
+use crate::config::{Action, Config, ConfigError, PiiAction, ProfileConfig};
+use crate::pii::Kind;
 use crate::policy::{Policy, PolicySet};
 
 /// One profile, ready to score with.
@@ -18,6 +20,9 @@ pub struct Profile {
     pub policies: Arc<[Policy]>,
     /// The action of each policy, in the same order.
     pub actions: Vec<Action>,
+    /// What each kind of personal data or secret found in a request does (kinds that are off
+    /// left out).
+    pub pii_input: BTreeMap<Kind, PiiAction>,
     key_hashes: Vec<String>,
     tenants: Vec<String>,
     routes: Vec<String>,
@@ -72,6 +77,9 @@ impl Profiles {
                 ));
                 hash.update(policy.guideline.prompt.as_bytes());
                 hash.update(policy.guideline.response.as_bytes());
+            }
+            for (kind, action) in &p.pii_input {
+                hash.update(format!("\0pii\0{}\0{}\0", kind.name(), action.as_str()));
             }
         }
         let version = hex::encode(&hash.finalize()[..6]);
@@ -178,6 +186,13 @@ fn build_one(name: &str, config: &ProfileConfig, set: &PolicySet) -> Result<Prof
             .collect(),
         tenants: config.tenants.clone(),
         routes: config.routes.clone(),
+        pii_input: config
+            .pii
+            .input
+            .iter()
+            .filter(|(_, action)| **action != PiiAction::Off)
+            .map(|(kind, action)| (*kind, *action))
+            .collect(),
     })
 }
 

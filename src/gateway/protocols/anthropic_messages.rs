@@ -10,7 +10,8 @@ use crate::config::Scan;
 use crate::gateway::protocols::sse::{frame, Event};
 
 use super::json::{
-    content_text, items, part_text, read_body, Content, Items, Lenient, Object, Text,
+    content_text, items, part_text, read_body, read_with_texts, Content, Items, Json, Lenient,
+    Object, Text,
 };
 use super::{
     add_user_turns, block_message, filter_results, push_part, set, start, with_roles, Adapter,
@@ -26,9 +27,9 @@ impl Adapter for AnthropicMessages {
     }
 
     fn request_conversation(&self, body: &[u8], scan: &[Scan]) -> Result<Conversation, String> {
-        let request: Request<'_> = read_body(body)?;
+        let (request, texts) = read_with_texts::<Request<'_>>(body)?;
         let messages = with_roles(&request.messages, |m| m.role.get().map(|r| &**r))?;
-        let mut conv = start(&request.stream);
+        let mut conv = start(&request.stream, texts);
         if scan.contains(&Scan::System) {
             let text = content_text(&request.system, &"system", &mut conv.unscanned);
             push_part(&mut conv.parts, text);
@@ -44,9 +45,11 @@ impl Adapter for AnthropicMessages {
             };
             for block in blocks.iter().flatten() {
                 let text = match block.kind.get().map(|k| &**k) {
-                    Some("tool_use") if scan.contains(&Scan::ToolCalls) => {
-                        block.input.get().map(Value::to_string).unwrap_or_default()
-                    }
+                    Some("tool_use") if scan.contains(&Scan::ToolCalls) => block
+                        .input
+                        .get()
+                        .map(|Json(v)| v.to_string())
+                        .unwrap_or_default(),
                     Some("tool_result") if scan.contains(&Scan::ToolResults) => {
                         content_text(&block.content, &place, &mut conv.unscanned)
                     }
@@ -109,7 +112,11 @@ impl Adapter for AnthropicMessages {
             .flatten()
             .filter_map(|b| {
                 let kind = b.kind.get().map(|k| &**k);
-                block_text(kind, b.text.get().map(|t| &**t), b.input.get())
+                block_text(
+                    kind,
+                    b.text.get().map(|t| &**t),
+                    b.input.get().map(|Json(v)| v),
+                )
             })
             .collect();
         Some(vec![texts.join("\n")])
@@ -163,7 +170,7 @@ struct RequestBlock<'a> {
     text: Lenient<Text<'a>>,
     #[serde(borrow)]
     content: Lenient<Content<'a>>,
-    input: Lenient<Value>,
+    input: Lenient<Json>,
 }
 
 impl RequestBlock<'_> {
@@ -200,7 +207,7 @@ struct AnswerBlock<'a> {
     kind: Lenient<Text<'a>>,
     #[serde(borrow)]
     text: Lenient<Text<'a>>,
-    input: Lenient<Value>,
+    input: Lenient<Json>,
 }
 
 /// What the output check reads of a streamed event; `message` and `usage` are kept as sent,
@@ -253,7 +260,8 @@ impl StreamCollector for MessageStream {
                 self.open = Some(index);
                 if let Some(Object(b)) = data.content_block.get() {
                     let kind = b.kind.get().map(|k| &**k);
-                    let text = block_text(kind, b.text.get().map(|t| &**t), b.input.get());
+                    let input = b.input.get().map(|Json(v)| v);
+                    let text = block_text(kind, b.text.get().map(|t| &**t), input);
                     self.blocks[index].push_str(&text.unwrap_or_default());
                 }
             }

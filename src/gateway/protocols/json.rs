@@ -4,13 +4,20 @@
 //! an absent text is an empty one. A struct is read from a JSON object only ([`Object`]). What
 //! cannot be decoded in a field that is read (an escape that is no character) or a body that is
 //! not JSON at all is an error, never an empty text.
+//!
+//! The reading also knows where each text it read sits in the body ([`read_with_texts`]), so
+//! that masking can rewrite exactly those strings and leave every other byte as it was.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::fmt;
 use std::marker::PhantomData;
+use std::ops::Range;
 
 use serde::de::value::MapAccessDeserializer;
-use serde::de::{Deserialize, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
+use serde::de::{
+    Deserialize, Deserializer, Error as _, IgnoredAny, MapAccess, SeqAccess, Unexpected, Visitor,
+};
 use serde_json::error::Category;
 use serde_json::value::RawValue;
 
@@ -27,6 +34,46 @@ pub fn read_body<'a, T: Deserialize<'a> + Default>(body: &'a [u8]) -> Result<T, 
             Err(format!("the body is not valid JSON: {cause}"))
         }
     }
+}
+
+thread_local! {
+    /// The string tokens read by [`Text`] and [`Json`] during a [`read_with_texts`], as
+    /// (address, length).
+    static TEXTS: RefCell<Option<Vec<(usize, usize)>>> = const { RefCell::new(None) };
+}
+
+/// Notes a string token read from the body (when a [`read_with_texts`] is listening).
+fn note(token: &str) {
+    TEXTS.with_borrow_mut(|texts| {
+        if let Some(texts) = texts {
+            texts.push((token.as_ptr() as usize, token.len()));
+        }
+    });
+}
+
+/// [`read_body`], and where in `body` each string token it read as text sits (with its
+/// quotes), in order, each once. Every text field the reading decodes is listed, so the list
+/// covers whatever the checks read, whichever parts the scan settings choose.
+pub fn read_with_texts<'a, T: Deserialize<'a> + Default>(
+    body: &'a [u8],
+) -> Result<(T, Vec<Range<usize>>), String> {
+    TEXTS.with_borrow_mut(|texts| *texts = Some(Vec::new()));
+    let read = read_body(body);
+    let noted = TEXTS.with_borrow_mut(Option::take).unwrap_or_default();
+    let read = read?;
+    let base = body.as_ptr() as usize;
+    let mut spans = noted
+        .into_iter()
+        .map(|(at, len)| {
+            at.checked_sub(base)
+                .filter(|start| start + len <= body.len())
+                .map(|start| start..start + len)
+                .ok_or_else(|| "a text was read from outside the body".to_string())
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    spans.sort_by_key(|r| r.start);
+    spans.dedup();
+    Ok((read, spans))
 }
 
 /// A `T`, or `None` when the JSON there is of another type. Errors that are not about the type
@@ -56,12 +103,11 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Lenient<T> {
         let raw = <&'de RawValue>::deserialize(deserializer)?;
         match serde_json::from_str::<T>(raw.get()) {
             Ok(value) => Ok(Self(Some(value))),
+            Err(e) if is_type_error(&e) => Ok(Self(None)),
             Err(e) => {
                 let message = e.to_string();
                 if message.starts_with(UNDECODABLE) {
                     Err(D::Error::custom(message))
-                } else if e.classify() == Category::Data {
-                    Ok(Self(None))
                 } else {
                     Err(D::Error::custom(format!("{UNDECODABLE}{message}")))
                 }
@@ -70,9 +116,104 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Lenient<T> {
     }
 }
 
+/// Whether a reading failed only because the JSON there is of another type (not because
+/// something in it cannot be decoded).
+pub fn is_type_error(e: &serde_json::Error) -> bool {
+    e.classify() == Category::Data && !e.to_string().starts_with(UNDECODABLE)
+}
+
 /// A JSON string, borrowed from the body unless it has escapes.
-#[derive(serde::Deserialize)]
-pub struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+pub struct Text<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let token = <&'de RawValue>::deserialize(deserializer)?.get();
+        let Some(inner) = token.strip_prefix('"').and_then(|t| t.strip_suffix('"')) else {
+            return Err(D::Error::invalid_type(
+                Unexpected::Other("another type"),
+                &"a string",
+            ));
+        };
+        let text = if inner.contains('\\') {
+            serde_json::from_str::<String>(token)
+                .map(Cow::Owned)
+                .map_err(|e| D::Error::custom(format!("{UNDECODABLE}{e}")))?
+        } else {
+            Cow::Borrowed(inner)
+        };
+        note(token);
+        Ok(Text(text))
+    }
+}
+
+/// Any JSON value (a tool call's input), whose strings, at any depth, are texts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Json(pub serde_json::Value);
+
+impl<'de> Deserialize<'de> for Json {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = <&'de RawValue>::deserialize(deserializer)?.get();
+        note_strings(raw);
+        serde_json::from_str(raw)
+            .map(Json)
+            .map_err(D::Error::custom)
+    }
+}
+
+/// Notes every string value (not the keys) in a JSON text that is part of the body.
+fn note_strings(raw: &str) {
+    struct Strings;
+
+    impl<'de> Visitor<'de> for Strings {
+        type Value = ();
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("JSON")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while map.next_key::<IgnoredAny>()?.is_some() {
+                note_strings(map.next_value::<&RawValue>()?.get());
+            }
+            Ok(())
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while let Some(item) = seq.next_element::<&RawValue>()? {
+                note_strings(item.get());
+            }
+            Ok(())
+        }
+
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+    }
+
+    if raw.starts_with('"') {
+        note(raw);
+    } else if raw.starts_with(['{', '[']) {
+        let mut de = serde_json::Deserializer::from_str(raw);
+        // `raw` was read as JSON already: nothing here can fail.
+        let _ = de.deserialize_any(Strings);
+    }
+}
 
 impl std::ops::Deref for Text<'_> {
     type Target = str;
@@ -192,37 +333,18 @@ pub fn part_text<'a>(
 
 impl<'de: 'a, 'a, P: Deserialize<'de>> Deserialize<'de> for Content<'a, P> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(ContentVisitor(PhantomData))
-    }
-}
-
-struct ContentVisitor<'a, P>(PhantomData<(&'a (), P)>);
-
-impl<'de: 'a, 'a, P: Deserialize<'de>> Visitor<'de> for ContentVisitor<'a, P> {
-    type Value = Content<'a, P>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a string or a list of parts")
-    }
-
-    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
-        Ok(Content::Text(Text(Cow::Borrowed(v))))
-    }
-
-    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(Content::Text(Text(Cow::Owned(v.to_string()))))
-    }
-
-    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
-        Ok(Content::Text(Text(Cow::Owned(v))))
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut parts = Vec::new();
-        while let Some(part) = seq.next_element()? {
-            parts.push(part);
-        }
-        Ok(Content::Parts(parts))
+        let raw = <&'de RawValue>::deserialize(deserializer)?.get();
+        let read = if raw.starts_with('"') {
+            serde_json::from_str(raw).map(Content::Text)
+        } else if raw.starts_with('[') {
+            serde_json::from_str(raw).map(Content::Parts)
+        } else {
+            return Err(D::Error::invalid_type(
+                Unexpected::Other("another type"),
+                &"a string or a list of parts",
+            ));
+        };
+        read.map_err(D::Error::custom)
     }
 }
 

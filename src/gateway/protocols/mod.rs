@@ -27,6 +27,9 @@ pub struct Conversation {
     pub unscanned: Vec<String>,
     /// The client asked for a stream.
     pub stream: bool,
+    /// Where every text of the request sits in its body (string tokens with their quotes),
+    /// whatever the scan settings: what masking rewrites.
+    pub texts: Vec<std::ops::Range<usize>>,
 }
 
 /// How a block is shown.
@@ -120,10 +123,12 @@ impl std::fmt::Display for Place {
     }
 }
 
-/// An empty conversation with the request's `stream` flag (false unless `true`).
-pub fn start(stream: &json::Lenient<bool>) -> Conversation {
+/// An empty conversation with the request's `stream` flag (false unless `true`) and where its
+/// texts are.
+pub fn start(stream: &json::Lenient<bool>, texts: Vec<std::ops::Range<usize>>) -> Conversation {
     Conversation {
         stream: stream.get().copied().unwrap_or(false),
+        texts,
         ..Conversation::default()
     }
 }
@@ -308,6 +313,89 @@ mod tests {
         assert_eq!(name("/v1/messages"), Some("anthropic_messages"));
         assert_eq!(name("/v1/threads/t1/messages"), None);
         assert_eq!(name("/v1/models"), None);
+    }
+
+    /// Every text of a request, whoever wrote it and whatever the scan settings, is listed
+    /// where it sits, so masking reaches it; fields that are not texts keep their bytes.
+    #[test]
+    fn masking_the_listed_texts_reaches_every_text_and_nothing_else() {
+        use crate::pii::{every_kind, mask_json_strings, Masker};
+        let cases: [(&dyn Adapter, &str); 5] = [
+            (
+                &openai_chat::OpenAiChat,
+                r#"{"model":"m","metadata":{"owner":"ops@corp.example"},"messages":[
+                  {"role":"system","content":"Agent for jane@example.com"},
+                  {"role":"user","content":[{"type":"text","text":"My card is 4111 1111 1111 1111"},
+                    {"type":"image_url","image_url":{"url":"data:image/png;base64,AKIAIOSFODNN7EXAMPLE"}}]},
+                  {"role":"assistant","content":null,"tool_calls":[{"id":"c","type":"function",
+                    "function":{"name":"pay","arguments":"{\"iban\":\"DE89 3704 0044 0532 0130 00\"}"}}]},
+                  {"role":"tool","tool_call_id":"c","content":"Paid from +44 20 7946 0958"},
+                  {"role":"user","content":"Thanks, mail me at jane\u0040example.com\nor call +1 415 555 0100"}]}"#,
+            ),
+            (
+                &anthropic_messages::AnthropicMessages,
+                r#"{"model":"c","metadata":{"owner":"ops@corp.example"},
+                  "system":[{"type":"text","text":"Support for jane@example.com"}],"messages":[
+                  {"role":"user","content":"card 4111-1111-1111-1111"},
+                  {"role":"assistant","content":[{"type":"text","text":"ok"},{"type":"tool_use","id":"t",
+                    "name":"f","input":{"to":"jane@example.com","n":[1,"+44 20 7946 0958"]}}]},
+                  {"role":"user","content":[{"type":"tool_result","tool_use_id":"t","content":[
+                    {"type":"text","text":"IBAN DE89 3704 0044 0532 0130 00"}]},
+                    {"type":"text","text":"and from +1 415 555 0100"}]}]}"#,
+            ),
+            (
+                &openai_responses::OpenAiResponses,
+                r#"{"model":"m","metadata":{"owner":"ops@corp.example"},"instructions":"Owner jane@example.com",
+                  "input":[{"role":"user","content":"card 4111111111111111"},
+                  {"type":"function_call","call_id":"c","name":"f","arguments":"{\"iban\":\"DE89370400440532013000\"}"},
+                  {"type":"function_call_output","call_id":"c","output":"+44 20 7946 0958"},
+                  {"type":"message","role":"user","content":[{"type":"input_text","text":"or +1 415 555 0100"}]}]}"#,
+            ),
+            (
+                &openai_responses::OpenAiResponses,
+                r#"{"model":"m","metadata":{"owner":"ops@corp.example"},"input":"jane@example.com 4111111111111111 DE89370400440532013000 +44 20 7946 0958 +1 415 555 0100"}"#,
+            ),
+            (
+                &openai_completions::OpenAiCompletions,
+                r#"{"model":"m","metadata":{"owner":"ops@corp.example"},"prompt":["mail jane@example.com",
+                  "card 4111 1111 1111 1111, IBAN DE89 3704 0044 0532 0130 00","+44 20 7946 0958 or +1 415 555 0100"]}"#,
+            ),
+        ];
+        for (adapter, body) in cases {
+            let name = adapter.protocol();
+            let conv = adapter
+                .request_conversation(body.as_bytes(), &[Scan::LastUser])
+                .expect("read");
+            let mut masker = Masker::new(&every_kind());
+            let masked = mask_json_strings(body.as_bytes(), &conv.texts, &mut masker).expect(name);
+            let masked = String::from_utf8(masked).expect("UTF-8");
+            let value: Value = serde_json::from_str(&masked).expect("still JSON");
+            for secret in ["jane", "4111", "DE89", "7946", "555 0100"] {
+                assert!(!masked.contains(secret), "{name}: {secret} in {masked}");
+            }
+            assert_eq!(value["metadata"]["owner"], "ops@corp.example", "{name}");
+            assert!(masker.counts().values().sum::<usize>() >= 5, "{name}");
+            if name == "openai_chat" {
+                let url = &value["messages"][1]["content"][1]["image_url"]["url"];
+                assert_eq!(
+                    url, "data:image/png;base64,AKIAIOSFODNN7EXAMPLE",
+                    "not a text"
+                );
+            }
+            let again = adapter
+                .request_conversation(masked.as_bytes(), &EVERY_SCAN)
+                .expect("the masked body reads");
+            let all = again.parts.join("\n");
+            for placeholder in [
+                "[EMAIL_1]",
+                "[CARD_1]",
+                "[IBAN_1]",
+                "[PHONE_1]",
+                "[PHONE_2]",
+            ] {
+                assert!(all.contains(placeholder), "{name}: {placeholder} in {all}");
+            }
+        }
     }
 
     /// Found by the `adapters` fuzz target: upstream JSON of another shape (a number, a list,

@@ -8,7 +8,9 @@ use serde_json::{json, Value};
 
 use crate::config::Scan;
 
-use super::json::{content_text, items, read_body, text, Content, Items, Lenient, Object, Text};
+use super::json::{
+    content_text, items, read_body, read_with_texts, text, Content, Items, Lenient, Object, Text,
+};
 use super::{
     add_user_turns, chunk_meta, cut_choices, data_frame, filter_results, indexed_outputs,
     push_part, set, start, with_roles, withhold_choices, Adapter, Block, Conversation, Place,
@@ -25,9 +27,9 @@ impl Adapter for OpenAiChat {
     }
 
     fn request_conversation(&self, body: &[u8], scan: &[Scan]) -> Result<Conversation, String> {
-        let request: Request<'_> = read_body(body)?;
+        let (request, texts) = read_with_texts::<Request<'_>>(body)?;
         let messages = with_roles(&request.messages, |m| m.role.get().map(|r| &**r))?;
-        let mut conv = start(&request.stream);
+        let mut conv = start(&request.stream, texts);
         let mut users = Vec::new();
         for (i, (m, role)) in messages.into_iter().enumerate() {
             let place = Place("messages", i);

@@ -4,11 +4,12 @@
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use crate::config::Scan;
 
-use super::json::{items, read_body, text, Items, Lenient, Text};
+use super::json::{is_type_error, items, read_body, read_with_texts, text, Items, Lenient, Text};
 use super::{
     chunk_meta, cut_choices, data_frame, filter_results, indexed_outputs, push_part, set, start,
     withhold_choices, Adapter, Block, Conversation, StreamCollector,
@@ -24,12 +25,12 @@ impl Adapter for OpenAiCompletions {
     }
 
     fn request_conversation(&self, body: &[u8], _scan: &[Scan]) -> Result<Conversation, String> {
-        let request: Request<'_> = read_body(body)?;
-        let mut conv = start(&request.stream);
+        let (request, texts) = read_with_texts::<Request<'_>>(body)?;
+        let mut conv = start(&request.stream, texts);
         let prompts: Vec<String> = match request.prompt.get() {
             Some(Prompt::One(text)) => vec![text.to_string()],
             Some(Prompt::Many(texts)) => texts.iter().map(|t| t.to_string()).collect(),
-            Some(Prompt::Tokens(_)) => {
+            Some(Prompt::Tokens) => {
                 conv.unscanned.push("token ids in prompt".into());
                 Vec::new()
             }
@@ -72,12 +73,27 @@ struct Request<'a> {
 }
 
 /// A `prompt`: one string, a list of strings, or token ids (not scanned).
-#[derive(Deserialize)]
-#[serde(untagged)]
 enum Prompt<'a> {
-    One(#[serde(borrow)] Text<'a>),
-    Many(#[serde(borrow)] Vec<Text<'a>>),
-    Tokens(#[allow(dead_code)] Vec<serde::de::IgnoredAny>), // only its shape matters
+    One(Text<'a>),
+    Many(Vec<Text<'a>>),
+    Tokens,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Prompt<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let raw = <&'de RawValue>::deserialize(deserializer)?.get();
+        let read = if raw.starts_with('"') {
+            serde_json::from_str(raw).map(Prompt::One)
+        } else {
+            // Strings, or else (token ids) anything but what cannot be decoded.
+            match serde_json::from_str(raw) {
+                Err(e) if is_type_error(&e) && raw.starts_with('[') => Ok(Prompt::Tokens),
+                read => read.map(Prompt::Many),
+            }
+        };
+        read.map_err(D::Error::custom)
+    }
 }
 
 /// What the output check reads of an answer, and of each chunk of a streamed one.

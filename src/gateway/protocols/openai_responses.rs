@@ -8,7 +8,9 @@ use serde_json::{json, Value};
 use crate::config::Scan;
 use crate::gateway::protocols::sse::{frame, Event};
 
-use super::json::{content_text, items, read_body, text, Content, Items, Lenient, Object, Text};
+use super::json::{
+    content_text, items, read_body, read_with_texts, text, Content, Items, Lenient, Object, Text,
+};
 use super::{
     add_user_turns, push_part, set, start, Adapter, Block, Conversation, Place, StreamCollector,
 };
@@ -22,12 +24,12 @@ impl Adapter for OpenAiResponses {
     }
 
     fn request_conversation(&self, body: &[u8], scan: &[Scan]) -> Result<Conversation, String> {
-        let request: Request<'_> = read_body(body)?;
+        let (request, texts) = read_with_texts::<Request<'_>>(body)?;
         let input = request
             .input
             .get()
             .ok_or("the request has no \"input\" (a string or a list of items)")?;
-        let mut conv = start(&request.stream);
+        let mut conv = start(&request.stream, texts);
         if scan.contains(&Scan::System) {
             push_part(&mut conv.parts, text(&request.instructions).to_string());
         }

@@ -1,0 +1,157 @@
+//! Personal data and secrets in requests, through the gateway in process (scripted scorer,
+//! mock upstream on 127.0.0.1): masked before they go upstream, refused, or flagged, per kind
+//! as the profile says; counted in the metrics, headers and decision log, never written out.
+
+use serde_json::Value;
+
+use crate::harness::{chat, gateway, post, send};
+
+const RULES: &str = r#"
+[proxy]
+scan = ["all_user", "system", "tool_calls", "tool_results"]
+[profiles.default.pii.input]
+email = "mask"
+card = "mask"
+phone = "flag"
+api_key = "block"
+ssn = "off"
+"#;
+
+#[test]
+fn masked_kinds_never_reach_the_upstream_or_the_scorer_and_every_other_byte_is_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("decisions.jsonl");
+    let config = format!(
+        "{RULES}[decision_log]\npath = \"{}\"\ninclude_content = true\n",
+        log.display()
+    );
+    let (gw, mock, scorer) = gateway(&config);
+    // Sent as written (not re-serialized), so the upstream's copy can be compared byte for byte.
+    let body = r#"{"model": "gpt-x", "messages": [
+        {"role": "system", "content": "Escalate to ops@corp.example"},
+        {"role": "user", "content": "Card 4111 1111 1111 1111, SSN 536-22-1234, call +1 415 555 0100"},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "c", "type": "function",
+          "function": {"name": "mail", "arguments": "{\"to\": \"jane\u0040example.com\"}"}}]},
+        {"role": "tool", "tool_call_id": "c", "content": "sent to jane@example.com"},
+        {"role": "user", "content": "Thanks!  Also  bill   4111111111111111 ."}]}"#;
+    let headers = [("content-type", "application/json")];
+    let a = gw.runtime.block_on(send(
+        gw.addr,
+        "POST",
+        "/v1/chat/completions",
+        &headers,
+        body.to_string(),
+    ));
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(
+        a.header("x-shieldgate-pii"),
+        Some("card=mask:2,phone=flag:1,email=mask:3")
+    );
+    let sent = mock.last().body;
+    let expected = body
+        .replace("ops@corp.example", "[EMAIL_1]")
+        .replace("4111 1111 1111 1111", "[CARD_1]")
+        .replace("4111111111111111", "[CARD_1]")
+        .replace(r"jane\u0040example.com", "[EMAIL_2]")
+        .replace("jane@example.com", "[EMAIL_2]");
+    assert_eq!(sent, expected, "only the values changed, byte for byte");
+    serde_json::from_str::<Value>(&sent).expect("still JSON");
+    let seen = format!("{:?}", scorer.seen.lock().expect("seen"));
+    assert!(
+        seen.contains("[CARD_1]") && !seen.contains("4111"),
+        "{seen}"
+    );
+    assert!(
+        seen.contains("+1 415 555 0100"),
+        "flagged kinds pass as they are"
+    );
+    assert!(
+        seen.contains("536-22-1234"),
+        "kinds that are off are not looked for"
+    );
+    let text = std::fs::read_to_string(&log).expect("log written");
+    assert!(!text.contains("4111") && !text.contains("jane@"), "{text}");
+    let input: Value = serde_json::from_str(text.lines().next().expect("a line")).expect("json");
+    assert_eq!(input["pii"]["email"]["count"], 3);
+    assert_eq!(input["pii"]["email"]["action"], "mask");
+    assert_eq!(input["pii"]["phone"]["action"], "flag");
+    let metrics = gw.gw.metrics.render();
+    assert!(
+        metrics.contains(
+            r#"shieldgate_pii_found_total{action="mask",direction="input",kind="email"} 3"#
+        ),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_blocked_kind_refuses_the_request_naming_the_kind_not_the_value() {
+    let (gw, mock, scorer) = gateway(RULES);
+    let key = "sk-proj-abc123def456ghi789jkl0mn";
+    for (path, body) in [
+        (
+            "/v1/chat/completions",
+            chat(&format!("use {key} please"), false),
+        ),
+        (
+            "/v1/messages",
+            serde_json::json!({"model": "c", "max_tokens": 9, "messages": [{"role": "user",
+                "content": [{"type": "tool_result", "tool_use_id": "t", "content": format!("KEY={key}")}]}]}),
+        ),
+        (
+            "/v1/responses",
+            serde_json::json!({"model": "m", "input": format!("my key: {key}")}),
+        ),
+        (
+            "/v1/completions",
+            serde_json::json!({"model": "m", "prompt": [format!("key {key}")]}),
+        ),
+    ] {
+        let a = gw.runtime.block_on(post(gw.addr, path, &[], &body));
+        assert_eq!(a.status, 400, "{path}: {}", a.body);
+        assert!(!a.body.contains(key), "{path}: {}", a.body);
+        let error = &a.json()["error"];
+        if path != "/v1/messages" {
+            // Anthropic's envelope has no code, only its own error type.
+            assert_eq!(error["code"], "pii_blocked", "{path}");
+        }
+        let message = error["message"].as_str().unwrap_or_default();
+        assert!(message.contains("api_key"), "{path}: {message}");
+    }
+    assert_eq!(mock.count(), 0, "nothing blocked went upstream");
+    assert!(
+        scorer.seen.lock().expect("seen").is_empty(),
+        "nor to the scorer"
+    );
+    let metrics = gw.gw.metrics.render();
+    assert!(
+        metrics.contains(r#"shieldgate_errors_total{type="pii_blocked"} 4"#),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn without_an_input_check_what_is_found_is_still_masked_and_shown() {
+    let (gw, mock, scorer) = gateway(&format!("{RULES}\n[proxy]\ninput_check = false\n").replace(
+        "[proxy]\nscan = [\"all_user\", \"system\", \"tool_calls\", \"tool_results\"]\n",
+        "",
+    ));
+    let a = gw.runtime.block_on(post(
+        gw.addr,
+        "/v1/chat/completions",
+        &[],
+        &chat("mail a@b.example.org", false),
+    ));
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.header("x-shieldgate-pii"), Some("email=mask:1"));
+    assert!(mock.last().body.contains("[EMAIL_1]"));
+    assert!(
+        scorer
+            .seen
+            .lock()
+            .expect("seen")
+            .iter()
+            .all(|s| s.1.is_some()),
+        "only the output was checked"
+    );
+}
