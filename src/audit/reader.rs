@@ -47,9 +47,15 @@ pub struct Fields {
     pub response: Option<String>,
 }
 
+/// A line without the UTF-8 byte-order mark that some Windows tools write at the start of a
+/// file (and that concatenated files carry in their middle).
+pub fn without_bom(bytes: &[u8]) -> &[u8] {
+    bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes)
+}
+
 /// Parses one JSON line into a value (a record to give [`read_record`]).
 pub fn parse_json_line(bytes: &[u8]) -> Result<Value, String> {
-    let text = std::str::from_utf8(bytes)
+    let text = std::str::from_utf8(without_bom(bytes))
         .map_err(|e| format!("invalid UTF-8 at byte {}", e.valid_up_to()))?;
     serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))
 }

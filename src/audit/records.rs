@@ -398,6 +398,29 @@ mod tests {
         assert_eq!(records.position(), (2, 14));
     }
 
+    /// Logs written by Windows tools start with a UTF-8 byte-order mark: it is not part of the
+    /// first record (JSONL, as audit and tune read it) nor of the first column's name (CSV).
+    #[test]
+    fn a_byte_order_mark_at_the_start_is_not_read_as_data() {
+        let input = b"\xef\xbb\xbf{\"a\": 1}\n{\"b\": 2}\n".to_vec();
+        let got = all(&mut Records::jsonl(
+            Box::new(std::io::Cursor::new(input)),
+            0,
+            0,
+        ));
+        assert_eq!(got[0].item, Item::Value(json!({"a": 1})));
+        assert_eq!(got[1].item, Item::Value(json!({"b": 2})));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("log.csv");
+        std::fs::write(&path, b"\xef\xbb\xbfprompt,answer\nhello,hi\n").expect("written");
+        let got = all(&mut Records::csv(file(&path), 0, 0, &fields()).expect("names prompt"));
+        assert_eq!(got.len(), 1);
+        assert!(
+            matches!(&got[0].item, Item::Value(v) if v["prompt"] == "hello"),
+            "{got:?}"
+        );
+    }
+
     /// Found by the `audit_records` fuzz target: a short row right after a resume point was
     /// read as valid (the resumed CSV reader had not seen the header's length).
     #[test]

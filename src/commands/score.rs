@@ -181,7 +181,7 @@ fn score_lines(
 
 fn parse_line(line: usize, bytes: &[u8]) -> Pending {
     let failed = |error: String, id| Pending::Failed(ErrorOutput { line, id, error });
-    let text = match std::str::from_utf8(bytes) {
+    let text = match std::str::from_utf8(crate::audit::reader::without_bom(bytes)) {
         Ok(t) => t,
         Err(e) => {
             return failed(

@@ -44,8 +44,10 @@ impl Policy {
         }
     }
 
-    /// Parses and validates a policy file's text; `origin` names it in errors.
+    /// Parses and validates a policy file's text (after a byte-order mark, if it starts with
+    /// one); `origin` names it in errors.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, PolicyError> {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let policy: Policy = toml::from_str(text).map_err(|e| PolicyError::Parse {
             origin: origin.to_string(),
             reason: e.to_string(),
@@ -296,6 +298,12 @@ mod tests {
         let mut set = PolicySet::builtin();
         set.add_file(&file).expect("custom policy");
         assert_eq!(set.get("pii").expect("pii").threshold, 0.3);
+        let text = include_str!("../../tests/fixtures/custom-policy.toml");
+        let with_bom = Policy::from_toml(&format!("\u{feff}{text}"), "bom.toml").expect("bom");
+        assert_eq!(
+            with_bom,
+            Policy::from_toml(text, "plain.toml").expect("plain")
+        );
         let err = set.add_file(&file).expect_err("duplicate").to_string();
         assert!(err.contains("defined twice"), "{err}");
         let only = PolicySet::load_dir(dir.path()).expect("dir");

@@ -15,12 +15,17 @@ pub enum EditError {
     Shape(String),
 }
 
-/// Returns `config` with `thresholds` set in `profile` (entries created where missing).
+/// Returns `config` with `thresholds` set in `profile` (entries created where missing); a
+/// byte-order mark the file starts with stays where it was.
 pub fn set_thresholds(
     config: &str,
     profile: &str,
     thresholds: &[(String, f64)],
 ) -> Result<String, EditError> {
+    let (bom, config) = match config.strip_prefix('\u{feff}') {
+        Some(rest) => ("\u{feff}", rest),
+        None => ("", config),
+    };
     let mut doc: DocumentMut = config.parse()?;
     let categories = table_at(doc.as_table_mut(), &["profiles", profile, "categories"])?;
     for (id, threshold) in thresholds {
@@ -43,7 +48,7 @@ pub fn set_thresholds(
             }
         }
     }
-    Ok(doc.to_string())
+    Ok(format!("{bom}{doc}"))
 }
 
 /// The table at `path`, created (as a standard table) where missing.
@@ -100,6 +105,12 @@ mod tests {
         .expect("edited");
         assert!(new.starts_with("# our gateway\n"));
         assert!(new.contains("# keep"));
+        let bom = format!("\u{feff}{config}");
+        let edited = set_thresholds(&bom, "default", &[("hate".into(), 0.3125)]).expect("bom");
+        assert!(
+            edited.starts_with("\u{feff}# our gateway\n"),
+            "the mark stays"
+        );
         let parsed = Config::parse(&new, "test").expect("the gateway loads it");
         let cats = &parsed.profiles["default"].categories;
         assert_eq!(cats["hate"].threshold, Some(0.3125));
