@@ -333,3 +333,17 @@ fn bad_models_and_inputs_fail_with_a_clear_message() {
         assert!(out.stdout.is_empty(), "{args:?}");
     }
 }
+
+#[test]
+fn scores_report_the_personal_data_and_secrets_in_prompt_and_response() {
+    let input = b"{\"prompt\": \"mail jane@example.com\", \"response\": \"card 4111 1111 1111 1111, again jane@example.com\"}\n{\"prompt\": \"nothing here\"}\n";
+    let tiny = model_arg(&asset("tiny"));
+    let out = shieldgate(&["score", "--model", &tiny, "--jsonl"], Some(input));
+    let rows = lines(&out);
+    assert_eq!(
+        rows[0]["pii"],
+        serde_json::json!({"email": 2, "card": 1}),
+        "{rows:?}"
+    );
+    assert!(rows[1].get("pii").is_none(), "{rows:?}");
+}

@@ -45,7 +45,7 @@ fn masked_kinds_never_reach_the_upstream_or_the_scorer_and_every_other_byte_is_k
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(
         a.header("x-shieldgate-pii"),
-        Some("card=mask:2,phone=flag:1,email=mask:3")
+        Some("input:card=mask:2,input:phone=flag:1,input:email=mask:3")
     );
     let sent = mock.last().body;
     let expected = body
@@ -143,7 +143,7 @@ fn without_an_input_check_what_is_found_is_still_masked_and_shown() {
         &chat("mail a@b.example.org", false),
     ));
     assert_eq!(a.status, 200, "{}", a.body);
-    assert_eq!(a.header("x-shieldgate-pii"), Some("email=mask:1"));
+    assert_eq!(a.header("x-shieldgate-pii"), Some("input:email=mask:1"));
     assert!(mock.last().body.contains("[EMAIL_1]"));
     assert!(
         scorer
@@ -153,5 +153,83 @@ fn without_an_input_check_what_is_found_is_still_masked_and_shown() {
             .iter()
             .all(|s| s.1.is_some()),
         "only the output was checked"
+    );
+}
+
+#[test]
+fn answers_are_masked_and_the_requests_placeholders_restored_for_the_client() {
+    let (gw, mock, scorer) = gateway(
+        r#"
+[profiles.default.pii]
+input = { email = "mask" }
+output = { phone = "mask", email = "mask" }
+restore = true
+"#,
+    );
+    let a = gw.runtime.block_on(post(
+        gw.addr,
+        "/v1/chat/completions",
+        &[],
+        &chat("say: write to ana@example.com, call +1 415 555 0100", false),
+    ));
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(
+        mock.last()
+            .body
+            .contains("say: write to [EMAIL_1], call +1 415 555 0100"),
+        "{}",
+        mock.last().body
+    );
+    assert_eq!(
+        a.json()["choices"][0]["message"]["content"],
+        "write to ana@example.com, call [PHONE_1]",
+        "the request's address restored, the answer's own number masked"
+    );
+    assert_eq!(
+        a.header("x-shieldgate-pii"),
+        Some("input:email=mask:1,output:phone=mask:1")
+    );
+    let seen = format!("{:?}", scorer.seen.lock().expect("seen"));
+    assert!(!seen.contains("ana@"), "{seen}");
+    assert!(
+        seen.contains(r#"Some("write to [EMAIL_1], call [PHONE_1]")"#),
+        "{seen}"
+    );
+}
+
+#[test]
+fn a_blocked_kind_in_an_answer_withholds_it() {
+    let (gw, _mock, _) = gateway("[profiles.default.pii.output]\ncard = \"block\"\n");
+    let a = gw.runtime.block_on(post(
+        gw.addr,
+        "/v1/chat/completions",
+        &[],
+        &chat("say: it is 4111 1111 1111 1111", false),
+    ));
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(!a.body.contains("4111"), "{}", a.body);
+    assert_eq!(a.json()["choices"][0]["finish_reason"], "content_filter");
+    assert_eq!(a.header("x-shieldgate-action"), Some("block"));
+    assert_eq!(a.header("x-shieldgate-pii"), Some("output:card=block:1"));
+}
+
+#[test]
+fn moderations_count_the_profiles_kinds_and_flag_what_it_blocks_or_flags() {
+    let (gw, _mock, _) = gateway(RULES);
+    let a = gw.runtime.block_on(post(
+        gw.addr,
+        "/v1/moderations",
+        &[],
+        &serde_json::json!({"input": ["mail a@b.example.org", "call +1 415 555 0100", "SSN 536-22-1234"]}),
+    ));
+    assert_eq!(a.status, 200, "{}", a.body);
+    let results = &a.json()["results"];
+    assert_eq!(results[0]["pii"], serde_json::json!({"email": 1}));
+    assert_eq!(results[0]["flagged"], false, "masked kinds pass");
+    assert_eq!(results[1]["pii"], serde_json::json!({"phone": 1}));
+    assert_eq!(results[1]["flagged"], true, "flagged kinds flag");
+    assert!(
+        results[2].get("pii").is_none(),
+        "kinds that are off are not looked for"
     );
 }

@@ -1,7 +1,8 @@
 //! Each protocol adapter on any body and any SSE stream: a body that is JSON is never refused
 //! as not JSON (other shapes read as absent fields), scanned parts are never blank; a blocked
 //! response, blocked stream or cut stream is well-formed JSON / SSE of which every frame but
-//! `[DONE]` is JSON.
+//! `[DONE]` is JSON. Every text a request or answer lists for masking is a whole JSON string
+//! of the body, and masking them all leaves JSON that reads the same way.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -10,6 +11,7 @@ use shieldgate::config::{Reveal, Scan};
 use shieldgate::gateway::protocols::{for_path, Adapter, Block};
 use shieldgate::gateway::decision::{Decision, Direction};
 use shieldgate::gateway::protocols::sse::Parser;
+use shieldgate::pii::{every_kind, mask_json_strings, rewrite_json_strings, Masker};
 
 const PATHS: [&str; 4] = [
     "/v1/chat/completions",
@@ -31,7 +33,32 @@ fn assert_stream(text: &str) {
     }
 }
 
+/// Each span is a JSON string of `body`, in order, apart; masked (every kind, and any text
+/// replaced) a body that was JSON a `Value` takes still is.
+fn assert_maskable(body: &[u8], spans: &[std::ops::Range<usize>], is_value: bool) {
+    for pair in spans.windows(2) {
+        assert!(pair[0].end <= pair[1].start, "texts overlap: {spans:?}");
+    }
+    for span in spans {
+        let token = &body[span.clone()];
+        serde_json::from_slice::<String>(token).expect("a listed text is a JSON string");
+    }
+    if !is_value {
+        return;
+    }
+    let mut masker = Masker::new(&every_kind());
+    if let Some(masked) = mask_json_strings(body, spans, &mut masker) {
+        serde_json::from_slice::<Value>(&masked).expect("a masked body is JSON");
+    }
+    if let Some(rewritten) = rewrite_json_strings(body, spans, |t| Some(format!("<{t}\"\\>"))) {
+        serde_json::from_slice::<Value>(&rewritten).expect("a rewritten body is JSON");
+    }
+}
+
 fn exercise(adapter: &dyn Adapter, body: Option<&Value>, stream: &[u8], block: &Block<'_>) {
+    if let Some(answer) = adapter.read_answer(stream) {
+        assert_maskable(stream, &answer.texts, body.is_some());
+    }
     let outputs = adapter.response_outputs(stream);
     if body.is_some() {
         assert!(outputs.is_some(), "a JSON answer was taken for no JSON");
@@ -50,6 +77,7 @@ fn exercise(adapter: &dyn Adapter, body: Option<&Value>, stream: &[u8], block: &
                 for part in &conversation.parts {
                     assert!(!part.trim().is_empty(), "a blank part is scanned");
                 }
+                assert_maskable(stream, &conversation.texts, body.is_some());
             }
             Err(e) => assert!(
                 body.is_none() || !e.starts_with("the body is not valid JSON"),

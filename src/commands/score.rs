@@ -1,6 +1,7 @@
 //! `shieldgate score`: one text (argument, file or stdin) or JSON lines, scored against the
 //! selected policies, one JSON object per input on stdout.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cli::ScoreArgs;
 use crate::config::ModelSettings;
+use crate::pii::{count, every_kind, Kind};
 use crate::policy::Policy;
 use crate::prompt::{Content, Mode};
 use crate::scorer::verdict::Verdict;
@@ -28,6 +30,14 @@ struct Output<'a> {
     model: &'a str,
     #[serde(flatten)]
     verdict: Verdict,
+    /// Personal data and secrets in the prompt and response, per kind (docs/pii.md).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pii: BTreeMap<Kind, usize>,
+}
+
+/// The personal data and secrets of every kind in a prompt and its response.
+fn pii_counts(user: &str, response: Option<&str>) -> BTreeMap<Kind, usize> {
+    count(std::iter::once(user).chain(response), &every_kind())
 }
 
 /// The output line of an input that could not be scored.
@@ -88,6 +98,7 @@ pub fn run(args: &ScoreArgs) -> anyhow::Result<Outcome> {
         mode: request.content().mode(),
         model: engine.model_name(),
         verdict,
+        pii: pii_counts(&request.user, request.response.as_deref()),
     };
     write_json(&mut std::io::stdout().lock(), &output, args.pretty)?;
     Ok(if flagged {
@@ -257,6 +268,7 @@ fn flush(
                         mode,
                         model: engine.model_name(),
                         verdict,
+                        pii: pii_counts(&input.prompt, input.response.as_deref()),
                     };
                     write_json(out, &output, args.pretty)?;
                 }

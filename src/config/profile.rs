@@ -34,6 +34,11 @@ pub struct ProfileConfig {
 pub struct PiiRules {
     /// In the request's texts (every message, whoever wrote it, and tool calls and results).
     pub input: BTreeMap<crate::pii::Kind, PiiAction>,
+    /// In the answer's texts (whole JSON answers; `block` withholds the answer).
+    pub output: BTreeMap<crate::pii::Kind, PiiAction>,
+    /// Put the values the request's placeholders hid back where the answer repeats the
+    /// placeholders, for the client (they never go upstream).
+    pub restore: bool,
 }
 
 /// What a kind of personal data or secret does where it is found.
@@ -45,7 +50,8 @@ pub enum PiiAction {
     Off,
     /// Replaced by a typed placeholder (`[EMAIL_1]`) before the request goes upstream.
     Mask,
-    /// The request is refused (`pii_blocked`), with the kinds found but never the values.
+    /// The request is refused (`pii_blocked`), with the kinds found but never the values; an
+    /// answer is withheld like a blocked one.
     Block,
     /// Passed as it is; counted and noted in the `x-shieldgate-pii` header and the decision log.
     Flag,

@@ -5,10 +5,10 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use crate::config::FailMode;
+use crate::config::{FailMode, PiiAction};
 use crate::scorer::ScoreRequest;
 
-use super::decision::{Decision, Direction, PiiFound};
+use super::decision::{Decision, Direction, Disposition, PiiFound};
 use super::decision_log::Entry;
 use super::error::Unchecked;
 use super::Gateway;
@@ -66,6 +66,11 @@ pub async fn run(
     };
     decision.unscanned = input.unscanned;
     decision.pii = input.pii;
+    if decision.pii.values().any(|f| f.action == PiiAction::Block) {
+        // A kind that must not pass was found: every part is withheld.
+        decision.disposition = decision.disposition.max(Disposition::Block);
+        decision.parts_blocked = vec![true; input.texts.len()];
+    }
     record(gw, &decision, request_id, protocol, &input.texts);
     decision
 }

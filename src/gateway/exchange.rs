@@ -25,14 +25,14 @@ use crate::http::body::{
     ChannelSender, CollectError, RelayEnd,
 };
 use crate::http::upstream::{strip_hop_by_hop, Upstream};
-use crate::pii::Kind;
+use crate::pii::{Kind, Masker};
 use crate::policy::profiles::{Profile, Selector};
 
 use super::check::{self, CheckInput};
 use super::decision::{Decision, Direction, Disposition, PiiFound};
 use super::error::{RequestError, Unchecked};
 use super::headers::{annotate, Annotation, REQUEST_ID};
-use super::pii::protect_input;
+use super::pii::{protect_input, protect_output, restore};
 use super::protocols::sse::Parser;
 use super::protocols::{Adapter, Block, Conversation, StreamCollector};
 use super::{Gateway, Settings};
@@ -83,6 +83,7 @@ struct ReadRequest {
     check: bool,
     unparsable: Option<Decision>,
     pii: BTreeMap<Kind, PiiFound>,
+    masker: Masker,
 }
 
 /// The upstream's response body and how long it may pause.
@@ -123,7 +124,7 @@ pub async fn handle(
 
 impl Exchange {
     async fn run(&self, mut parts: Parts, body: Incoming) -> Result<Response<Body>, Stop> {
-        let request = self.read(&parts.headers, body).await?;
+        let mut request = self.read(&parts.headers, body).await?;
         let Some(upstream) = &self.gw.upstream else {
             return match self.check_input(&request).await {
                 Some(d) if d.stops() => Err(Stop::checked(d)),
@@ -145,7 +146,9 @@ impl Exchange {
             body,
             idle: upstream.idle_timeout,
         };
-        self.answer(head, upstream_body, &request.conversation.prompt, decisions)
+        let masker = std::mem::take(&mut request.masker);
+        let prompt = &request.conversation.prompt;
+        self.answer(head, upstream_body, prompt, decisions, masker)
             .await
     }
 
@@ -177,6 +180,7 @@ impl Exchange {
                     check: proxy.input_check,
                     unparsable: None,
                     pii: protected.found,
+                    masker: protected.masker,
                 })
             }
             Err(message) if proxy.on_bad_request == BadRequest::Reject => {
@@ -198,6 +202,7 @@ impl Exchange {
                     check: false,
                     unparsable: Some(d),
                     pii: BTreeMap::new(),
+                    masker: Masker::default(),
                 })
             }
         }
@@ -263,6 +268,7 @@ impl Exchange {
         upstream: UpstreamBody,
         prompt: &str,
         decisions: Vec<Decision>,
+        masker: Masker,
     ) -> Result<Response<Body>, Stop> {
         let proxy = &self.settings.proxy;
         let UpstreamBody { body, idle } = upstream;
@@ -283,7 +289,7 @@ impl Exchange {
             _ => {
                 let upstream = UpstreamBody { body, idle };
                 return self
-                    .buffered(head, upstream, is_stream, prompt, decisions)
+                    .buffered(head, upstream, is_stream, prompt, decisions, masker)
                     .await;
             }
         };
@@ -298,6 +304,7 @@ impl Exchange {
         is_stream: bool,
         prompt: &str,
         mut decisions: Vec<Decision>,
+        mut masker: Masker,
     ) -> Result<Response<Body>, Stop> {
         let UpstreamBody { mut body, idle } = upstream;
         let bytes = match collect(&mut body, self.settings.proxy.max_response_bytes, idle).await {
@@ -316,9 +323,13 @@ impl Exchange {
                 return Err(RequestError::UpstreamStalled(idle.as_millis()).into())
             }
         };
+        let (bytes, pii) = match is_stream {
+            false => protect_output(&self.gw, &self.profile, self.adapter, bytes, &mut masker),
+            true => (bytes, BTreeMap::new()),
+        };
         let Outputs { texts, collector } = read_outputs(self.adapter, &bytes, is_stream);
         let output = match texts {
-            Some(texts) => self.check_output(prompt, texts).await,
+            Some(texts) => self.check_output(prompt, texts, pii).await,
             None => self.output_failed(Unchecked::UnparsableResponse),
         };
         let body = match output.disposition {
@@ -338,14 +349,23 @@ impl Exchange {
                     }
                 }
             }
-            Disposition::Pass | Disposition::Flag => full(bytes),
+            Disposition::Pass | Disposition::Flag => match is_stream {
+                false => full(restore(self.adapter, bytes, &masker)),
+                true => full(bytes),
+            },
         };
         decisions.push(output);
         Ok(self.annotated(Response::from_parts(head, body), &decisions))
     }
 
-    /// Checks answer texts (one per choice) against the prompt.
-    async fn check_output(&self, prompt: &str, texts: Vec<String>) -> Decision {
+    /// Checks answer texts (one per choice) against the prompt; personal data or secrets found
+    /// in them whose kind is blocked withhold every choice.
+    async fn check_output(
+        &self,
+        prompt: &str,
+        texts: Vec<String>,
+        pii: BTreeMap<Kind, PiiFound>,
+    ) -> Decision {
         let input = CheckInput {
             direction: Direction::Output,
             profile: &self.profile,
@@ -355,7 +375,7 @@ impl Exchange {
                 .collect(),
             fail: self.settings.proxy.on_output_error,
             unscanned: Vec::new(),
-            pii: BTreeMap::new(),
+            pii,
         };
         check::run(&self.gw, input, &self.request_id, self.adapter.protocol()).await
     }
@@ -470,7 +490,7 @@ impl Exchange {
             }
             if length > checked || (done && checked == 0) {
                 checked = length;
-                let d = self.check_output(prompt, outputs).await;
+                let d = self.check_output(prompt, outputs, BTreeMap::new()).await;
                 if d.stops() {
                     let block = self.block(&d);
                     let end = if sent == 0 {
@@ -546,7 +566,7 @@ impl Exchange {
             drop(s);
             tokio::spawn(async move {
                 let d = match outputs {
-                    Ok(outputs) => ex.check_output(&prompt, outputs).await,
+                    Ok(outputs) => ex.check_output(&prompt, outputs, BTreeMap::new()).await,
                     Err(why) => ex.output_failed(why),
                 };
                 tracing::info!(request_id = %ex.request_id, action = d.disposition.as_str(), "audited response");

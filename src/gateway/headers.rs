@@ -20,7 +20,7 @@ pub const SCORES: HeaderName = HeaderName::from_static("x-shieldgate-scores");
 pub const EVALUATION_ERROR: HeaderName = HeaderName::from_static("x-shieldgate-evaluation-error");
 /// How many parts could not be scanned.
 pub const UNSCANNED: HeaderName = HeaderName::from_static("x-shieldgate-unscanned");
-/// Personal data and secrets found in the request: `kind=action:count`, comma-separated.
+/// Personal data and secrets found: `direction:kind=action:count`, comma-separated.
 pub const PII: HeaderName = HeaderName::from_static("x-shieldgate-pii");
 /// The policy-set version.
 pub const POLICY_VERSION: HeaderName = HeaderName::from_static("x-shieldgate-policy-version");
@@ -77,8 +77,11 @@ pub fn annotate(headers: &mut HeaderMap, a: &Annotation<'_>) {
     let pii: Vec<String> = a
         .decisions
         .iter()
-        .flat_map(|d| &d.pii)
-        .map(|(kind, f)| format!("{}={}:{}", kind.name(), f.action.as_str(), f.count))
+        .flat_map(|d| d.pii.iter().map(move |(kind, f)| (d.direction, kind, f)))
+        .map(|(direction, kind, f)| {
+            let (kind, action) = (kind.name(), f.action.as_str());
+            format!("{}:{kind}={action}:{}", direction.as_str(), f.count)
+        })
         .collect();
     if !pii.is_empty() {
         set(PII, pii.join(","));

@@ -3,11 +3,14 @@
 //! Category mapping (all 13 OpenAI keys are always present; unmapped ones are `false` / `0.0`):
 //! `hate` ← hate, `harassment` ← harassment, `sexual` ← sexual, `illicit` and `violence` ←
 //! dangerous. `flagged` is true when any scored policy (custom ones included) crosses its
-//! threshold.
+//! threshold, or when the profile's `pii.input` rules block or flag a kind found in the text;
+//! the kinds found are counted in `pii`.
 
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use crate::config::PiiAction;
+use crate::pii::{count, Kind};
 use crate::scorer::verdict::Verdict;
 use crate::scorer::ScoreRequest;
 
@@ -121,9 +124,9 @@ pub async fn handle(gw: &Gateway, profile: &Profile, body: &[u8]) -> Result<Valu
     })?;
     let texts = texts(request.input)?;
     let requests: Vec<ScoreRequest> = texts
-        .into_iter()
+        .iter()
         .map(|user| ScoreRequest {
-            user,
+            user: user.clone(),
             response: None,
             policies: profile.policies.clone(),
         })
@@ -132,9 +135,25 @@ pub async fn handle(gw: &Gateway, profile: &Profile, body: &[u8]) -> Result<Valu
         .await
         .map_err(|_| RequestError::ModerationUnavailable(Unchecked::ScorerTimeout))?
         .map_err(|e| RequestError::ModerationUnavailable((&e).into()))?;
+    let kinds: Vec<Kind> = profile.pii_input.keys().copied().collect();
     let results: Vec<Value> = scores
         .iter()
-        .map(|s| result(&Verdict::new(s, &profile.policies)))
+        .zip(&texts)
+        .map(|(s, text)| {
+            let mut result = result(&Verdict::new(s, &profile.policies));
+            let pii = count([text.as_str()], &kinds);
+            if !pii.is_empty() {
+                let alarming = |kind: &Kind| {
+                    let action = profile.pii_input.get(kind).copied();
+                    matches!(action, Some(PiiAction::Block | PiiAction::Flag))
+                };
+                if pii.keys().any(alarming) {
+                    result["flagged"] = json!(true);
+                }
+                result["pii"] = json!(pii);
+            }
+            result
+        })
         .collect();
     Ok(json!({
         "id": format!("modr-{}", gw.next_id()),

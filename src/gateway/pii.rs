@@ -1,13 +1,15 @@
-//! Personal data and secrets in a request, before it goes upstream: counted, masked with
-//! typed placeholders, or refused, per kind as the profile says. Only the texts the protocol's
-//! reading found are touched; every other byte of the body is sent as it came.
+//! Personal data and secrets in a request, before it goes upstream, and in a whole answer,
+//! before it goes to the client: counted, masked with typed placeholders, or refused
+//! (withheld), per kind as the profile says; and the request's placeholders restored in the
+//! answer where the profile asks. Only the texts the protocol's reading found are touched;
+//! every other byte of a body is sent as it came.
 
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
 use crate::config::{PiiAction, Scan};
-use crate::pii::{count_json_strings, mask_json_strings, Kind, Masker};
+use crate::pii::{count_json_strings, mask_json_strings, rewrite_json_strings, Kind, Masker};
 use crate::policy::profiles::Profile;
 
 use super::decision::{Decision, Direction, PiiFound};
@@ -24,6 +26,9 @@ pub struct Protected {
     pub conversation: Conversation,
     /// What was found, per kind.
     pub found: BTreeMap<Kind, PiiFound>,
+    /// The request's placeholders (restorable when the profile restores), numbering on into
+    /// the answer.
+    pub masker: Masker,
 }
 
 /// Applies the profile's input rules; a kind found that is blocked refuses the request (and is
@@ -37,21 +42,13 @@ pub fn protect_input(
     conversation: Conversation,
     request_id: &str,
 ) -> Result<Protected, RequestError> {
-    let rules = &profile.pii_input;
-    let kinds: Vec<Kind> = rules.keys().copied().collect();
-    let found: BTreeMap<Kind, PiiFound> = count_json_strings(&bytes, &conversation.texts, &kinds)
-        .into_iter()
-        .map(|(kind, count)| {
-            let action = rules.get(&kind).copied().unwrap_or(PiiAction::Off);
-            (kind, PiiFound { count, action })
-        })
-        .collect();
-    for (kind, f) in &found {
-        gw.metrics
-            .pii_found
-            .with_label_values(&[Direction::Input.as_str(), kind.name(), f.action.as_str()])
-            .inc_by(f.count as u64);
-    }
+    let found = find(
+        gw,
+        &profile.pii_input,
+        Direction::Input,
+        &bytes,
+        &conversation.texts,
+    );
     let blocked: Vec<&str> = found
         .iter()
         .filter(|(_, f)| f.action == PiiAction::Block)
@@ -62,19 +59,20 @@ pub fn protect_input(
         super::check::record(gw, &decision, request_id, adapter.protocol(), &[]);
         return Err(RequestError::PiiBlocked(blocked.join(", ")));
     }
-    let masked: Vec<Kind> = found
-        .iter()
-        .filter(|(_, f)| f.action == PiiAction::Mask)
-        .map(|(kind, _)| *kind)
-        .collect();
-    let rewritten = (!masked.is_empty())
-        .then(|| mask_json_strings(&bytes, &conversation.texts, &mut Masker::new(&masked)))
-        .flatten();
+    let mut masker = Masker::new(&with_action(&found, PiiAction::Mask));
+    let rewritten = match masker.kinds() {
+        [] => None,
+        _ => mask_json_strings(&bytes, &conversation.texts, &mut masker),
+    };
+    if profile.pii_restore {
+        masker.keep_for_restore();
+    }
     let Some(rewritten) = rewritten else {
         return Ok(Protected {
             bytes,
             conversation,
             found,
+            masker,
         });
     };
     // The checks read what goes upstream, so no masked value reaches a remote scorer or the
@@ -86,5 +84,82 @@ pub fn protect_input(
         bytes: Bytes::from(rewritten),
         conversation,
         found,
+        masker,
     })
+}
+
+/// A whole answer after the profile's output rules: the body (masked where a kind is masked)
+/// and what was found. Bodies that are not JSON pass as they are (the output check reports
+/// them).
+pub fn protect_output(
+    gw: &Gateway,
+    profile: &Profile,
+    adapter: &dyn Adapter,
+    bytes: Bytes,
+    masker: &mut Masker,
+) -> (Bytes, BTreeMap<Kind, PiiFound>) {
+    if profile.pii_output.is_empty() {
+        return (bytes, BTreeMap::new());
+    }
+    let Some(answer) = adapter.read_answer(&bytes) else {
+        return (bytes, BTreeMap::new());
+    };
+    let found = find(
+        gw,
+        &profile.pii_output,
+        Direction::Output,
+        &bytes,
+        &answer.texts,
+    );
+    masker.set_kinds(&with_action(&found, PiiAction::Mask));
+    let masked = match masker.kinds() {
+        [] => None,
+        _ => mask_json_strings(&bytes, &answer.texts, masker),
+    };
+    (masked.map_or(bytes, Bytes::from), found)
+}
+
+/// The answer with the request's placeholders put back (when the profile restores them).
+pub fn restore(adapter: &dyn Adapter, bytes: Bytes, masker: &Masker) -> Bytes {
+    let restored = adapter
+        .read_answer(&bytes)
+        .and_then(|a| rewrite_json_strings(&bytes, &a.texts, |text| masker.restore(text)));
+    restored.map_or(bytes, Bytes::from)
+}
+
+/// What `rules` find in the texts at `spans` of `body`, counted in the metrics.
+fn find(
+    gw: &Gateway,
+    rules: &BTreeMap<Kind, PiiAction>,
+    direction: Direction,
+    body: &[u8],
+    spans: &[std::ops::Range<usize>],
+) -> BTreeMap<Kind, PiiFound> {
+    if rules.is_empty() {
+        return BTreeMap::new();
+    }
+    let kinds: Vec<Kind> = rules.keys().copied().collect();
+    let found: BTreeMap<Kind, PiiFound> = count_json_strings(body, spans, &kinds)
+        .into_iter()
+        .map(|(kind, count)| {
+            let action = rules.get(&kind).copied().unwrap_or(PiiAction::Off);
+            (kind, PiiFound { count, action })
+        })
+        .collect();
+    for (kind, f) in &found {
+        gw.metrics
+            .pii_found
+            .with_label_values(&[direction.as_str(), kind.name(), f.action.as_str()])
+            .inc_by(f.count as u64);
+    }
+    found
+}
+
+/// The kinds found whose action is `action`.
+fn with_action(found: &BTreeMap<Kind, PiiFound>, action: PiiAction) -> Vec<Kind> {
+    found
+        .iter()
+        .filter(|(_, f)| f.action == action)
+        .map(|(kind, _)| *kind)
+        .collect()
 }

@@ -37,6 +37,11 @@ impl Masker {
         &self.kinds
     }
 
+    /// Masks `kinds` from now on (an answer's own kinds after its request's), numbering on.
+    pub fn set_kinds(&mut self, kinds: &[Kind]) {
+        self.kinds = kinds.to_vec();
+    }
+
     /// `text` with every finding masked; `None` when there was nothing to mask.
     pub fn mask(&mut self, text: &str) -> Option<String> {
         let findings = find(text, &self.kinds);
@@ -81,20 +86,21 @@ impl Masker {
     }
 
     /// `text` with the restorable placeholders put back to the values they hid (others, and
-    /// bracketed words that only look like one, are left as they are).
-    pub fn restore(&self, text: &str) -> String {
-        if self.restorable.is_empty() {
-            return text.to_string();
+    /// bracketed words that only look like one, are left as they are); `None` when there was
+    /// none.
+    pub fn restore(&self, text: &str) -> Option<String> {
+        let restorable = |m: &regex::Match<'_>| self.restorable.contains_key(m.as_str());
+        if self.restorable.is_empty() || !PLACEHOLDER.find_iter(text).any(|m| restorable(&m)) {
+            return None;
         }
-        PLACEHOLDER
-            .replace_all(text, |c: &regex::Captures<'_>| {
-                let p = &c[0];
-                self.restorable
-                    .get(p)
-                    .cloned()
-                    .unwrap_or_else(|| p.to_string())
-            })
-            .into_owned()
+        let restored = PLACEHOLDER.replace_all(text, |c: &regex::Captures<'_>| {
+            let p = &c[0];
+            self.restorable
+                .get(p)
+                .cloned()
+                .unwrap_or_else(|| p.to_string())
+        });
+        Some(restored.into_owned())
     }
 
     /// How many values of each kind were masked (each occurrence counts).
@@ -142,14 +148,18 @@ mod tests {
         let answer = format!("I will write to {} and [EMAIL_9] and [NOT_A]", &masked[5..]);
         assert_eq!(
             masker.restore(&answer),
-            answer,
+            None,
             "nothing kept for restoring yet"
         );
         masker.keep_for_restore();
         let own = masker.mask("and bo@example.com").expect("masked");
         assert_eq!(
-            masker.restore(&format!("{answer} {own}")),
-            "I will write to ana@example.com and [EMAIL_9] and [NOT_A] and [EMAIL_2]"
+            masker.restore(&format!("{answer} {own}")).as_deref(),
+            Some("I will write to ana@example.com and [EMAIL_9] and [NOT_A] and [EMAIL_2]")
+        );
+        assert_eq!(
+            masker.restore("no placeholder [EMAIL_2] of the request's"),
+            None
         );
     }
 

@@ -113,31 +113,42 @@ pub fn find(text: &str, kinds: &[Kind]) -> Vec<Finding> {
     found
 }
 
-/// How often each of `kinds` occurs in the JSON strings at `spans` of `body`.
-pub fn count_json_strings(
-    body: &[u8],
-    spans: &[Range<usize>],
+/// How often each of `kinds` occurs in `texts`.
+pub fn count<'t>(
+    texts: impl IntoIterator<Item = &'t str>,
     kinds: &[Kind],
 ) -> BTreeMap<Kind, usize> {
     let mut counts = BTreeMap::new();
-    for span in spans {
-        let text = body
-            .get(span.clone())
-            .and_then(|t| serde_json::from_slice::<String>(t).ok());
-        for f in find(text.as_deref().unwrap_or_default(), kinds) {
+    for text in texts {
+        for f in find(text, kinds) {
             *counts.entry(f.kind).or_default() += 1;
         }
     }
     counts
 }
 
-/// `body` (JSON) with the string tokens at `spans` (in order, not overlapping, each a whole
-/// string with its quotes) masked, every other byte as it was; `None` when nothing was
-/// masked. A span that is not a JSON string is left as it is.
-pub fn mask_json_strings(
+/// How often each of `kinds` occurs in the JSON strings at `spans` of `body`.
+pub fn count_json_strings(
     body: &[u8],
     spans: &[Range<usize>],
-    masker: &mut Masker,
+    kinds: &[Kind],
+) -> BTreeMap<Kind, usize> {
+    let texts: Vec<String> = spans
+        .iter()
+        .filter_map(|span| body.get(span.clone()))
+        .filter_map(|token| serde_json::from_slice::<String>(token).ok())
+        .collect();
+    count(texts.iter().map(String::as_str), kinds)
+}
+
+/// `body` (JSON) with the string tokens at `spans` (in order, not overlapping, each a whole
+/// string with its quotes) rewritten by `rewrite` (which gives `None` to keep a text), every
+/// other byte as it was; `None` when nothing changed. A span that is not a JSON string is
+/// left as it is.
+pub fn rewrite_json_strings(
+    body: &[u8],
+    spans: &[Range<usize>],
+    mut rewrite: impl FnMut(&str) -> Option<String>,
 ) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(body.len());
     let mut at = 0;
@@ -148,9 +159,9 @@ pub fn mask_json_strings(
         let Ok(text) = serde_json::from_slice::<String>(token) else {
             continue;
         };
-        if let Some(masked) = masker.mask(&text) {
+        if let Some(new) = rewrite(&text) {
             out.extend_from_slice(&body[at..span.start]);
-            out.extend_from_slice(serde_json::Value::String(masked).to_string().as_bytes());
+            out.extend_from_slice(serde_json::Value::String(new).to_string().as_bytes());
             at = span.end;
         }
     }
@@ -158,6 +169,15 @@ pub fn mask_json_strings(
         out.extend_from_slice(&body[at..]);
         out
     })
+}
+
+/// [`rewrite_json_strings`] with the masker's kinds masked.
+pub fn mask_json_strings(
+    body: &[u8],
+    spans: &[Range<usize>],
+    masker: &mut Masker,
+) -> Option<Vec<u8>> {
+    rewrite_json_strings(body, spans, |text| masker.mask(text))
 }
 
 /// Every kind, in precedence order.

@@ -23,6 +23,10 @@ pub struct Profile {
     /// What each kind of personal data or secret found in a request does (kinds that are off
     /// left out).
     pub pii_input: BTreeMap<Kind, PiiAction>,
+    /// The same for the answer.
+    pub pii_output: BTreeMap<Kind, PiiAction>,
+    /// Whether the request's masked values are restored in the answer.
+    pub pii_restore: bool,
     key_hashes: Vec<String>,
     tenants: Vec<String>,
     routes: Vec<String>,
@@ -78,9 +82,16 @@ impl Profiles {
                 hash.update(policy.guideline.prompt.as_bytes());
                 hash.update(policy.guideline.response.as_bytes());
             }
-            for (kind, action) in &p.pii_input {
-                hash.update(format!("\0pii\0{}\0{}\0", kind.name(), action.as_str()));
+            for (side, rules) in [("input", &p.pii_input), ("output", &p.pii_output)] {
+                for (kind, action) in rules {
+                    hash.update(format!(
+                        "\0pii\0{side}\0{}\0{}\0",
+                        kind.name(),
+                        action.as_str()
+                    ));
+                }
             }
+            hash.update(if p.pii_restore { "\0restore" } else { "\0" });
         }
         let version = hex::encode(&hash.finalize()[..6]);
         Ok(Self { list, version })
@@ -186,14 +197,19 @@ fn build_one(name: &str, config: &ProfileConfig, set: &PolicySet) -> Result<Prof
             .collect(),
         tenants: config.tenants.clone(),
         routes: config.routes.clone(),
-        pii_input: config
-            .pii
-            .input
-            .iter()
-            .filter(|(_, action)| **action != PiiAction::Off)
-            .map(|(kind, action)| (*kind, *action))
-            .collect(),
+        pii_input: active(&config.pii.input),
+        pii_output: active(&config.pii.output),
+        pii_restore: config.pii.restore,
     })
+}
+
+/// The rules whose action is not `off`.
+fn active(rules: &BTreeMap<Kind, PiiAction>) -> BTreeMap<Kind, PiiAction> {
+    rules
+        .iter()
+        .filter(|(_, action)| **action != PiiAction::Off)
+        .map(|(kind, action)| (*kind, *action))
+        .collect()
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use super::json::{
 };
 use super::{
     add_user_turns, block_message, filter_results, push_part, set, start, with_roles, Adapter,
-    Block, Conversation, Place, StreamCollector,
+    Answer, Block, Conversation, Place, StreamCollector,
 };
 
 /// The Messages adapter.
@@ -106,8 +106,8 @@ impl Adapter for AnthropicMessages {
         body
     }
 
-    fn response_outputs(&self, body: &[u8]) -> Option<Vec<String>> {
-        let message: Message<'_> = read_body(body).ok()?;
+    fn read_answer(&self, body: &[u8]) -> Option<Answer> {
+        let (message, spans) = read_with_texts::<Message<'_>>(body).ok()?;
         let texts: Vec<String> = items(&message.content)
             .flatten()
             .filter_map(|b| {
@@ -119,7 +119,10 @@ impl Adapter for AnthropicMessages {
                 )
             })
             .collect();
-        Some(vec![texts.join("\n")])
+        Some(Answer {
+            outputs: vec![texts.join("\n")],
+            texts: spans,
+        })
     }
 
     fn block_outputs(&self, body: &mut Value, blocked: &[bool], block: &Block<'_>) {

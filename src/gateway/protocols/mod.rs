@@ -32,6 +32,16 @@ pub struct Conversation {
     pub texts: Vec<std::ops::Range<usize>>,
 }
 
+/// A whole answer as the output check reads it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Answer {
+    /// The text of each choice.
+    pub outputs: Vec<String>,
+    /// Where every text of the answer sits in its body (string tokens with their quotes): what
+    /// masking rewrites.
+    pub texts: Vec<std::ops::Range<usize>>,
+}
+
 /// How a block is shown.
 pub struct Block<'a> {
     /// The decision behind it.
@@ -56,8 +66,12 @@ pub trait Adapter: Send + Sync {
     fn input_blocked(&self, block: &Block<'_>) -> Value {
         azure_input_blocked(block)
     }
+    /// What the output check reads of a whole response body; `None` when it is not JSON.
+    fn read_answer(&self, body: &[u8]) -> Option<Answer>;
     /// The texts of a whole response body, one per choice; `None` when it is not JSON.
-    fn response_outputs(&self, body: &[u8]) -> Option<Vec<String>>;
+    fn response_outputs(&self, body: &[u8]) -> Option<Vec<String>> {
+        self.read_answer(body).map(|a| a.outputs)
+    }
     /// Withholds the choices marked in `blocked`.
     fn block_outputs(&self, body: &mut Value, blocked: &[bool], block: &Block<'_>);
     /// A collector for a streamed response.

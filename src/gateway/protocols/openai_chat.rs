@@ -13,8 +13,8 @@ use super::json::{
 };
 use super::{
     add_user_turns, chunk_meta, cut_choices, data_frame, filter_results, indexed_outputs,
-    push_part, set, start, with_roles, withhold_choices, Adapter, Block, Conversation, Place,
-    StreamCollector,
+    push_part, set, start, with_roles, withhold_choices, Adapter, Answer, Block, Conversation,
+    Place, StreamCollector,
 };
 use crate::gateway::protocols::sse::Event;
 
@@ -53,15 +53,18 @@ impl Adapter for OpenAiChat {
         Ok(conv)
     }
 
-    fn response_outputs(&self, body: &[u8]) -> Option<Vec<String>> {
-        let completion: Completion<'_> = read_body(body).ok()?;
-        let texts = items(&completion.choices).map(|choice| {
+    fn read_answer(&self, body: &[u8]) -> Option<Answer> {
+        let (completion, texts) = read_with_texts::<Completion<'_>>(body).ok()?;
+        let outputs = items(&completion.choices).map(|choice| {
             let message = choice.and_then(|c| c.message.get()).map(|Object(m)| m);
             message.map_or_else(String::new, |m| {
                 join(text(&m.content), &call_arguments(&m.tool_calls))
             })
         });
-        Some(texts.collect())
+        Some(Answer {
+            outputs: outputs.collect(),
+            texts,
+        })
     }
 
     fn block_outputs(&self, body: &mut Value, blocked: &[bool], block: &Block<'_>) {

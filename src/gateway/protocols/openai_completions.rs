@@ -12,7 +12,7 @@ use crate::config::Scan;
 use super::json::{is_type_error, items, read_body, read_with_texts, text, Items, Lenient, Text};
 use super::{
     chunk_meta, cut_choices, data_frame, filter_results, indexed_outputs, push_part, set, start,
-    withhold_choices, Adapter, Block, Conversation, StreamCollector,
+    withhold_choices, Adapter, Answer, Block, Conversation, StreamCollector,
 };
 use crate::gateway::protocols::sse::Event;
 
@@ -43,10 +43,13 @@ impl Adapter for OpenAiCompletions {
         Ok(conv)
     }
 
-    fn response_outputs(&self, body: &[u8]) -> Option<Vec<String>> {
-        let completion: Completion<'_> = read_body(body).ok()?;
-        let texts = items(&completion.choices).map(|c| c.map_or("", |c| text(&c.text)));
-        Some(texts.map(str::to_string).collect())
+    fn read_answer(&self, body: &[u8]) -> Option<Answer> {
+        let (completion, texts) = read_with_texts::<Completion<'_>>(body).ok()?;
+        let outputs = items(&completion.choices).map(|c| c.map_or("", |c| text(&c.text)));
+        Some(Answer {
+            outputs: outputs.map(str::to_string).collect(),
+            texts,
+        })
     }
 
     fn block_outputs(&self, body: &mut Value, blocked: &[bool], block: &Block<'_>) {

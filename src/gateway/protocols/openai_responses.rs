@@ -12,7 +12,8 @@ use super::json::{
     content_text, items, read_body, read_with_texts, text, Content, Items, Lenient, Object, Text,
 };
 use super::{
-    add_user_turns, push_part, set, start, Adapter, Block, Conversation, Place, StreamCollector,
+    add_user_turns, push_part, set, start, Adapter, Answer, Block, Conversation, Place,
+    StreamCollector,
 };
 
 /// The Responses adapter.
@@ -67,8 +68,8 @@ impl Adapter for OpenAiResponses {
         Ok(conv)
     }
 
-    fn response_outputs(&self, body: &[u8]) -> Option<Vec<String>> {
-        let response: Response<'_> = read_body(body).ok()?;
+    fn read_answer(&self, body: &[u8]) -> Option<Answer> {
+        let (response, spans) = read_with_texts::<Response<'_>>(body).ok()?;
         let mut texts: Vec<&str> = Vec::new();
         for item in items(&response.output).flatten() {
             match item.kind.get().map(|k| &**k) {
@@ -82,7 +83,10 @@ impl Adapter for OpenAiResponses {
                 _ => {}
             }
         }
-        Some(vec![texts.join("\n")])
+        Some(Answer {
+            outputs: vec![texts.join("\n")],
+            texts: spans,
+        })
     }
 
     fn block_outputs(&self, body: &mut Value, blocked: &[bool], block: &Block<'_>) {
