@@ -449,3 +449,38 @@ fn csv_logs_resume_after_a_crash_and_read_alike_from_a_glob_and_stdin() {
     let stderr = String::from_utf8_lossy(&missing.stderr);
     assert!(stderr.contains("no column \"prompt\""), "{stderr}");
 }
+
+#[test]
+fn each_turn_counts_its_personal_data_and_the_summary_and_report_total_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("log.jsonl");
+    std::fs::write(
+        &log,
+        concat!(
+            r#"{"id": "a", "messages": [{"role": "user", "content": "mail jane@example.com or bob@example.org"}, {"role": "assistant", "content": "card 4111 1111 1111 1111 noted"}]}"#,
+            "\n",
+            r#"{"id": "b", "messages": [{"role": "user", "content": "nothing personal"}]}"#,
+            "\n"
+        ),
+    )
+    .expect("log written");
+    let out = dir.path().join("out");
+    let run = audit(&[&log], &out, &[]);
+    assert_ne!(
+        run.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let results = json_lines(&out.join("results.jsonl"));
+    assert_eq!(results[0]["pii"], serde_json::json!({"email": 2}));
+    assert_eq!(results[1]["pii"], serde_json::json!({"card": 1}));
+    assert!(results[2].get("pii").is_none());
+    assert_eq!(
+        summary(&out)["pii_turns"],
+        serde_json::json!({"card": 1, "email": 1})
+    );
+    let report = std::fs::read_to_string(out.join("report.html")).expect("report");
+    assert!(report.contains("Personal data and secrets"), "{report}");
+    assert!(!report.contains("jane@"), "no values in the report");
+}

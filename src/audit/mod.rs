@@ -18,6 +18,7 @@ use std::sync::Arc;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
+use crate::pii::{count, every_kind};
 use crate::policy::Policy;
 use crate::scorer::{score_each, Score, ScoreRequest};
 
@@ -386,6 +387,10 @@ impl Run<'_> {
                             "turn": turn.index, "role": turn.role, "scores": map, "violated": violated});
                         if s.truncated.is_some() {
                             r["truncated"] = json!(true);
+                        }
+                        let pii = count([turn.text.as_str()], &every_kind());
+                        if !pii.is_empty() {
+                            r["pii"] = json!(pii);
                         }
                         if self.opts.include_text {
                             r["text"] = json!(turn.text);

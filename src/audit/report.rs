@@ -82,7 +82,17 @@ pub fn html(summary: &Summary, title: &str) -> String {
             histogram_svg(&cat.histogram)
         );
     }
-    page.push_str("</div><h2>Highest-scoring turns</h2><table><tr><th>conversation</th><th>file:line</th><th>turn</th><th>role</th><th>violated</th><th>highest P(Yes)</th></tr>");
+    page.push_str("</div>");
+    if !summary.pii_turns.is_empty() {
+        page.push_str(
+            "<h2>Personal data and secrets</h2><table><tr><th>kind</th><th>turns</th></tr>",
+        );
+        for (kind, turns) in &summary.pii_turns {
+            let _ = write!(page, "<tr><td>{}</td><td>{turns}</td></tr>", escape(kind));
+        }
+        page.push_str("</table>");
+    }
+    page.push_str("<h2>Highest-scoring turns</h2><table><tr><th>conversation</th><th>file:line</th><th>turn</th><th>role</th><th>violated</th><th>highest P(Yes)</th></tr>");
     for item in &summary.top {
         let text = |k: &str| match item.get(k) {
             Some(Value::String(s)) => s.clone(),

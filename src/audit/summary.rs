@@ -50,6 +50,8 @@ pub struct Summary {
     pub counts: Counts,
     /// Per category.
     pub categories: BTreeMap<String, CategorySummary>,
+    /// Scored turns holding personal data or secrets, per kind (docs/pii.md).
+    pub pii_turns: BTreeMap<String, u64>,
     /// The highest-scoring turns (any category), highest first.
     pub top: Vec<Value>,
 }
@@ -61,6 +63,7 @@ pub const TOP: usize = 20;
 pub fn summarize(results: &Path, counts: Counts) -> std::io::Result<Summary> {
     let mut categories: BTreeMap<String, CategorySummary> = BTreeMap::new();
     let mut top: Vec<(f64, Value)> = Vec::new();
+    let mut pii_turns: BTreeMap<String, u64> = BTreeMap::new();
     let file = std::io::BufReader::new(std::fs::File::open(results)?);
     for line in file.lines() {
         let line = line?;
@@ -75,6 +78,14 @@ pub fn summarize(results: &Path, counts: Counts) -> std::io::Result<Summary> {
             .and_then(Value::as_array)
             .map(|a| a.iter().filter_map(Value::as_str).collect())
             .unwrap_or_default();
+        for kind in v
+            .get("pii")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
+            *pii_turns.entry(kind.0.clone()).or_default() += 1;
+        }
         let mut best = 0.0f64;
         for (id, score) in scores {
             let p = score.as_f64().unwrap_or(0.0);
@@ -101,6 +112,7 @@ pub fn summarize(results: &Path, counts: Counts) -> std::io::Result<Summary> {
     Ok(Summary {
         counts,
         categories,
+        pii_turns,
         top: top.into_iter().map(|(_, v)| v).collect(),
     })
 }
