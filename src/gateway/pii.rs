@@ -121,6 +121,9 @@ pub fn protect_output(
 
 /// The answer with the request's placeholders put back (when the profile restores them).
 pub fn restore(adapter: &dyn Adapter, bytes: Bytes, masker: &Masker) -> Bytes {
+    if !masker.restores() {
+        return bytes;
+    }
     let restored = adapter
         .read_answer(&bytes)
         .and_then(|a| rewrite_json_strings(&bytes, &a.texts, |text| masker.restore(text)));

@@ -85,6 +85,11 @@ impl Masker {
         self.restorable = self.originals.clone();
     }
 
+    /// Whether any placeholder is restorable.
+    pub fn restores(&self) -> bool {
+        !self.restorable.is_empty()
+    }
+
     /// `text` with the restorable placeholders put back to the values they hid (others, and
     /// bracketed words that only look like one, are left as they are); `None` when there was
     /// none.
