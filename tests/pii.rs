@@ -233,3 +233,25 @@ fn moderations_count_the_profiles_kinds_and_flag_what_it_blocks_or_flags() {
         "kinds that are off are not looked for"
     );
 }
+
+#[test]
+fn a_request_that_cannot_be_read_is_not_forwarded_where_personal_data_is_masked_or_blocked() {
+    let unreadable = serde_json::json!({"model": "m", "prompt_text": "mail jane@example.com"});
+    for (rules, forwarded) in [("email = \"mask\"", false), ("email = \"flag\"", true)] {
+        let (gw, mock, _) = gateway(&format!(
+            "[proxy]\non_bad_request = \"pass\"\n[profiles.default.pii.input]\n{rules}\n"
+        ));
+        let a = gw
+            .runtime
+            .block_on(post(gw.addr, "/v1/chat/completions", &[], &unreadable));
+        assert_eq!(mock.count() == 1, forwarded, "{rules}: {}", a.body);
+        if !forwarded {
+            assert_eq!(a.status, 400, "{}", a.body);
+            assert!(
+                a.body.contains("masks or blocks personal data"),
+                "{}",
+                a.body
+            );
+        }
+    }
+}

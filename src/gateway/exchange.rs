@@ -19,7 +19,7 @@ use hyper::http::response;
 use hyper::{Request, Response, StatusCode};
 use serde_json::Value;
 
-use crate::config::{BadRequest, FailMode, OutputMode};
+use crate::config::{BadRequest, FailMode, OutputMode, PiiAction};
 use crate::http::body::{
     channel, collect, full, json_response, pass_through, read_json_request, relay, Body,
     ChannelSender, CollectError, RelayEnd,
@@ -185,6 +185,20 @@ impl Exchange {
             }
             Err(message) if proxy.on_bad_request == BadRequest::Reject => {
                 Err(RequestError::InvalidRequest(message).into())
+            }
+            // Unread, its personal data could be neither masked nor refused.
+            Err(message)
+                if self
+                    .profile
+                    .pii_input
+                    .values()
+                    .any(|a| *a != PiiAction::Flag) =>
+            {
+                Err(RequestError::InvalidRequest(format!(
+                    "{message}; this profile masks or blocks personal data, so a request it \
+                     cannot read is not forwarded"
+                ))
+                .into())
             }
             Err(message) => {
                 tracing::info!(request_id = %self.request_id, %message, "forwarding an unparsable request unscanned");

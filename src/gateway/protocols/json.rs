@@ -57,9 +57,19 @@ fn note(token: &str) {
 pub fn read_with_texts<'a, T: Deserialize<'a> + Default>(
     body: &'a [u8],
 ) -> Result<(T, Vec<Range<usize>>), String> {
+    /// Stops the listening however the reading ends (a panic included), so that no later
+    /// reading on this thread notes into a list nobody takes.
+    struct Listening;
+    impl Drop for Listening {
+        fn drop(&mut self) {
+            TEXTS.with_borrow_mut(|texts| *texts = None);
+        }
+    }
     TEXTS.with_borrow_mut(|texts| *texts = Some(Vec::new()));
+    let listening = Listening;
     let read = read_body(body);
     let noted = TEXTS.with_borrow_mut(Option::take).unwrap_or_default();
+    drop(listening);
     let read = read?;
     let base = body.as_ptr() as usize;
     let mut spans = noted
