@@ -42,8 +42,11 @@ pub struct PiiRules {
 }
 
 /// What a kind of personal data or secret does where it is found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, strum::IntoStaticStr,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum PiiAction {
     /// Not looked for.
     #[default]
@@ -60,12 +63,7 @@ pub enum PiiAction {
 impl PiiAction {
     /// The name used in headers, logs and metrics.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Off => "off",
-            Self::Mask => "mask",
-            Self::Block => "block",
-            Self::Flag => "flag",
-        }
+        self.into()
     }
 }
 

@@ -42,7 +42,7 @@ pub fn protect_input(
     conversation: Conversation,
     request_id: &str,
 ) -> Result<Protected, RequestError> {
-    let found = find(
+    let found = found_in(
         gw,
         &profile.pii_input,
         Direction::Input,
@@ -104,7 +104,7 @@ pub fn protect_output(
     let Some(answer) = adapter.read_answer(&bytes) else {
         return (bytes, BTreeMap::new());
     };
-    let found = find(
+    let found = found_in(
         gw,
         &profile.pii_output,
         Direction::Output,
@@ -131,7 +131,7 @@ pub fn restore(adapter: &dyn Adapter, bytes: Bytes, masker: &Masker) -> Bytes {
 }
 
 /// What `rules` find in the texts at `spans` of `body`, counted in the metrics.
-fn find(
+fn found_in(
     gw: &Gateway,
     rules: &BTreeMap<Kind, PiiAction>,
     direction: Direction,

@@ -50,7 +50,7 @@ impl Masker {
 
     /// `text` with `findings` (in order, not overlapping, within `text`) replaced by their
     /// placeholders.
-    pub fn replace(&mut self, text: &str, findings: &[Finding]) -> String {
+    pub(super) fn replace(&mut self, text: &str, findings: &[Finding]) -> String {
         let mut out = String::with_capacity(text.len());
         let mut at = 0;
         for f in findings {
@@ -72,7 +72,7 @@ impl Masker {
         }
         let n = self.next.entry(kind).or_default();
         *n += 1;
-        let placeholder = format!("[{}_{n}]", kind.label());
+        let placeholder = format!("[{}_{n}]", kind.name().to_ascii_uppercase());
         self.numbers.insert(key, placeholder.clone());
         self.originals
             .insert(placeholder.clone(), value.to_string());

@@ -59,23 +59,6 @@ pub enum Kind {
 }
 
 impl Kind {
-    /// The placeholder's stem: `EMAIL` in `[EMAIL_1]`.
-    pub fn label(self) -> &'static str {
-        match self {
-            Kind::PrivateKey => "PRIVATE_KEY",
-            Kind::Jwt => "JWT",
-            Kind::CloudKey => "CLOUD_KEY",
-            Kind::ApiKey => "API_KEY",
-            Kind::BearerToken => "BEARER_TOKEN",
-            Kind::Card => "CARD",
-            Kind::Iban => "IBAN",
-            Kind::Ssn => "SSN",
-            Kind::Phone => "PHONE",
-            Kind::Email => "EMAIL",
-            Kind::Ip => "IP",
-        }
-    }
-
     /// Its name in config, metrics and reports (`private_key`, `email`, …).
     pub fn name(self) -> &'static str {
         self.into()
