@@ -255,3 +255,144 @@ fn a_request_that_cannot_be_read_is_not_forwarded_where_personal_data_is_masked_
         }
     }
 }
+
+/// The answer's text as a client reassembles it from a stream in the protocol of `path`.
+fn streamed_text(path: &str, body: &str) -> String {
+    let mut text = String::new();
+    for data in body.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        let Ok(event) = serde_json::from_str::<Value>(data) else {
+            assert_eq!(data, "[DONE]", "every event is JSON");
+            continue;
+        };
+        let piece = match path {
+            "/v1/chat/completions" => &event["choices"][0]["delta"]["content"],
+            "/v1/completions" => &event["choices"][0]["text"],
+            "/v1/responses" => &event["delta"],
+            _ => &event["delta"]["text"],
+        };
+        text += piece.as_str().unwrap_or_default();
+    }
+    text
+}
+
+fn streamed_request(path: &str, user: &str) -> Value {
+    match path {
+        "/v1/chat/completions" => chat(user, true),
+        "/v1/completions" => serde_json::json!({"model": "m", "prompt": user, "stream": true}),
+        "/v1/responses" => serde_json::json!({"model": "m", "input": user, "stream": true}),
+        _ => serde_json::json!({"model": "m", "max_tokens": 64, "stream": true,
+            "messages": [{"role": "user", "content": user}]}),
+    }
+}
+
+const PATHS: [&str; 4] = [
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/responses",
+    "/v1/messages",
+];
+
+/// The mock streams its answer four characters an event, seven bytes a read: every value is
+/// split across events and reads.
+#[test]
+fn streamed_answers_are_masked_and_restored_in_every_protocol_and_output_mode() {
+    for mode in ["buffer", "incremental", "audit", "off"] {
+        let (gw, mock, _) = gateway(&format!(
+            r#"
+[proxy]
+output_mode = "{mode}"
+incremental_chars = 8
+[profiles.default.pii]
+input = {{ email = "mask" }}
+output = {{ card = "mask", phone = "mask", api_key = "block" }}
+restore = true
+"#
+        ));
+        for path in PATHS {
+            let user =
+                "say: write to ana@example.com, card 4111 1111 1111 1111, call +1 415 555 0100.";
+            let a = gw
+                .runtime
+                .block_on(post(gw.addr, path, &[], &streamed_request(path, user)));
+            assert_eq!(a.status, 200, "{mode} {path}: {}", a.body);
+            assert!(mock.last().body.contains("[EMAIL_1]"), "{mode} {path}");
+            for secret in ["4111", "1111", "555 0100"] {
+                assert!(
+                    !a.body.contains(secret),
+                    "{mode} {path}: {secret} in {}",
+                    a.body
+                );
+            }
+            assert_eq!(
+                streamed_text(path, &a.body),
+                "write to ana@example.com, card [CARD_1], call [PHONE_1].",
+                "{mode} {path}: {}",
+                a.body
+            );
+            if path == "/v1/responses" {
+                let completed = a
+                    .sse_data()
+                    .into_iter()
+                    .filter_map(|d| serde_json::from_str::<Value>(&d).ok())
+                    .find(|e| e["type"] == "response.completed")
+                    .expect("completed");
+                assert_eq!(
+                    completed["response"]["output"][0]["content"][0]["text"],
+                    "write to ana@example.com, card [CARD_1], call [PHONE_1].",
+                    "{mode}: the final snapshot as streamed"
+                );
+            }
+        }
+        let metrics = gw.gw.metrics.render();
+        for kind in ["card", "phone"] {
+            let line = format!(
+                "shieldgate_pii_found_total{{action=\"mask\",direction=\"output\",kind=\"{kind}\"}} 4"
+            );
+            let seen = || gw.gw.metrics.render().contains(&line);
+            // In `audit` mode the count comes with the check that follows the relay.
+            for _ in 0..50 {
+                if seen() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            assert!(seen(), "{mode}: {line} in {metrics}");
+        }
+    }
+}
+
+#[test]
+fn a_blocked_kind_in_a_stream_withholds_it_or_masks_it_where_nothing_is_withheld() {
+    for (mode, withheld) in [
+        ("buffer", true),
+        ("incremental", true),
+        ("audit", false),
+        ("off", false),
+    ] {
+        let (gw, _mock, _) = gateway(&format!(
+            "[proxy]\noutput_mode = \"{mode}\"\n[profiles.default.pii.output]\ncard = \"block\"\n"
+        ));
+        for path in PATHS {
+            let user =
+                "say: a long enough lead-in before the number, then 4111 1111 1111 1111 and more";
+            let a = gw
+                .runtime
+                .block_on(post(gw.addr, path, &[], &streamed_request(path, user)));
+            assert_eq!(a.status, 200, "{mode} {path}: {}", a.body);
+            assert!(!a.body.contains("4111"), "{mode} {path}: {}", a.body);
+            let text = streamed_text(path, &a.body);
+            assert_eq!(
+                text.contains("[CARD_1]"),
+                !withheld,
+                "{mode} {path}: {text}"
+            );
+            if withheld {
+                assert!(
+                    a.body.contains("content_filter") || a.body.contains("refusal"),
+                    "{mode} {path}: {}",
+                    a.body
+                );
+            }
+        }
+    }
+}

@@ -2,7 +2,9 @@
 //! as not JSON (other shapes read as absent fields), scanned parts are never blank; a blocked
 //! response, blocked stream or cut stream is well-formed JSON / SSE of which every frame but
 //! `[DONE]` is JSON. Every text a request or answer lists for masking is a whole JSON string
-//! of the body, and masking them all leaves JSON that reads the same way.
+//! of the body, and masking them all leaves JSON that reads the same way. A stream masked as
+//! it passes gives the same bytes however it is cut into reads, and its events that were JSON
+//! still are.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -10,6 +12,7 @@ use serde_json::Value;
 use shieldgate::config::{Reveal, Scan};
 use shieldgate::gateway::protocols::{for_path, Adapter, Block};
 use shieldgate::gateway::decision::{Decision, Direction};
+use shieldgate::gateway::pii::StreamRewriter;
 use shieldgate::gateway::protocols::sse::Parser;
 use shieldgate::pii::{every_kind, mask_json_strings, rewrite_json_strings, Masker};
 
@@ -55,7 +58,42 @@ fn assert_maskable(body: &[u8], spans: &[std::ops::Range<usize>], is_value: bool
     }
 }
 
-fn exercise(adapter: &dyn Adapter, body: Option<&Value>, stream: &[u8], block: &Block<'_>) {
+/// `stream` masked by a rewriter fed reads of `step` bytes.
+fn rewrite(adapter: &'static dyn Adapter, stream: &[u8], step: usize) -> Vec<u8> {
+    let mut masker = Masker::new(&every_kind());
+    let mut rewriter = StreamRewriter::new(adapter);
+    let mut out = Vec::new();
+    for piece in stream.chunks(step) {
+        out.extend(rewriter.feed(&mut masker, piece));
+    }
+    out.extend(rewriter.finish(&mut masker));
+    out
+}
+
+fn assert_rewritable(adapter: &'static dyn Adapter, stream: &[u8]) {
+    let whole = rewrite(adapter, stream, stream.len().max(1));
+    assert_eq!(rewrite(adapter, stream, 3), whole, "reads of 3 rewrite differently");
+    let mut before = Parser::new();
+    let mut originals = before.feed(stream);
+    originals.extend(before.finish());
+    let mut after = Parser::new();
+    let mut events = after.feed(&whole);
+    events.extend(after.finish());
+    let json = |data: &str| serde_json::from_str::<Value>(data).is_ok();
+    if originals.iter().all(|e| json(&e.data) || e.data == "[DONE]") {
+        for event in &events {
+            assert!(json(&event.data) || event.data == "[DONE]", "{:?}", event.data);
+        }
+    }
+}
+
+fn exercise(
+    adapter: &'static dyn Adapter,
+    body: Option<&Value>,
+    stream: &[u8],
+    block: &Block<'_>,
+) {
+    assert_rewritable(adapter, stream);
     if let Some(answer) = adapter.read_answer(stream) {
         assert_maskable(stream, &answer.texts, body.is_some());
     }

@@ -134,7 +134,11 @@ impl Decision {
 
     /// The input side's personal data and secrets alone (no check was made): a block when a
     /// kind found is blocked, else a pass.
-    pub fn pii_only(profile: &Profile, pii: BTreeMap<Kind, PiiFound>) -> Self {
+    pub fn pii_only(
+        direction: Direction,
+        profile: &Profile,
+        pii: BTreeMap<Kind, PiiFound>,
+    ) -> Self {
         let blocked = pii.values().any(|f| f.action == PiiAction::Block);
         Self {
             disposition: if blocked {
@@ -144,7 +148,7 @@ impl Decision {
             },
             profile: profile.name.clone(),
             pii,
-            ..Self::bare_block(Direction::Input)
+            ..Self::bare_block(direction)
         }
     }
 

@@ -32,7 +32,10 @@ use super::check::{self, CheckInput};
 use super::decision::{Decision, Direction, Disposition, PiiFound};
 use super::error::{RequestError, Unchecked};
 use super::headers::{annotate, Annotation, REQUEST_ID};
-use super::pii::{protect_input, protect_output, restore};
+use super::pii::{
+    count_in_metrics, found_in_outputs, protect_input, protect_output, restore, rewrites_output,
+    stream_kinds, StreamRewriter,
+};
 use super::protocols::sse::Parser;
 use super::protocols::{Adapter, Block, Conversation, StreamCollector};
 use super::{Gateway, Settings};
@@ -131,8 +134,10 @@ impl Exchange {
                 _ => Err(RequestError::NoUpstream.into()),
             };
         };
-        if self.settings.proxy.output_mode != OutputMode::Off {
-            // The output check reads the body: ask for it uncompressed.
+        if self.settings.proxy.output_mode != OutputMode::Off
+            || rewrites_output(&self.profile, &request.masker)
+        {
+            // The output check or masking reads the body: ask for it uncompressed.
             parts.headers.remove(ACCEPT_ENCODING);
         }
         let (decisions, response) = self.forward(upstream, parts, &request).await?;
@@ -266,7 +271,7 @@ impl Exchange {
         // Without an input check, what was found still gets its decision (log, headers).
         let input = input.or_else(|| {
             (!request.pii.is_empty()).then(|| {
-                let d = Decision::pii_only(&self.profile, request.pii.clone());
+                let d = Decision::pii_only(Direction::Input, &self.profile, request.pii.clone());
                 check::record(&self.gw, &d, &self.request_id, self.adapter.protocol(), &[]);
                 d
             })
@@ -275,39 +280,107 @@ impl Exchange {
         Ok((decisions, sent.map_err(RequestError::from)?))
     }
 
-    /// Answers with the upstream's response, as the output mode says.
+    /// Answers with the upstream's response, as the output mode says; where the profile
+    /// masks the answer's personal data or restores the request's, in every mode.
     async fn answer(
         &self,
         head: response::Parts,
         upstream: UpstreamBody,
         prompt: &str,
         decisions: Vec<Decision>,
-        masker: Masker,
+        mut masker: Masker,
     ) -> Result<Response<Body>, Stop> {
-        let proxy = &self.settings.proxy;
+        let mode = self.settings.proxy.output_mode;
+        let rewrite = rewrites_output(&self.profile, &masker);
         let UpstreamBody { body, idle } = upstream;
-        if !head.status.is_success() || proxy.output_mode == OutputMode::Off {
+        if !head.status.is_success() || (mode == OutputMode::Off && !rewrite) {
             let body = pass_through(body, idle, Bytes::new());
             return Ok(self.annotated(Response::from_parts(head, body), &decisions));
         }
+        masker.set_kinds(&stream_kinds(&self.profile));
         let is_stream = head
             .headers
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("text/event-stream"));
-        let body = match proxy.output_mode {
-            OutputMode::Audit => self.audit(body, is_stream, prompt.to_string(), idle),
-            OutputMode::Incremental if is_stream => {
-                self.incremental(body, prompt.to_string(), idle)
+        let upstream = UpstreamBody { body, idle };
+        let body = match (mode, is_stream) {
+            (OutputMode::Off | OutputMode::Audit, false) if rewrite => {
+                return self.held(head, upstream, prompt, decisions, masker).await;
+            }
+            (OutputMode::Off | OutputMode::Audit, _) => {
+                let check = (mode == OutputMode::Audit).then(|| prompt.to_string());
+                let masker = rewrite.then_some(masker);
+                self.audit(upstream, is_stream, check, masker)
+            }
+            (OutputMode::Incremental, true) => {
+                self.incremental(upstream, prompt.to_string(), rewrite.then_some(masker))
             }
             _ => {
-                let upstream = UpstreamBody { body, idle };
                 return self
                     .buffered(head, upstream, is_stream, prompt, decisions, masker)
                     .await;
             }
         };
         Ok(self.annotated(Response::from_parts(head, body), &decisions))
+    }
+
+    /// A JSON answer held whole in a mode that does not wait for its check (`audit`, `off`),
+    /// so that its personal data is masked (and the request's restored) before it is relayed;
+    /// in `audit` mode it is checked afterwards.
+    async fn held(
+        &self,
+        head: response::Parts,
+        upstream: UpstreamBody,
+        prompt: &str,
+        mut decisions: Vec<Decision>,
+        mut masker: Masker,
+    ) -> Result<Response<Body>, Stop> {
+        let bytes = match self.collect_whole(upstream, &mut decisions).await? {
+            Ok(bytes) => bytes,
+            Err(body) => return Ok(self.annotated(Response::from_parts(head, body), &decisions)),
+        };
+        let (bytes, pii) =
+            protect_output(&self.gw, &self.profile, self.adapter, bytes, &mut masker);
+        if self.settings.proxy.output_mode == OutputMode::Audit {
+            let outputs = self
+                .adapter
+                .response_outputs(&bytes)
+                .ok_or(Unchecked::UnparsableResponse);
+            self.check_later(prompt.to_string(), outputs, pii);
+        } else if !pii.is_empty() {
+            let d = Decision::pii_only(Direction::Output, &self.profile, as_masked(pii));
+            check::record(&self.gw, &d, &self.request_id, self.adapter.protocol(), &[]);
+            decisions.push(d);
+        }
+        let body = full(restore(self.adapter, bytes, &masker));
+        Ok(self.annotated(Response::from_parts(head, body), &decisions))
+    }
+
+    /// The whole upstream body; or, when it is larger than the limit and the output check
+    /// fails open, the body to relay as it is (the decision that says so added to
+    /// `decisions`).
+    async fn collect_whole(
+        &self,
+        upstream: UpstreamBody,
+        decisions: &mut Vec<Decision>,
+    ) -> Result<Result<Bytes, Body>, Stop> {
+        let UpstreamBody { mut body, idle } = upstream;
+        match collect(&mut body, self.settings.proxy.max_response_bytes, idle).await {
+            Ok(b) => Ok(Ok(b)),
+            Err(CollectError::TooLarge(prefix)) => {
+                let d = self.output_failed(Unchecked::ResponseTooLarge);
+                if d.stops() {
+                    return Err(Stop::checked(d));
+                }
+                decisions.push(d);
+                Ok(Err(pass_through(body, idle, prefix)))
+            }
+            Err(CollectError::Failed) => Err(RequestError::UpstreamFailed.into()),
+            Err(CollectError::Stalled) => {
+                Err(RequestError::UpstreamStalled(idle.as_millis()).into())
+            }
+        }
     }
 
     /// Holds the whole response, checks it, and relays it or its blocked form.
@@ -320,28 +393,33 @@ impl Exchange {
         mut decisions: Vec<Decision>,
         mut masker: Masker,
     ) -> Result<Response<Body>, Stop> {
-        let UpstreamBody { mut body, idle } = upstream;
-        let bytes = match collect(&mut body, self.settings.proxy.max_response_bytes, idle).await {
-            Ok(b) => b,
-            Err(CollectError::TooLarge(prefix)) => {
-                let d = self.output_failed(Unchecked::ResponseTooLarge);
-                if d.stops() {
-                    return Err(Stop::checked(d));
-                }
-                decisions.push(d);
-                let body = pass_through(body, idle, prefix);
-                return Ok(self.annotated(Response::from_parts(head, body), &decisions));
-            }
-            Err(CollectError::Failed) => return Err(RequestError::UpstreamFailed.into()),
-            Err(CollectError::Stalled) => {
-                return Err(RequestError::UpstreamStalled(idle.as_millis()).into())
-            }
+        let bytes = match self.collect_whole(upstream, &mut decisions).await? {
+            Ok(bytes) => bytes,
+            Err(body) => return Ok(self.annotated(Response::from_parts(head, body), &decisions)),
         };
-        let (bytes, pii) = match is_stream {
-            false => protect_output(&self.gw, &self.profile, self.adapter, bytes, &mut masker),
-            true => (bytes, BTreeMap::new()),
+        let (shown, texts, pii, collector) = if is_stream {
+            // Checked as the upstream wrote it (masked, not restored); relayed rewritten.
+            let outputs = read_outputs(self.adapter, &bytes).outputs();
+            let pii = found_in_outputs(&self.profile, &outputs);
+            count_in_metrics(&self.gw, Direction::Output, &pii);
+            let texts = masked(&masker, outputs);
+            let shown = match rewrites_output(&self.profile, &masker) {
+                true => rewrite_stream(self.adapter, &mut masker, &bytes),
+                false => bytes,
+            };
+            let collector = read_outputs(self.adapter, &shown);
+            (shown, Some(texts), pii, Some(collector))
+        } else {
+            let (bytes, pii) =
+                protect_output(&self.gw, &self.profile, self.adapter, bytes, &mut masker);
+            let texts = self.adapter.response_outputs(&bytes);
+            (
+                restore(self.adapter, bytes.clone(), &masker),
+                texts,
+                pii,
+                None,
+            )
         };
-        let Outputs { texts, collector } = read_outputs(self.adapter, &bytes, is_stream);
         let output = match texts {
             Some(texts) => self.check_output(prompt, texts, pii).await,
             None => self.output_failed(Unchecked::UnparsableResponse),
@@ -355,7 +433,7 @@ impl Exchange {
                     // Texts were read only from bodies a `Value` accepts (see
                     // `Adapter::response_outputs`); were one refused, nothing of it is sent.
                     None => {
-                        let mut v = serde_json::from_slice::<Value>(&bytes)
+                        let mut v = serde_json::from_slice::<Value>(&shown)
                             .map_err(|_| RequestError::UpstreamUnrewritable)?;
                         self.adapter
                             .block_outputs(&mut v, &output.parts_blocked, &block);
@@ -363,10 +441,7 @@ impl Exchange {
                     }
                 }
             }
-            Disposition::Pass | Disposition::Flag => match is_stream {
-                false => full(restore(self.adapter, bytes, &masker)),
-                true => full(bytes),
-            },
+            Disposition::Pass | Disposition::Flag => full(shown),
         };
         decisions.push(output);
         Ok(self.annotated(Response::from_parts(head, body), &decisions))
@@ -456,12 +531,13 @@ impl Exchange {
         response
     }
 
-    /// Relays a stream as it is scored; see [`OutputMode::Incremental`].
-    fn incremental(&self, upstream: Incoming, prompt: String, idle: Duration) -> Body {
+    /// Relays a stream as it is scored; see [`OutputMode::Incremental`]. With a masker, what
+    /// is relayed is masked (and the request's placeholders restored) on the way.
+    fn incremental(&self, upstream: UpstreamBody, prompt: String, masker: Option<Masker>) -> Body {
         let (tx, body) = channel(16);
         let ex = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = ex.run_incremental(upstream, &prompt, idle, &tx).await {
+            if let Err(e) = ex.run_incremental(upstream, &prompt, masker, &tx).await {
                 let _ = tx.send(Err(e.into())).await;
             }
         });
@@ -470,16 +546,22 @@ impl Exchange {
 
     async fn run_incremental(
         &self,
-        mut upstream: Incoming,
+        upstream: UpstreamBody,
         prompt: &str,
-        idle: Duration,
+        masker: Option<Masker>,
         tx: &ChannelSender,
     ) -> Result<(), &'static str> {
+        let UpstreamBody {
+            body: mut upstream,
+            idle,
+        } = upstream;
         let every = self.settings.proxy.incremental_chars;
         let mut scoring = (Parser::new(), self.adapter.collector());
         let mut released = (Parser::new(), self.adapter.collector());
+        let mut rewriting = masker.map(|m| (StreamRewriter::new(self.adapter), m));
         let mut held: Vec<u8> = Vec::new();
         let (mut total, mut sent, mut checked) = (0u64, 0u64, 0usize);
+        let mut pii = BTreeMap::new();
         loop {
             let done = match next_frame(&mut upstream, idle).await? {
                 Some(data) => {
@@ -504,13 +586,24 @@ impl Exchange {
             }
             if length > checked || (done && checked == 0) {
                 checked = length;
-                let d = self.check_output(prompt, outputs, BTreeMap::new()).await;
+                pii = found_in_outputs(&self.profile, &outputs);
+                let texts = match &mut rewriting {
+                    Some((_, masker)) => masked(masker, outputs),
+                    None => outputs,
+                };
+                let d = self.check_output(prompt, texts, pii.clone()).await;
                 if d.stops() {
+                    count_in_metrics(&self.gw, Direction::Output, &pii);
                     let block = self.block(&d);
-                    let end = if sent == 0 {
-                        scoring.1.blocked_stream(&d.parts_blocked, &block)
-                    } else {
+                    let end = if sent > 0 {
                         released.1.terminate(&block)
+                    } else if let Some((rewriter, masker)) = &mut rewriting {
+                        // The choices not withheld are replayed as the client would see them.
+                        let mut shown = rewriter.feed(masker, &held);
+                        shown.extend(rewriter.finish(masker));
+                        read_outputs(self.adapter, &shown).blocked_stream(&d.parts_blocked, &block)
+                    } else {
+                        scoring.1.blocked_stream(&d.parts_blocked, &block)
                     };
                     let _ = tx.send(Ok(Bytes::from(end))).await;
                     return Ok(());
@@ -522,7 +615,13 @@ impl Exchange {
                 scoring.0.complete_through()
             };
             if upto > sent {
-                let release: Vec<u8> = held.drain(..(upto - sent) as usize).collect();
+                let mut release: Vec<u8> = held.drain(..(upto - sent) as usize).collect();
+                if let Some((rewriter, masker)) = &mut rewriting {
+                    release = rewriter.feed(masker, &release);
+                    if done {
+                        release.extend(rewriter.finish(masker));
+                    }
+                }
                 for event in released.0.feed(&release) {
                     released.1.event(&event);
                 }
@@ -532,61 +631,108 @@ impl Exchange {
                 }
             }
             if done {
+                count_in_metrics(&self.gw, Direction::Output, &pii);
                 return Ok(());
             }
         }
     }
 
-    /// Relays the response at once and scores it when it is complete (record only).
-    fn audit(&self, upstream: Incoming, is_stream: bool, prompt: String, idle: Duration) -> Body {
+    /// Relays the response at once; with `check` (the prompt, in `audit` mode), scores it when
+    /// it is complete (record only). With a masker, a stream is masked (and the request's
+    /// placeholders restored) on the way, and what was found is recorded.
+    fn audit(
+        &self,
+        upstream: UpstreamBody,
+        is_stream: bool,
+        check: Option<String>,
+        masker: Option<Masker>,
+    ) -> Body {
+        let UpstreamBody { body, idle } = upstream;
         let limit = self.settings.proxy.max_response_bytes;
         let state = Arc::new(Mutex::new(AuditState {
             parser: Parser::new(),
             collector: self.adapter.collector(),
             json: Vec::new(),
             overflow: false,
+            rewriting: masker.map(|m| (StreamRewriter::new(self.adapter), m)),
         }));
         let tap_state = state.clone();
-        let tap = move |data: &Bytes| {
+        let tap = move |data: Bytes| {
             let mut s = tap_state.lock().unwrap_or_else(|e| e.into_inner());
+            let s = &mut *s;
             if is_stream {
-                for event in s.parser.feed(data) {
+                for event in s.parser.feed(&data) {
                     s.collector.event(&event);
                 }
             } else if s.json.len() + data.len() <= limit {
-                s.json.extend_from_slice(data);
+                s.json.extend_from_slice(&data);
             } else {
                 s.overflow = true;
+            }
+            match &mut s.rewriting {
+                Some((rewriter, masker)) if is_stream => Bytes::from(rewriter.feed(masker, &data)),
+                _ => data,
             }
         };
         let ex = self.clone();
         let done = move |end: RelayEnd| {
             if end != RelayEnd::Complete {
-                return;
+                return Bytes::new();
             }
             let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
-            let outputs = if is_stream {
+            let s = &mut *s;
+            let (outputs, rest) = if is_stream {
                 if let Some(event) = s.parser.finish() {
                     s.collector.event(&event);
                 }
-                Ok(s.collector.outputs())
-            } else if s.overflow {
-                Err(Unchecked::ResponseTooLarge)
-            } else {
-                ex.adapter
-                    .response_outputs(&s.json)
-                    .ok_or(Unchecked::UnparsableResponse)
-            };
-            drop(s);
-            tokio::spawn(async move {
-                let d = match outputs {
-                    Ok(outputs) => ex.check_output(&prompt, outputs, BTreeMap::new()).await,
-                    Err(why) => ex.output_failed(why),
+                let rest = match &mut s.rewriting {
+                    Some((rewriter, masker)) => Bytes::from(rewriter.finish(masker)),
+                    None => Bytes::new(),
                 };
-                tracing::info!(request_id = %ex.request_id, action = d.disposition.as_str(), "audited response");
-            });
+                (Ok(s.collector.outputs()), rest)
+            } else if s.overflow {
+                (Err(Unchecked::ResponseTooLarge), Bytes::new())
+            } else {
+                let outputs = ex.adapter.response_outputs(&s.json);
+                (outputs.ok_or(Unchecked::UnparsableResponse), Bytes::new())
+            };
+            let pii = match (&outputs, &mut s.rewriting) {
+                (Ok(outputs), Some(_)) => found_in_outputs(&ex.profile, outputs),
+                _ => BTreeMap::new(),
+            };
+            count_in_metrics(&ex.gw, Direction::Output, &pii);
+            let outputs = match (outputs, &mut s.rewriting) {
+                (Ok(outputs), Some((_, masker))) => Ok(masked(masker, outputs)),
+                (outputs, _) => outputs,
+            };
+            match check {
+                Some(prompt) => ex.check_later(prompt, outputs, pii),
+                None if !pii.is_empty() => {
+                    let d = Decision::pii_only(Direction::Output, &ex.profile, as_masked(pii));
+                    check::record(&ex.gw, &d, &ex.request_id, ex.adapter.protocol(), &[]);
+                }
+                None => {}
+            }
+            rest
         };
-        relay(upstream, idle, tap, done)
+        relay(body, idle, tap, done)
+    }
+
+    /// Checks the answer's texts in the background (record only).
+    fn check_later(
+        &self,
+        prompt: String,
+        outputs: Result<Vec<String>, Unchecked>,
+        pii: BTreeMap<Kind, PiiFound>,
+    ) {
+        let ex = self.clone();
+        tokio::spawn(async move {
+            let d = match outputs {
+                Ok(outputs) => ex.check_output(&prompt, outputs, pii).await,
+                Err(why) => ex.output_failed(why),
+            };
+            tracing::info!(request_id = %ex.request_id, action = d.disposition.as_str(), "audited response");
+        });
     }
 }
 
@@ -634,33 +780,45 @@ async fn next_frame(body: &mut Incoming, idle: Duration) -> Result<Option<Bytes>
     }
 }
 
-/// A whole response as the output check sees it.
-struct Outputs {
-    /// One text per choice; `None` when the body is not what the protocol promises.
-    texts: Option<Vec<String>>,
-    /// The stream's collector (streamed responses).
-    collector: Option<Box<dyn StreamCollector>>,
+/// A collector that has read a whole stream.
+fn read_outputs(adapter: &dyn Adapter, bytes: &[u8]) -> Box<dyn StreamCollector> {
+    let mut collector = adapter.collector();
+    let mut parser = Parser::new();
+    let mut events = parser.feed(bytes);
+    events.extend(parser.finish());
+    for event in &events {
+        collector.event(event);
+    }
+    collector
 }
 
-fn read_outputs(adapter: &dyn Adapter, bytes: &[u8], is_stream: bool) -> Outputs {
-    if is_stream {
-        let mut collector = adapter.collector();
-        let mut parser = Parser::new();
-        let mut events = parser.feed(bytes);
-        events.extend(parser.finish());
-        for event in &events {
-            collector.event(event);
-        }
-        Outputs {
-            texts: Some(collector.outputs()),
-            collector: Some(collector),
-        }
-    } else {
-        Outputs {
-            texts: adapter.response_outputs(bytes),
-            collector: None,
+/// A whole stream, masked (and the request's placeholders restored).
+fn rewrite_stream(adapter: &'static dyn Adapter, masker: &mut Masker, bytes: &[u8]) -> Bytes {
+    let mut rewriter = StreamRewriter::new(adapter);
+    let mut out = rewriter.feed(masker, bytes);
+    out.extend(rewriter.finish(masker));
+    Bytes::from(out)
+}
+
+/// Answer texts as the output check reads them: masked, the placeholders not restored. The
+/// numbering goes on from `masker`'s in a copy, so that a value the check sees cut short (a
+/// stream checked as it grows) takes no number from the client's.
+fn masked(masker: &Masker, outputs: Vec<String>) -> Vec<String> {
+    let mut masker = masker.clone();
+    outputs
+        .into_iter()
+        .map(|o| masker.mask(&o).unwrap_or(o))
+        .collect()
+}
+
+/// What was found where nothing can be withheld (`off` mode): a blocked kind was masked.
+fn as_masked(mut pii: BTreeMap<Kind, PiiFound>) -> BTreeMap<Kind, PiiFound> {
+    for f in pii.values_mut() {
+        if f.action == PiiAction::Block {
+            f.action = PiiAction::Mask;
         }
     }
+    pii
 }
 
 /// What an audited response accumulates while it is relayed.
@@ -669,6 +827,8 @@ struct AuditState {
     collector: Box<dyn StreamCollector>,
     json: Vec<u8>,
     overflow: bool,
+    /// A stream's masking, where the profile masks or restores.
+    rewriting: Option<(StreamRewriter, Masker)>,
 }
 
 #[cfg(test)]

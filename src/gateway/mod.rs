@@ -13,7 +13,7 @@ mod headers;
 mod hot_metrics;
 pub mod metrics;
 pub mod moderations;
-mod pii;
+pub mod pii;
 pub mod protocols;
 mod routes;
 

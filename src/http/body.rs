@@ -148,13 +148,14 @@ pub enum RelayEnd {
     ClientGone,
 }
 
-/// Relays an upstream body to the client as it arrives, showing each piece to `tap` and the
-/// way it ended to `done`.
+/// Relays an upstream body to the client as it arrives: each piece as `tap` gives it back (it
+/// may hold some of it back), and, when the upstream finished the body, what `done` gives
+/// back (told the way the body ended) after the last.
 pub fn relay(
     mut upstream: Incoming,
     idle: Duration,
-    mut tap: impl FnMut(&Bytes) + Send + 'static,
-    done: impl FnOnce(RelayEnd) + Send + 'static,
+    mut tap: impl FnMut(Bytes) -> Bytes + Send + 'static,
+    done: impl FnOnce(RelayEnd) -> Bytes + Send + 'static,
 ) -> Body {
     let (tx, body) = channel(16);
     tokio::spawn(async move {
@@ -162,13 +163,19 @@ pub fn relay(
             match tokio::time::timeout(idle, upstream.frame()).await {
                 Ok(Some(Ok(frame))) => {
                     if let Ok(data) = frame.into_data() {
-                        tap(&data);
-                        if tx.send(Ok(data)).await.is_err() {
+                        let data = tap(data);
+                        if !data.is_empty() && tx.send(Ok(data)).await.is_err() {
                             break RelayEnd::ClientGone;
                         }
                     }
                 }
-                Ok(None) => break RelayEnd::Complete,
+                Ok(None) => {
+                    let last = done(RelayEnd::Complete);
+                    if !last.is_empty() {
+                        let _ = tx.send(Ok(last)).await;
+                    }
+                    return;
+                }
                 Ok(Some(Err(e))) => {
                     let _ = tx.send(Err(Box::new(e) as BoxError)).await;
                     break RelayEnd::UpstreamFailed;
@@ -179,7 +186,8 @@ pub fn relay(
                 }
             }
         };
-        done(end);
+        // Nothing more goes to a client that is gone or to a body that broke off.
+        let _ = done(end);
     });
     body
 }

@@ -13,7 +13,7 @@ static PLACEHOLDER: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"\[[A-Z_]+_[0-9]+\]").expect("the placeholder pattern is valid"));
 
 /// Masks the kinds it was made for, numbering values per kind.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Masker {
     kinds: Vec<Kind>,
     numbers: HashMap<(Kind, String), String>,

@@ -92,7 +92,7 @@ pub fn matches(kind: Kind, text: &str) -> Vec<Range<usize>> {
             alone(r, is_word) && phone(&text[r.clone()])
         }),
         Kind::Email => keep(all(&EMAIL), |r| {
-            alone(r, is_email_char) && email(&text[r.clone()])
+            email_alone(text, r) && email(&text[r.clone()])
         }),
         Kind::Ip => {
             let v4 = keep(all(&IPV4), |r| {
@@ -153,6 +153,19 @@ fn is_hex_word(c: char) -> bool {
 
 fn is_email_char(c: char) -> bool {
     is_word(c) || matches!(c, '.' | '%' | '+' | '-' | '@')
+}
+
+/// An address not inside a longer one: a full stop or dash after it continues it only when
+/// a letter or digit follows (`mail bo@example.org.` ends a sentence).
+fn email_alone(text: &str, range: &Range<usize>) -> bool {
+    let before = text[..range.start].chars().next_back();
+    let mut after = text[range.end..].chars();
+    let continues = match after.next() {
+        Some('.' | '-') => after.next().is_some_and(is_word),
+        Some(c) => is_email_char(c),
+        None => false,
+    };
+    !before.is_some_and(is_email_char) && !continues
 }
 
 /// An IPv4-looking run that is part of a longer dotted number (`1.2.3.4.5`, a version).
@@ -491,6 +504,14 @@ mod tests {
         assert_eq!(
             found(Kind::Email, "联系我jane@example.com谢谢"),
             ["jane@example.com"]
+        );
+        assert_eq!(
+            found(
+                Kind::Email,
+                "Write to bo@example.org. Or to al@example.net-"
+            ),
+            ["bo@example.org", "al@example.net"],
+            "a sentence's full stop or a dash after it ends an address"
         );
         for bad in [
             "@handle",

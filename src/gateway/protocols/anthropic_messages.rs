@@ -15,7 +15,7 @@ use super::json::{
 };
 use super::{
     add_user_turns, block_message, filter_results, push_part, set, start, with_roles, Adapter,
-    Answer, Block, Conversation, Place, StreamCollector,
+    Answer, Block, Conversation, EventTexts, Place, StreamCollector,
 };
 
 /// The Messages adapter.
@@ -139,6 +139,30 @@ impl Adapter for AnthropicMessages {
 
     fn collector(&self) -> Box<dyn StreamCollector> {
         Box::new(MessageStream::default())
+    }
+
+    /// A `content_block_delta`'s text or partial JSON is a piece of text `(index, 0)`, ended by
+    /// its `content_block_stop`; `message_delta` and `message_stop` end every text. A block's
+    /// start gives its text and input whole.
+    fn stream_texts(&self, event: &Event) -> EventTexts {
+        let data = event.data.as_str();
+        let Ok((read, spans)) = read_with_texts::<StreamEvent<'_>>(data.as_bytes()) else {
+            return EventTexts::default();
+        };
+        let index = read.index.get().copied().unwrap_or(0);
+        let piece = read
+            .delta
+            .get()
+            .and_then(|Object(d)| d.text.get().or(d.partial_json.get()))
+            .and_then(|t| t.span_in(data));
+        let kind_span = read.kind.get().and_then(|k| k.span_in(data));
+        let mut texts = EventTexts::read(spans, piece.map(|span| ((index, 0), span)), kind_span);
+        match read.kind.get().map(|k| &**k) {
+            Some("content_block_stop") => texts.end_all_of(index),
+            Some("message_delta" | "message_stop") => return EventTexts::ending_all(),
+            _ => {}
+        }
+        texts
     }
 }
 

@@ -132,8 +132,20 @@ pub fn is_type_error(e: &serde_json::Error) -> bool {
     e.classify() == Category::Data && !e.to_string().starts_with(UNDECODABLE)
 }
 
-/// A JSON string, borrowed from the body unless it has escapes.
-pub struct Text<'a>(Cow<'a, str>);
+/// A JSON string, borrowed from the body unless it has escapes, and the token it was read from.
+pub struct Text<'a> {
+    text: Cow<'a, str>,
+    token: &'a str,
+}
+
+impl Text<'_> {
+    /// Where its token (with the quotes) sits in `data`, the JSON it was read from.
+    pub fn span_in(&self, data: &str) -> Option<Range<usize>> {
+        let start = (self.token.as_ptr() as usize).checked_sub(data.as_ptr() as usize)?;
+        let end = start + self.token.len();
+        (end <= data.len()).then_some(start..end)
+    }
+}
 
 impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -152,7 +164,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
             Cow::Borrowed(inner)
         };
         note(token);
-        Ok(Text(text))
+        Ok(Text { text, token })
     }
 }
 
@@ -229,7 +241,7 @@ impl std::ops::Deref for Text<'_> {
     type Target = str;
 
     fn deref(&self) -> &str {
-        &self.0
+        &self.text
     }
 }
 
@@ -373,7 +385,7 @@ mod tests {
 
     impl fmt::Debug for Text<'_> {
         fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            self.0.fmt(f)
+            self.text.fmt(f)
         }
     }
 

@@ -42,6 +42,60 @@ pub struct Answer {
     pub texts: Vec<std::ops::Range<usize>>,
 }
 
+/// Which streamed text a piece continues: the choice, output item or content block, and the
+/// text within it (a choice's content, one of its tool calls' arguments).
+pub type TextKey = (u64, u64);
+
+/// Where the texts of one streamed event sit in its data (JSON string tokens with their
+/// quotes).
+#[derive(Debug, Default, PartialEq)]
+pub struct EventTexts {
+    /// Pieces of texts that stream across events, each with the text it continues.
+    pub pieces: Vec<(TextKey, std::ops::Range<usize>)>,
+    /// Texts the event gives whole (a done event's text, a final snapshot of the answer).
+    pub whole: Vec<std::ops::Range<usize>>,
+    /// The streamed texts this event ends.
+    pub ends: Vec<std::ops::RangeInclusive<TextKey>>,
+}
+
+impl EventTexts {
+    /// The texts of an event whose reading listed them all (`spans`): `piece` streams, the
+    /// event's `type` token is no text, the others are whole.
+    pub fn read(
+        spans: Vec<std::ops::Range<usize>>,
+        piece: Option<(TextKey, std::ops::Range<usize>)>,
+        kind: Option<std::ops::Range<usize>>,
+    ) -> Self {
+        let is_piece = |s: &std::ops::Range<usize>| piece.as_ref().is_some_and(|(_, p)| p == s);
+        Self {
+            whole: spans
+                .into_iter()
+                .filter(|s| !is_piece(s) && Some(s) != kind.as_ref())
+                .collect(),
+            pieces: piece.into_iter().collect(),
+            ends: Vec::new(),
+        }
+    }
+
+    /// An event that ends every streamed text (the stream's last).
+    pub fn ending_all() -> Self {
+        Self {
+            ends: vec![(0, 0)..=(u64::MAX, u64::MAX)],
+            ..Self::default()
+        }
+    }
+
+    /// Ends every text of choice, item or block `index`.
+    pub fn end_all_of(&mut self, index: u64) {
+        self.ends.push((index, 0)..=(index, u64::MAX));
+    }
+
+    /// Whether the event ends the text `key`.
+    pub fn ends(&self, key: &TextKey) -> bool {
+        self.ends.iter().any(|r| r.contains(key))
+    }
+}
+
 /// How a block is shown.
 pub struct Block<'a> {
     /// The decision behind it.
@@ -76,6 +130,9 @@ pub trait Adapter: Send + Sync {
     fn block_outputs(&self, body: &mut Value, blocked: &[bool], block: &Block<'_>);
     /// A collector for a streamed response.
     fn collector(&self) -> Box<dyn StreamCollector>;
+    /// Where the texts of one streamed event are (what masking rewrites), and which streamed
+    /// texts it ends.
+    fn stream_texts(&self, event: &Event) -> EventTexts;
 }
 
 /// Follows a streamed response, event by event.

@@ -14,7 +14,7 @@ use super::json::{
 use super::{
     add_user_turns, chunk_meta, cut_choices, data_frame, filter_results, indexed_outputs,
     push_part, set, start, with_roles, withhold_choices, Adapter, Answer, Block, Conversation,
-    Place, StreamCollector,
+    EventTexts, Place, StreamCollector,
 };
 use crate::gateway::protocols::sse::Event;
 
@@ -82,6 +82,41 @@ impl Adapter for OpenAiChat {
 
     fn collector(&self) -> Box<dyn StreamCollector> {
         Box::new(ChatStream::default())
+    }
+
+    /// A choice's content is text `(choice, 0)`, its tool call `i`'s arguments `(choice, 1 + i)`;
+    /// a `finish_reason` ends the choice's texts, `[DONE]` every text.
+    fn stream_texts(&self, event: &Event) -> EventTexts {
+        if event.data.trim() == "[DONE]" {
+            return EventTexts::ending_all();
+        }
+        let data = event.data.as_str();
+        let mut texts = EventTexts::default();
+        let Ok(chunk) = read_body::<Chunk<'_>>(data.as_bytes()) else {
+            return texts;
+        };
+        for c in items(&chunk.choices).flatten() {
+            let index = c.index.get().copied().unwrap_or(0);
+            if let Some(Object(delta)) = c.delta.get() {
+                let content = delta.content.get().and_then(|t| t.span_in(data));
+                texts.pieces.extend(content.map(|span| ((index, 0), span)));
+                for call in items(&delta.tool_calls).flatten() {
+                    let i = call.index.get().copied().unwrap_or(0);
+                    let arguments = call
+                        .function
+                        .get()
+                        .and_then(|Object(f)| f.arguments.get())
+                        .and_then(|a| a.span_in(data));
+                    texts
+                        .pieces
+                        .extend(arguments.map(|span| ((index, i.saturating_add(1)), span)));
+                }
+            }
+            if c.finish_reason.as_ref().is_some_and(|f| !f.is_null()) {
+                texts.end_all_of(index);
+            }
+        }
+        texts
     }
 }
 

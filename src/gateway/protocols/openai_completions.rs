@@ -12,7 +12,7 @@ use crate::config::Scan;
 use super::json::{is_type_error, items, read_body, read_with_texts, text, Items, Lenient, Text};
 use super::{
     chunk_meta, cut_choices, data_frame, filter_results, indexed_outputs, push_part, set, start,
-    withhold_choices, Adapter, Answer, Block, Conversation, StreamCollector,
+    withhold_choices, Adapter, Answer, Block, Conversation, EventTexts, StreamCollector,
 };
 use crate::gateway::protocols::sse::Event;
 
@@ -63,6 +63,28 @@ impl Adapter for OpenAiCompletions {
 
     fn collector(&self) -> Box<dyn StreamCollector> {
         Box::new(CompletionStream::default())
+    }
+
+    /// A choice's text is text `(choice, 0)`, ended by its `finish_reason`; `[DONE]` ends
+    /// every text.
+    fn stream_texts(&self, event: &Event) -> EventTexts {
+        if event.data.trim() == "[DONE]" {
+            return EventTexts::ending_all();
+        }
+        let data = event.data.as_str();
+        let mut texts = EventTexts::default();
+        let Ok(chunk) = read_body::<Completion<'_>>(data.as_bytes()) else {
+            return texts;
+        };
+        for c in items(&chunk.choices).flatten() {
+            let index = c.index.get().copied().unwrap_or(0);
+            let span = c.text.get().and_then(|t| t.span_in(data));
+            texts.pieces.extend(span.map(|span| ((index, 0), span)));
+            if c.finish_reason.as_ref().is_some_and(|f| !f.is_null()) {
+                texts.end_all_of(index);
+            }
+        }
+        texts
     }
 }
 

@@ -12,7 +12,7 @@ use super::json::{
     content_text, items, read_body, read_with_texts, text, Content, Items, Lenient, Object, Text,
 };
 use super::{
-    add_user_turns, push_part, set, start, Adapter, Answer, Block, Conversation, Place,
+    add_user_turns, push_part, set, start, Adapter, Answer, Block, Conversation, EventTexts, Place,
     StreamCollector,
 };
 
@@ -98,6 +98,52 @@ impl Adapter for OpenAiResponses {
     fn collector(&self) -> Box<dyn StreamCollector> {
         Box::new(ResponseStream::default())
     }
+
+    /// Every `*.delta` event's `delta` (audio aside) is a piece of text `(output_index,
+    /// content_index or summary_index)`; a `*.done` event ends its text (the whole output item
+    /// without a content index); an event with the `response` ends every text. The texts
+    /// `*.done` events, items, parts and responses carry are whole texts.
+    fn stream_texts(&self, event: &Event) -> EventTexts {
+        let data = event.data.as_str();
+        let Ok((read, spans)) = read_with_texts::<StreamTexts<'_>>(data.as_bytes()) else {
+            return EventTexts::default();
+        };
+        let kind = text(&read.kind);
+        let key = (
+            read.output_index.get().copied().unwrap_or(0),
+            read.content_index
+                .get()
+                .or(read.summary_index.get())
+                .copied()
+                .unwrap_or(0),
+        );
+        let delta = read
+            .delta
+            .get()
+            .filter(|_| kind.ends_with(".delta") && kind != "response.audio.delta")
+            .and_then(|d| d.span_in(data));
+        let kind_span = read.kind.get().and_then(|k| k.span_in(data));
+        let mut texts = EventTexts::read(spans, delta.map(|span| (key, span)), kind_span);
+        if read.response.get().is_some() || kind == "error" {
+            return EventTexts {
+                ends: EventTexts::ending_all().ends,
+                ..texts
+            };
+        }
+        if kind.ends_with(".done") {
+            if read
+                .content_index
+                .get()
+                .or(read.summary_index.get())
+                .is_some()
+            {
+                texts.ends.push(key..=key);
+            } else {
+                texts.end_all_of(key.0);
+            }
+        }
+        texts
+    }
 }
 
 /// What the input check reads of a request: `input` is a string or a list of items.
@@ -144,6 +190,9 @@ struct Item<'a> {
     content: Items<Part<'a>>,
     #[serde(borrow)]
     arguments: Lenient<Text<'a>>,
+    /// A reasoning item's summary: not checked, but masked like the rest.
+    #[serde(borrow)]
+    summary: Items<Part<'a>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -171,6 +220,30 @@ fn withhold(response: &mut Value, replacement: &str) {
             "content": [{"type": "output_text", "text": replacement, "annotations": []}],
         }]),
     );
+}
+
+/// Where the texts of a streamed event are: a delta, or the whole texts of a done event, an
+/// item, a part or the response.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct StreamTexts<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: Lenient<Text<'a>>,
+    output_index: Lenient<u64>,
+    content_index: Lenient<u64>,
+    summary_index: Lenient<u64>,
+    #[serde(borrow)]
+    delta: Lenient<Text<'a>>,
+    #[serde(borrow)]
+    text: Lenient<Text<'a>>,
+    #[serde(borrow)]
+    arguments: Lenient<Text<'a>>,
+    #[serde(borrow)]
+    part: Lenient<Object<Part<'a>>>,
+    #[serde(borrow)]
+    item: Lenient<Object<Item<'a>>>,
+    #[serde(borrow)]
+    response: Lenient<Object<Response<'a>>>,
 }
 
 /// What the output check reads of a streamed event; `response` is kept as sent, for the events

@@ -2,6 +2,8 @@
 //! delivers (events split anywhere, `\n`, `\r\n` or `\r` line ends, comments) and a frame
 //! writer.
 
+use std::ops::Range;
+
 /// One parsed event.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Event {
@@ -31,6 +33,15 @@ impl Parser {
 
     /// Feeds the next piece of the stream; returns the events it completes.
     pub fn feed(&mut self, bytes: &[u8]) -> Vec<Event> {
+        self.feed_with_spans(bytes)
+            .into_iter()
+            .map(|(event, _)| event)
+            .collect()
+    }
+
+    /// [`Parser::feed`], each event with where its lines are in the stream: from just past the
+    /// blank line before them to just past its own.
+    pub fn feed_with_spans(&mut self, bytes: &[u8]) -> Vec<(Event, Range<u64>)> {
         self.pending.extend_from_slice(bytes);
         let mut events = Vec::new();
         let mut start = 0;
@@ -48,11 +59,12 @@ impl Parser {
             };
             let line = String::from_utf8_lossy(&self.pending[start..end]).into_owned();
             start = next;
+            let begun = self.complete;
             if line.is_empty() {
                 self.complete = self.offset + start as u64;
             }
             if let Some(event) = self.line(&line) {
-                events.push(event);
+                events.push((event, begun..self.complete));
             }
         }
         self.pending.drain(..start);

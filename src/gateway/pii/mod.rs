@@ -4,18 +4,24 @@
 //! answer where the profile asks. Only the texts the protocol's reading found are touched;
 //! every other byte of a body is sent as it came.
 
+mod stream;
+
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
 use crate::config::{PiiAction, Scan};
-use crate::pii::{count_json_strings, mask_json_strings, rewrite_json_strings, Kind, Masker};
+use crate::pii::{
+    count, count_json_strings, mask_json_strings, rewrite_json_strings, Kind, Masker,
+};
 use crate::policy::profiles::Profile;
 
 use super::decision::{Decision, Direction, PiiFound};
 use super::error::RequestError;
 use super::protocols::{Adapter, Conversation};
 use super::Gateway;
+
+pub use stream::StreamRewriter;
 
 /// A request after the profile's rules: the body to send, what to check in it, and what was
 /// found.
@@ -55,7 +61,7 @@ pub fn protect_input(
         .map(|(kind, _)| kind.name())
         .collect();
     if !blocked.is_empty() {
-        let decision = Decision::pii_only(profile, found.clone());
+        let decision = Decision::pii_only(Direction::Input, profile, found.clone());
         super::check::record(gw, &decision, request_id, adapter.protocol(), &[]);
         return Err(RequestError::PiiBlocked(blocked.join(", ")));
     }
@@ -142,20 +148,62 @@ fn found_in(
         return BTreeMap::new();
     }
     let kinds: Vec<Kind> = rules.keys().copied().collect();
-    let found: BTreeMap<Kind, PiiFound> = count_json_strings(body, spans, &kinds)
-        .into_iter()
-        .map(|(kind, count)| {
-            let action = rules.get(&kind).copied().unwrap_or(PiiAction::Off);
-            (kind, PiiFound { count, action })
-        })
-        .collect();
-    for (kind, f) in &found {
+    let found = with_rules(rules, count_json_strings(body, spans, &kinds));
+    count_in_metrics(gw, direction, &found);
+    found
+}
+
+/// What the profile's output rules find in a streamed answer's texts (not yet counted in the
+/// metrics: a stream is checked again as it grows).
+pub fn found_in_outputs(profile: &Profile, outputs: &[String]) -> BTreeMap<Kind, PiiFound> {
+    let rules = &profile.pii_output;
+    if rules.is_empty() {
+        return BTreeMap::new();
+    }
+    let kinds: Vec<Kind> = rules.keys().copied().collect();
+    with_rules(rules, count(outputs.iter().map(String::as_str), &kinds))
+}
+
+/// Counts `found` in the metrics.
+pub fn count_in_metrics(gw: &Gateway, direction: Direction, found: &BTreeMap<Kind, PiiFound>) {
+    for (kind, f) in found {
         gw.metrics
             .pii_found
             .with_label_values(&[direction.as_str(), kind.name(), f.action.as_str()])
             .inc_by(f.count as u64);
     }
-    found
+}
+
+/// Counts per kind with the action `rules` give each.
+fn with_rules(
+    rules: &BTreeMap<Kind, PiiAction>,
+    counts: BTreeMap<Kind, usize>,
+) -> BTreeMap<Kind, PiiFound> {
+    counts
+        .into_iter()
+        .map(|(kind, count)| {
+            let action = rules.get(&kind).copied().unwrap_or(PiiAction::Off);
+            (kind, PiiFound { count, action })
+        })
+        .collect()
+}
+
+/// The kinds a streamed answer is masked for: those masked, and those blocked (so that no
+/// part of a blocked value is relayed before the check that withholds the rest sees it
+/// whole; where the output mode withholds nothing, masking is what a block can do).
+pub fn stream_kinds(profile: &Profile) -> Vec<Kind> {
+    profile
+        .pii_output
+        .iter()
+        .filter(|(_, a)| matches!(a, PiiAction::Mask | PiiAction::Block))
+        .map(|(kind, _)| *kind)
+        .collect()
+}
+
+/// Whether answers are rewritten: the profile masks or blocks kinds in them, or restores the
+/// request's placeholders.
+pub fn rewrites_output(profile: &Profile, masker: &Masker) -> bool {
+    !stream_kinds(profile).is_empty() || masker.restores()
 }
 
 /// The kinds found whose action is `action`.
