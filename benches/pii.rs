@@ -1,7 +1,8 @@
 //! Personal data and secrets: what finding and masking every kind costs per KiB of text, for
-//! prose without any, prose with a few, and text dense with them; and the same text masked as
-//! a stream in pieces of 16 characters (an answer's SSE deltas). Prints a table; compare with
-//! one check's time (seconds on CPU, milliseconds on a GPU).
+//! prose without any, prose with a few, and text dense with them; and the same text streamed as
+//! a Chat Completions answer (server-sent events of 16 characters each) masked as the gateway
+//! masks it, reads of 1 KiB. Prints a table; compare with one check's time (seconds on CPU,
+//! milliseconds on a GPU).
 //!
 //! Run: `cargo bench --bench pii` (SHIELDGATE_BENCH_KIB: text size, default 64).
 
@@ -9,7 +10,10 @@ mod common;
 
 use std::time::Instant;
 
-use shieldgate::pii::{every_kind, Masker, StreamMasker};
+use shieldgate::gateway::pii::StreamRewriter;
+use shieldgate::gateway::protocols::for_path;
+use shieldgate::gateway::protocols::sse::frame;
+use shieldgate::pii::{every_kind, Masker};
 
 use common::{cpu_name, number};
 
@@ -27,7 +31,9 @@ fn main() {
         cpu_name()
     );
     println!();
-    println!("| text | found | whole text (µs/KiB) | stream of 16-char pieces (µs/KiB) |");
+    println!(
+        "| text | found | whole text (µs/KiB) | SSE stream, 16-character deltas (µs/KiB of text) |"
+    );
     println!("|---|---|---|---|");
     for (name, unit) in [
         ("prose, none", PROSE),
@@ -44,19 +50,31 @@ fn main() {
             found = masker.counts().values().sum::<usize>();
         }
         let whole = started.elapsed().as_secs_f64() * 1e6 / (rounds * text.len()) as f64 * 1024.0;
-        let chars: Vec<char> = text.chars().collect();
+        let stream = chat_stream(&text);
+        let adapter = for_path("/v1/chat/completions").expect("the chat adapter");
         let started = Instant::now();
         let mut masker = Masker::new(&every_kind());
-        let mut stream = StreamMasker::default();
+        let mut rewriter = StreamRewriter::new(adapter);
         let mut out = 0;
-        for piece in chars.chunks(16) {
-            out += stream
-                .push(&mut masker, &piece.iter().collect::<String>())
-                .len();
+        for read in stream.as_bytes().chunks(1024) {
+            out += rewriter.feed(&mut masker, read).len();
         }
-        out += stream.finish(&mut masker).len();
+        out += rewriter.finish(&mut masker).len();
         let streamed = started.elapsed().as_secs_f64() * 1e6 / text.len() as f64 * 1024.0;
-        assert!(out > 0);
+        assert!(out > text.len());
         println!("| {name} | {found} | {whole:.1} | {streamed:.1} |");
     }
+}
+
+/// `text` as a Chat Completions stream, 16 characters a delta.
+fn chat_stream(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::new();
+    for piece in chars.chunks(16) {
+        let piece: String = piece.iter().collect();
+        let chunk = serde_json::json!({"id": "c", "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": null}]});
+        out += &frame(None, &chunk.to_string());
+    }
+    out + "data: [DONE]\n\n"
 }
