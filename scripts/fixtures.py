@@ -18,6 +18,14 @@ Commands:
   reference  run Hugging Face transformers (f32, eager attention) on every
              preset and record token ids and last-position Yes/No logits into
              tests/fixtures/parity.json; needs torch and transformers too.
+  prompt-guard
+             run transformers' DebertaV2ForSequenceClassification with the same
+             formula's weights in both Prompt Guard 2 shapes (22M, 86M) on fixed
+             token windows and record their logits into
+             tests/fixtures/prompt_guard.json; needs torch and transformers.
+             The Prompt Guard weights take the formula's rule for every tensor:
+             shift 2 and 12 bits for 1-D tensors, else the linear shift of the
+             last dimension; a LayerNorm's weight is 1 + the formula's value.
 """
 
 import argparse
@@ -297,6 +305,76 @@ def cmd_reference(args):
     print(f"wrote {out}")
 
 
+# Keep in sync with src/injection/config.rs (prompt_guard_22m, prompt_guard_86m).
+PROMPT_GUARD = {
+    "22m": dict(hidden_size=384, num_attention_heads=6, intermediate_size=1536, vocab_size=128100),
+    "86m": dict(hidden_size=768, num_attention_heads=12, intermediate_size=3072, vocab_size=251000),
+}
+
+
+def prompt_guard_windows():
+    """[CLS]=1 ... [SEP]=2 windows of 1, 9, 77 and 512 tokens, ids from a fixed LCG."""
+    out, x = [], 12345
+    for n in [1, 9, 77, 512]:
+        body = []
+        for _ in range(n - 2 if n >= 2 else 0):
+            x = (x * 1103515245 + 12345) % (1 << 31)
+            body.append(3 + x % 120000)
+        out.append([1] + body + [2] if n >= 2 else [1])
+    return out
+
+
+def prompt_guard_model(name):
+    """transformers' DebertaV2ForSequenceClassification of a Prompt Guard 2 shape with the
+    formula's weights, f32, in eval mode."""
+    import torch
+    import transformers
+
+    shape = PROMPT_GUARD[name]
+    config = transformers.DebertaV2Config(
+        num_hidden_layers=12, hidden_act="gelu", max_position_embeddings=512,
+        type_vocab_size=0, layer_norm_eps=1e-7, relative_attention=True,
+        max_relative_positions=-1, pad_token_id=0, position_biased_input=False,
+        pos_att_type=["p2c", "c2p"], position_buckets=256, share_att_key=True,
+        norm_rel_ebd="layer_norm", pooler_dropout=0, pooler_hidden_act="gelu",
+        pooler_hidden_size=shape["hidden_size"], num_labels=2, **shape)
+    model = transformers.DebertaV2ForSequenceClassification(config).eval().to(torch.float32)
+    state = {}
+    for key, param in model.named_parameters():
+        dims = tuple(param.shape)
+        shift = 2 if len(dims) == 1 else linear_shift(dims[-1])
+        bits = 12 if len(dims) == 1 else 24
+        values = formula(key, int(np.prod(dims)), shift, bits).reshape(dims)
+        if key.endswith("LayerNorm.weight"):
+            values = values + np.float32(1.0)
+        state[key] = torch.from_numpy(values)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected and not [m for m in missing if m in state], (missing, unexpected)
+    return model
+
+
+def cmd_prompt_guard(args):
+    import torch
+    import transformers
+
+    windows = prompt_guard_windows()
+    models = {}
+    for name, shape in PROMPT_GUARD.items():
+        model = prompt_guard_model(name)
+        with torch.no_grad():
+            logits = [model(input_ids=torch.tensor([w])).logits[0].tolist() for w in windows]
+        models[name] = dict(shape=shape, logits=logits)
+        print(f"{name}: {logits}", file=sys.stderr)
+    fixture = dict(
+        generator="scripts/fixtures.py prompt-guard",
+        transformers=transformers.__version__, torch=torch.__version__,
+        windows=windows, models=models,
+    )
+    out = pathlib.Path(args.out)
+    out.write_text(json.dumps(fixture, indent=None) + "\n")
+    print(f"wrote {out}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -311,6 +389,9 @@ def main():
     r.add_argument("--tokenizer", required=True)
     r.add_argument("--out", default=str(ROOT / "tests" / "fixtures" / "parity.json"))
     r.set_defaults(func=cmd_reference)
+    g = sub.add_parser("prompt-guard", help="record transformers' Prompt Guard 2 logits")
+    g.add_argument("--out", default=str(ROOT / "tests" / "fixtures" / "prompt_guard.json"))
+    g.set_defaults(func=cmd_prompt_guard)
     args = ap.parse_args()
     args.func(args)
 

@@ -32,6 +32,7 @@ pub mod config;
 pub mod gateway;
 pub mod html;
 pub mod http;
+pub mod injection;
 pub mod model;
 pub mod pii;
 pub mod policy;

@@ -19,6 +19,7 @@ mod load;
 mod parity;
 mod pii;
 mod prometheus_rules;
+mod prompt_guard;
 mod quantized;
 mod remote;
 mod sdk;

@@ -6,7 +6,8 @@
 //! `z = splitmix64(fnv1a64(name) + i * GOLDEN)`,
 //! `value = (2 * (z >> (64 - bits)) - 2^bits) / 2^(bits + shift)`, exact in f32; `shift` is 0
 //! for the embedding, 2 for norms and `ceil(log2(fan_in) / 2)` for linear layers; `bits` is 24
-//! except 12 for norms, so that llama.cpp's stored `1 + w` is exact in f32 as well.
+//! except 12 for norms, so that llama.cpp's stored `1 + w` is exact in f32 as well. A tensor
+//! named `…LayerNorm.weight` (DeBERTa's, used as it is) is `1 + value`.
 
 use candle_core::{DType, Device, Result, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
@@ -76,11 +77,18 @@ pub fn values(name: &str, shape: &[usize]) -> Vec<f32> {
     let bits = if shape.len() == 1 { 12 } else { 24 };
     let seed = fnv1a64(name.as_bytes());
     let scale = 1.0 / (1u64 << (bits + shift)) as f32;
+    // A LayerNorm's scale (DeBERTa's) is used as it is, not as Gemma's `1 + w`: centred on 1
+    // so that the signal lives through the layers (still exact in f32).
+    let offset = if name.ends_with("LayerNorm.weight") {
+        1.0
+    } else {
+        0.0
+    };
     (0..count as u64)
         .map(|i| {
             let z = splitmix64(seed.wrapping_add(i.wrapping_mul(GOLDEN)));
             let u = (z >> (64 - bits)) as i64;
-            (2 * u - (1 << bits)) as f32 * scale
+            offset + (2 * u - (1 << bits)) as f32 * scale
         })
         .collect()
 }

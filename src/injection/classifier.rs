@@ -1,0 +1,269 @@
+//! The classifier: a DeBERTa-v2 sequence classifier (candle-transformers' model) with its
+//! tokenizer, scoring texts window by window.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::debertav2::{Config, DebertaV2SeqClassificationModel};
+use tokenizers::models::wordlevel::WordLevel;
+use tokenizers::pre_tokenizers::whitespace::Whitespace;
+use tokenizers::Tokenizer;
+
+use super::config::{attack_label, labels, parse};
+use super::windows::windows;
+use super::InjectionError;
+use crate::model::ModelError;
+
+/// Tokens (windows × padded length) run in one forward pass at most.
+const BATCH_TOKENS: usize = 8192;
+
+/// A loaded Prompt Guard classifier.
+pub struct PromptGuard {
+    model: DebertaV2SeqClassificationModel,
+    tokenizer: Tokenizer,
+    attack: usize,
+    limit: usize,
+    cls: u32,
+    sep: u32,
+    pad: u32,
+    device: Device,
+}
+
+impl PromptGuard {
+    /// Loads a Hugging Face folder: `config.json`, `model.safetensors`, `tokenizer.json`.
+    pub fn load(dir: &Path, device: &Device) -> Result<Self, InjectionError> {
+        let read = |name: &str| {
+            let path = dir.join(name);
+            std::fs::read_to_string(&path).map_err(|source| ModelError::Io { path, source })
+        };
+        let config_path = dir.join("config.json");
+        let config = parse(&read("config.json")?, &config_path.display().to_string())?;
+        let tokenizer_path = dir.join("tokenizer.json");
+        let tokenizer =
+            Tokenizer::from_file(&tokenizer_path).map_err(|e| ModelError::Tokenizer {
+                origin: tokenizer_path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        let weights = dir.join("model.safetensors");
+        if !weights.is_file() {
+            return Err(ModelError::MissingFile {
+                path: weights,
+                hint: "a Prompt Guard folder holds its weights as model.safetensors",
+            }
+            .into());
+        }
+        let vb = mmap(&weights, device).map_err(|e| ModelError::Weights {
+            origin: weights.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Self::new(&config, vb, tokenizer, &weights.display().to_string())
+    }
+
+    /// A classifier of `config`'s shape with the seeded test weights of
+    /// [`crate::model::load::synthetic`] and a tokenizer that knows DeBERTa's special tokens
+    /// only (`[PAD]` 0, `[CLS]` 1, `[SEP]` 2; every word is `[UNK]`, 3): for tests and
+    /// benchmarks, which give it tokens.
+    pub fn synthetic(config: &Config, device: &Device) -> Result<Self, InjectionError> {
+        let vb = crate::model::load::synthetic::var_builder(DType::F32, device);
+        Self::new(config, vb, special_tokens_only()?, "synthetic weights")
+    }
+
+    fn new(
+        config: &Config,
+        vb: VarBuilder<'_>,
+        tokenizer: Tokenizer,
+        origin: &str,
+    ) -> Result<Self, InjectionError> {
+        let labels = labels(config);
+        let attack = attack_label(&labels, origin)? as usize;
+        let model = DebertaV2SeqClassificationModel::load(vb.pp("deberta"), config, Some(labels))
+            .map_err(|e| ModelError::Weights {
+            origin: origin.to_string(),
+            reason: e.to_string(),
+        })?;
+        let special = |name: &str| {
+            tokenizer
+                .token_to_id(name)
+                .ok_or_else(|| ModelError::Tokenizer {
+                    origin: origin.to_string(),
+                    reason: format!("it has no {name} token"),
+                })
+        };
+        let (cls, sep) = (special("[CLS]")?, special("[SEP]")?);
+        let pad = match config.pad_token_id {
+            Some(id) => id as u32,
+            None => special("[PAD]")?,
+        };
+        Ok(Self {
+            model,
+            tokenizer,
+            attack,
+            limit: config.max_position_embeddings,
+            cls,
+            sep,
+            pad,
+            device: vb.device().clone(),
+        })
+    }
+
+    /// P(attack) of each text: the highest of its windows'.
+    pub fn score(&self, texts: &[&str]) -> Result<Vec<f32>, InjectionError> {
+        let tokens = texts
+            .iter()
+            .map(|t| self.tokens(t))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.score_tokens(&tokens)
+    }
+
+    /// P(attack) of each text given as tokens (without special tokens).
+    pub fn score_tokens(&self, texts: &[Vec<u32>]) -> Result<Vec<f32>, InjectionError> {
+        let mut owner = Vec::new();
+        let mut all = Vec::new();
+        for (i, tokens) in texts.iter().enumerate() {
+            for window in windows(tokens, self.limit, self.cls, self.sep) {
+                owner.push(i);
+                all.push(window);
+            }
+        }
+        let logits = self.logits(&all)?;
+        let mut scores = vec![0.0f32; texts.len()];
+        for (i, l) in owner.into_iter().zip(logits) {
+            scores[i] = scores[i].max(probability(&l, self.attack));
+        }
+        Ok(scores)
+    }
+
+    /// The logits of each window (`[CLS] … [SEP]`, within the limit), run in batches of
+    /// similar lengths padded to the longest.
+    pub fn logits(&self, windows: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, InjectionError> {
+        let mut order: Vec<usize> = (0..windows.len()).collect();
+        order.sort_by_key(|&i| windows[i].len());
+        let mut out = vec![Vec::new(); windows.len()];
+        let mut start = 0;
+        while start < order.len() {
+            let mut end = start + 1;
+            while end < order.len() && windows[order[end]].len() * (end + 1 - start) <= BATCH_TOKENS
+            {
+                end += 1;
+            }
+            let batch: Vec<&Vec<u32>> = order[start..end].iter().map(|&i| &windows[i]).collect();
+            for (&i, l) in order[start..end].iter().zip(self.forward(&batch)?) {
+                out[i] = l;
+            }
+            start = end;
+        }
+        Ok(out)
+    }
+
+    fn forward(&self, batch: &[&Vec<u32>]) -> Result<Vec<Vec<f32>>, InjectionError> {
+        let width = batch.iter().map(|w| w.len()).max().unwrap_or(0);
+        let mut ids = Vec::with_capacity(batch.len() * width);
+        let mut mask = Vec::with_capacity(batch.len() * width);
+        for w in batch {
+            ids.extend(
+                w.iter()
+                    .copied()
+                    .chain(std::iter::repeat(self.pad))
+                    .take(width),
+            );
+            mask.extend((0..width).map(|i| i64::from(i < w.len())));
+        }
+        let run = || -> candle_core::Result<Vec<Vec<f32>>> {
+            let ids = Tensor::from_vec(ids, (batch.len(), width), &self.device)?;
+            let mask = Tensor::from_vec(mask, (batch.len(), width), &self.device)?;
+            self.model
+                .forward(&ids, None, Some(mask))?
+                .to_dtype(DType::F32)?
+                .to_vec2()
+        };
+        run().map_err(|e| InjectionError::Forward(e.to_string()))
+    }
+
+    fn tokens(&self, text: &str) -> Result<Vec<u32>, InjectionError> {
+        self.tokenizer
+            .encode(text, false)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| InjectionError::Forward(format!("tokenizing: {e}")))
+    }
+}
+
+fn special_tokens_only() -> Result<Tokenizer, InjectionError> {
+    let vocab = ["[PAD]", "[CLS]", "[SEP]", "[UNK]"]
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (w.to_string(), i as u32))
+        .collect();
+    let model = WordLevel::builder()
+        .vocab(vocab)
+        .unk_token("[UNK]".into())
+        .build()
+        .map_err(|e| ModelError::Tokenizer {
+            origin: "the synthetic tokenizer".into(),
+            reason: e.to_string(),
+        })?;
+    let mut tokenizer = Tokenizer::new(model);
+    tokenizer.with_pre_tokenizer(Some(Whitespace {}));
+    Ok(tokenizer)
+}
+
+#[allow(unsafe_code)]
+fn mmap(weights: &Path, device: &Device) -> candle_core::Result<VarBuilder<'static>> {
+    // SAFETY: the file is memory-mapped read-only; like every mmap-based loader we rely on
+    // nobody truncating it while the model is loaded.
+    unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, device) }
+}
+
+/// The softmax probability of label `label`.
+fn probability(logits: &[f32], label: usize) -> f32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = logits.iter().map(|l| (l - max).exp()).sum();
+    logits.get(label).map_or(0.0, |l| (l - max).exp() / sum)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_folder_missing_a_file_says_which() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let error = |dir: &Path| match PromptGuard::load(dir, &Device::Cpu) {
+            Ok(_) => panic!("loaded an incomplete folder"),
+            Err(e) => e.to_string(),
+        };
+        assert!(error(dir.path()).contains("config.json"));
+        let mut config = serde_json::to_value(serde_json::json!({
+            "model_type": "deberta-v2", "vocab_size": 16, "hidden_size": 8,
+            "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 16,
+            "hidden_act": "gelu", "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
+            "max_position_embeddings": 64, "type_vocab_size": 0, "initializer_range": 0.02,
+            "layer_norm_eps": 1e-7, "relative_attention": true, "max_relative_positions": -1,
+            "pad_token_id": 0, "position_biased_input": false, "pos_att_type": ["p2c", "c2p"],
+            "position_buckets": 16, "share_att_key": true, "norm_rel_ebd": "layer_norm",
+            "pooler_dropout": 0, "pooler_hidden_act": "gelu", "pooler_hidden_size": 8
+        }))
+        .expect("config");
+        let write = |value: &serde_json::Value| {
+            std::fs::write(dir.path().join("config.json"), value.to_string()).expect("write")
+        };
+        write(&config);
+        assert!(error(dir.path()).contains("tokenizer.json"));
+        special_tokens_only()
+            .expect("tokenizer")
+            .save(dir.path().join("tokenizer.json"), false)
+            .expect("save");
+        let missing = error(dir.path());
+        assert!(missing.contains("model.safetensors"), "{missing}");
+        config["model_type"] = "bert".into();
+        write(&config);
+        assert!(error(dir.path()).contains("model_type"));
+    }
+
+    #[test]
+    fn probabilities_are_a_softmax() {
+        assert!((probability(&[0.0, 0.0], 1) - 0.5).abs() < 1e-6);
+        assert!(probability(&[-100.0, 100.0], 1) > 0.999);
+        assert_eq!(probability(&[1.0, 2.0], 5), 0.0);
+    }
+}
