@@ -65,18 +65,20 @@ impl StreamRewriter {
     /// The end of the stream: its last event when it was not closed, and the rest of every
     /// text still open (a stream that stopped without its closing events).
     pub fn finish(&mut self, masker: &mut Masker) -> Vec<u8> {
-        let mut out = Vec::new();
         let last = self.parser.finish();
         let raw = std::mem::take(&mut self.raw);
-        match last.and_then(|event| self.event(masker, &event)) {
-            Some(frames) => out.extend_from_slice(frames.as_bytes()),
-            None => out.extend_from_slice(&raw),
-        }
+        let frames = last.and_then(|event| self.event(masker, &event));
         let keys: Vec<TextKey> = self.open.keys().copied().collect();
+        let mut rest = String::new();
         for key in keys {
-            out.extend_from_slice(self.flush(masker, key).as_bytes());
+            rest += &self.flush(masker, key);
         }
-        out
+        match frames {
+            Some(frames) => [frames.into_bytes(), rest.into_bytes()].concat(),
+            // An unclosed last event passes as it came, so nothing may follow it: it would
+            // become part of it.
+            None => [rest.into_bytes(), raw].concat(),
+        }
     }
 
     /// The raw bytes up to stream offset `end`.
@@ -432,6 +434,40 @@ mod tests {
             assert_eq!(out, whole, "reads of {size}");
         }
         assert_eq!(outputs("/v1/messages", &whole), ["Hi"]);
+    }
+
+    /// Found by the `adapters` fuzz target: what was held goes out before an unclosed last
+    /// event that passes as it came, never after it (it would join that event).
+    #[test]
+    fn held_text_goes_before_an_unclosed_last_event() {
+        let stream = concat!(
+            "data: {\"type\":\"response.output_text.delta\",\"delta\":\"[0 ][Hi\"}\n\n",
+            "event: other\ndata: {\"type\":\"response.other\"}\n",
+        );
+        for size in [1, 5, stream.len()] {
+            let out = rewrite(
+                "/v1/responses",
+                stream,
+                size,
+                &mut Masker::new(&every_kind()),
+            );
+            let events = Parser::new().feed_with_spans(out.as_bytes());
+            let mut parser = Parser::new();
+            parser.feed(out.as_bytes());
+            let last = parser.finish().expect("the unclosed event");
+            assert_eq!(
+                last.data, "{\"type\":\"response.other\"}",
+                "reads of {size}"
+            );
+            for (event, _) in &events {
+                serde_json::from_str::<Value>(&event.data).expect("JSON events");
+            }
+            assert!(
+                out.ends_with("data: {\"type\":\"response.other\"}\n"),
+                "{out}"
+            );
+            assert!(out.contains("[0 ][Hi"), "{out}");
+        }
     }
 
     #[test]
