@@ -396,3 +396,42 @@ fn a_blocked_kind_in_a_stream_withholds_it_or_masks_it_where_nothing_is_withheld
         }
     }
 }
+
+/// A JSON answer in a mode that does not wait for its check is held whole to be masked and
+/// restored; in `off` mode, where nothing is withheld, a blocked kind is masked and noted so.
+#[test]
+fn json_answers_are_masked_in_the_modes_that_relay_at_once() {
+    for mode in ["audit", "off"] {
+        let (gw, _mock, _) = gateway(&format!(
+            r#"
+[proxy]
+output_mode = "{mode}"
+[profiles.default.pii]
+input = {{ email = "mask" }}
+output = {{ card = "block", phone = "mask" }}
+restore = true
+"#
+        ));
+        let a = gw.runtime.block_on(post(
+            gw.addr,
+            "/v1/chat/completions",
+            &[],
+            &chat(
+                "say: to ana@example.com, card 4111 1111 1111 1111, call +1 415 555 0100",
+                false,
+            ),
+        ));
+        assert_eq!(a.status, 200, "{mode}: {}", a.body);
+        assert_eq!(
+            a.json()["choices"][0]["message"]["content"],
+            "to ana@example.com, card [CARD_1], call [PHONE_1]",
+            "{mode}"
+        );
+        if mode == "off" {
+            assert_eq!(
+                a.header("x-shieldgate-pii"),
+                Some("input:email=mask:1,output:card=mask:1,output:phone=mask:1")
+            );
+        }
+    }
+}

@@ -225,15 +225,8 @@ fn probability(logits: &[f32], label: usize) -> f32 {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_folder_missing_a_file_says_which() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let error = |dir: &Path| match PromptGuard::load(dir, &Device::Cpu) {
-            Ok(_) => panic!("loaded an incomplete folder"),
-            Err(e) => e.to_string(),
-        };
-        assert!(error(dir.path()).contains("config.json"));
-        let mut config = serde_json::to_value(serde_json::json!({
+    fn tiny_config() -> serde_json::Value {
+        serde_json::json!({
             "model_type": "deberta-v2", "vocab_size": 16, "hidden_size": 8,
             "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 16,
             "hidden_act": "gelu", "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
@@ -242,8 +235,18 @@ mod tests {
             "pad_token_id": 0, "position_biased_input": false, "pos_att_type": ["p2c", "c2p"],
             "position_buckets": 16, "share_att_key": true, "norm_rel_ebd": "layer_norm",
             "pooler_dropout": 0, "pooler_hidden_act": "gelu", "pooler_hidden_size": 8
-        }))
-        .expect("config");
+        })
+    }
+
+    #[test]
+    fn a_folder_missing_a_file_says_which() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let error = |dir: &Path| match PromptGuard::load(dir, &Device::Cpu) {
+            Ok(_) => panic!("loaded an incomplete folder"),
+            Err(e) => e.to_string(),
+        };
+        assert!(error(dir.path()).contains("config.json"));
+        let mut config = tiny_config();
         let write = |value: &serde_json::Value| {
             std::fs::write(dir.path().join("config.json"), value.to_string()).expect("write")
         };
@@ -258,6 +261,35 @@ mod tests {
         config["model_type"] = "bert".into();
         write(&config);
         assert!(error(dir.path()).contains("model_type"));
+    }
+
+    /// A folder written from a model's own weights loads to the same model.
+    #[test]
+    fn a_folder_loads_what_was_saved() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = tiny_config().to_string();
+        let config = parse(&text, "tiny").expect("config");
+        let weights = candle_nn::VarMap::new();
+        let vb = VarBuilder::from_varmap(&weights, DType::F32, &Device::Cpu);
+        let tokenizer = special_tokens_only().expect("tokenizer");
+        let built = PromptGuard::new(&config, vb, tokenizer.clone(), "varmap").expect("model");
+        weights
+            .save(dir.path().join("model.safetensors"))
+            .expect("save weights");
+        std::fs::write(dir.path().join("config.json"), text).expect("config");
+        tokenizer
+            .save(dir.path().join("tokenizer.json"), false)
+            .expect("tokenizer");
+        let loaded = PromptGuard::load(dir.path(), &Device::Cpu).expect("the folder loads");
+        let window = vec![vec![1, 5, 9, 3, 2]];
+        assert_eq!(
+            loaded.logits(&window).expect("loaded"),
+            built.logits(&window).expect("built")
+        );
+        assert_eq!(
+            loaded.score(&["some words"]).expect("score"),
+            built.score(&["some words"]).expect("score")
+        );
     }
 
     #[test]

@@ -1,8 +1,8 @@
-//! Personal data and secrets in a request, before it goes upstream, and in a whole answer,
-//! before it goes to the client: counted, masked with typed placeholders, or refused
-//! (withheld), per kind as the profile says; and the request's placeholders restored in the
-//! answer where the profile asks. Only the texts the protocol's reading found are touched;
-//! every other byte of a body is sent as it came.
+//! Personal data and secrets in a request, before it goes upstream, and in an answer, whole
+//! or streamed ([`StreamRewriter`]), before it goes to the client: counted, masked with typed
+//! placeholders, or refused (withheld), per kind as the profile says; and the request's
+//! placeholders restored in the answer where the profile asks. Only the texts the protocol's
+//! reading found are touched; every other byte of a body is sent as it came.
 
 mod stream;
 
@@ -65,7 +65,7 @@ pub fn protect_input(
         super::check::record(gw, &decision, request_id, adapter.protocol(), &[]);
         return Err(RequestError::PiiBlocked(blocked.join(", ")));
     }
-    let mut masker = Masker::new(&with_action(&found, PiiAction::Mask));
+    let mut masker = Masker::new(&with_action(&found, &[PiiAction::Mask]));
     let rewritten = match masker.kinds() {
         [] => None,
         _ => mask_json_strings(&bytes, &conversation.texts, &mut masker),
@@ -94,15 +94,16 @@ pub fn protect_input(
     })
 }
 
-/// A whole answer after the profile's output rules: the body (masked where a kind is masked)
-/// and what was found. Bodies that are not JSON pass as they are (the output check reports
-/// them).
+/// A whole answer after the profile's output rules: the body (masked where a kind is masked,
+/// and where it is blocked when `withheld` is false: the output mode withholds nothing) and
+/// what was found. Bodies that are not JSON pass as they are (the output check reports them).
 pub fn protect_output(
     gw: &Gateway,
     profile: &Profile,
     adapter: &dyn Adapter,
     bytes: Bytes,
     masker: &mut Masker,
+    withheld: bool,
 ) -> (Bytes, BTreeMap<Kind, PiiFound>) {
     if profile.pii_output.is_empty() {
         return (bytes, BTreeMap::new());
@@ -117,7 +118,11 @@ pub fn protect_output(
         &bytes,
         &answer.texts,
     );
-    masker.set_kinds(&with_action(&found, PiiAction::Mask));
+    let masked: &[PiiAction] = match withheld {
+        true => &[PiiAction::Mask],
+        false => &[PiiAction::Mask, PiiAction::Block],
+    };
+    masker.set_kinds(&with_action(&found, masked));
     let masked = match masker.kinds() {
         [] => None,
         _ => mask_json_strings(&bytes, &answer.texts, masker),
@@ -206,11 +211,11 @@ pub fn rewrites_output(profile: &Profile, masker: &Masker) -> bool {
     !stream_kinds(profile).is_empty() || masker.restores()
 }
 
-/// The kinds found whose action is `action`.
-fn with_action(found: &BTreeMap<Kind, PiiFound>, action: PiiAction) -> Vec<Kind> {
+/// The kinds found whose action is one of `actions`.
+fn with_action(found: &BTreeMap<Kind, PiiFound>, actions: &[PiiAction]) -> Vec<Kind> {
     found
         .iter()
-        .filter(|(_, f)| f.action == action)
+        .filter(|(_, f)| actions.contains(&f.action))
         .map(|(kind, _)| *kind)
         .collect()
 }

@@ -105,6 +105,7 @@ impl StreamRewriter {
             out += &self.flush(masker, key);
         }
         let mut edits: Vec<(Range<usize>, String)> = Vec::new();
+        let mut changed = false;
         for (key, span) in &texts.pieces {
             let Some(piece) = decode(data, span) else {
                 continue;
@@ -115,6 +116,7 @@ impl StreamRewriter {
                 text += &open.masker.finish(masker);
                 self.open.remove(key);
             }
+            changed |= text != piece;
             edits.push((span.clone(), text));
         }
         for span in &texts.whole {
@@ -125,13 +127,11 @@ impl StreamRewriter {
             let shown = masker
                 .restore(masked.as_deref().unwrap_or(&text))
                 .or(masked);
+            changed |= shown.is_some();
             edits.extend(shown.map(|shown| (span.clone(), shown)));
         }
         edits.sort_by_key(|(span, _)| span.start);
         self.keep_templates(event, &texts, &edits);
-        let changed = edits
-            .iter()
-            .any(|(span, text)| decode(data, span).as_deref() != Some(text));
         if out.is_empty() && !changed {
             return None;
         }

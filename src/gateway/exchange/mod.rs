@@ -7,11 +7,10 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{ACCEPT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::http::request::Parts;
@@ -21,8 +20,7 @@ use serde_json::Value;
 
 use crate::config::{BadRequest, FailMode, OutputMode, PiiAction};
 use crate::http::body::{
-    channel, collect, full, json_response, pass_through, read_json_request, relay, Body,
-    ChannelSender, CollectError, RelayEnd,
+    collect, full, json_response, pass_through, read_json_request, Body, CollectError,
 };
 use crate::http::upstream::{strip_hop_by_hop, Upstream};
 use crate::pii::{Kind, Masker};
@@ -39,6 +37,8 @@ use super::pii::{
 use super::protocols::sse::Parser;
 use super::protocols::{Adapter, Block, Conversation, StreamCollector};
 use super::{Gateway, Settings};
+
+mod relayed;
 
 /// Why an exchange ends before the upstream's answer is relayed.
 enum Stop {
@@ -340,8 +340,14 @@ impl Exchange {
             Ok(bytes) => bytes,
             Err(body) => return Ok(self.annotated(Response::from_parts(head, body), &decisions)),
         };
-        let (bytes, pii) =
-            protect_output(&self.gw, &self.profile, self.adapter, bytes, &mut masker);
+        let (bytes, pii) = protect_output(
+            &self.gw,
+            &self.profile,
+            self.adapter,
+            bytes,
+            &mut masker,
+            false,
+        );
         if self.settings.proxy.output_mode == OutputMode::Audit {
             let outputs = self
                 .adapter
@@ -399,19 +405,30 @@ impl Exchange {
         };
         let (shown, texts, pii, collector) = if is_stream {
             // Checked as the upstream wrote it (masked, not restored); relayed rewritten.
-            let outputs = read_outputs(self.adapter, &bytes).outputs();
+            let upstream = read_outputs(self.adapter, &bytes);
+            let outputs = upstream.outputs();
             let pii = found_in_outputs(&self.profile, &outputs);
             count_in_metrics(&self.gw, Direction::Output, &pii);
             let texts = masked(&masker, outputs);
-            let shown = match rewrites_output(&self.profile, &masker) {
-                true => rewrite_stream(self.adapter, &mut masker, &bytes),
-                false => bytes,
+            // A block replays the choices it does not withhold as the client would see them.
+            let (shown, collector) = match rewrites_output(&self.profile, &masker) {
+                true => {
+                    let shown = rewrite_stream(self.adapter, &mut masker, &bytes);
+                    let collector = read_outputs(self.adapter, &shown);
+                    (shown, collector)
+                }
+                false => (bytes, upstream),
             };
-            let collector = read_outputs(self.adapter, &shown);
             (shown, Some(texts), pii, Some(collector))
         } else {
-            let (bytes, pii) =
-                protect_output(&self.gw, &self.profile, self.adapter, bytes, &mut masker);
+            let (bytes, pii) = protect_output(
+                &self.gw,
+                &self.profile,
+                self.adapter,
+                bytes,
+                &mut masker,
+                true,
+            );
             let texts = self.adapter.response_outputs(&bytes);
             (
                 restore(self.adapter, bytes.clone(), &masker),
@@ -530,210 +547,6 @@ impl Exchange {
         );
         response
     }
-
-    /// Relays a stream as it is scored; see [`OutputMode::Incremental`]. With a masker, what
-    /// is relayed is masked (and the request's placeholders restored) on the way.
-    fn incremental(&self, upstream: UpstreamBody, prompt: String, masker: Option<Masker>) -> Body {
-        let (tx, body) = channel(16);
-        let ex = self.clone();
-        tokio::spawn(async move {
-            if let Err(e) = ex.run_incremental(upstream, &prompt, masker, &tx).await {
-                let _ = tx.send(Err(e.into())).await;
-            }
-        });
-        body
-    }
-
-    async fn run_incremental(
-        &self,
-        upstream: UpstreamBody,
-        prompt: &str,
-        masker: Option<Masker>,
-        tx: &ChannelSender,
-    ) -> Result<(), &'static str> {
-        let UpstreamBody {
-            body: mut upstream,
-            idle,
-        } = upstream;
-        let every = self.settings.proxy.incremental_chars;
-        let mut scoring = (Parser::new(), self.adapter.collector());
-        let mut released = (Parser::new(), self.adapter.collector());
-        let mut rewriting = masker.map(|m| (StreamRewriter::new(self.adapter), m));
-        let mut held: Vec<u8> = Vec::new();
-        let (mut total, mut sent, mut checked) = (0u64, 0u64, 0usize);
-        let mut pii = BTreeMap::new();
-        loop {
-            let done = match next_frame(&mut upstream, idle).await? {
-                Some(data) => {
-                    total += data.len() as u64;
-                    held.extend_from_slice(&data);
-                    for event in scoring.0.feed(&data) {
-                        scoring.1.event(&event);
-                    }
-                    false
-                }
-                None => {
-                    if let Some(event) = scoring.0.finish() {
-                        scoring.1.event(&event);
-                    }
-                    true
-                }
-            };
-            let outputs = scoring.1.outputs();
-            let length: usize = outputs.iter().map(String::len).sum();
-            if !done && length < checked + every {
-                continue;
-            }
-            if length > checked || (done && checked == 0) {
-                checked = length;
-                pii = found_in_outputs(&self.profile, &outputs);
-                let texts = match &mut rewriting {
-                    Some((_, masker)) => masked(masker, outputs),
-                    None => outputs,
-                };
-                let d = self.check_output(prompt, texts, pii.clone()).await;
-                if d.stops() {
-                    count_in_metrics(&self.gw, Direction::Output, &pii);
-                    let block = self.block(&d);
-                    let end = if sent > 0 {
-                        released.1.terminate(&block)
-                    } else if let Some((rewriter, masker)) = &mut rewriting {
-                        // The choices not withheld are replayed as the client would see them.
-                        let mut shown = rewriter.feed(masker, &held);
-                        shown.extend(rewriter.finish(masker));
-                        read_outputs(self.adapter, &shown).blocked_stream(&d.parts_blocked, &block)
-                    } else {
-                        scoring.1.blocked_stream(&d.parts_blocked, &block)
-                    };
-                    let _ = tx.send(Ok(Bytes::from(end))).await;
-                    return Ok(());
-                }
-            }
-            let upto = if done {
-                total
-            } else {
-                scoring.0.complete_through()
-            };
-            if upto > sent {
-                let mut release: Vec<u8> = held.drain(..(upto - sent) as usize).collect();
-                if let Some((rewriter, masker)) = &mut rewriting {
-                    release = rewriter.feed(masker, &release);
-                    if done {
-                        release.extend(rewriter.finish(masker));
-                    }
-                }
-                for event in released.0.feed(&release) {
-                    released.1.event(&event);
-                }
-                sent = upto;
-                if tx.send(Ok(Bytes::from(release))).await.is_err() {
-                    return Ok(());
-                }
-            }
-            if done {
-                count_in_metrics(&self.gw, Direction::Output, &pii);
-                return Ok(());
-            }
-        }
-    }
-
-    /// Relays the response at once; with `check` (the prompt, in `audit` mode), scores it when
-    /// it is complete (record only). With a masker, a stream is masked (and the request's
-    /// placeholders restored) on the way, and what was found is recorded.
-    fn audit(
-        &self,
-        upstream: UpstreamBody,
-        is_stream: bool,
-        check: Option<String>,
-        masker: Option<Masker>,
-    ) -> Body {
-        let UpstreamBody { body, idle } = upstream;
-        let limit = self.settings.proxy.max_response_bytes;
-        let state = Arc::new(Mutex::new(AuditState {
-            parser: Parser::new(),
-            collector: self.adapter.collector(),
-            json: Vec::new(),
-            overflow: false,
-            rewriting: masker.map(|m| (StreamRewriter::new(self.adapter), m)),
-        }));
-        let tap_state = state.clone();
-        let tap = move |data: Bytes| {
-            let mut s = tap_state.lock().unwrap_or_else(|e| e.into_inner());
-            let s = &mut *s;
-            if is_stream {
-                for event in s.parser.feed(&data) {
-                    s.collector.event(&event);
-                }
-            } else if s.json.len() + data.len() <= limit {
-                s.json.extend_from_slice(&data);
-            } else {
-                s.overflow = true;
-            }
-            match &mut s.rewriting {
-                Some((rewriter, masker)) if is_stream => Bytes::from(rewriter.feed(masker, &data)),
-                _ => data,
-            }
-        };
-        let ex = self.clone();
-        let done = move |end: RelayEnd| {
-            if end != RelayEnd::Complete {
-                return Bytes::new();
-            }
-            let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
-            let s = &mut *s;
-            let (outputs, rest) = if is_stream {
-                if let Some(event) = s.parser.finish() {
-                    s.collector.event(&event);
-                }
-                let rest = match &mut s.rewriting {
-                    Some((rewriter, masker)) => Bytes::from(rewriter.finish(masker)),
-                    None => Bytes::new(),
-                };
-                (Ok(s.collector.outputs()), rest)
-            } else if s.overflow {
-                (Err(Unchecked::ResponseTooLarge), Bytes::new())
-            } else {
-                let outputs = ex.adapter.response_outputs(&s.json);
-                (outputs.ok_or(Unchecked::UnparsableResponse), Bytes::new())
-            };
-            let pii = match (&outputs, &mut s.rewriting) {
-                (Ok(outputs), Some(_)) => found_in_outputs(&ex.profile, outputs),
-                _ => BTreeMap::new(),
-            };
-            count_in_metrics(&ex.gw, Direction::Output, &pii);
-            let outputs = match (outputs, &mut s.rewriting) {
-                (Ok(outputs), Some((_, masker))) => Ok(masked(masker, outputs)),
-                (outputs, _) => outputs,
-            };
-            match check {
-                Some(prompt) => ex.check_later(prompt, outputs, pii),
-                None if !pii.is_empty() => {
-                    let d = Decision::pii_only(Direction::Output, &ex.profile, as_masked(pii));
-                    check::record(&ex.gw, &d, &ex.request_id, ex.adapter.protocol(), &[]);
-                }
-                None => {}
-            }
-            rest
-        };
-        relay(body, idle, tap, done)
-    }
-
-    /// Checks the answer's texts in the background (record only).
-    fn check_later(
-        &self,
-        prompt: String,
-        outputs: Result<Vec<String>, Unchecked>,
-        pii: BTreeMap<Kind, PiiFound>,
-    ) {
-        let ex = self.clone();
-        tokio::spawn(async move {
-            let d = match outputs {
-                Ok(outputs) => ex.check_output(&prompt, outputs, pii).await,
-                Err(why) => ex.output_failed(why),
-            };
-            tracing::info!(request_id = %ex.request_id, action = d.disposition.as_str(), "audited response");
-        });
-    }
 }
 
 /// Runs the input check (`None`: nothing to check) and the upstream call: one after the
@@ -764,22 +577,6 @@ async fn check_and_send<R>(
     }
 }
 
-/// The next data of a body (`None` at its end), waiting at most `idle`.
-async fn next_frame(body: &mut Incoming, idle: Duration) -> Result<Option<Bytes>, &'static str> {
-    loop {
-        match tokio::time::timeout(idle, body.frame()).await {
-            Ok(Some(Ok(frame))) => {
-                if let Ok(data) = frame.into_data() {
-                    return Ok(Some(data));
-                }
-            }
-            Ok(None) => return Ok(None),
-            Ok(Some(Err(_))) => return Err("the upstream stream broke off"),
-            Err(_) => return Err("the upstream stream stalled"),
-        }
-    }
-}
-
 /// A collector that has read a whole stream.
 fn read_outputs(adapter: &dyn Adapter, bytes: &[u8]) -> Box<dyn StreamCollector> {
     let mut collector = adapter.collector();
@@ -804,6 +601,9 @@ fn rewrite_stream(adapter: &'static dyn Adapter, masker: &mut Masker, bytes: &[u
 /// numbering goes on from `masker`'s in a copy, so that a value the check sees cut short (a
 /// stream checked as it grows) takes no number from the client's.
 fn masked(masker: &Masker, outputs: Vec<String>) -> Vec<String> {
+    if masker.kinds().is_empty() {
+        return outputs;
+    }
     let mut masker = masker.clone();
     outputs
         .into_iter()
@@ -819,16 +619,6 @@ fn as_masked(mut pii: BTreeMap<Kind, PiiFound>) -> BTreeMap<Kind, PiiFound> {
         }
     }
     pii
-}
-
-/// What an audited response accumulates while it is relayed.
-struct AuditState {
-    parser: Parser,
-    collector: Box<dyn StreamCollector>,
-    json: Vec<u8>,
-    overflow: bool,
-    /// A stream's masking, where the profile masks or restores.
-    rewriting: Option<(StreamRewriter, Masker)>,
 }
 
 #[cfg(test)]
