@@ -217,11 +217,17 @@ fn gateway_scored(
     extra: &str,
     scorer: Arc<Scripted>,
 ) -> (TestGateway, MockUpstream, Arc<Scripted>) {
+    let (gw, mock) = gateway_with(extra, scorer.clone());
+    (gw, mock, scorer)
+}
+
+/// [`gateway`] with any scorer.
+pub fn gateway_with(extra: &str, scorer: Arc<dyn Score>) -> (TestGateway, MockUpstream) {
     // The mock runs on its own runtime so that a stalled gateway cannot stall it.
     let mock_runtime = Box::leak(Box::new(runtime()));
     let mock = MockUpstream::start(mock_runtime);
     let config = format!("[upstream]\nurl = \"http://{}\"\n{extra}", mock.addr);
-    (start(&config, scorer.clone()), mock, scorer)
+    (start(&config, scorer), mock)
 }
 
 /// A chat completion request with a system prompt and one user turn.

@@ -14,6 +14,7 @@ mod harness;
 mod hostile;
 mod hostile_h2;
 mod hub;
+mod injection;
 mod llama_server;
 mod load;
 mod parity;

@@ -19,7 +19,7 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::pii::{count, every_kind};
-use crate::policy::Policy;
+use crate::policy::{for_answers, Policy};
 use crate::scorer::{score_each, Score, ScoreRequest};
 
 use self::checkpoint::Checkpoint;
@@ -345,6 +345,7 @@ impl Run<'_> {
     /// the checkpoint at (`file`, `line`, `offset`).
     fn flush(&mut self, file: usize, line: u64, offset: u64) -> Result<(), AuditError> {
         let pending = std::mem::take(&mut self.pending);
+        let answers = for_answers(&self.opts.policies);
         let requests: Vec<ScoreRequest> = pending
             .iter()
             .filter_map(|p| p.conversation.as_ref())
@@ -352,7 +353,10 @@ impl Run<'_> {
             .map(|t| ScoreRequest {
                 user: t.prompt.clone().unwrap_or_else(|| t.text.clone()),
                 response: (t.role == Role::Assistant).then(|| t.text.clone()),
-                policies: self.opts.policies.clone(),
+                policies: match t.role {
+                    Role::User => self.opts.policies.clone(),
+                    Role::Assistant => answers.clone(),
+                },
             })
             .collect();
         let mut scores = score_each(self.scorer, &requests).into_iter();
@@ -373,7 +377,11 @@ impl Run<'_> {
                     Some(Ok(s)) => {
                         let mut map = Map::new();
                         let mut violated = Vec::new();
-                        for (score, policy) in s.scores.iter().zip(self.opts.policies.iter()) {
+                        let policies = match turn.role {
+                            Role::User => &self.opts.policies,
+                            Role::Assistant => &answers,
+                        };
+                        for (score, policy) in s.scores.iter().zip(policies.iter()) {
                             map.insert(score.id.clone(), json!(score.p_yes));
                             if score.p_yes >= policy.threshold {
                                 violated.push(score.id.clone());

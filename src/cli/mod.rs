@@ -166,6 +166,10 @@ pub struct PolicyArgs {
     /// Override a policy's threshold, as ID=VALUE (repeatable).
     #[arg(long, value_name = "ID=VALUE")]
     pub threshold: Vec<String>,
+    /// Also score the injection category with this Prompt Guard 2 model: a folder, a hub id
+    /// (meta-llama/Llama-Prompt-Guard-2-86M) or synthetic:22m / synthetic:86m.
+    #[arg(long, value_name = "SOURCE")]
+    pub injection_model: Option<String>,
 }
 
 /// `shieldgate score`.

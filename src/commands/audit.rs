@@ -14,7 +14,7 @@ use crate::audit::summary::Summary;
 use crate::audit::{self, AuditOptions, Input, Progress};
 use crate::cli::{AuditArgs, AuditMergeArgs, ProgressMode};
 
-use super::{load_scorer, profile_policies, Outcome};
+use super::{load_scorer, profile, Outcome};
 
 /// Parses `I/N`.
 fn parse_shard(spec: &str) -> anyhow::Result<(u64, u64)> {
@@ -65,7 +65,9 @@ fn expand_inputs(names: &[PathBuf]) -> anyhow::Result<Vec<Input>> {
 
 /// Runs the command.
 pub fn run(args: &AuditArgs) -> anyhow::Result<Outcome> {
-    let (config, policies) = profile_policies(args.config.as_deref(), &args.profile)?;
+    let (config, profile) = profile(args.config.as_deref(), &args.profile)?;
+    // Logs hold user and assistant turns: no tool results to look for indirect injection in.
+    let policies = profile.for_user_turns.clone();
     let shard = args
         .shard
         .as_deref()

@@ -13,9 +13,10 @@ use anyhow::{bail, Context};
 
 use crate::cli::PolicyArgs;
 use crate::config::{Config, ModelSettings, PromptFormat};
+use crate::injection::WithInjection;
 use crate::model::load::loader::{self, load_tokenizer, LoadOptions, ModelSource};
 use crate::model::load::quantize::GgufType;
-use crate::policy::profiles::Profiles;
+use crate::policy::profiles::{Profile, Profiles};
 use crate::policy::{Policy, PolicySet};
 use crate::scorer::cache::CachedScorer;
 use crate::scorer::remote::RemoteScorer;
@@ -79,7 +80,10 @@ pub fn load_engine(settings: &ModelSettings) -> anyhow::Result<Engine> {
 
 /// The selected policies with threshold overrides applied.
 pub fn load_policies(args: &PolicyArgs) -> anyhow::Result<Arc<[Policy]>> {
-    let set = PolicySet::from_sources(args.policies_dir.as_deref(), &args.policy_file)?;
+    let mut set = PolicySet::from_sources(args.policies_dir.as_deref(), &args.policy_file)?;
+    if args.injection_model.is_some() {
+        set.add_injection()?;
+    }
     let mut chosen = set.select(&args.policies)?;
     for spec in &args.threshold {
         let (id, value) = spec
@@ -113,9 +117,16 @@ pub struct LoadedScorer {
 }
 
 /// The scorer the config asks for — the endpoints of `[scorer.remote]`, or else the embedded
-/// model of `model` — behind the verdict cache when one is configured.
+/// model of `model`, with the injection classifier of `[injection]` beside it — behind the
+/// verdict cache when one is configured.
 pub fn load_scorer(config: &Config, model: &ModelSettings) -> anyhow::Result<LoadedScorer> {
-    let (scorer, model_name) = uncached_scorer(config, model)?;
+    let (mut scorer, model_name) = uncached_scorer(config, model)?;
+    if let Some(source) = &config.injection.model {
+        tracing::info!(model = %source, device = %config.injection.device, "loading the injection classifier");
+        let guard = crate::injection::load(source, &config.injection.device)
+            .with_context(|| format!("[injection] model {source:?}"))?;
+        scorer = Arc::new(WithInjection::new(scorer, Arc::new(guard)));
+    }
     let cache = std::num::NonZeroUsize::new(config.scorer.cache_entries)
         .map(|capacity| Arc::new(CachedScorer::new(scorer.clone(), capacity, &model_name)));
     Ok(LoadedScorer {
@@ -157,26 +168,21 @@ fn uncached_scorer(
     }
 }
 
-/// The config (a file, or the defaults) and the policies of one of its profiles, with that
-/// profile's thresholds.
-pub fn profile_policies(
+/// The config (a file, or the defaults) and one of its profiles.
+pub fn profile(
     config: Option<&std::path::Path>,
-    profile: &str,
-) -> anyhow::Result<(Config, Arc<[Policy]>)> {
+    name: &str,
+) -> anyhow::Result<(Config, Arc<Profile>)> {
     let config = match config {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
     let profiles = Profiles::build(&config)?;
-    let policies = profiles
-        .get(profile)
-        .with_context(|| {
-            format!(
-                "--profile {profile:?}: the config has {}",
-                profiles.names().join(", ")
-            )
-        })?
-        .policies
-        .clone();
-    Ok((config, policies))
+    let profile = profiles.get(name).cloned().with_context(|| {
+        format!(
+            "--profile {name:?}: the config has {}",
+            profiles.names().join(", ")
+        )
+    })?;
+    Ok((config, profile))
 }

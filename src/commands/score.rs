@@ -11,11 +11,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::cli::ScoreArgs;
 use crate::config::ModelSettings;
+use crate::injection::WithInjection;
 use crate::pii::{count, every_kind, Kind};
-use crate::policy::Policy;
+use crate::policy::{for_answers, Policy};
 use crate::prompt::{Content, Mode};
 use crate::scorer::verdict::Verdict;
-use crate::scorer::{score_each, Engine, Score, ScoreError, ScoreRequest};
+use crate::scorer::{score_each, Score, ScoreError, ScoreRequest};
 
 use super::{load_engine, load_policies, Outcome};
 
@@ -70,8 +71,8 @@ pub fn run(args: &ScoreArgs) -> anyhow::Result<Outcome> {
             ),
             _ => Box::new(std::io::stdin()),
         };
-        let engine = load_engine(&args.model.apply(ModelSettings::default()))?;
-        return score_lines(&engine, BufReader::new(reader), &policies, args);
+        let (scorer, name) = load_scorer(args)?;
+        return score_lines((&*scorer, &name), BufReader::new(reader), &policies, args);
     }
     let user = match (&args.text, &args.file) {
         (Some(text), _) => text.clone(),
@@ -83,20 +84,21 @@ pub fn run(args: &ScoreArgs) -> anyhow::Result<Outcome> {
         (None, Some(path)) => Some(read_text(Some(path))?),
         (None, None) => None,
     };
-    let engine = load_engine(&args.model.apply(ModelSettings::default()))?;
+    let (scorer, name) = load_scorer(args)?;
     let request = ScoreRequest {
+        policies: checked(&policies, response.is_some()),
         user,
         response,
-        policies: policies.clone(),
     };
-    let scores = engine.score(std::slice::from_ref(&request))?;
+    let scores = scorer.score(std::slice::from_ref(&request))?;
+    let policies = request.policies.clone();
     let verdict = Verdict::new(&scores[0], &policies);
     let flagged = !verdict.violated.is_empty();
     let output = Output {
         line: None,
         id: None,
         mode: request.content().mode(),
-        model: engine.model_name(),
+        model: &name,
         verdict,
         pii: pii_counts(&request.user, request.response.as_deref()),
     };
@@ -106,6 +108,20 @@ pub fn run(args: &ScoreArgs) -> anyhow::Result<Outcome> {
     } else {
         Outcome::Clean
     })
+}
+
+/// The embedded model, with the injection classifier of `--injection-model` beside it, and the
+/// model's name.
+fn load_scorer(args: &ScoreArgs) -> anyhow::Result<(Box<dyn Score>, String)> {
+    let engine = load_engine(&args.model.apply(ModelSettings::default()))?;
+    let name = engine.model_name().to_string();
+    let Some(source) = &args.policy.injection_model else {
+        return Ok((Box::new(engine), name));
+    };
+    let guard = crate::injection::load(source, "cpu")
+        .with_context(|| format!("--injection-model {source:?}"))?;
+    let scorer = WithInjection::new(Arc::new(engine), Arc::new(guard));
+    Ok((Box::new(scorer), name))
 }
 
 /// Reads a whole text file (or stdin for `None` / `-`) as UTF-8.
@@ -138,8 +154,20 @@ enum Pending {
     Failed(ErrorOutput),
 }
 
+/// The policies a prompt (or a response, `answer`) is scored with.
+fn checked(policies: &Arc<[Policy]>, answer: bool) -> Arc<[Policy]> {
+    if answer {
+        for_answers(policies)
+    } else {
+        policies.clone()
+    }
+}
+
+/// A scorer and its model's name.
+type Named<'a> = (&'a dyn Score, &'a str);
+
 fn score_lines(
-    engine: &Engine,
+    scorer: Named<'_>,
     mut reader: impl BufRead,
     policies: &Arc<[Policy]>,
     args: &ScoreArgs,
@@ -166,11 +194,11 @@ fn score_lines(
         ready += usize::from(matches!(entry, Pending::Ready { .. }));
         pending.push(entry);
         if ready >= args.batch_size.max(1) {
-            flush(engine, &mut pending, policies, args, &mut out, &mut totals)?;
+            flush(scorer, &mut pending, policies, args, &mut out, &mut totals)?;
             ready = 0;
         }
     }
-    flush(engine, &mut pending, policies, args, &mut out, &mut totals)?;
+    flush(scorer, &mut pending, policies, args, &mut out, &mut totals)?;
     tracing::info!(
         scored = totals.scored,
         flagged = totals.flagged,
@@ -227,7 +255,7 @@ struct Totals {
 
 /// Scores the ready lines of `pending` as one batch and writes every pending line in order.
 fn flush(
-    engine: &Engine,
+    (scorer, name): Named<'_>,
     pending: &mut Vec<Pending>,
     policies: &Arc<[Policy]>,
     args: &ScoreArgs,
@@ -240,12 +268,12 @@ fn flush(
             Pending::Ready { input, .. } => Some(ScoreRequest {
                 user: input.prompt.clone(),
                 response: input.response.clone(),
-                policies: policies.clone(),
+                policies: checked(policies, input.response.is_some()),
             }),
             Pending::Failed(_) => None,
         })
         .collect();
-    let mut results = score_each(engine, &requests).into_iter();
+    let mut results = score_each(scorer, &requests).into_iter();
     for entry in pending.drain(..) {
         match entry {
             Pending::Failed(error) => {
@@ -254,7 +282,8 @@ fn flush(
             }
             Pending::Ready { line, input } => match results.next() {
                 Some(Ok(scores)) => {
-                    let verdict = Verdict::new(&scores, policies);
+                    let policies = checked(policies, input.response.is_some());
+                    let verdict = Verdict::new(&scores, &policies);
                     totals.scored += 1;
                     totals.flagged += usize::from(!verdict.violated.is_empty());
                     let mode = Content {
@@ -266,7 +295,7 @@ fn flush(
                         line: Some(line),
                         id: input.id,
                         mode,
-                        model: engine.model_name(),
+                        model: name,
                         verdict,
                         pii: pii_counts(&input.prompt, input.response.as_deref()),
                     };

@@ -19,7 +19,7 @@ use crate::tune::workbench::Workbench;
 use crate::tune::{self, score_examples, unscored, Outputs};
 
 use super::serve::{bind, shutdown_signal};
-use super::{load_scorer, profile_policies, Outcome};
+use super::{load_scorer, profile, Outcome};
 
 /// Splits the `--target` flags into per-category targets and the default.
 fn parse_targets(
@@ -88,7 +88,8 @@ pub fn run(args: &TuneArgs) -> anyhow::Result<Outcome> {
     if args.batch == 0 {
         bail!("--batch must be at least 1");
     }
-    let (config, policies) = profile_policies(args.config.as_deref(), &args.profile)?;
+    let (config, profile) = profile(args.config.as_deref(), &args.profile)?;
+    let policies = profile.policies.clone();
     let config_text = match &args.config {
         Some(path) => std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?,

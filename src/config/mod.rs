@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use model::ModelSettings;
+pub use model::{InjectionSettings, ModelSettings};
 pub use profile::{Action, CategoryRule, PiiAction, PiiRules, ProfileConfig};
 pub use proxy::{BadRequest, FailMode, OutputMode, ProxyConfig, Reveal, Scan, UnknownPaths};
 pub use server::{
@@ -59,6 +59,8 @@ pub struct Config {
     pub model: ModelSettings,
     /// The scorer worker.
     pub scorer: ScorerConfig,
+    /// The prompt-injection classifier.
+    pub injection: InjectionSettings,
     /// Where custom policies come from.
     pub policies: PoliciesConfig,
     /// The chat API behind the gateway; without it only `/v1/moderations` is served.
@@ -128,6 +130,12 @@ impl Config {
         let model = base.join(&self.model.source);
         if !self.model.source.contains(':') && model.exists() {
             self.model.source = model.display().to_string();
+        }
+        if let Some(source) = &mut self.injection.model {
+            let folder = base.join(&*source);
+            if !source.contains(':') && folder.exists() {
+                *source = folder.display().to_string();
+            }
         }
     }
 
@@ -311,6 +319,7 @@ mod tests {
             "model",
             "scorer",
             "scorer.remote",
+            "injection",
             "policies",
             "upstream",
         ] {

@@ -49,3 +49,24 @@ impl Default for ModelSettings {
         }
     }
 }
+
+/// The injection classifier beside ShieldGemma (off while `model` is unset).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InjectionSettings {
+    /// A Prompt Guard 2 folder (config.json, model.safetensors, tokenizer.json), a hub id
+    /// (`meta-llama/Llama-Prompt-Guard-2-86M`), or synthetic:22m / synthetic:86m (seeded test
+    /// weights).
+    pub model: Option<String>,
+    /// cpu, cuda, cuda:N or metal.
+    pub device: String,
+}
+
+impl Default for InjectionSettings {
+    fn default() -> Self {
+        Self {
+            model: None,
+            device: "cpu".into(),
+        }
+    }
+}

@@ -152,18 +152,20 @@ impl Decision {
         }
     }
 
-    /// Compares the scores of each checked part with the profile (scores are in the order of
-    /// the profile's policies).
+    /// Compares the scores of each checked part with the profile: every category the direction
+    /// reads (answers are not scored for injection) at the highest score any part has for it.
     pub fn from_scores(direction: Direction, profile: &Profile, parts: &[RequestScores]) -> Self {
         let categories: Vec<CategoryResult> = profile
             .policies
             .iter()
             .zip(&profile.actions)
-            .enumerate()
-            .map(|(i, (policy, &action))| {
+            .filter(|(policy, _)| direction == Direction::Input || policy.reads_answers())
+            .map(|(policy, &action)| {
                 let p_yes = parts
                     .iter()
-                    .filter_map(|s| s.scores.get(i).map(|s| s.p_yes))
+                    .flat_map(|s| &s.scores)
+                    .filter(|s| s.id == policy.id)
+                    .map(|s| s.p_yes)
                     .fold(0.0, f64::max);
                 CategoryResult {
                     id: policy.id.clone(),
@@ -177,10 +179,11 @@ impl Decision {
         let parts_blocked = parts
             .iter()
             .map(|s| {
-                s.scores
-                    .iter()
-                    .zip(&categories)
-                    .any(|(score, c)| c.action == Action::Block && score.p_yes >= c.threshold)
+                s.scores.iter().any(|score| {
+                    categories.iter().any(|c| {
+                        c.id == score.id && c.action == Action::Block && score.p_yes >= c.threshold
+                    })
+                })
             })
             .collect();
         let worst = |action| categories.iter().any(|c| c.violated && c.action == action);
@@ -295,6 +298,43 @@ sexual = { threshold = 0.2, action = "shadow" }
         assert_eq!(d.disposition, Disposition::Pass, "shadow only records");
         let d = Decision::from_scores(Direction::Input, &p, &[]);
         assert_eq!(d.disposition, Disposition::Pass);
+    }
+
+    #[test]
+    fn scores_meet_their_categories_by_id_and_answers_have_no_injection_category() {
+        let config = Config::parse(
+            "[injection]\nmodel = \"synthetic:22m\"\n[profiles.default.categories]\n\
+             hate = {}\ninjection = { action = \"flag\" }\nindirect_injection = {}\n",
+            "t",
+        )
+        .expect("config");
+        let profiles = Profiles::build(&config).expect("profiles");
+        let p = profiles.default_profile();
+        // A user turn scored for hate and injection, a tool result for indirect injection.
+        let user = scores(&[("hate", 0.1), ("injection", 0.7)]);
+        let tool = scores(&[("indirect_injection", 0.2)]);
+        let d = Decision::from_scores(Direction::Input, p, &[user, tool.clone()]);
+        let got: Vec<(&str, f64)> = d
+            .categories
+            .iter()
+            .map(|c| (c.id.as_str(), c.p_yes))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("hate", 0.1),
+                ("indirect_injection", 0.2),
+                ("injection", 0.7)
+            ]
+        );
+        assert_eq!(d.disposition, Disposition::Flag);
+        let blocked = scores(&[("indirect_injection", 0.6)]);
+        let d = Decision::from_scores(Direction::Input, p, &[tool, blocked]);
+        assert_eq!(d.disposition, Disposition::Block);
+        assert_eq!(d.parts_blocked, [false, true]);
+        let d = Decision::from_scores(Direction::Output, p, &[scores(&[("hate", 0.9)])]);
+        let ids: Vec<&str> = d.categories.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, ["hate"]);
     }
 
     #[test]

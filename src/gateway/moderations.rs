@@ -2,9 +2,10 @@
 //!
 //! Category mapping (all 13 OpenAI keys are always present; unmapped ones are `false` / `0.0`):
 //! `hate` ← hate, `harassment` ← harassment, `sexual` ← sexual, `illicit` and `violence` ←
-//! dangerous. `flagged` is true when any scored policy (custom ones included) crosses its
-//! threshold, or when the profile's `pii.input` rules block or flag a kind found in the text;
-//! the kinds found are counted in `pii`.
+//! dangerous. `flagged` is true when any scored policy (custom ones and `injection` included)
+//! crosses its threshold, or when the profile's `pii.input` rules block or flag a kind found in
+//! the text; the kinds found are counted in `pii`. Beyond OpenAI's shape, `policy_scores` gives
+//! every scored policy's P(Yes) by id and `violated` the ids that crossed their thresholds.
 
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -128,7 +129,7 @@ pub async fn handle(gw: &Gateway, profile: &Profile, body: &[u8]) -> Result<Valu
         .map(|user| ScoreRequest {
             user: user.clone(),
             response: None,
-            policies: profile.policies.clone(),
+            policies: profile.for_user_turns.clone(),
         })
         .collect();
     let scores = tokio::time::timeout(gw.scorer_timeout, gw.scorer.score(requests))
@@ -140,7 +141,7 @@ pub async fn handle(gw: &Gateway, profile: &Profile, body: &[u8]) -> Result<Valu
         .iter()
         .zip(&texts)
         .map(|(s, text)| {
-            let mut result = result(&Verdict::new(s, &profile.policies));
+            let mut result = result(&Verdict::new(s, &profile.for_user_turns));
             let pii = count([text.as_str()], &kinds);
             if !pii.is_empty() {
                 let alarming = |kind: &Kind| {
@@ -175,10 +176,17 @@ fn result(verdict: &Verdict) -> Value {
         scores.insert(key.into(), json!(source.map_or(0.0, |p| p.score.p_yes)));
         applied.insert(key.into(), json!(["text"]));
     }
+    let policy_scores: Map<String, Value> = verdict
+        .policies
+        .iter()
+        .map(|p| (p.score.id.clone(), json!(p.score.p_yes)))
+        .collect();
     json!({
         "flagged": !verdict.violated.is_empty(),
         "categories": categories,
         "category_scores": scores,
         "category_applied_input_types": applied,
+        "policy_scores": policy_scores,
+        "violated": verdict.violated,
     })
 }

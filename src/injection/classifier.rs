@@ -107,8 +107,8 @@ impl PromptGuard {
         })
     }
 
-    /// P(attack) of each text: the highest of its windows'.
-    pub fn score(&self, texts: &[&str]) -> Result<Vec<f32>, InjectionError> {
+    /// Each text's verdict: its most alarming window's.
+    pub fn score(&self, texts: &[&str]) -> Result<Vec<Detection>, InjectionError> {
         let tokens = texts
             .iter()
             .map(|t| self.tokens(t))
@@ -116,8 +116,8 @@ impl PromptGuard {
         self.score_tokens(&tokens)
     }
 
-    /// P(attack) of each text given as tokens (without special tokens).
-    pub fn score_tokens(&self, texts: &[Vec<u32>]) -> Result<Vec<f32>, InjectionError> {
+    /// The verdict of each text given as tokens (without special tokens).
+    pub fn score_tokens(&self, texts: &[Vec<u32>]) -> Result<Vec<Detection>, InjectionError> {
         let mut owner = Vec::new();
         let mut all = Vec::new();
         for (i, tokens) in texts.iter().enumerate() {
@@ -127,11 +127,18 @@ impl PromptGuard {
             }
         }
         let logits = self.logits(&all)?;
-        let mut scores = vec![0.0f32; texts.len()];
+        let mut found: Vec<Option<Detection>> = vec![None; texts.len()];
         for (i, l) in owner.into_iter().zip(logits) {
-            scores[i] = scores[i].max(probability(&l, self.attack));
+            let window = Detection::of(&l, self.attack, texts[i].len());
+            if found[i].is_none_or(|d| window.p_attack() > d.p_attack()) {
+                found[i] = Some(window);
+            }
         }
-        Ok(scores)
+        Ok(found
+            .into_iter()
+            .enumerate()
+            .map(|(i, d)| d.unwrap_or(Detection::empty(texts[i].len())))
+            .collect())
     }
 
     /// The logits of each window (`[CLS] … [SEP]`, within the limit), run in batches of
@@ -214,11 +221,47 @@ fn mmap(weights: &Path, device: &Device) -> candle_core::Result<VarBuilder<'stat
     unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, device) }
 }
 
-/// The softmax probability of label `label`.
-fn probability(logits: &[f32], label: usize) -> f32 {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f32 = logits.iter().map(|l| (l - max).exp()).sum();
-    logits.get(label).map_or(0.0, |l| (l - max).exp() / sum)
+/// A text's verdict: the logit of the attack label and the log-sum-exp of the others in its
+/// most alarming window, so that P(attack) is the two-way softmax of the pair.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Detection {
+    /// The attack label's logit.
+    pub attack: f32,
+    /// The other labels' logits, combined.
+    pub benign: f32,
+    /// The text's tokens (all windows).
+    pub tokens: usize,
+}
+
+impl Detection {
+    fn of(logits: &[f32], attack: usize, tokens: usize) -> Self {
+        let others = logits
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != attack)
+            .map(|(_, l)| *l);
+        let max = others.clone().fold(f32::NEG_INFINITY, f32::max);
+        let benign = max + others.map(|l| (l - max).exp()).sum::<f32>().ln();
+        Self {
+            attack: logits.get(attack).copied().unwrap_or(f32::NEG_INFINITY),
+            benign,
+            tokens,
+        }
+    }
+
+    /// No window (no text): certainly benign.
+    fn empty(tokens: usize) -> Self {
+        Self {
+            attack: f32::NEG_INFINITY,
+            benign: 0.0,
+            tokens,
+        }
+    }
+
+    /// P(attack).
+    pub fn p_attack(&self) -> f64 {
+        crate::scorer::p_yes(self.attack, self.benign)
+    }
 }
 
 #[cfg(test)]
@@ -294,8 +337,13 @@ mod tests {
 
     #[test]
     fn probabilities_are_a_softmax() {
-        assert!((probability(&[0.0, 0.0], 1) - 0.5).abs() < 1e-6);
-        assert!(probability(&[-100.0, 100.0], 1) > 0.999);
-        assert_eq!(probability(&[1.0, 2.0], 5), 0.0);
+        let p = |logits: &[f32], label| Detection::of(logits, label, 1).p_attack();
+        assert!((p(&[0.0, 0.0], 1) - 0.5).abs() < 1e-6);
+        assert!(p(&[-100.0, 100.0], 1) > 0.999);
+        assert_eq!(p(&[1.0, 2.0], 5), 0.0);
+        let three = p(&[1.0, 2.0, 0.5], 1);
+        let softmax = 2f64.exp() / (1f64.exp() + 2f64.exp() + 0.5f64.exp());
+        assert!((three - softmax).abs() < 1e-6, "{three} vs {softmax}");
+        assert_eq!(Detection::empty(0).p_attack(), 0.0);
     }
 }

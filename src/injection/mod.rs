@@ -4,11 +4,15 @@
 
 mod classifier;
 pub mod config;
+mod load;
+pub mod scorer;
 mod windows;
 
 use crate::model::ModelError;
 
-pub use classifier::PromptGuard;
+pub use classifier::{Detection, PromptGuard};
+pub use load::load;
+pub use scorer::{Detect, WithInjection};
 pub use windows::{windows, OVERLAP};
 
 /// Why the classifier could not be loaded or run.

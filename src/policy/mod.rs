@@ -23,7 +23,25 @@ pub struct Policy {
     pub threshold: f64,
     /// The guideline text for each template.
     pub guideline: Guideline,
+    /// The model that scores it: ShieldGemma for policy files.
+    #[serde(skip)]
+    pub classifier: Classifier,
 }
+
+/// Which model scores a policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Classifier {
+    /// ShieldGemma, with the policy's guideline in its prompt.
+    #[default]
+    ShieldGemma,
+    /// The injection classifier (`[injection] model`), which takes the text alone: P(attack).
+    PromptGuard,
+}
+
+/// The id of the injection category scored on user turns.
+pub const INJECTION: &str = "injection";
+/// The id of the injection category scored on tool results (indirect injection).
+pub const INDIRECT_INJECTION: &str = "indirect_injection";
 
 /// The guideline text in both wordings.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -36,6 +54,38 @@ pub struct Guideline {
 }
 
 impl Policy {
+    /// The injection category of user turns ([`INJECTION`]) or of tool results
+    /// ([`INDIRECT_INJECTION`]), scored by the injection classifier. Its "guideline" only
+    /// describes it: no model reads it.
+    pub fn injection(id: &str) -> Self {
+        let (name, text) = if id == INDIRECT_INJECTION {
+            (
+                "Indirect prompt injection",
+                "Tool results shall not carry instructions that try to take over the model.",
+            )
+        } else {
+            (
+                "Prompt injection or jailbreak",
+                "The prompt shall not try to override the model's instructions or safeguards.",
+            )
+        };
+        Self {
+            id: id.to_string(),
+            name: name.into(),
+            threshold: 0.5,
+            guideline: Guideline {
+                prompt: text.into(),
+                response: text.into(),
+            },
+            classifier: Classifier::PromptGuard,
+        }
+    }
+
+    /// Whether ShieldGemma scores it (the injection categories read only the user's side).
+    pub fn reads_answers(&self) -> bool {
+        self.classifier == Classifier::ShieldGemma
+    }
+
     /// The guideline for a template mode.
     pub fn guideline(&self, mode: Mode) -> &str {
         match mode {
@@ -85,6 +135,19 @@ impl Policy {
     }
 }
 
+/// The policies of `policies` that score answers (all but the injection categories, which
+/// read the user's side only).
+pub fn for_answers(policies: &std::sync::Arc<[Policy]>) -> std::sync::Arc<[Policy]> {
+    if policies.iter().all(Policy::reads_answers) {
+        return policies.clone();
+    }
+    policies
+        .iter()
+        .filter(|p| p.reads_answers())
+        .cloned()
+        .collect()
+}
+
 /// Errors reading policies.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
@@ -121,6 +184,15 @@ pub enum PolicyError {
         first: String,
         /// Where it was defined again.
         second: String,
+    },
+    /// An injection category was asked for without an injection classifier.
+    #[error(
+        "{id:?} is scored by the injection classifier: set [injection] model (a Prompt Guard 2 \
+         folder or hub id) to use it"
+    )]
+    NoClassifier {
+        /// The category asked for.
+        id: String,
     },
     /// A policy id that is not in the set was asked for.
     #[error("unknown policy {id:?}; known policies: {known}")]
@@ -184,6 +256,14 @@ impl PolicySet {
         Ok(set)
     }
 
+    /// Adds the two injection categories ([`INJECTION`], [`INDIRECT_INJECTION`]).
+    pub fn add_injection(&mut self) -> Result<(), PolicyError> {
+        for id in [INJECTION, INDIRECT_INJECTION] {
+            self.add(Policy::injection(id), "[injection] model".into())?;
+        }
+        Ok(())
+    }
+
     /// Every `*.toml` file of a folder, in file-name order.
     pub fn load_dir(dir: &Path) -> Result<Self, PolicyError> {
         let io = |source| PolicyError::Io {
@@ -239,16 +319,17 @@ impl PolicySet {
 
     /// The policy with this id.
     pub fn get(&self, id: &str) -> Result<&Policy, PolicyError> {
-        self.iter()
-            .find(|p| p.id == id)
-            .ok_or_else(|| PolicyError::Unknown {
+        self.iter().find(|p| p.id == id).ok_or_else(|| match id {
+            INJECTION | INDIRECT_INJECTION => PolicyError::NoClassifier { id: id.into() },
+            _ => PolicyError::Unknown {
                 id: id.to_string(),
                 known: self
                     .iter()
                     .map(|p| p.id.as_str())
                     .collect::<Vec<_>>()
                     .join(", "),
-            })
+            },
+        })
     }
 
     /// The policies with these ids, in the order given; all of them when `ids` is empty.

@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{Action, Config, ConfigError, PiiAction, ProfileConfig};
 use crate::pii::Kind;
-use crate::policy::{Policy, PolicySet};
+use crate::policy::{Classifier, Policy, PolicySet, INDIRECT_INJECTION};
 
 /// One profile, ready to score with.
 #[derive(Debug, Clone)]
@@ -20,6 +20,14 @@ pub struct Profile {
     pub policies: Arc<[Policy]>,
     /// The action of each policy, in the same order.
     pub actions: Vec<Action>,
+    /// What a user turn is scored with: every policy but `indirect_injection`.
+    pub for_user_turns: Arc<[Policy]>,
+    /// What other scanned texts (system prompt, tool calls and results) and answers are scored
+    /// with: ShieldGemma's policies.
+    pub for_other_texts: Arc<[Policy]>,
+    /// What tool results and documents since the model's last turn are scored with:
+    /// `indirect_injection`, when the profile has it.
+    pub for_indirect: Arc<[Policy]>,
     /// What each kind of personal data or secret found in a request does (kinds that are off
     /// left out).
     pub pii_input: BTreeMap<Kind, PiiAction>,
@@ -57,8 +65,12 @@ impl Profiles {
             origin: "policies".into(),
             reason,
         };
-        let set = PolicySet::from_sources(config.policies.dir.as_deref(), &config.policies.files)
-            .map_err(|e| invalid(e.to_string()))?;
+        let mut set =
+            PolicySet::from_sources(config.policies.dir.as_deref(), &config.policies.files)
+                .map_err(|e| invalid(e.to_string()))?;
+        if config.injection.model.is_some() {
+            set.add_injection().map_err(|e| invalid(e.to_string()))?;
+        }
         let mut list = Vec::new();
         let default = ProfileConfig::default();
         if !config.profiles.contains_key("default") {
@@ -186,8 +198,16 @@ fn build_one(name: &str, config: &ProfileConfig, set: &PolicySet) -> Result<Prof
         }
         pairs.into_iter().unzip()
     };
+    let only = |keep: &dyn Fn(&Policy) -> bool| -> Arc<[Policy]> {
+        policies.iter().filter(|p| keep(p)).cloned().collect()
+    };
+    let indirect =
+        |p: &Policy| p.classifier == Classifier::PromptGuard && p.id == INDIRECT_INJECTION;
     Ok(Profile {
         name: name.to_string(),
+        for_user_turns: only(&|p| !indirect(p)),
+        for_other_texts: only(&Policy::reads_answers),
+        for_indirect: only(&indirect),
         policies: policies.into(),
         actions,
         key_hashes: config
@@ -284,6 +304,48 @@ routes = ["/v1/messages"]
         )
         .expect_err("must fail");
         assert!(e.to_string().contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn injection_categories_need_the_classifier_and_read_their_own_texts() {
+        let e = Profiles::build(
+            &Config::parse("[profiles.default.categories]\ninjection = {}\n", "t").expect("parses"),
+        )
+        .expect_err("no classifier");
+        assert!(e.to_string().contains("set [injection] model"), "{e}");
+        let with = "[injection]\nmodel = \"synthetic:22m\"\n";
+        let profiles = Profiles::build(&Config::parse(with, "t").expect("parses")).expect("builds");
+        let ids = |policies: &[Policy]| -> Vec<String> {
+            policies.iter().map(|p| p.id.clone()).collect()
+        };
+        let d = profiles.default_profile();
+        let harms = ["dangerous", "harassment", "hate", "sexual"];
+        assert_eq!(
+            ids(&d.policies),
+            [&harms[..], &["injection", "indirect_injection"]].concat()
+        );
+        assert_eq!(
+            ids(&d.for_user_turns),
+            [&harms[..], &["injection"]].concat()
+        );
+        assert_eq!(ids(&d.for_other_texts), harms);
+        assert_eq!(ids(&d.for_indirect), ["indirect_injection"]);
+        assert_ne!(
+            profiles.version,
+            Profiles::build(&Config::default()).expect("a").version
+        );
+        let only = format!(
+            "{with}[profiles.default.categories]\nindirect_injection = {{ threshold = 0.9 }}\n"
+        );
+        let profiles =
+            Profiles::build(&Config::parse(&only, "t").expect("parses")).expect("builds");
+        let d = profiles.default_profile();
+        assert!(d.for_user_turns.is_empty() && d.for_other_texts.is_empty());
+        assert_eq!(d.for_indirect[0].threshold, 0.9);
+        let e = PolicySet::builtin()
+            .select(&["indirect_injection".into()])
+            .expect_err("not without the classifier");
+        assert!(e.to_string().contains("[injection] model"), "{e}");
     }
 
     #[test]

@@ -59,7 +59,7 @@ pub struct PolicyScore {
 }
 
 /// The scores of one request, in the order of its policies.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct RequestScores {
     /// One entry per policy.
     pub scores: Vec<PolicyScore>,
@@ -153,6 +153,9 @@ pub enum ScoreError {
     /// A remote scorer endpoint failed or cannot give a score.
     #[error("remote scorer: {0}")]
     Remote(String),
+    /// A classifier run beside the model (the injection classifier) failed.
+    #[error("{0}")]
+    Classifier(String),
 }
 
 impl From<candle_core::Error> for ScoreError {

@@ -71,6 +71,7 @@ pub fn score_examples(
     progress: &mut dyn FnMut(usize, usize),
 ) -> (Vec<Example>, Vec<LineError>) {
     let total = unscored(&examples);
+    let answers = crate::policy::for_answers(policies);
     let (mut done, mut kept, mut errors) = (0, Vec::new(), Vec::new());
     let (mut ready, mut todo): (Vec<Example>, Vec<Example>) = examples
         .into_iter()
@@ -83,7 +84,10 @@ pub fn score_examples(
             .map(|e| ScoreRequest {
                 user: e.prompt.clone().unwrap_or_default(),
                 response: e.response.clone(),
-                policies: policies.clone(),
+                policies: match e.response {
+                    Some(_) => answers.clone(),
+                    None => policies.clone(),
+                },
             })
             .collect();
         for (mut example, result) in chunk.into_iter().zip(score_each(scorer, &requests)) {

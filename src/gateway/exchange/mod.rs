@@ -235,12 +235,7 @@ impl Exchange {
         let input = CheckInput {
             direction: Direction::Input,
             profile: &self.profile,
-            texts: request
-                .conversation
-                .parts
-                .iter()
-                .map(|p| (p.clone(), None))
-                .collect(),
+            requests: check::input_requests(&self.profile, &request.conversation),
             fail: self.settings.proxy.on_input_error,
             unscanned: request.conversation.unscanned.clone(),
             pii: request.pii.clone(),
@@ -475,10 +470,7 @@ impl Exchange {
         let input = CheckInput {
             direction: Direction::Output,
             profile: &self.profile,
-            texts: texts
-                .into_iter()
-                .map(|o| (prompt.to_string(), Some(o)))
-                .collect(),
+            requests: check::output_requests(&self.profile, prompt, texts),
             fail: self.settings.proxy.on_output_error,
             unscanned: Vec::new(),
             pii,

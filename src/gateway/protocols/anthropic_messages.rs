@@ -14,8 +14,8 @@ use super::json::{
     Object, Text,
 };
 use super::{
-    add_user_turns, block_message, filter_results, push_part, set, start, with_roles, Adapter,
-    Answer, Block, Conversation, EventTexts, Place, StreamCollector,
+    add_tool_result, add_user_turns, block_message, filter_results, push_part, set, start,
+    with_roles, Adapter, Answer, Block, Conversation, EventTexts, Place, StreamCollector,
 };
 
 /// The Messages adapter.
@@ -37,6 +37,9 @@ impl Adapter for AnthropicMessages {
         let mut users = Vec::new();
         for (i, (m, role)) in messages.into_iter().enumerate() {
             let place = Place("messages", i);
+            if role == "assistant" {
+                conv.indirect.clear();
+            }
             let blocks: Vec<Option<&RequestBlock<'_>>> = match m.content.get() {
                 Some(Content::Parts(blocks)) => {
                     blocks.iter().map(|b| b.get().map(|Object(b)| b)).collect()
@@ -50,8 +53,15 @@ impl Adapter for AnthropicMessages {
                         .get()
                         .map(|Json(v)| v.to_string())
                         .unwrap_or_default(),
-                    Some("tool_result") if scan.contains(&Scan::ToolResults) => {
-                        content_text(&block.content, &place, &mut conv.unscanned)
+                    Some("tool_result") => {
+                        add_tool_result(&mut conv, scan, |unscanned| {
+                            content_text(&block.content, &place, unscanned)
+                        });
+                        continue;
+                    }
+                    Some("document") => {
+                        push_part(&mut conv.indirect, block.document_text());
+                        continue;
                     }
                     _ => continue,
                 };
@@ -187,7 +197,7 @@ struct RequestMessage<'a> {
 }
 
 /// A content block of a request: text, a tool call (`input`, any JSON, scanned as written
-/// out compactly) or a tool's result (`content`).
+/// out compactly), a tool's result (`content`) or a document (`source`).
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct RequestBlock<'a> {
@@ -198,9 +208,39 @@ struct RequestBlock<'a> {
     #[serde(borrow)]
     content: Lenient<Content<'a>>,
     input: Lenient<Json>,
+    #[serde(borrow)]
+    source: Lenient<Object<DocumentSource<'a>>>,
+}
+
+/// A document's source: plain text (`data`) or content blocks (`content`); files and images
+/// give no text.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct DocumentSource<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: Lenient<Text<'a>>,
+    #[serde(borrow)]
+    data: Lenient<Text<'a>>,
+    #[serde(borrow)]
+    content: Lenient<Content<'a>>,
 }
 
 impl RequestBlock<'_> {
+    /// A document block's text (empty for files and images, which stay reported unscanned).
+    fn document_text(&self) -> String {
+        let Some(Object(source)) = self.source.get() else {
+            return String::new();
+        };
+        match source.kind.get().map(|k| &**k) {
+            Some("text") => source
+                .data
+                .get()
+                .map_or_else(String::new, |t| t.to_string()),
+            Some("content") => content_text(&source.content, &"document", &mut Vec::new()),
+            _ => String::new(),
+        }
+    }
+
     fn is_tool(&self) -> bool {
         matches!(
             self.kind.get().map(|k| &**k),

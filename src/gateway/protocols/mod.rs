@@ -21,6 +21,11 @@ use crate::gateway::decision::Decision;
 pub struct Conversation {
     /// Texts the input check scores, each on its own.
     pub parts: Vec<String>,
+    /// `parts[users_from..]` are user turns (scored for injection too).
+    pub users_from: usize,
+    /// Tool results and text documents sent since the model's last turn, scanned or not: where
+    /// indirect injection is looked for.
+    pub indirect: Vec<String>,
     /// The user turn the output check pairs with the response.
     pub prompt: String,
     /// Parts that cannot be scanned (images, audio, files), with where they are.
@@ -228,12 +233,29 @@ pub fn with_roles<'m, M>(
 /// for to the scanned parts.
 pub fn add_user_turns(conv: &mut Conversation, users: Vec<String>, scan: &[Scan]) {
     conv.prompt = users.last().cloned().unwrap_or_default();
+    conv.users_from = conv.parts.len();
     if scan.contains(&Scan::AllUser) {
         users
             .into_iter()
             .for_each(|u| push_part(&mut conv.parts, u));
     } else if scan.contains(&Scan::LastUser) {
         push_part(&mut conv.parts, conv.prompt.clone());
+    }
+}
+
+/// Adds a tool result, read by `read` (which notes what it cannot scan): to the scanned parts
+/// when the scan asks for tool results, and to the texts looked at for indirect injection.
+pub fn add_tool_result(
+    conv: &mut Conversation,
+    scan: &[Scan],
+    read: impl FnOnce(&mut Vec<String>) -> String,
+) {
+    if scan.contains(&Scan::ToolResults) {
+        let text = read(&mut conv.unscanned);
+        push_part(&mut conv.parts, text.clone());
+        push_part(&mut conv.indirect, text);
+    } else {
+        push_part(&mut conv.indirect, read(&mut Vec::new()));
     }
 }
 
@@ -545,5 +567,69 @@ mod tests {
         assert_eq!(read(r#""plain""#), ("plain".to_string(), Vec::new()));
         assert_eq!(read("null"), (String::new(), Vec::new()));
         assert_eq!(read("7"), (String::new(), Vec::new()));
+    }
+
+    #[test]
+    fn tool_results_and_documents_since_the_models_last_turn_are_kept_apart_from_the_scan() {
+        let chat = r#"{"messages": [{"role": "system", "content": "sys"},
+            {"role": "user", "content": "u1"},
+            {"role": "assistant", "tool_calls": [{"function": {"arguments": "{}"}}]},
+            {"role": "tool", "content": "old result"},
+            {"role": "assistant", "content": "done"},
+            {"role": "user", "content": "u2"},
+            {"role": "assistant", "tool_calls": [{"function": {"arguments": "{}"}}]},
+            {"role": "tool", "content": [{"type": "text", "text": "new A"},
+                                         {"type": "image_url", "image_url": {"url": "x"}}]},
+            {"role": "tool", "content": "new B"}]}"#;
+        let anthropic = r#"{"messages": [{"role": "user", "content": "u1"},
+            {"role": "assistant", "content": [{"type": "tool_use", "input": {}}]},
+            {"role": "user", "content": [{"type": "tool_result", "content": "old result"}]},
+            {"role": "assistant", "content": "done"},
+            {"role": "user", "content": [{"type": "tool_result", "content": "new A"},
+                {"type": "document", "source": {"type": "text", "media_type": "text/plain",
+                                                "data": "doc B"}},
+                {"type": "document", "source": {"type": "content",
+                                                "content": [{"type": "text", "text": "doc C"}]}},
+                {"type": "text", "text": "u2"}]}]}"#;
+        let responses = r#"{"input": [{"type": "message", "role": "user", "content": "u1"},
+            {"type": "function_call", "arguments": "{}"},
+            {"type": "function_call_output", "output": "old result"},
+            {"type": "message", "role": "assistant", "content": "done"},
+            {"type": "message", "role": "user", "content": "u2"},
+            {"type": "function_call", "arguments": "{}"},
+            {"type": "function_call_output", "output": "new A"}]}"#;
+        let cases: [(&dyn Adapter, &str, &[&str]); 3] = [
+            (&openai_chat::OpenAiChat, chat, &["new A", "new B"]),
+            (
+                &anthropic_messages::AnthropicMessages,
+                anthropic,
+                &["new A", "doc B", "doc C"],
+            ),
+            (&openai_responses::OpenAiResponses, responses, &["new A"]),
+        ];
+        for (adapter, body, new) in cases {
+            let name = adapter.protocol();
+            let last = adapter
+                .request_conversation(body.as_bytes(), &[Scan::LastUser])
+                .expect(name);
+            assert_eq!(last.indirect, new, "{name}");
+            assert_eq!(
+                (last.parts.clone(), last.users_from),
+                (vec!["u2".to_string()], 0)
+            );
+            // Documents stay unscanned for ShieldGemma; tool results are not reported.
+            let documents = last.unscanned.iter().all(|u| u.starts_with("document"));
+            assert!(documents, "{name}: {:?}", last.unscanned);
+            let all = adapter
+                .request_conversation(body.as_bytes(), &[Scan::AllUser, Scan::ToolResults])
+                .expect(name);
+            assert_eq!(all.indirect, new, "{name}");
+            let users: Vec<&str> = all.parts[all.users_from..].iter().map(|s| &**s).collect();
+            assert_eq!(users, ["u1", "u2"], "{name}");
+            assert!(
+                all.parts[..all.users_from].contains(&"old result".to_string()),
+                "{name}"
+            );
+        }
     }
 }

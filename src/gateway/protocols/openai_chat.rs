@@ -12,9 +12,9 @@ use super::json::{
     content_text, items, read_body, read_with_texts, text, Content, Items, Lenient, Object, Text,
 };
 use super::{
-    add_user_turns, chunk_meta, cut_choices, data_frame, filter_results, indexed_outputs,
-    push_part, set, start, with_roles, withhold_choices, Adapter, Answer, Block, Conversation,
-    EventTexts, Place, StreamCollector,
+    add_tool_result, add_user_turns, chunk_meta, cut_choices, data_frame, filter_results,
+    indexed_outputs, push_part, set, start, with_roles, withhold_choices, Adapter, Answer, Block,
+    Conversation, EventTexts, Place, StreamCollector,
 };
 use crate::gateway::protocols::sse::Event;
 
@@ -39,12 +39,14 @@ impl Adapter for OpenAiChat {
                     let text = content_text(&m.content, &place, &mut conv.unscanned);
                     push_part(&mut conv.parts, text);
                 }
-                "tool" if scan.contains(&Scan::ToolResults) => {
-                    let text = content_text(&m.content, &place, &mut conv.unscanned);
-                    push_part(&mut conv.parts, text);
-                }
-                "assistant" if scan.contains(&Scan::ToolCalls) => {
-                    push_part(&mut conv.parts, call_arguments(&m.tool_calls));
+                "tool" => add_tool_result(&mut conv, scan, |unscanned| {
+                    content_text(&m.content, &place, unscanned)
+                }),
+                "assistant" => {
+                    conv.indirect.clear();
+                    if scan.contains(&Scan::ToolCalls) {
+                        push_part(&mut conv.parts, call_arguments(&m.tool_calls));
+                    }
                 }
                 _ => {}
             }

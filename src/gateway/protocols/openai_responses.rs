@@ -12,8 +12,8 @@ use super::json::{
     content_text, items, read_body, read_with_texts, text, Content, Items, Lenient, Object, Text,
 };
 use super::{
-    add_user_turns, push_part, set, start, Adapter, Answer, Block, Conversation, EventTexts, Place,
-    StreamCollector,
+    add_tool_result, add_user_turns, push_part, set, start, Adapter, Answer, Block, Conversation,
+    EventTexts, Place, StreamCollector,
 };
 
 /// The Responses adapter.
@@ -55,10 +55,12 @@ impl Adapter for OpenAiResponses {
                         ("function_call", _) if scan.contains(&Scan::ToolCalls) => {
                             push_part(&mut conv.parts, text(&item.arguments).to_string());
                         }
-                        ("function_call_output", _) if scan.contains(&Scan::ToolResults) => {
-                            let text = content_text(&item.output, &place, &mut conv.unscanned);
-                            push_part(&mut conv.parts, text);
+                        ("function_call_output", _) => {
+                            add_tool_result(&mut conv, scan, |unscanned| {
+                                content_text(&item.output, &place, unscanned)
+                            })
                         }
+                        ("message", "assistant") => conv.indirect.clear(),
                         _ => {}
                     }
                 }
