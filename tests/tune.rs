@@ -158,20 +158,22 @@ fn write_scored_data(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     let labelled = dir.join("labelled.jsonl");
     let mut text = String::new();
     for (i, (score, positive)) in HATE.iter().enumerate() {
+        let mail = if i == 0 { " mail a@example.com" } else { "" };
         text.push_str(
-            &json!({"id": i, "prompt": format!("example {i} <b>"), "scores": {"hate": score},
+            &json!({"id": i, "prompt": format!("example {i} <b>{mail}"), "scores": {"hate": score},
                 "labels": {"hate": u8::from(*positive)}})
             .to_string(),
         );
         text.push('\n');
     }
     std::fs::write(&labelled, text).expect("labelled");
-    // Traffic: two audit results and two decision-log lines.
+    // Traffic: two audit results and two decision-log lines, one of each with personal data.
     let traffic = dir.join("traffic.jsonl");
     std::fs::write(
         &traffic,
-        "{\"scores\": {\"hate\": 0.95}}\n{\"scores\": {\"hate\": 0.1}}\n\
-         {\"categories\": [{\"id\": \"hate\", \"p_yes\": 0.65}]}\n\
+        "{\"scores\": {\"hate\": 0.95}, \"pii\": {\"email\": 2}}\n{\"scores\": {\"hate\": 0.1}}\n\
+         {\"categories\": [{\"id\": \"hate\", \"p_yes\": 0.65}],\
+           \"pii\": {\"card\": {\"count\": 1, \"action\": \"block\"}}}\n\
          {\"categories\": [{\"id\": \"hate\", \"p_yes\": 0.3}]}\n",
     )
     .expect("traffic");
@@ -221,6 +223,23 @@ fn precomputed_scores_and_traffic_need_no_model_and_bad_lines_are_kept() {
         .find(|c| c["id"] == "sexual")
         .expect("sexual");
     assert_eq!(sexual["labelled"], 0);
+    assert_eq!(
+        summary["pii"],
+        json!([
+            {"kind": "card", "examples": 0, "traffic": 1, "traffic_share": 0.25,
+             "input": "off", "output": "off"},
+            {"kind": "email", "examples": 1, "traffic": 1, "traffic_share": 0.25,
+             "input": "off", "output": "off"}
+        ])
+    );
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        stdout.contains("email: 1 labelled examples, 1 traffic items (25.0%)"),
+        "{stdout}"
+    );
+    let report = std::fs::read_to_string(out.join("report.html")).expect("report");
+    assert!(report.contains("<h2>Personal data and secrets</h2>"));
+    assert!(!report.contains("a@example.com"), "values are never shown");
     assert_eq!(sexual["suggested"], Value::Null, "no data, no suggestion");
     assert_eq!(sexual["target"], "recall=0.5");
 

@@ -14,6 +14,7 @@ use crate::http::server::{serve, Limits};
 use crate::tune::analysis::{analyse, CategoryReport, Current, Settings};
 use crate::tune::curves::Target;
 use crate::tune::data::{read_examples, read_traffic, ExampleFields};
+use crate::tune::pii::{shares, KindShare};
 use crate::tune::thresholds::{diff, set_thresholds};
 use crate::tune::workbench::Workbench;
 use crate::tune::{self, score_examples, unscored, Outputs};
@@ -48,6 +49,24 @@ fn parse_targets(
 
 fn num(v: Option<f64>) -> String {
     v.map_or_else(|| "n/a".into(), |v| format!("{v:.3}"))
+}
+
+/// One line per kind of personal data or secret found, after the thresholds table.
+fn print_pii(shares: &[KindShare]) {
+    if !shares.is_empty() {
+        println!("\nPersonal data and secrets (items holding each kind; the profile's action):");
+    }
+    for s in shares {
+        let share = s.percent().map(|p| format!(" ({p})")).unwrap_or_default();
+        println!(
+            "  {}: {} labelled examples, {} traffic items{share}; requests {}, answers {}",
+            s.kind.name(),
+            s.examples,
+            s.traffic,
+            s.input.as_str(),
+            s.output.as_str()
+        );
+    }
 }
 
 fn print_table(reports: &[CategoryReport]) {
@@ -108,11 +127,13 @@ pub fn run(args: &TuneArgs) -> anyhow::Result<Outcome> {
         examples.extend(loaded.items);
         errors.extend(loaded.errors);
     }
-    let mut traffic = Vec::new();
+    let (mut traffic, mut traffic_pii) = (Vec::new(), Vec::new());
     for path in &args.traffic {
         let loaded =
             read_traffic(path).with_context(|| format!("cannot read {}", path.display()))?;
-        traffic.extend(loaded.items);
+        let (scores, found): (Vec<_>, Vec<_>) = loaded.items.into_iter().unzip();
+        traffic.extend(scores);
+        traffic_pii.extend(found);
         errors.extend(loaded.errors);
     }
     let missing = unscored(&examples);
@@ -156,6 +177,7 @@ pub fn run(args: &TuneArgs) -> anyhow::Result<Outcome> {
     Config::parse(&new_text, "the suggested config")
         .context("the suggested config does not load; this is a bug, please report it")?;
     let title = format!("shieldgate threshold tuning (profile {})", args.profile);
+    let pii = shares(&examples, &traffic_pii, &profile);
     tune::write_outputs(
         &args.out,
         &Outputs {
@@ -163,10 +185,12 @@ pub fn run(args: &TuneArgs) -> anyhow::Result<Outcome> {
             errors: &errors,
             reports: &reports,
             thresholds_toml: &new_text,
+            pii: &pii,
             title: &title,
         },
     )?;
     print_table(&reports);
+    print_pii(&pii);
     let current_name = args
         .config
         .as_ref()

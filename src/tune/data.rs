@@ -11,6 +11,8 @@ use serde_json::Value;
 use crate::audit::records::{Item, Records};
 use crate::audit::source;
 
+use super::pii::{found_in_line, Found};
+
 /// A labelled example.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Example {
@@ -226,7 +228,7 @@ pub fn read_examples(
 
 /// Reads unlabelled traffic scores: an audit folder (its results.jsonl), audit results or a
 /// decision log.
-pub fn read_traffic(path: &Path) -> std::io::Result<Loaded<Scores>> {
+pub fn read_traffic(path: &Path) -> std::io::Result<Loaded<(Scores, Found)>> {
     let path = if path.is_dir() {
         path.join(crate::audit::RESULTS)
     } else {
@@ -240,7 +242,7 @@ pub fn read_traffic(path: &Path) -> std::io::Result<Loaded<Scores>> {
     let mut traffic = Vec::new();
     for (line, value) in values {
         match scores_of(&value) {
-            Some(scores) => traffic.push(scores),
+            Some(scores) => traffic.push((scores, found_in_line(&value))),
             None => errors.push(LineError {
                 file: file.clone(),
                 line,

@@ -7,6 +7,7 @@ pub mod analysis;
 pub mod bootstrap;
 pub mod curves;
 pub mod data;
+pub mod pii;
 pub mod report;
 pub mod thresholds;
 pub mod workbench;
@@ -121,6 +122,8 @@ pub struct Outputs<'a> {
     pub reports: &'a [CategoryReport],
     /// The config text with the suggested thresholds.
     pub thresholds_toml: &'a str,
+    /// Personal data and secrets found in the examples and traffic.
+    pub pii: &'a [pii::KindShare],
     /// The report's title.
     pub title: &'a str,
 }
@@ -140,14 +143,17 @@ pub fn write_outputs(out: &Path, outputs: &Outputs<'_>) -> Result<(), TuneError>
     std::fs::create_dir_all(out).map_err(io(out))?;
     write_jsonl(&out.join(SCORED), outputs.examples)?;
     write_jsonl(&out.join(ERRORS), outputs.errors)?;
-    let summary =
-        serde_json::json!({"errors": outputs.errors.len(), "categories": outputs.reports});
+    let summary = serde_json::json!({"errors": outputs.errors.len(),
+        "categories": outputs.reports, "pii": outputs.pii});
     for (name, text) in [
         (
             SUMMARY,
             serde_json::to_string_pretty(&summary).unwrap_or_default(),
         ),
-        (REPORT, report::html(outputs.reports, outputs.title)),
+        (
+            REPORT,
+            report::html(outputs.reports, outputs.pii, outputs.title),
+        ),
         (THRESHOLDS, outputs.thresholds_toml.to_string()),
     ] {
         let path = out.join(name);

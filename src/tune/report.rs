@@ -6,6 +6,7 @@
 use std::fmt::Write;
 
 use super::analysis::{AtThreshold, CategoryReport};
+use super::pii::KindShare;
 use crate::html::escape;
 
 const W: f64 = 260.0;
@@ -138,7 +139,7 @@ fn marks(r: &CategoryReport, pick: impl Fn(&AtThreshold) -> Option<(f64, f64)>) 
 }
 
 /// The whole page.
-pub fn html(reports: &[CategoryReport], title: &str) -> String {
+pub fn html(reports: &[CategoryReport], pii: &[KindShare], title: &str) -> String {
     let mut page = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title><style>\
          body{{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}}\
@@ -206,8 +207,36 @@ pub fn html(reports: &[CategoryReport], title: &str) -> String {
         }
         page.push_str("</table></section>");
     }
+    page.push_str(&pii_section(pii));
     page.push_str("</body></html>\n");
     page
+}
+
+/// How often each kind of personal data or secret appears, and what the profile does with it
+/// (nothing when none was found).
+fn pii_section(shares: &[KindShare]) -> String {
+    if shares.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from(
+        "<section><h2>Personal data and secrets</h2><p>Items holding each kind (values are \
+         never shown) and what the profile does with it where it is found.</p><table><tr>\
+         <th>kind</th><th>labelled examples</th><th>traffic items</th><th>share of traffic</th>\
+         <th>in requests</th><th>in answers</th></tr>",
+    );
+    for s in shares {
+        let cells = [
+            s.kind.name().to_string(),
+            s.examples.to_string(),
+            s.traffic.to_string(),
+            s.percent().unwrap_or_else(|| "–".into()),
+            s.input.as_str().into(),
+            s.output.as_str().into(),
+        ];
+        let _ = write!(out, "<tr><td>{}</td></tr>", cells.join("</td><td>"));
+    }
+    out.push_str("</table></section>");
+    out
 }
 
 #[cfg(test)]
