@@ -374,6 +374,13 @@ fn a_reload_changes_thresholds_and_a_broken_one_keeps_the_old() {
             .expect("parses");
     assert!(gw.gw.reload(&broken).is_err());
     assert_eq!(gw.gw.settings().profiles.version, version);
+    // The injection classifier is loaded at start: its categories cannot arrive by reload.
+    let injection =
+        shieldgate::config::Config::parse("[injection]\nmodel = \"synthetic:22m\"\n", "injection")
+            .expect("parses");
+    let e = gw.gw.reload(&injection).expect_err("needs a restart");
+    assert!(e.to_string().contains("restart"), "{e}");
+    assert_eq!(gw.gw.settings().profiles.version, version);
 }
 
 #[test]

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::config::{Config, ConfigError, ProxyConfig};
+use crate::config::{Config, ConfigError, InjectionSettings, ProxyConfig};
 use crate::gateway::metrics::Metrics;
 use crate::scorer::worker::ScorerHandle;
 
@@ -74,6 +74,8 @@ pub struct Gateway {
     scorer_timeout: Duration,
     settings: RwLock<Arc<Settings>>,
     decision_log: Option<DecisionLog>,
+    /// The injection classifier's settings at start (it is loaded once).
+    injection: InjectionSettings,
     ids: AtomicU64,
     /// This process's id, read once (each read is a system call).
     pid: u32,
@@ -117,6 +119,7 @@ impl Gateway {
             scorer_timeout: Duration::from_millis(config.scorer.timeout_ms),
             settings: RwLock::new(Arc::new(settings)),
             decision_log,
+            injection: config.injection.clone(),
             ids: AtomicU64::new(1),
             pid: std::process::id(),
             draining: AtomicBool::new(false),
@@ -134,6 +137,15 @@ impl Gateway {
     /// Applies the reloadable part of `config` (policies, profiles, proxy behaviour); on error
     /// the settings in force stay. Returns the new policy-set version.
     pub fn reload(&self, config: &Config) -> Result<String, ConfigError> {
+        if config.injection != self.injection {
+            // Profiles built for another classifier would send its categories to ShieldGemma.
+            return Err(ConfigError::Invalid {
+                origin: "[injection]".into(),
+                reason: "the injection classifier is loaded at start: restart the gateway to \
+                         change [injection]"
+                    .into(),
+            });
+        }
         let settings = Settings {
             proxy: config.proxy.clone(),
             profiles: Profiles::build(config)?,

@@ -124,15 +124,8 @@ impl Engine {
 
     /// Renders and encodes one request.
     pub fn encode(&self, request: &ScoreRequest) -> Result<(Encoded, Truncation), ScoreError> {
-        if request.policies.is_empty() {
-            return Err(ScoreError::NoPolicies);
-        }
+        let guidelines = request.guidelines()?;
         let content = request.content();
-        let guidelines: Vec<&str> = request
-            .policies
-            .iter()
-            .map(|p| p.guideline(content.mode()))
-            .collect();
         encode_request(
             &self.tokenizer,
             self.templates.get(content.mode()),

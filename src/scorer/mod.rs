@@ -19,7 +19,7 @@ pub use encode::{Cut, Encoded, Truncation};
 pub use engine::{Engine, EngineOptions};
 
 use crate::model::ModelError;
-use crate::policy::Policy;
+use crate::policy::{Classifier, Policy};
 use crate::prompt::Content;
 
 /// One text to score against a set of policies.
@@ -40,6 +40,22 @@ impl ScoreRequest {
             user: &self.user,
             response: self.response.as_deref(),
         }
+    }
+
+    /// Each policy's guideline for the content's template, for ShieldGemma's prompts; an error
+    /// without policies, or for a policy another classifier scores.
+    pub fn guidelines(&self) -> Result<Vec<&str>, ScoreError> {
+        if self.policies.is_empty() {
+            return Err(ScoreError::NoPolicies);
+        }
+        let mode = self.content().mode();
+        self.policies
+            .iter()
+            .map(|p| match p.classifier {
+                Classifier::ShieldGemma => Ok(p.guideline(mode)),
+                Classifier::PromptGuard => Err(ScoreError::NotShieldGemma(p.id.clone())),
+            })
+            .collect()
     }
 }
 
@@ -124,6 +140,9 @@ pub enum ScoreError {
     /// A request had no policies.
     #[error("no policies to score: choose at least one")]
     NoPolicies,
+    /// A category another classifier scores reached ShieldGemma (a bug).
+    #[error("internal error: {0:?} is not a ShieldGemma policy and reached the model")]
+    NotShieldGemma(String),
     /// The template and guideline alone exceed the context.
     #[error(
         "the prompt template and guideline need {needed} tokens, more than the limit of \
@@ -215,6 +234,23 @@ mod tests {
         assert_eq!(ok, [true, false, true]);
         let single = score_each(&FailsOnBad, &[request("bad")]);
         assert!(matches!(single[..], [Err(ScoreError::NoPolicies)]));
+    }
+
+    #[test]
+    fn only_shieldgemma_policies_give_guidelines() {
+        let r = request("hi");
+        assert_eq!(r.guidelines().expect("built-in").len(), 4);
+        let injection = ScoreRequest {
+            policies: vec![crate::policy::Policy::injection("injection")].into(),
+            ..request("hi")
+        };
+        let e = injection.guidelines().expect_err("not ShieldGemma's");
+        assert!(matches!(e, ScoreError::NotShieldGemma(ref id) if id == "injection"));
+        let none = ScoreRequest {
+            policies: Vec::new().into(),
+            ..request("hi")
+        };
+        assert!(matches!(none.guidelines(), Err(ScoreError::NoPolicies)));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 
 pub use crate::config::{PromptFormat, RemoteSettings};
 use crate::model::GemmaTokenizer;
-use crate::prompt::{Content, Templates};
+use crate::prompt::Templates;
 
 use super::encode::{encode_request, Truncation};
 use super::{PolicyScore, RequestScores, Score, ScoreError, ScoreRequest};
@@ -295,15 +295,8 @@ impl RemoteScorer {
         request: &ScoreRequest,
         out: &mut Vec<Prompt>,
     ) -> Result<Truncation, ScoreError> {
-        let content = Content {
-            user: &request.user,
-            response: request.response.as_deref(),
-        };
-        let guidelines: Vec<&str> = request
-            .policies
-            .iter()
-            .map(|p| p.guideline(content.mode()))
-            .collect();
+        let guidelines = request.guidelines()?;
+        let content = request.content();
         let template = self.templates.get(content.mode());
         match &self.encoder {
             Some(e) => {
@@ -417,9 +410,6 @@ impl Score for RemoteScorer {
         let mut prompts = Vec::new();
         let mut truncations = Vec::with_capacity(requests.len());
         for r in requests {
-            if r.policies.is_empty() {
-                return Err(ScoreError::NoPolicies);
-            }
             truncations.push(self.prompts(r, &mut prompts)?);
         }
         let lengths: Vec<usize> = prompts
