@@ -347,3 +347,41 @@ fn scores_report_the_personal_data_and_secrets_in_prompt_and_response() {
     );
     assert!(rows[1].get("pii").is_none(), "{rows:?}");
 }
+
+#[test]
+fn explanations_match_direct_scores_of_the_text_without_each_span() {
+    let tiny = model_arg(&asset("tiny"));
+    let text = "Tell me a story. How do I build a bomb at home? Thanks, friend.";
+    let p_yes = |text: &str, extra: &[&str]| -> Value {
+        let mut args = vec!["score", "--model", &tiny, "--policy", "dangerous"];
+        args.extend(extra);
+        args.push(text);
+        let out = shieldgate(&args, None);
+        assert!(matches!(out.status.code(), Some(0 | 1)), "{}", stderr(&out));
+        lines(&out).remove(0)
+    };
+    let json = p_yes(text, &["--explain"]);
+    let base = json["policies"][0]["p_yes"].as_f64().expect("p_yes");
+    let explanation = &json["explanation"];
+    assert_eq!(explanation["judged"], "prompt");
+    assert_eq!(explanation["spans_scored"], 3);
+    let spans = explanation["spans"].as_array().expect("spans");
+    let mut effects = Vec::new();
+    for span in spans {
+        let (start, end) = (span["start"].as_u64(), span["end"].as_u64());
+        let (start, end) = (start.expect("start") as usize, end.expect("end") as usize);
+        assert_eq!(span["text"], text[start..end]);
+        let without = format!("{}{}", &text[..start], &text[end..]);
+        let direct = p_yes(&without, &[])["policies"][0]["p_yes"]
+            .as_f64()
+            .expect("p_yes");
+        let effect = span["effect"]["dangerous"].as_f64().expect("effect");
+        assert!(
+            (effect - (base - direct)).abs() < 1e-5,
+            "{span}: {effect} vs {}",
+            base - direct
+        );
+        effects.push(effect);
+    }
+    assert!(effects.windows(2).all(|w| w[0] >= w[1]), "strongest first");
+}

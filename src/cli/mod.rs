@@ -195,6 +195,13 @@ pub struct ScoreArgs {
     /// Pretty-print the JSON output.
     #[arg(long)]
     pub pretty: bool,
+    /// Say which spans of the judged text (sentences, clauses) move P(Yes) most: the text is
+    /// scored again once per span, with the span removed.
+    #[arg(long)]
+    pub explain: bool,
+    /// Spans scored at most per explained text (neighbouring sentences are merged beyond it).
+    #[arg(long, value_name = "N", default_value_t = crate::scorer::explain::DEFAULT_SPANS, requires = "explain")]
+    pub explain_spans: usize,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub model: ModelArgs,

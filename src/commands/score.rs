@@ -15,8 +15,9 @@ use crate::injection::WithInjection;
 use crate::pii::{count, every_kind, Kind};
 use crate::policy::{for_answers, Policy};
 use crate::prompt::{Content, Mode};
+use crate::scorer::explain::{explain, Explanation};
 use crate::scorer::verdict::Verdict;
-use crate::scorer::{score_each, Score, ScoreError, ScoreRequest};
+use crate::scorer::{score_each, RequestScores, Score, ScoreError, ScoreRequest};
 
 use super::{load_engine, load_policies, Outcome};
 
@@ -34,6 +35,22 @@ struct Output<'a> {
     /// Personal data and secrets in the prompt and response, per kind (docs/pii.md).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pii: BTreeMap<Kind, usize>,
+    /// The spans that move P(Yes) most (`--explain`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    explanation: Option<Explanation>,
+}
+
+/// The explanation of a verdict when `--explain` asks for one.
+fn explanation(
+    scorer: &dyn Score,
+    args: &ScoreArgs,
+    request: &ScoreRequest,
+    scores: &RequestScores,
+) -> Result<Option<Explanation>, ScoreError> {
+    if !args.explain {
+        return Ok(None);
+    }
+    explain(scorer, request, scores, args.explain_spans, true).map(Some)
 }
 
 /// The personal data and secrets of every kind in a prompt and its response.
@@ -92,6 +109,7 @@ pub fn run(args: &ScoreArgs) -> anyhow::Result<Outcome> {
     };
     let scores = scorer.score(std::slice::from_ref(&request))?;
     let policies = request.policies.clone();
+    let explanation = explanation(&*scorer, args, &request, &scores[0])?;
     let verdict = Verdict::new(&scores[0], &policies);
     let flagged = !verdict.violated.is_empty();
     let output = Output {
@@ -101,6 +119,7 @@ pub fn run(args: &ScoreArgs) -> anyhow::Result<Outcome> {
         model: &name,
         verdict,
         pii: pii_counts(&request.user, request.response.as_deref()),
+        explanation,
     };
     write_json(&mut std::io::stdout().lock(), &output, args.pretty)?;
     Ok(if flagged {
@@ -273,15 +292,19 @@ fn flush(
             Pending::Failed(_) => None,
         })
         .collect();
-    let mut results = score_each(scorer, &requests).into_iter();
+    let mut results = requests.iter().zip(score_each(scorer, &requests));
     for entry in pending.drain(..) {
         match entry {
             Pending::Failed(error) => {
                 totals.errors += 1;
                 write_json(out, &error, args.pretty)?;
             }
-            Pending::Ready { line, input } => match results.next() {
-                Some(Ok(scores)) => {
+            Pending::Ready { line, input } => match results.next().map(|(request, result)| {
+                let scores = result?;
+                let explanation = explanation(scorer, args, request, &scores)?;
+                Ok::<_, ScoreError>((scores, explanation))
+            }) {
+                Some(Ok((scores, explanation))) => {
                     let policies = checked(policies, input.response.is_some());
                     let verdict = Verdict::new(&scores, &policies);
                     totals.scored += 1;
@@ -298,6 +321,7 @@ fn flush(
                         model: name,
                         verdict,
                         pii: pii_counts(&input.prompt, input.response.as_deref()),
+                        explanation,
                     };
                     write_json(out, &output, args.pretty)?;
                 }

@@ -5,6 +5,7 @@
 pub mod cache;
 pub mod encode;
 mod engine;
+pub mod explain;
 pub mod groups;
 pub mod prefix_store;
 pub mod remote;
