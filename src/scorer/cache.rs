@@ -136,7 +136,7 @@ mod tests {
 
     use super::*;
     use crate::policy::{Policy, PolicySet};
-    use crate::scorer::PolicyScore;
+    use crate::scorer::testing::uniform;
 
     /// Scores P(Yes) = text length / 100 and counts the requests it saw.
     struct Counting(AtomicU64);
@@ -146,20 +146,7 @@ mod tests {
             self.0.fetch_add(requests.len() as u64, Ordering::Relaxed);
             Ok(requests
                 .iter()
-                .map(|r| RequestScores {
-                    scores: r
-                        .policies
-                        .iter()
-                        .map(|p| PolicyScore {
-                            id: p.id.clone(),
-                            p_yes: r.user.len() as f64 / 100.0,
-                            yes_logit: 0.0,
-                            no_logit: 0.0,
-                            tokens: 1,
-                        })
-                        .collect(),
-                    truncated: None,
-                })
+                .map(|r| uniform(r, r.user.len() as f64 / 100.0))
                 .collect())
         }
     }

@@ -182,8 +182,7 @@ pub fn explain(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scorer::testing::request;
-    use crate::scorer::PolicyScore;
+    use crate::scorer::testing::{request, uniform};
 
     /// P(Yes) = 0.1 + 0.2 per "bad" in the judged text, at most 0.9.
     struct Counting;
@@ -194,21 +193,10 @@ mod tests {
                 .iter()
                 .map(|r| {
                     let judged = r.response.as_deref().unwrap_or(&r.user);
-                    let p = (0.1 + 0.2 * judged.matches("bad").count() as f64).min(0.9);
-                    RequestScores {
-                        scores: r
-                            .policies
-                            .iter()
-                            .map(|policy| PolicyScore {
-                                id: policy.id.clone(),
-                                p_yes: p,
-                                yes_logit: 0.0,
-                                no_logit: 0.0,
-                                tokens: 1,
-                            })
-                            .collect(),
-                        truncated: None,
-                    }
+                    uniform(
+                        r,
+                        (0.1 + 0.2 * judged.matches("bad").count() as f64).min(0.9),
+                    )
                 })
                 .collect())
         }

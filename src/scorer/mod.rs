@@ -199,6 +199,24 @@ pub(crate) mod testing {
         }
     }
 
+    /// Every policy of `request` at P(Yes) `p`.
+    pub fn uniform(request: &ScoreRequest, p: f64) -> RequestScores {
+        RequestScores {
+            scores: request
+                .policies
+                .iter()
+                .map(|policy| super::PolicyScore {
+                    id: policy.id.clone(),
+                    p_yes: p,
+                    yes_logit: 0.0,
+                    no_logit: 0.0,
+                    tokens: 1,
+                })
+                .collect(),
+            truncated: None,
+        }
+    }
+
     /// One empty result per request.
     pub fn empty_results(requests: &[ScoreRequest]) -> Vec<RequestScores> {
         requests
