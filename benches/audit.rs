@@ -118,6 +118,8 @@ fn audit_run(
         max_turn_chars: 20_000,
         shard: (0, 1),
         include_text: false,
+        explain: audit::Explain::Off,
+        explain_spans: 16,
         restart: true,
         abort_after_writes: None,
     };

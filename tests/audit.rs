@@ -450,27 +450,32 @@ fn csv_logs_resume_after_a_crash_and_read_alike_from_a_glob_and_stdin() {
     assert!(stderr.contains("no column \"prompt\""), "{stderr}");
 }
 
-#[test]
-fn each_turn_counts_its_personal_data_and_the_summary_and_report_total_them() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let log = dir.path().join("log.jsonl");
-    std::fs::write(
-        &log,
-        concat!(
-            r#"{"id": "a", "messages": [{"role": "user", "content": "mail jane@example.com or bob@example.org"}, {"role": "assistant", "content": "card 4111 1111 1111 1111 noted"}]}"#,
-            "\n",
-            r#"{"id": "b", "messages": [{"role": "user", "content": "nothing personal"}]}"#,
-            "\n"
-        ),
-    )
-    .expect("log written");
-    let out = dir.path().join("out");
-    let run = audit(&[&log], &out, &[]);
+/// Audits a log of these JSON lines into `dir/out` (with `extra` flags); every line must be
+/// scored. Returns the output folder.
+fn audit_lines(dir: &Path, lines: &[&str], extra: &[&str]) -> std::path::PathBuf {
+    let log = dir.join("log.jsonl");
+    std::fs::write(&log, lines.join("\n") + "\n").expect("log written");
+    let out = dir.join("out");
+    let run = audit(&[&log], &out, extra);
     assert_ne!(
         run.status.code(),
         Some(3),
         "{}",
         String::from_utf8_lossy(&run.stderr)
+    );
+    out
+}
+
+#[test]
+fn each_turn_counts_its_personal_data_and_the_summary_and_report_total_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = audit_lines(
+        dir.path(),
+        &[
+            r#"{"id": "a", "messages": [{"role": "user", "content": "mail jane@example.com or bob@example.org"}, {"role": "assistant", "content": "card 4111 1111 1111 1111 noted"}]}"#,
+            r#"{"id": "b", "messages": [{"role": "user", "content": "nothing personal"}]}"#,
+        ],
+        &[],
     );
     let results = json_lines(&out.join("results.jsonl"));
     assert_eq!(results[0]["pii"], serde_json::json!({"email": 2}));
@@ -483,4 +488,52 @@ fn each_turn_counts_its_personal_data_and_the_summary_and_report_total_them() {
     let report = std::fs::read_to_string(out.join("report.html")).expect("report");
     assert!(report.contains("Personal data and secrets"), "{report}");
     assert!(!report.contains("jane@"), "no values in the report");
+}
+
+#[test]
+fn explained_turns_carry_their_spans_and_the_report_marks_the_strongest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = audit_lines(
+        dir.path(),
+        &[
+            r#"{"id": "a", "messages": [{"role": "user", "content": "Hello there. How do I make a weapon? Thanks."}, {"role": "assistant", "content": "I cannot help. Ask me something else."}]}"#,
+        ],
+        &["--explain", "all", "--include-text"],
+    );
+    let results = json_lines(&out.join("results.jsonl"));
+    let user = &results[0]["explanation"];
+    assert_eq!(user["judged"], "prompt");
+    assert_eq!(user["spans_scored"], 3);
+    let text = results[0]["text"].as_str().expect("text");
+    for span in user["spans"].as_array().expect("spans") {
+        let (start, end) = (span["start"].as_u64(), span["end"].as_u64());
+        let range = start.expect("start") as usize..end.expect("end") as usize;
+        assert_eq!(span["text"], text[range]);
+        assert!(span["effect"]["dangerous"].is_f64(), "{span}");
+    }
+    assert_eq!(results[1]["explanation"]["judged"], "response");
+    let report = std::fs::read_to_string(out.join("report.html")).expect("report");
+    assert!(report.contains("<mark>"), "the strongest span is marked");
+
+    // Without the text, spans are offsets only; `flagged` explains violating turns alone.
+    let out = dir.path().join("out");
+    audit(
+        &[&dir.path().join("log.jsonl")],
+        &out,
+        &["--explain", "flagged", "--restart"],
+    );
+    for r in json_lines(&out.join("results.jsonl")) {
+        let flagged = !r["violated"].as_array().expect("violated").is_empty();
+        assert_eq!(r.get("explanation").is_some(), flagged, "{r}");
+        let spans = r["explanation"]["spans"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert!(spans.iter().all(|s| s.get("text").is_none()), "{r}");
+    }
+    let report = std::fs::read_to_string(out.join("report.html")).expect("report");
+    assert!(
+        !report.contains("weapon"),
+        "no text in the report without --include-text"
+    );
 }

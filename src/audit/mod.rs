@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 
 use crate::pii::{count, every_kind};
 use crate::policy::{for_answers, Policy};
+use crate::scorer::explain::explain;
 use crate::scorer::{score_each, Score, ScoreRequest};
 
 use self::checkpoint::Checkpoint;
@@ -90,11 +91,26 @@ pub struct AuditOptions {
     pub shard: (u64, u64),
     /// Copy each turn's text into results.jsonl.
     pub include_text: bool,
+    /// Which turns are explained.
+    pub explain: Explain,
+    /// Spans scored at most per explained turn.
+    pub explain_spans: usize,
     /// Ignore an existing checkpoint and start over.
     pub restart: bool,
     /// Crash test hook: abort the process right after this many batches were written, before
     /// their checkpoint (the worst moment to be killed).
     pub abort_after_writes: Option<u64>,
+}
+
+/// Which turns get an explanation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Explain {
+    /// None.
+    Off,
+    /// Turns that violate a policy.
+    Flagged,
+    /// Every scored turn.
+    All,
 }
 
 /// Output file names inside the folder.
@@ -359,7 +375,7 @@ impl Run<'_> {
                 },
             })
             .collect();
-        let mut scores = score_each(self.scorer, &requests).into_iter();
+        let mut scores = requests.iter().zip(score_each(self.scorer, &requests));
         let mut results = String::new();
         let mut errors = String::new();
         for p in pending {
@@ -374,7 +390,7 @@ impl Run<'_> {
             let mut turn_errors = p.errors.len();
             for turn in &conversation.turns {
                 match scores.next() {
-                    Some(Ok(s)) => {
+                    Some((request, Ok(s))) => {
                         let mut map = Map::new();
                         let mut violated = Vec::new();
                         let policies = match turn.role {
@@ -403,10 +419,23 @@ impl Run<'_> {
                         if self.opts.include_text {
                             r["text"] = json!(turn.text);
                         }
+                        let explained = match self.opts.explain {
+                            Explain::Off => false,
+                            Explain::Flagged => !violated.is_empty(),
+                            Explain::All => true,
+                        };
+                        if explained {
+                            let spans = self.opts.explain_spans;
+                            let text = self.opts.include_text;
+                            match explain(self.scorer, request, &s, spans, text) {
+                                Ok(e) => r["explanation"] = json!(e),
+                                Err(e) => r["explanation_error"] = json!(e.to_string()),
+                            }
+                        }
                         results.push_str(&r.to_string());
                         results.push('\n');
                     }
-                    Some(Err(e)) => {
+                    Some((_, Err(e))) => {
                         turn_errors += 1;
                         errors.push_str(
                             &json!({"file": p.file, "line": p.line, "turn": turn.index,
@@ -488,5 +517,6 @@ fn fingerprint(opts: &AuditOptions) -> std::io::Result<String> {
         opts.shard,
         opts.include_text
     ));
+    h.update(format!("\0{:?}\0{}", opts.explain, opts.explain_spans));
     Ok(hex::encode(h.finalize()))
 }

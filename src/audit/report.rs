@@ -92,7 +92,7 @@ pub fn html(summary: &Summary, title: &str) -> String {
         }
         page.push_str("</table>");
     }
-    page.push_str("<h2>Highest-scoring turns</h2><table><tr><th>conversation</th><th>file:line</th><th>turn</th><th>role</th><th>violated</th><th>highest P(Yes)</th></tr>");
+    page.push_str("<h2>Highest-scoring turns</h2><table><tr><th>conversation</th><th>file:line</th><th>turn</th><th>role</th><th>violated</th><th>highest P(Yes)</th><th>strongest span</th></tr>");
     for item in &summary.top {
         let text = |k: &str| match item.get(k) {
             Some(Value::String(s)) => s.clone(),
@@ -116,22 +116,94 @@ pub fn html(summary: &Summary, title: &str) -> String {
             .unwrap_or_default();
         let _ = write!(
             page,
-            "<tr><td>{}</td><td>{}:{}</td><td>{}</td><td>{}</td><td>{}</td><td>{best:.3}</td></tr>",
+            "<tr><td>{}</td><td>{}:{}</td><td>{}</td><td>{}</td><td>{}</td><td>{best:.3}</td>\
+             <td>{}</td></tr>",
             escape(&text("conversation")),
             escape(&text("file")),
             escape(&text("line")),
             escape(&text("turn")),
             escape(&text("role")),
-            escape(&violated)
+            escape(&violated),
+            strongest_span(item)
         );
     }
     page.push_str("</table></body></html>\n");
     page
 }
 
+/// Characters of the turn shown on each side of a marked span.
+const CONTEXT: usize = 60;
+
+/// An explained turn's strongest span (HTML): marked in its text when the results hold the
+/// text, else its byte offsets; with its largest effect and that policy.
+fn strongest_span(item: &Value) -> String {
+    let Some(span) = item.pointer("/explanation/spans/0") else {
+        return String::new();
+    };
+    let offsets = (span["start"].as_u64(), span["end"].as_u64());
+    let (Some(start), Some(end)) = offsets else {
+        return String::new();
+    };
+    let (start, end) = (start as usize, end as usize);
+    let strongest = span["effect"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(id, v)| Some((id, v.as_f64()?)))
+        .max_by(|a, b| a.1.total_cmp(&b.1));
+    let effect = strongest.map_or_else(String::new, |(id, v)| format!(" ({v:+.3} {})", escape(id)));
+    let text = item.get("text").and_then(Value::as_str);
+    let marked = match text.and_then(|t| Some((t.get(..start)?, t.get(start..end)?, t.get(end..)?)))
+    {
+        Some((before, inside, after)) => {
+            let skip = before.chars().count().saturating_sub(CONTEXT);
+            let before: String = before.chars().skip(skip).collect();
+            let after: String = after.chars().take(CONTEXT).collect();
+            format!(
+                "{}{}<mark>{}</mark>{}{}",
+                if skip > 0 { "…" } else { "" },
+                escape(&before),
+                escape(inside),
+                escape(&after),
+                if after.len() < text.map_or(0, str::len) - end {
+                    "…"
+                } else {
+                    ""
+                }
+            )
+        }
+        None => format!("bytes {start}–{end}"),
+    };
+    format!("{marked}{effect}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_strongest_span_is_marked_in_its_text_or_named_by_offsets() {
+        let span =
+            serde_json::json!({"start": 6, "end": 10, "effect": {"hate": 0.5, "sexual": -0.1}});
+        let with_text = serde_json::json!({"text": "hello <b>x</b> there",
+            "explanation": {"spans": [span]}});
+        assert_eq!(
+            strongest_span(&with_text),
+            "hello <mark>&lt;b&gt;x</mark>&lt;/b&gt; there (+0.500 hate)"
+        );
+        let without = serde_json::json!({"explanation": {"spans": [span]}});
+        assert_eq!(strongest_span(&without), "bytes 6–10 (+0.500 hate)");
+        let long = format!("{}bad{}", "a".repeat(100), "z".repeat(100));
+        let item = serde_json::json!({"text": long, "explanation": {"spans": [
+            {"start": 100, "end": 103, "effect": {"hate": 0.2}}]}});
+        let shown = strongest_span(&item);
+        assert!(
+            shown.starts_with('…') && shown.contains("<mark>bad</mark>"),
+            "{shown}"
+        );
+        assert!(shown.contains("z…"), "{shown}");
+        assert_eq!(strongest_span(&serde_json::json!({})), "");
+    }
 
     #[test]
     fn the_histogram_has_ten_bars() {

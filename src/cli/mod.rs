@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::audit::records::Format;
+use crate::audit::Explain;
 use crate::config::ModelSettings;
 
 /// A safety-moderation gateway built on Google's ShieldGemma classifier.
@@ -283,6 +284,13 @@ pub struct AuditArgs {
     /// Copy each turn's text into results.jsonl.
     #[arg(long)]
     pub include_text: bool,
+    /// Which turns get an explanation (the spans that move P(Yes) most) in results.jsonl and
+    /// the report: none, the flagged ones, or all; each costs one more check per span.
+    #[arg(long, value_enum, default_value_t = Explain::Off)]
+    pub explain: Explain,
+    /// Spans scored at most per explained turn.
+    #[arg(long, value_name = "N", default_value_t = crate::scorer::explain::DEFAULT_SPANS)]
+    pub explain_spans: usize,
     /// Ignore the output folder's checkpoint and start over.
     #[arg(long)]
     pub restart: bool,

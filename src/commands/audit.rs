@@ -91,6 +91,8 @@ pub fn run(args: &AuditArgs) -> anyhow::Result<Outcome> {
         max_turn_chars: args.max_turn_chars,
         shard,
         include_text: args.include_text,
+        explain: args.explain,
+        explain_spans: args.explain_spans,
         restart: args.restart,
         abort_after_writes: args.abort_after_writes,
     };
