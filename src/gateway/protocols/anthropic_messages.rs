@@ -2,6 +2,8 @@
 //! Anthropic's error envelope; a withheld answer has the replacement text and
 //! `stop_reason: "refusal"`.
 
+use std::collections::BTreeMap;
+
 use hyper::StatusCode;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -306,9 +308,10 @@ struct Delta<'a> {
 #[derive(Default)]
 struct MessageStream {
     start: Option<Value>,
-    blocks: Vec<String>,
+    /// Each block's text by its index (any number the upstream sends: a map, not a vector).
+    blocks: BTreeMap<u64, String>,
     usage: Option<Value>,
-    open: Option<usize>,
+    open: Option<u64>,
 }
 
 impl StreamCollector for MessageStream {
@@ -316,10 +319,8 @@ impl StreamCollector for MessageStream {
         let Ok(data) = read_body::<StreamEvent<'_>>(event.data.as_bytes()) else {
             return;
         };
-        let index = data.index.get().copied().unwrap_or(0) as usize;
-        if self.blocks.len() <= index {
-            self.blocks.resize(index + 1, String::new());
-        }
+        let index = data.index.get().copied().unwrap_or(0);
+        let block = self.blocks.entry(index).or_default();
         match data.kind.get().map(|k| &**k) {
             Some("message_start") => self.start = data.message,
             Some("content_block_stop") => self.open = None,
@@ -329,13 +330,13 @@ impl StreamCollector for MessageStream {
                     let kind = b.kind.get().map(|k| &**k);
                     let input = b.input.get().map(|Json(v)| v);
                     let text = block_text(kind, b.text.get().map(|t| &**t), input);
-                    self.blocks[index].push_str(&text.unwrap_or_default());
+                    block.push_str(&text.unwrap_or_default());
                 }
             }
             Some("content_block_delta") => {
                 if let Some(Object(d)) = data.delta.get() {
                     let piece = d.text.get().or(d.partial_json.get());
-                    self.blocks[index].push_str(piece.map_or("", |p| p));
+                    block.push_str(piece.map_or("", |p| p));
                 }
             }
             Some("message_delta") => self.usage = data.usage,
@@ -346,7 +347,7 @@ impl StreamCollector for MessageStream {
     fn outputs(&self) -> Vec<String> {
         let texts: Vec<&str> = self
             .blocks
-            .iter()
+            .values()
             .map(String::as_str)
             .filter(|t| !t.is_empty())
             .collect();
@@ -506,5 +507,19 @@ mod tests {
             c.event(&e);
         }
         assert_eq!(c.outputs(), ["Hi there"]);
+    }
+
+    #[test]
+    fn a_block_index_of_any_size_takes_no_more_memory_than_its_text() {
+        // Found by the adapters fuzz target: the blocks were a vector grown to the index.
+        let text = concat!(
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":566666600000000000,\"delta\":{\"type\":\"text_delta\",\"text\":\"late\"}}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"early\"}}\n\n",
+        );
+        let mut c = AnthropicMessages.collector();
+        for e in Parser::new().feed(text.as_bytes()) {
+            c.event(&e);
+        }
+        assert_eq!(c.outputs(), ["early\nlate"], "in index order");
     }
 }

@@ -278,15 +278,13 @@ pub fn chunk_meta(data: &str, keys: &[&str]) -> Value {
     meta
 }
 
-/// One text per choice index from 0 to the highest seen (missing ones empty).
+/// One text per choice seen, in index order (a part's position, not its index, pairs it with
+/// its verdict: an index is whatever number the upstream sends).
 pub fn indexed_outputs<T>(
     choices: &std::collections::BTreeMap<u64, T>,
     text: impl Fn(&T) -> String,
 ) -> Vec<String> {
-    let last = choices.keys().next_back().map_or(0, |k| k + 1);
-    (0..last)
-        .map(|i| choices.get(&i).map_or_else(String::new, &text))
-        .collect()
+    choices.values().map(text).collect()
 }
 
 /// Adds `text` to the scanned parts unless it is blank.

@@ -306,8 +306,8 @@ impl StreamCollector for ChatStream {
             data_frame(&c)
         };
         let mut out = String::new();
-        for (&index, c) in &self.choices {
-            let withheld = blocked.get(index as usize).copied().unwrap_or(false);
+        for (part, (&index, c)) in self.choices.iter().enumerate() {
+            let withheld = blocked.get(part).copied().unwrap_or(false);
             let (text, finish) = if withheld {
                 (block.replacement.to_string(), json!("content_filter"))
             } else {
@@ -453,6 +453,51 @@ mod tests {
             collector.event(&e);
         }
         assert_eq!(collector.outputs(), ["Hello", "Other"]);
+    }
+
+    #[test]
+    fn a_choice_index_of_any_size_is_one_part() {
+        // The same defect the adapters fuzz target found in Anthropic streams: outputs were a
+        // vector from 0 to the highest index.
+        let text = concat!(
+            "data: {\"choices\":[{\"index\":566666600000000000,\"delta\":{\"content\":\"far\"}}]}\n\n",
+            "data: {\"choices\":[{\"index\":3,\"delta\":{\"content\":\"near\"}}]}\n\n",
+        );
+        for adapter in [
+            &OpenAiChat as &dyn Adapter,
+            &super::super::openai_completions::OpenAiCompletions,
+        ] {
+            let mut collector = adapter.collector();
+            let completions = text
+                .replace("\"delta\":{\"content\":", "\"text\":")
+                .replace("}}]", "}]");
+            let body = if adapter.protocol() == "openai_chat" {
+                text.to_string()
+            } else {
+                completions
+            };
+            for e in Parser::new().feed(body.as_bytes()) {
+                collector.event(&e);
+            }
+            assert_eq!(
+                collector.outputs(),
+                ["near", "far"],
+                "{}",
+                adapter.protocol()
+            );
+            let block = Block {
+                decision: &crate::gateway::decision::Decision::bare_block(
+                    crate::gateway::decision::Direction::Output,
+                ),
+                reveal: crate::config::Reveal::None,
+                replacement: "withheld",
+            };
+            let stream = collector.blocked_stream(&[false, true], &block);
+            assert!(
+                stream.contains("near") && !stream.contains("far"),
+                "{stream}"
+            );
+        }
     }
 
     #[test]

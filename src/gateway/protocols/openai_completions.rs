@@ -177,8 +177,8 @@ impl StreamCollector for CompletionStream {
             .clone()
             .unwrap_or_else(|| json!({"object": "text_completion"}));
         let mut out = String::new();
-        for (&index, (text, finish)) in &self.choices {
-            let withheld = blocked.get(index as usize).copied().unwrap_or(false);
+        for (part, (&index, (text, finish))) in self.choices.iter().enumerate() {
+            let withheld = blocked.get(part).copied().unwrap_or(false);
             let mut choice = if withheld {
                 json!({"index": index, "text": block.replacement, "finish_reason": "content_filter",
                        "content_filter_results": filter_results(block)})
