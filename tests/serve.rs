@@ -445,18 +445,28 @@ fn check_config_validates_without_starting() {
     assert!(text.contains(": ok (policy-set version"), "{text}");
     assert!(text.contains("default, trial"), "{text}");
 
+    // A bad file exits 2 and says what is wrong.
     let dir = tempfile::tempdir().expect("tempdir");
-    let bad = dir.path().join("bad.toml");
-    std::fs::write(&bad, "[profiles.default.categories]\nviolence = {}\n").expect("written");
-    let out = Command::new(env!("CARGO_BIN_EXE_shieldgate"))
-        .arg("check-config")
-        .arg(&bad)
-        .output()
-        .expect("runs");
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let refused = |text: &str| -> String {
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, text).expect("written");
+        let out = Command::new(env!("CARGO_BIN_EXE_shieldgate"))
+            .arg("check-config")
+            .arg(&bad)
+            .output()
+            .expect("runs");
+        assert_eq!(out.status.code(), Some(2), "{text}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = refused("[profiles.default.categories]\nviolence = {}\n");
     assert!(
         err.contains("violence") && err.contains("dangerous, harassment, hate, sexual"),
+        "{err}"
+    );
+    // The injection classifier's source is checked without loading it.
+    let err = refused("[injection]\nmodel = \"/no/such/prompt-guard\"\n");
+    assert!(
+        err.contains("[injection] model") && err.contains("/no/such/prompt-guard"),
         "{err}"
     );
 }

@@ -1,5 +1,6 @@
 //! `shieldgate check-config`: validates a gateway config the way `serve` would (policies,
-//! profiles, model settings, upstream TLS files) without loading the model or listening.
+//! profiles, model settings, the injection classifier's source, upstream TLS files) without
+//! loading a model or listening.
 
 use anyhow::Context;
 
@@ -17,6 +18,10 @@ pub fn run(args: &CheckConfigArgs) -> anyhow::Result<Outcome> {
     let profiles = Profiles::build(&config)?;
     loader::parse_dtype(&config.model.dtype)?;
     crate::model::parse_device(&config.model.device)?;
+    if let Some(source) = &config.injection.model {
+        crate::injection::check(source, &config.injection.device)
+            .with_context(|| format!("[injection] model {source:?}"))?;
+    }
     if let Some(upstream) = &config.upstream {
         // Building the client needs a runtime handle for its pool.
         let runtime = tokio::runtime::Builder::new_current_thread()

@@ -11,7 +11,7 @@ mod windows;
 use crate::model::ModelError;
 
 pub use classifier::{Detection, PromptGuard};
-pub use load::load;
+pub use load::{check, load};
 pub use scorer::{Detect, WithInjection};
 pub use windows::{windows, OVERLAP};
 
