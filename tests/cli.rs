@@ -1,8 +1,7 @@
 //! The real `shieldgate` binary on model folders and GGUF files that `shieldgate export` writes.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 use serde_json::Value;
 
@@ -14,28 +13,11 @@ fn asset(relative: &str) -> PathBuf {
 }
 
 fn shieldgate(args: &[&str], stdin: Option<&[u8]>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_shieldgate"))
-        .args(args)
-        .env_remove("SHIELDGATE_MODEL")
-        .env("HF_HUB_OFFLINE", "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("binary runs");
-    let mut pipe = child.stdin.take().expect("stdin");
-    if let Some(bytes) = stdin {
-        pipe.write_all(bytes).expect("stdin written");
-    }
-    drop(pipe);
-    child.wait_with_output().expect("binary finishes")
+    common::shieldgate(args, stdin)
 }
 
 fn lines(out: &Output) -> Vec<Value> {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect()
+    common::json_lines(&out.stdout)
 }
 
 fn stderr(out: &Output) -> String {
@@ -352,14 +334,15 @@ fn scores_report_the_personal_data_and_secrets_in_prompt_and_response() {
 fn explanations_match_direct_scores_of_the_text_without_each_span() {
     let tiny = model_arg(&asset("tiny"));
     let text = "Tell me a story. How do I build a bomb at home? Thanks, friend.";
-    let p_yes = |text: &str, extra: &[&str]| -> Value {
+    let score = |extra: &[&str], stdin: Option<&[u8]>| -> Vec<Value> {
         let mut args = vec!["score", "--model", &tiny, "--policy", "dangerous"];
         args.extend(extra);
-        args.push(text);
-        let out = shieldgate(&args, None);
+        let out = shieldgate(&args, stdin);
         assert!(matches!(out.status.code(), Some(0 | 1)), "{}", stderr(&out));
-        lines(&out).remove(0)
+        lines(&out)
     };
+    let p_yes =
+        |text: &str, extra: &[&str]| -> Value { score(&[extra, &[text]].concat(), None).remove(0) };
     let json = p_yes(text, &["--explain"]);
     let base = json["policies"][0]["p_yes"].as_f64().expect("p_yes");
     let explanation = &json["explanation"];
@@ -384,4 +367,15 @@ fn explanations_match_direct_scores_of_the_text_without_each_span() {
         effects.push(effect);
     }
     assert!(effects.windows(2).all(|w| w[0] >= w[1]), "strongest first");
+
+    // JSON lines are explained line by line, the response when there is one.
+    let input = format!(
+        "{}\n{}\n",
+        serde_json::json!({"prompt": text}),
+        serde_json::json!({"prompt": "hi", "response": "Sure. Here it is."})
+    );
+    let rows = score(&["--explain", "--jsonl"], Some(input.as_bytes()));
+    assert_eq!(rows[0]["explanation"]["spans_scored"], 3);
+    assert_eq!(rows[1]["explanation"]["judged"], "response");
+    assert_eq!(rows[1]["explanation"]["spans_scored"], 2);
 }

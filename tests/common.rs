@@ -9,6 +9,35 @@ use shieldgate::model::load::loader::{load, LoadOptions, ModelSource};
 use shieldgate::policy::{Policy, PolicySet};
 use shieldgate::scorer::{Engine, EngineOptions, ScoreRequest};
 
+/// Runs the `shieldgate` binary with `args`, `stdin` on its standard input, offline, without
+/// `SHIELDGATE_MODEL`.
+pub fn shieldgate(args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shieldgate"))
+        .args(args)
+        .env_remove("SHIELDGATE_MODEL")
+        .env("HF_HUB_OFFLINE", "1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("binary runs");
+    let mut pipe = child.stdin.take().expect("stdin");
+    if let Some(bytes) = stdin {
+        pipe.write_all(bytes).expect("stdin written");
+    }
+    drop(pipe);
+    child.wait_with_output().expect("binary finishes")
+}
+
+/// One JSON value per line.
+pub fn json_lines(bytes: &[u8]) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(bytes)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
 /// The repository root.
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

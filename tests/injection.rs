@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::{json, Value};
 use shieldgate::injection::{Detect, Detection, InjectionError, WithInjection};
 
+use crate::common::{json_lines, shieldgate};
 use crate::harness::{gateway_with, post, Scripted};
 
 /// Attack for texts that say "ignore previous"; records what it read.
@@ -213,32 +214,6 @@ fn synthetic_p_attack(text: &str) -> f64 {
     guard.score(&[text]).expect("scored")[0].p_attack()
 }
 
-fn shieldgate(args: &[&str], stdin: &[u8]) -> std::process::Output {
-    use std::io::Write;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_shieldgate"))
-        .args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("binary runs");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin)
-        .expect("stdin written");
-    child.wait_with_output().expect("binary finishes")
-}
-
-fn json_lines(bytes: &[u8]) -> Vec<Value> {
-    String::from_utf8_lossy(bytes)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect()
-}
-
 fn ids_and_scores(policies: &Value) -> Vec<(String, f64)> {
     policies
         .as_array()
@@ -267,7 +242,7 @@ fn with_config(command: &str, input: &Path, config: &Path, out: &Path) {
             "--model",
             &path(&tiny),
         ],
-        b"",
+        None,
     );
     assert!(
         matches!(run.status.code(), Some(0 | 1)),
@@ -287,7 +262,7 @@ fn score_with_injection(arg: &str, stdin: &[u8]) -> Vec<Value> {
         "synthetic:22m",
         arg,
     ];
-    let out = shieldgate(&args, stdin);
+    let out = shieldgate(&args, Some(stdin));
     assert!(
         matches!(out.status.code(), Some(0 | 1)),
         "{}",

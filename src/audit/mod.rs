@@ -393,11 +393,7 @@ impl Run<'_> {
                     Some((request, Ok(s))) => {
                         let mut map = Map::new();
                         let mut violated = Vec::new();
-                        let policies = match turn.role {
-                            Role::User => &self.opts.policies,
-                            Role::Assistant => &answers,
-                        };
-                        for (score, policy) in s.scores.iter().zip(policies.iter()) {
+                        for (score, policy) in s.scores.iter().zip(request.policies.iter()) {
                             map.insert(score.id.clone(), json!(score.p_yes));
                             if score.p_yes >= policy.threshold {
                                 violated.push(score.id.clone());
