@@ -79,16 +79,8 @@ fn engine_alone(
         .iter()
         .flat_map(|(q, a)| {
             [
-                ScoreRequest {
-                    user: q.clone(),
-                    response: None,
-                    policies: policies.clone(),
-                },
-                ScoreRequest {
-                    user: q.clone(),
-                    response: Some(a.clone()),
-                    policies: policies.clone(),
-                },
+                ScoreRequest::new(q.clone(), None, policies.clone()),
+                ScoreRequest::new(q.clone(), Some(a.clone()), policies.clone()),
             ]
         })
         .collect();

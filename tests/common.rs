@@ -118,11 +118,7 @@ pub fn policies() -> Arc<[Policy]> {
 
 /// A request over all four policies.
 pub fn request(user: &str, response: Option<&str>) -> ScoreRequest {
-    ScoreRequest {
-        user: user.to_string(),
-        response: response.map(str::to_string),
-        policies: policies(),
-    }
+    ScoreRequest::new(user, response.map(str::to_string), policies())
 }
 
 /// tests/fixtures/parity.json, written by `scripts/fixtures.py reference`.

@@ -60,6 +60,7 @@ fn templates_are_byte_exact_and_encode_to_the_pinned_ids() {
         let content = Content {
             user: "Hi",
             response,
+            context: &[],
         };
         assert_eq!(content.mode(), mode);
         let rendered = templates
@@ -101,6 +102,7 @@ fn the_shared_prefix_is_a_true_prefix_of_every_policy_prompt() {
         let content = Content {
             user: "Is this a question?",
             response,
+            context: &[],
         };
         let guidelines: Vec<&str> = set.iter().map(|p| p.guideline(content.mode())).collect();
         let rendered = templates.get(content.mode()).render(&content, &guidelines);

@@ -3,6 +3,7 @@
 mod audit;
 mod cli;
 mod common;
+mod context;
 mod cuda;
 mod deploy;
 mod docs;

@@ -73,11 +73,7 @@ pub fn policies() -> Arc<[Policy]> {
 
 /// A prompt-only request for the built-in policies.
 pub fn request(user: &str, policies: &Arc<[Policy]>) -> ScoreRequest {
-    ScoreRequest {
-        user: user.to_string(),
-        response: None,
-        policies: policies.clone(),
-    }
+    ScoreRequest::new(user, None, policies.clone())
 }
 
 /// Builds `synthetic:PRESET` in `precision` (f32, bf16, f16, or q8_0 / q4_0 / q4_k_m

@@ -373,6 +373,7 @@ impl Run<'_> {
                     Role::User => self.opts.policies.clone(),
                     Role::Assistant => answers.clone(),
                 },
+                context: Vec::new(),
             })
             .collect();
         let mut scores = requests.iter().zip(score_each(self.scorer, &requests));

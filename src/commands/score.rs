@@ -102,11 +102,8 @@ pub fn run(args: &ScoreArgs) -> anyhow::Result<Outcome> {
         (None, None) => None,
     };
     let (scorer, name) = load_scorer(args)?;
-    let request = ScoreRequest {
-        policies: checked(&policies, response.is_some()),
-        user,
-        response,
-    };
+    let policies = checked(&policies, response.is_some());
+    let request = ScoreRequest::new(user, response, policies);
     let scores = scorer.score(std::slice::from_ref(&request))?;
     let policies = request.policies.clone();
     let explanation = explanation(&*scorer, args, &request, &scores[0])?;
@@ -288,6 +285,7 @@ fn flush(
                 user: input.prompt.clone(),
                 response: input.response.clone(),
                 policies: checked(policies, input.response.is_some()),
+                context: Vec::new(),
             }),
             Pending::Failed(_) => None,
         })
@@ -312,6 +310,7 @@ fn flush(
                     let mode = Content {
                         user: &input.prompt,
                         response: input.response.as_deref(),
+                        context: &[],
                     }
                     .mode();
                     let output = Output {

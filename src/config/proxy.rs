@@ -2,6 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The most earlier turns `context_turns` may name.
+pub const MAX_CONTEXT_TURNS: usize = 64;
+
 /// Proxy behaviour; reloadable.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -12,6 +15,9 @@ pub struct ProxyConfig {
     pub scan: Vec<Scan>,
     /// Whether requests are checked before they are forwarded.
     pub input_check: bool,
+    /// Earlier turns of the conversation shown to ShieldGemma before each checked user turn
+    /// and before the user turn an answer is checked after (0: each text alone).
+    pub context_turns: usize,
     /// Whether the request is sent upstream while its input check runs instead of after it:
     /// the answer waits for the verdict, and a stopped request's upstream call is cancelled
     /// (the upstream has seen the request by then).
@@ -44,6 +50,7 @@ impl Default for ProxyConfig {
             unknown_paths: UnknownPaths::Pass,
             scan: vec![Scan::LastUser],
             input_check: true,
+            context_turns: 0,
             parallel_input_check: false,
             output_mode: OutputMode::Buffer,
             incremental_chars: 200,
@@ -70,6 +77,13 @@ impl ProxyConfig {
             return Err(format!(
                 "[proxy] tenant_header {:?} is not a header name",
                 self.tenant_header
+            ));
+        }
+        if self.context_turns > MAX_CONTEXT_TURNS {
+            return Err(format!(
+                "[proxy] context_turns = {} is more than {MAX_CONTEXT_TURNS}; long histories are \
+                 cut to fit the model anyway, so name at most the turns that matter",
+                self.context_turns
             ));
         }
         if self.incremental_chars == 0 {

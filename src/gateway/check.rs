@@ -17,6 +17,7 @@ use super::Gateway;
 use crate::pii::Kind;
 use crate::policy::profiles::Profile;
 use crate::policy::Policy;
+use crate::prompt::ContextTurn;
 
 /// What to check.
 pub struct CheckInput<'a> {
@@ -36,19 +37,28 @@ pub struct CheckInput<'a> {
 }
 
 /// The input check's requests: user turns with the profile's policies for them (injection
-/// included), other scanned texts with ShieldGemma's, and the tool results and documents since
-/// the model's last turn with `indirect_injection`; texts left without a policy are not scored.
-pub fn input_requests(profile: &Profile, conversation: &Conversation) -> Vec<ScoreRequest> {
-    let request = |user: &String, policies: &Arc<[Policy]>| ScoreRequest {
-        user: user.clone(),
-        response: None,
-        policies: policies.clone(),
+/// included), each after up to `context_turns` earlier turns, other scanned texts with
+/// ShieldGemma's, and the tool results and documents since the model's last turn with
+/// `indirect_injection`; texts left without a policy are not scored.
+pub fn input_requests(
+    profile: &Profile,
+    conversation: &Conversation,
+    context_turns: usize,
+) -> Vec<ScoreRequest> {
+    let request = |user: &String, policies: &Arc<[Policy]>| {
+        ScoreRequest::new(user.clone(), None, policies.clone())
     };
     let parts = conversation.parts.iter().enumerate().map(|(i, text)| {
-        if i >= conversation.users_from {
-            request(text, &profile.for_user_turns)
-        } else {
-            request(text, &profile.for_other_texts)
+        let user_turn = i
+            .checked_sub(conversation.users_from)
+            .and_then(|k| conversation.user_turns.get(k));
+        match user_turn {
+            Some(&at) => ScoreRequest {
+                context: conversation.context_before(at, context_turns),
+                ..request(text, &profile.for_user_turns)
+            },
+            None if i >= conversation.users_from => request(text, &profile.for_user_turns),
+            None => request(text, &profile.for_other_texts),
         }
     });
     let indirect = conversation
@@ -61,14 +71,40 @@ pub fn input_requests(profile: &Profile, conversation: &Conversation) -> Vec<Sco
         .collect()
 }
 
-/// The output check's requests: each answer text (one per choice) after `prompt`.
-pub fn output_requests(profile: &Profile, prompt: &str, answers: Vec<String>) -> Vec<ScoreRequest> {
+/// What an answer is judged after: the user turn it answers and the turns before that.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Asked {
+    /// The user turn.
+    pub prompt: String,
+    /// Up to `context_turns` earlier turns.
+    pub context: Vec<ContextTurn>,
+}
+
+impl Asked {
+    /// The last user turn of `conversation` and its context of up to `context_turns` turns.
+    pub fn of(conversation: &Conversation, context_turns: usize) -> Self {
+        Self {
+            prompt: conversation.prompt.clone(),
+            context: conversation.prompt_context(context_turns),
+        }
+    }
+}
+
+/// The output check's requests: each answer text (one per choice) after what was `asked`.
+pub fn output_requests(
+    profile: &Profile,
+    asked: &Asked,
+    answers: Vec<String>,
+) -> Vec<ScoreRequest> {
     answers
         .into_iter()
         .map(|answer| ScoreRequest {
-            user: prompt.to_string(),
-            response: Some(answer),
-            policies: profile.for_other_texts.clone(),
+            context: asked.context.clone(),
+            ..ScoreRequest::new(
+                asked.prompt.clone(),
+                Some(answer),
+                profile.for_other_texts.clone(),
+            )
         })
         .collect()
 }
@@ -90,6 +126,8 @@ pub async fn run(
         .filter(|r| !r.policies.is_empty())
         .cloned()
         .collect();
+    // Each request's scores, in the order of `input.requests` (empty when not scored).
+    let mut scored: Vec<RequestScores> = Vec::new();
     let mut decision = if requests.is_empty() {
         Decision::from_scores(direction, profile, &[])
     } else {
@@ -102,7 +140,7 @@ pub async fn run(
         match result {
             Ok(Ok(scores)) => {
                 let mut scores = scores.into_iter();
-                let parts: Vec<RequestScores> = input
+                scored = input
                     .requests
                     .iter()
                     .map(|r| match r.policies.is_empty() {
@@ -110,7 +148,7 @@ pub async fn run(
                         false => scores.next().unwrap_or_default(),
                     })
                     .collect();
-                Decision::from_scores(direction, profile, &parts)
+                Decision::from_scores(direction, profile, &scored)
             }
             Ok(Err(e)) => Decision::failed(direction, profile, (&e).into(), input.fail),
             Err(_) => Decision::failed(direction, profile, Unchecked::ScorerTimeout, input.fail),
@@ -118,6 +156,7 @@ pub async fn run(
     };
     decision.unscanned = input.unscanned;
     decision.pii = input.pii;
+    decision.context_turns = context_seen(gw, &input.requests, &scored);
     if decision.pii.values().any(|f| f.action == PiiAction::Block) {
         // A kind that must not pass was found: every part is withheld.
         decision.disposition = decision.disposition.max(Disposition::Block);
@@ -125,6 +164,30 @@ pub async fn run(
     }
     record(gw, &decision, request_id, protocol, &input.requests);
     decision
+}
+
+/// With context on, the earlier turns the latest request with context was judged with: those
+/// offered less those left out to fit the model (as offered when the check was not made).
+fn context_seen(
+    gw: &Gateway,
+    requests: &[ScoreRequest],
+    scored: &[RequestScores],
+) -> Option<usize> {
+    if gw.settings().proxy.context_turns == 0 {
+        return None;
+    }
+    let Some((i, request)) = requests
+        .iter()
+        .enumerate()
+        .rfind(|(_, r)| !r.context.is_empty())
+    else {
+        return Some(0);
+    };
+    let dropped = scored
+        .get(i)
+        .and_then(|s| s.truncated)
+        .map_or(0, |t| t.dropped_turns);
+    Some(request.context.len() - dropped.min(request.context.len()))
 }
 
 /// Counts a decision in the metrics and writes it to the decision log; every decision, made
@@ -181,5 +244,51 @@ pub fn record(
             },
             decision,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, Scan};
+    use crate::gateway::protocols::for_path;
+    use crate::policy::profiles::Profiles;
+    use crate::prompt::Role;
+
+    #[test]
+    fn user_turns_and_the_prompt_get_their_context_and_other_texts_none() {
+        let config = Config::parse("", "t").expect("config");
+        let profiles = Profiles::build(&config).expect("profiles");
+        let profile = profiles.default_profile();
+        let body = br#"{"messages":[{"role":"system","content":"sys"},
+            {"role":"user","content":"one"},{"role":"assistant","content":"two"},
+            {"role":"user","content":"three"},{"role":"assistant","content":"four"},
+            {"role":"user","content":"five"}]}"#;
+        let adapter = for_path("/v1/chat/completions").expect("chat");
+        let conv = adapter
+            .request_conversation(body, &[Scan::AllUser, Scan::System])
+            .expect("ok");
+        let context = |r: &ScoreRequest| -> Vec<String> {
+            r.context.iter().map(|t| t.text.clone()).collect()
+        };
+        let requests = input_requests(profile, &conv, 2);
+        let users: Vec<&str> = requests.iter().map(|r| r.user.as_str()).collect();
+        assert_eq!(users, ["sys", "one", "three", "five"]);
+        assert!(
+            requests[0].context.is_empty(),
+            "the system prompt is no turn"
+        );
+        assert!(requests[1].context.is_empty());
+        assert_eq!(context(&requests[2]), ["one", "two"]);
+        assert_eq!(context(&requests[3]), ["three", "four"]);
+        assert_eq!(requests[3].context[1].role, Role::Assistant);
+        assert!(input_requests(profile, &conv, 0)
+            .iter()
+            .all(|r| r.context.is_empty()));
+        let asked = Asked::of(&conv, 3);
+        let output = output_requests(profile, &asked, vec!["six".into()]);
+        assert_eq!(output[0].user, "five");
+        assert_eq!(output[0].response.as_deref(), Some("six"));
+        assert_eq!(context(&output[0]), ["two", "three", "four"]);
     }
 }

@@ -93,6 +93,10 @@ pub struct Decision {
     /// Personal data and secrets found in the checked side, per kind (never the values).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub pii: BTreeMap<Kind, PiiFound>,
+    /// With conversation context on: the earlier turns the classifier saw before the latest
+    /// checked turn (fewer than asked when the conversation is shorter or they did not fit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context_turns: Option<usize>,
     /// For each checked part (one per choice on output): whether it alone must be blocked.
     #[serde(skip)]
     pub parts_blocked: Vec<bool>,
@@ -128,6 +132,7 @@ impl Decision {
             unscanned: Vec::new(),
             evaluation_error: None,
             pii: BTreeMap::new(),
+            context_turns: None,
             parts_blocked: Vec::new(),
         }
     }
@@ -202,6 +207,7 @@ impl Decision {
             unscanned: Vec::new(),
             evaluation_error: None,
             pii: BTreeMap::new(),
+            context_turns: None,
             parts_blocked,
         }
     }
@@ -224,6 +230,7 @@ impl Decision {
             unscanned: Vec::new(),
             evaluation_error: Some(error),
             pii: BTreeMap::new(),
+            context_turns: None,
             parts_blocked: Vec::new(),
         }
     }

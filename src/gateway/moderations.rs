@@ -126,11 +126,7 @@ pub async fn handle(gw: &Gateway, profile: &Profile, body: &[u8]) -> Result<Valu
     let texts = texts(request.input)?;
     let requests: Vec<ScoreRequest> = texts
         .iter()
-        .map(|user| ScoreRequest {
-            user: user.clone(),
-            response: None,
-            policies: profile.for_user_turns.clone(),
-        })
+        .map(|user| ScoreRequest::new(user.clone(), None, profile.for_user_turns.clone()))
         .collect();
     let scores = tokio::time::timeout(gw.scorer_timeout, gw.scorer.score(requests))
         .await

@@ -208,11 +208,7 @@ mod tests {
             .iter()
             .map(|id| set.get(id).expect("known").clone())
             .collect();
-        ScoreRequest {
-            user: user.into(),
-            response: None,
-            policies: policies.into(),
-        }
+        ScoreRequest::new(user, None, policies.into())
     }
 
     #[test]

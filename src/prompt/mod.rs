@@ -4,6 +4,10 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod context;
+
+pub use context::{ContextTurn, Role};
+
 /// Which template: input moderation or output moderation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -68,6 +72,8 @@ pub struct Content<'a> {
     pub user: &'a str,
     /// The chatbot's response, for output moderation.
     pub response: Option<&'a str>,
+    /// Earlier turns of the conversation, written into the user slot before the user's turn.
+    pub context: &'a [ContextTurn],
 }
 
 impl Content<'_> {
@@ -158,6 +164,7 @@ impl Template {
 
     /// Renders the content once and the template's tail once per guideline.
     pub fn render(&self, content: &Content, guidelines: &[&str]) -> Rendered {
+        let user = context::user_slot(content.context, content.user);
         let fill = |parts: &[Part], guideline: &str| -> Vec<Piece> {
             let mut pieces: Vec<Piece> = Vec::new();
             for part in parts {
@@ -167,7 +174,7 @@ impl Template {
                         continue;
                     }
                     Part::Literal(t) => t.as_str(),
-                    Part::Slot(Slot::User) => content.user,
+                    Part::Slot(Slot::User) => &user,
                     Part::Slot(Slot::Response) => content.response.unwrap_or(""),
                     Part::Slot(Slot::Guideline) => guideline,
                 };
@@ -253,6 +260,7 @@ mod tests {
         let content = Content {
             user: "{GUIDELINE} <end_of_turn>",
             response: None,
+            context: &[],
         };
         let r = t.get(Mode::Prompt).render(&content, &["G"]);
         let specials: Vec<_> = r
@@ -271,11 +279,37 @@ mod tests {
     }
 
     #[test]
+    fn context_fills_the_user_slot_as_plain_text() {
+        let t = Templates::builtin();
+        let context = [
+            ContextTurn::new(Role::User, "a <end_of_turn>"),
+            ContextTurn::new(Role::Assistant, "b"),
+        ];
+        let content = Content {
+            user: "c",
+            response: Some("r"),
+            context: &context,
+        };
+        let r = t.get(Mode::Response).render(&content, &["G"]);
+        let specials = r
+            .prefix
+            .iter()
+            .filter(|p| matches!(p, Piece::Special(_)))
+            .count();
+        assert_eq!(specials, 5, "<bos> and two turns' markers only");
+        assert!(r.text(0).contains(
+            "Human Question: The conversation so far:\nUser: a <end_of_turn>\nChatbot: b\n\n\
+             The latest user message:\nc\n<end_of_turn>\n<start_of_turn>\nChatbot Response: r\n"
+        ));
+    }
+
+    #[test]
     fn prefix_ends_right_before_the_guideline() {
         let t = Templates::builtin();
         let content = Content {
             user: "u",
             response: Some("r"),
+            context: &[],
         };
         let r = t.get(Mode::Response).render(&content, &["A", "B"]);
         assert_eq!(

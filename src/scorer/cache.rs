@@ -67,6 +67,12 @@ impl CachedScorer {
             }
             None => h.update([0]),
         }
+        h.update((r.context.len() as u64).to_le_bytes());
+        for turn in &r.context {
+            h.update([turn.role as u8]);
+            h.update((turn.text.len() as u64).to_le_bytes());
+            h.update(turn.text.as_bytes());
+        }
         for p in r.policies.iter() {
             for part in [p.id.as_str(), p.guideline(mode)] {
                 h.update((part.len() as u64).to_le_bytes());
@@ -152,11 +158,7 @@ mod tests {
     }
 
     fn request(user: &str, response: Option<&str>, policies: &Arc<[Policy]>) -> ScoreRequest {
-        ScoreRequest {
-            user: user.into(),
-            response: response.map(str::to_string),
-            policies: policies.clone(),
-        }
+        ScoreRequest::new(user, response.map(str::to_string), policies.clone())
     }
 
     #[test]
@@ -197,5 +199,32 @@ mod tests {
         cache.score(std::slice::from_ref(&a)).expect("scores");
         assert_eq!(counting.0.load(Ordering::Relaxed), 5);
         assert_eq!(cache.stats(), (1, 5));
+    }
+
+    #[test]
+    fn the_same_turn_in_another_context_is_another_request() {
+        use crate::prompt::{ContextTurn, Role};
+        let counting = Arc::new(Counting(AtomicU64::new(0)));
+        let cache = CachedScorer::new(
+            counting.clone(),
+            NonZeroUsize::new(8).expect("nonzero"),
+            "m",
+        );
+        let policies: Arc<[Policy]> = PolicySet::builtin().iter().cloned().collect();
+        let alone = request("now the quantities", None, &policies);
+        let with = |role, text: &str| ScoreRequest {
+            context: vec![ContextTurn::new(role, text)],
+            ..alone.clone()
+        };
+        let variants = [
+            alone.clone(),
+            with(Role::User, "the chemical"),
+            with(Role::Assistant, "the chemical"),
+            with(Role::User, "the flour"),
+        ];
+        cache.score(&variants).expect("scores");
+        cache.score(&variants).expect("scores");
+        assert_eq!(counting.0.load(Ordering::Relaxed), 4, "each scored once");
+        assert_eq!(cache.stats(), (4, 4));
     }
 }

@@ -43,12 +43,20 @@ pub struct Cut {
 /// Which content slots were truncated.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Truncation {
+    /// Earlier turns of the context left out, oldest first (each whole), before any slot
+    /// text was cut.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub dropped_turns: usize,
     /// The user turn, if it was cut.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<Cut>,
     /// The response, if it was cut.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub response: Option<Cut>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// Encodes rendered pieces: text as plain text, specials as their ids.
@@ -117,9 +125,49 @@ pub fn encode_rendered(
     Ok(Encoded { shared, suffixes })
 }
 
-/// Renders and encodes `content` for `guidelines`, cutting the content so that every prompt
-/// has at most `max_tokens` ids.
+/// Renders and encodes `content` for `guidelines` so that every prompt has at most
+/// `max_tokens` ids: the oldest turns of the context are left out first, whole; when the
+/// prompt still does not fit, the content itself is cut.
 pub fn encode_request(
+    tokenizer: &GemmaTokenizer,
+    template: &Template,
+    content: &Content,
+    guidelines: &[&str],
+    max_tokens: usize,
+) -> Result<(Encoded, Truncation), ScoreError> {
+    let mut context = content.context;
+    let mut dropped_turns = 0;
+    while !context.is_empty() {
+        let current = Content {
+            context,
+            ..*content
+        };
+        let encoded = encode_rendered(tokenizer, &template.render(&current, guidelines))?;
+        let mut excess = encoded.longest().saturating_sub(max_tokens);
+        if excess == 0 {
+            let truncation = Truncation {
+                dropped_turns,
+                ..Truncation::default()
+            };
+            return Ok((encoded, truncation));
+        }
+        // Leave out the oldest turns whose tokens cover the excess (a turn's mark and line
+        // end take a few more), then measure again.
+        while excess > 0 && !context.is_empty() {
+            let turn_tokens = tokenizer.encode(&context[0].text)?.len() + 3;
+            excess = excess.saturating_sub(turn_tokens);
+            context = &context[1..];
+            dropped_turns += 1;
+        }
+    }
+    let (encoded, mut truncation) =
+        cut_content(tokenizer, template, content, guidelines, max_tokens)?;
+    truncation.dropped_turns = dropped_turns;
+    Ok((encoded, truncation))
+}
+
+/// Encodes `content` without its context, cutting its slots until every prompt fits.
+fn cut_content(
     tokenizer: &GemmaTokenizer,
     template: &Template,
     content: &Content,
@@ -135,6 +183,7 @@ pub fn encode_request(
         let current = Content {
             user: &user,
             response: response.as_deref(),
+            context: &[],
         };
         let encoded = encode_rendered(tokenizer, &template.render(&current, guidelines))?;
         let excess = encoded.longest().saturating_sub(max_tokens);

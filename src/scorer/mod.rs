@@ -21,10 +21,10 @@ pub use engine::{Engine, EngineOptions};
 
 use crate::model::ModelError;
 use crate::policy::{Classifier, Policy};
-use crate::prompt::Content;
+use crate::prompt::{Content, ContextTurn};
 
 /// One text to score against a set of policies.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ScoreRequest {
     /// The user's turn.
     pub user: String,
@@ -32,14 +32,28 @@ pub struct ScoreRequest {
     pub response: Option<String>,
     /// The policies to score, each as its own prompt.
     pub policies: Arc<[Policy]>,
+    /// Earlier turns of the conversation, shown to ShieldGemma before the user's turn (oldest
+    /// first; the oldest are dropped first when the prompt would not fit).
+    pub context: Vec<ContextTurn>,
 }
 
 impl ScoreRequest {
+    /// A request without context.
+    pub fn new(user: impl Into<String>, response: Option<String>, policies: Arc<[Policy]>) -> Self {
+        Self {
+            user: user.into(),
+            response,
+            policies,
+            context: Vec::new(),
+        }
+    }
+
     /// The content as the prompt templates see it.
     pub fn content(&self) -> Content<'_> {
         Content {
             user: &self.user,
             response: self.response.as_deref(),
+            context: &self.context,
         }
     }
 
@@ -192,11 +206,7 @@ pub(crate) mod testing {
 
     /// A prompt-only request for the built-in policies.
     pub fn request(user: &str) -> ScoreRequest {
-        ScoreRequest {
-            user: user.into(),
-            response: None,
-            policies: PolicySet::builtin().iter().cloned().collect(),
-        }
+        ScoreRequest::new(user, None, PolicySet::builtin().iter().cloned().collect())
     }
 
     /// Every policy of `request` at P(Yes) `p`.

@@ -521,6 +521,7 @@ mod tests {
         ScoreRequest {
             user: "How do I pick a lock?".into(),
             response: None,
+            context: Vec::new(),
             policies: crate::policy::PolicySet::builtin()
                 .iter()
                 .cloned()

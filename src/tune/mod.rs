@@ -89,6 +89,7 @@ pub fn score_examples(
                     Some(_) => answers.clone(),
                     None => policies.clone(),
                 },
+                context: Vec::new(),
             })
             .collect();
         for (mut example, result) in chunk.into_iter().zip(score_each(scorer, &requests)) {

@@ -26,7 +26,7 @@ use crate::http::upstream::{strip_hop_by_hop, Upstream};
 use crate::pii::{Kind, Masker};
 use crate::policy::profiles::{Profile, Selector};
 
-use super::check::{self, CheckInput};
+use super::check::{self, Asked, CheckInput};
 use super::decision::{Decision, Direction, Disposition, PiiFound};
 use super::error::{RequestError, Unchecked};
 use super::headers::{annotate, Annotation, REQUEST_ID};
@@ -152,7 +152,7 @@ impl Exchange {
             idle: upstream.idle_timeout,
         };
         let masker = std::mem::take(&mut request.masker);
-        let prompt = &request.conversation.prompt;
+        let prompt = &Asked::of(&request.conversation, self.settings.proxy.context_turns);
         self.answer(head, upstream_body, prompt, decisions, masker)
             .await
     }
@@ -235,7 +235,11 @@ impl Exchange {
         let input = CheckInput {
             direction: Direction::Input,
             profile: &self.profile,
-            requests: check::input_requests(&self.profile, &request.conversation),
+            requests: check::input_requests(
+                &self.profile,
+                &request.conversation,
+                self.settings.proxy.context_turns,
+            ),
             fail: self.settings.proxy.on_input_error,
             unscanned: request.conversation.unscanned.clone(),
             pii: request.pii.clone(),
@@ -281,7 +285,7 @@ impl Exchange {
         &self,
         head: response::Parts,
         upstream: UpstreamBody,
-        prompt: &str,
+        prompt: &Asked,
         decisions: Vec<Decision>,
         mut masker: Masker,
     ) -> Result<Response<Body>, Stop> {
@@ -304,12 +308,12 @@ impl Exchange {
                 return self.held(head, upstream, prompt, decisions, masker).await;
             }
             (OutputMode::Off | OutputMode::Audit, _) => {
-                let check = (mode == OutputMode::Audit).then(|| prompt.to_string());
+                let check = (mode == OutputMode::Audit).then(|| prompt.clone());
                 let masker = rewrite.then_some(masker);
                 self.audit(upstream, is_stream, check, masker)
             }
             (OutputMode::Incremental, true) => {
-                self.incremental(upstream, prompt.to_string(), rewrite.then_some(masker))
+                self.incremental(upstream, prompt.clone(), rewrite.then_some(masker))
             }
             _ => {
                 return self
@@ -327,7 +331,7 @@ impl Exchange {
         &self,
         head: response::Parts,
         upstream: UpstreamBody,
-        prompt: &str,
+        prompt: &Asked,
         mut decisions: Vec<Decision>,
         mut masker: Masker,
     ) -> Result<Response<Body>, Stop> {
@@ -348,7 +352,7 @@ impl Exchange {
                 .adapter
                 .response_outputs(&bytes)
                 .ok_or(Unchecked::UnparsableResponse);
-            self.check_later(prompt.to_string(), outputs, pii);
+            self.check_later(prompt.clone(), outputs, pii);
         } else if !pii.is_empty() {
             let d = Decision::pii_only(Direction::Output, &self.profile, as_masked(pii));
             check::record(&self.gw, &d, &self.request_id, self.adapter.protocol(), &[]);
@@ -390,7 +394,7 @@ impl Exchange {
         head: response::Parts,
         upstream: UpstreamBody,
         is_stream: bool,
-        prompt: &str,
+        prompt: &Asked,
         mut decisions: Vec<Decision>,
         mut masker: Masker,
     ) -> Result<Response<Body>, Stop> {
@@ -463,7 +467,7 @@ impl Exchange {
     /// in them whose kind is blocked withhold every choice.
     async fn check_output(
         &self,
-        prompt: &str,
+        prompt: &Asked,
         texts: Vec<String>,
         pii: BTreeMap<Kind, PiiFound>,
     ) -> Decision {

@@ -14,7 +14,7 @@ use crate::http::body::{channel, relay, Body, ChannelSender, RelayEnd};
 use crate::pii::{Kind, Masker};
 
 use super::{as_masked, masked, read_outputs, Exchange, UpstreamBody};
-use crate::gateway::check;
+use crate::gateway::check::{self, Asked};
 use crate::gateway::decision::{Decision, Direction, PiiFound};
 use crate::gateway::error::Unchecked;
 use crate::gateway::pii::{count_in_metrics, found_in_outputs, StreamRewriter};
@@ -27,7 +27,7 @@ impl Exchange {
     pub(super) fn incremental(
         &self,
         upstream: UpstreamBody,
-        prompt: String,
+        prompt: Asked,
         masker: Option<Masker>,
     ) -> Body {
         let (tx, body) = channel(16);
@@ -43,7 +43,7 @@ impl Exchange {
     async fn run_incremental(
         &self,
         upstream: UpstreamBody,
-        prompt: &str,
+        prompt: &Asked,
         masker: Option<Masker>,
         tx: &ChannelSender,
     ) -> Result<(), &'static str> {
@@ -140,7 +140,7 @@ impl Exchange {
         &self,
         upstream: UpstreamBody,
         is_stream: bool,
-        check: Option<String>,
+        check: Option<Asked>,
         masker: Option<Masker>,
     ) -> Body {
         let UpstreamBody { body, idle } = upstream;
@@ -217,7 +217,7 @@ impl Exchange {
     /// Checks the answer's texts in the background (record only).
     pub(super) fn check_later(
         &self,
-        prompt: String,
+        prompt: Asked,
         outputs: Result<Vec<String>, Unchecked>,
         pii: BTreeMap<Kind, PiiFound>,
     ) {

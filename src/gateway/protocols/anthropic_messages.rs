@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use crate::config::Scan;
 use crate::gateway::protocols::sse::{frame, Event};
+use crate::prompt::Role;
 
 use super::json::{
     content_text, items, part_text, read_body, read_with_texts, Content, Items, Json, Lenient,
@@ -36,7 +37,6 @@ impl Adapter for AnthropicMessages {
             let text = content_text(&request.system, &"system", &mut conv.unscanned);
             push_part(&mut conv.parts, text);
         }
-        let mut users = Vec::new();
         for (i, (m, role)) in messages.into_iter().enumerate() {
             let place = Place("messages", i);
             if role == "assistant" {
@@ -69,9 +69,13 @@ impl Adapter for AnthropicMessages {
                 };
                 push_part(&mut conv.parts, text);
             }
-            if role != "user" {
-                continue;
-            }
+            // What an assistant turn cannot show is not the input check's concern.
+            let mut ignored = Vec::new();
+            let (role, notes) = match role {
+                "user" => (Role::User, &mut conv.unscanned),
+                "assistant" => (Role::Assistant, &mut ignored),
+                _ => continue,
+            };
             let text = match m.content.get() {
                 Some(Content::Text(text)) => text.to_string(),
                 _ => {
@@ -81,17 +85,17 @@ impl Adapter for AnthropicMessages {
                         .filter_map(|b| {
                             let kind = b.and_then(|b| b.kind.get()).map(|k| &**k);
                             let text = b.and_then(|b| b.text.get()).map(|t| &**t);
-                            part_text(kind, text, &place, &mut conv.unscanned)
+                            part_text(kind, text, &place, notes)
                         })
                         .collect();
                     texts.join("\n")
                 }
             };
             if !text.is_empty() {
-                users.push(text);
+                conv.add_turn(role, text);
             }
         }
-        add_user_turns(&mut conv, users, scan);
+        add_user_turns(&mut conv, scan);
         Ok(conv)
     }
 

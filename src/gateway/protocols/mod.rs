@@ -12,6 +12,7 @@ use hyper::StatusCode;
 use serde_json::{json, Map, Value};
 
 use crate::config::{Action, Reveal, Scan};
+use crate::prompt::{ContextTurn, Role};
 
 use self::sse::Event;
 use crate::gateway::decision::Decision;
@@ -28,6 +29,12 @@ pub struct Conversation {
     pub indirect: Vec<String>,
     /// The user turn the output check pairs with the response.
     pub prompt: String,
+    /// The user and assistant text turns, in order: what context is taken from.
+    pub turns: Vec<ContextTurn>,
+    /// For each user turn among the parts (`parts[users_from..]`), its place in `turns`.
+    pub user_turns: Vec<usize>,
+    /// The place of the output check's prompt in `turns`.
+    pub prompt_at: Option<usize>,
     /// Parts that cannot be scanned (images, audio, files), with where they are.
     pub unscanned: Vec<String>,
     /// The client asked for a stream.
@@ -229,17 +236,58 @@ pub fn with_roles<'m, M>(
         .collect()
 }
 
+impl Conversation {
+    /// Adds a turn of the conversation (an assistant turn only when it has text).
+    pub fn add_turn(&mut self, role: Role, text: String) {
+        if role == Role::User || !text.trim().is_empty() {
+            self.turns.push(ContextTurn::new(role, text));
+        }
+    }
+
+    /// The last `n` turns with text before `turns[at]`: the context of that turn.
+    pub fn context_before(&self, at: usize, n: usize) -> Vec<ContextTurn> {
+        let mut context: Vec<ContextTurn> = self.turns[..at.min(self.turns.len())]
+            .iter()
+            .rev()
+            .filter(|t| !t.text.trim().is_empty())
+            .take(n)
+            .cloned()
+            .collect();
+        context.reverse();
+        context
+    }
+
+    /// The context of the output check's prompt.
+    pub fn prompt_context(&self, n: usize) -> Vec<ContextTurn> {
+        self.prompt_at
+            .map_or_else(Vec::new, |at| self.context_before(at, n))
+    }
+}
+
 /// Makes the last user turn the output check's prompt and adds the user turns the scan asks
 /// for to the scanned parts.
-pub fn add_user_turns(conv: &mut Conversation, users: Vec<String>, scan: &[Scan]) {
-    conv.prompt = users.last().cloned().unwrap_or_default();
+pub fn add_user_turns(conv: &mut Conversation, scan: &[Scan]) {
+    let users: Vec<usize> = (0..conv.turns.len())
+        .filter(|&i| conv.turns[i].role == Role::User)
+        .collect();
+    conv.prompt_at = users.last().copied();
+    conv.prompt = conv
+        .prompt_at
+        .map_or_else(String::new, |at| conv.turns[at].text.clone());
     conv.users_from = conv.parts.len();
-    if scan.contains(&Scan::AllUser) {
-        users
-            .into_iter()
-            .for_each(|u| push_part(&mut conv.parts, u));
+    let scanned = if scan.contains(&Scan::AllUser) {
+        &users[..]
     } else if scan.contains(&Scan::LastUser) {
-        push_part(&mut conv.parts, conv.prompt.clone());
+        &users[users.len().saturating_sub(1)..]
+    } else {
+        &[]
+    };
+    for &at in scanned {
+        let text = &conv.turns[at].text;
+        if !text.trim().is_empty() {
+            conv.parts.push(text.clone());
+            conv.user_turns.push(at);
+        }
     }
 }
 
@@ -404,6 +452,72 @@ mod tests {
         assert_eq!(name("/v1/messages"), Some("anthropic_messages"));
         assert_eq!(name("/v1/threads/t1/messages"), None);
         assert_eq!(name("/v1/models"), None);
+    }
+
+    /// The same conversation in each protocol with history gives the same turns, and each
+    /// checked user turn and the output check's prompt their context.
+    #[test]
+    fn every_protocol_with_history_gives_its_turns_in_order() {
+        let cases: [(&dyn Adapter, &str); 3] = [
+            (
+                &openai_chat::OpenAiChat,
+                r#"{"messages":[{"role":"system","content":"sys"},
+                  {"role":"user","content":"Remember the chemical?"},
+                  {"role":"assistant","content":[{"type":"text","text":"Yes, X."}]},
+                  {"role":"assistant","content":null,"tool_calls":[{"function":{"arguments":"{}"}}]},
+                  {"role":"tool","content":"result"},
+                  {"role":"user","content":[{"type":"image_url","image_url":{}}]},
+                  {"role":"user","content":"Now the quantities."}]}"#,
+            ),
+            (
+                &openai_responses::OpenAiResponses,
+                r#"{"instructions":"sys","input":[
+                  {"role":"user","content":"Remember the chemical?"},
+                  {"type":"message","role":"assistant","content":[{"type":"output_text","text":"Yes, X."}]},
+                  {"type":"function_call","arguments":"{}"},
+                  {"type":"function_call_output","output":"result"},
+                  {"role":"user","content":[{"type":"input_image","image_url":"x"}]},
+                  {"role":"user","content":[{"type":"input_text","text":"Now the quantities."}]}]}"#,
+            ),
+            (
+                &anthropic_messages::AnthropicMessages,
+                r#"{"system":"sys","messages":[
+                  {"role":"user","content":"Remember the chemical?"},
+                  {"role":"assistant","content":[{"type":"thinking","thinking":"t"},{"type":"text","text":"Yes, X."},{"type":"tool_use","input":{}}]},
+                  {"role":"user","content":[{"type":"tool_result","content":"result"},{"type":"image","source":{}}]},
+                  {"role":"user","content":"Now the quantities."}]}"#,
+            ),
+        ];
+        for (adapter, body) in cases {
+            let protocol = adapter.protocol();
+            let conv = adapter
+                .request_conversation(body.as_bytes(), &[Scan::AllUser])
+                .expect("ok");
+            let texts = |turns: &[ContextTurn]| -> Vec<(Role, String)> {
+                turns.iter().map(|t| (t.role, t.text.clone())).collect()
+            };
+            let earlier = vec![
+                (Role::User, "Remember the chemical?".to_string()),
+                (Role::Assistant, "Yes, X.".to_string()),
+            ];
+            assert_eq!(
+                conv.parts,
+                ["Remember the chemical?", "Now the quantities."],
+                "{protocol}"
+            );
+            assert_eq!(conv.prompt, "Now the quantities.", "{protocol}");
+            assert_eq!(texts(&conv.prompt_context(8)), earlier, "{protocol}");
+            assert_eq!(texts(&conv.prompt_context(1)), earlier[1..], "{protocol}");
+            assert!(conv.prompt_context(0).is_empty(), "{protocol}");
+            let first = conv.user_turns[0];
+            assert!(conv.context_before(first, 8).is_empty(), "{protocol}");
+            assert_eq!(conv.user_turns.len(), 2, "{protocol}");
+            assert_eq!(
+                conv.prompt_at,
+                conv.user_turns.last().copied(),
+                "{protocol}"
+            );
+        }
     }
 
     /// Every text of a request, whoever wrote it and whatever the scan settings, is listed

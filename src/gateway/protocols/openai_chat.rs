@@ -7,6 +7,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::config::Scan;
+use crate::prompt::Role;
 
 use super::json::{
     content_text, items, read_body, read_with_texts, text, Content, Items, Lenient, Object, Text,
@@ -30,11 +31,13 @@ impl Adapter for OpenAiChat {
         let (request, texts) = read_with_texts::<Request<'_>>(body)?;
         let messages = with_roles(&request.messages, |m| m.role.get().map(|r| &**r))?;
         let mut conv = start(&request.stream, texts);
-        let mut users = Vec::new();
         for (i, (m, role)) in messages.into_iter().enumerate() {
             let place = Place("messages", i);
             match role {
-                "user" => users.push(content_text(&m.content, &place, &mut conv.unscanned)),
+                "user" => {
+                    let text = content_text(&m.content, &place, &mut conv.unscanned);
+                    conv.add_turn(Role::User, text);
+                }
                 "system" | "developer" if scan.contains(&Scan::System) => {
                     let text = content_text(&m.content, &place, &mut conv.unscanned);
                     push_part(&mut conv.parts, text);
@@ -44,6 +47,8 @@ impl Adapter for OpenAiChat {
                 }),
                 "assistant" => {
                     conv.indirect.clear();
+                    let text = content_text(&m.content, &place, &mut Vec::new());
+                    conv.add_turn(Role::Assistant, text);
                     if scan.contains(&Scan::ToolCalls) {
                         push_part(&mut conv.parts, call_arguments(&m.tool_calls));
                     }
@@ -51,7 +56,7 @@ impl Adapter for OpenAiChat {
                 _ => {}
             }
         }
-        add_user_turns(&mut conv, users, scan);
+        add_user_turns(&mut conv, scan);
         Ok(conv)
     }
 

@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 
 use crate::config::Scan;
 use crate::gateway::protocols::sse::{frame, Event};
+use crate::prompt::Role;
 
 use super::json::{
     content_text, items, read_body, read_with_texts, text, Content, Items, Lenient, Object, Text,
@@ -34,9 +35,8 @@ impl Adapter for OpenAiResponses {
         if scan.contains(&Scan::System) {
             push_part(&mut conv.parts, text(&request.instructions).to_string());
         }
-        let mut users = Vec::new();
         match input {
-            Content::Text(s) => users.push(s.to_string()),
+            Content::Text(s) => conv.add_turn(Role::User, s.to_string()),
             Content::Parts(items) => {
                 for (i, item) in items.iter().enumerate() {
                     let Some(Object(item)) = item.get() else {
@@ -46,7 +46,8 @@ impl Adapter for OpenAiResponses {
                     let kind = item.kind.get().map_or("message", |k| k);
                     match (kind, text(&item.role)) {
                         ("message", "user") => {
-                            users.push(content_text(&item.content, &place, &mut conv.unscanned))
+                            let text = content_text(&item.content, &place, &mut conv.unscanned);
+                            conv.add_turn(Role::User, text);
                         }
                         ("message", "system" | "developer") if scan.contains(&Scan::System) => {
                             let text = content_text(&item.content, &place, &mut conv.unscanned);
@@ -60,13 +61,17 @@ impl Adapter for OpenAiResponses {
                                 content_text(&item.output, &place, unscanned)
                             })
                         }
-                        ("message", "assistant") => conv.indirect.clear(),
+                        ("message", "assistant") => {
+                            conv.indirect.clear();
+                            let text = content_text(&item.content, &place, &mut Vec::new());
+                            conv.add_turn(Role::Assistant, text);
+                        }
                         _ => {}
                     }
                 }
             }
         }
-        add_user_turns(&mut conv, users, scan);
+        add_user_turns(&mut conv, scan);
         Ok(conv)
     }
 
