@@ -110,6 +110,7 @@ fn audit_run(
         max_turn_chars: 20_000,
         shard: (0, 1),
         include_text: false,
+        context_turns: 0,
         explain: audit::Explain::Off,
         explain_spans: 16,
         restart: true,

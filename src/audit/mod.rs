@@ -91,6 +91,8 @@ pub struct AuditOptions {
     pub shard: (u64, u64),
     /// Copy each turn's text into results.jsonl.
     pub include_text: bool,
+    /// Earlier turns of its conversation each turn is judged after (0: each turn alone).
+    pub context_turns: usize,
     /// Which turns are explained.
     pub explain: Explain,
     /// Spans scored at most per explained turn.
@@ -365,15 +367,15 @@ impl Run<'_> {
         let requests: Vec<ScoreRequest> = pending
             .iter()
             .filter_map(|p| p.conversation.as_ref())
-            .flat_map(|c| c.turns.iter())
-            .map(|t| ScoreRequest {
+            .flat_map(|c| c.turns.iter().enumerate().map(move |(k, t)| (c, k, t)))
+            .map(|(c, k, t)| ScoreRequest {
                 user: t.prompt.clone().unwrap_or_else(|| t.text.clone()),
                 response: (t.role == Role::Assistant).then(|| t.text.clone()),
                 policies: match t.role {
                     Role::User => self.opts.policies.clone(),
                     Role::Assistant => answers.clone(),
                 },
-                context: Vec::new(),
+                context: c.context_of(k, self.opts.context_turns),
             })
             .collect();
         let mut scores = requests.iter().zip(score_each(self.scorer, &requests));
@@ -406,8 +408,13 @@ impl Run<'_> {
                         }
                         let mut r = json!({"file": p.file, "line": p.line, "conversation": conversation.id,
                             "turn": turn.index, "role": turn.role, "scores": map, "violated": violated});
-                        if s.truncated.is_some() {
+                        let cut = s.truncated.unwrap_or_default();
+                        if cut.user.is_some() || cut.response.is_some() {
                             r["truncated"] = json!(true);
+                        }
+                        if self.opts.context_turns > 0 {
+                            let seen = request.context.len().saturating_sub(cut.dropped_turns);
+                            r["context_turns"] = json!(seen);
                         }
                         let pii = count([turn.text.as_str()], &every_kind());
                         if !pii.is_empty() {
@@ -514,6 +521,9 @@ fn fingerprint(opts: &AuditOptions) -> std::io::Result<String> {
         opts.shard,
         opts.include_text
     ));
-    h.update(format!("\0{:?}\0{}", opts.explain, opts.explain_spans));
+    h.update(format!(
+        "\0{:?}\0{}\0{}",
+        opts.explain, opts.explain_spans, opts.context_turns
+    ));
     Ok(hex::encode(h.finalize()))
 }

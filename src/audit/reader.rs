@@ -4,15 +4,10 @@
 
 use serde_json::Value;
 
-/// Who spoke.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    /// The user (scored with the prompt-only template).
-    User,
-    /// The assistant (scored with the prompt-response template, after the user turn before it).
-    Assistant,
-}
+use crate::prompt::ContextTurn;
+/// Who spoke: a user turn is scored with the prompt-only template, an assistant turn with the
+/// prompt-response template after the user turn before it.
+pub use crate::prompt::Role;
 
 /// One turn to score.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,6 +31,58 @@ pub struct Conversation {
     pub turns: Vec<Turn>,
     /// Turns that are not scored (system, tool, empty, non-text), with the reason.
     pub skipped: Vec<(usize, String)>,
+}
+
+/// Why a `messages` record gives nothing to judge.
+pub const NO_TURN: &str = "\"messages\" has no user or assistant turn with text";
+
+/// A turn as it is judged: the user turn, the answer when the turn is one, and the turns
+/// before.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Judged {
+    /// The user turn (the one answered, for an assistant turn).
+    pub prompt: String,
+    /// The assistant turn.
+    pub response: Option<String>,
+    /// The turns before, oldest first.
+    pub context: Vec<ContextTurn>,
+}
+
+impl Conversation {
+    /// The last turn as it is judged, after up to `n` turns before it; `None` without turns.
+    pub fn last_judged(&self, n: usize) -> Option<Judged> {
+        let last = self.turns.len().checked_sub(1)?;
+        let turn = &self.turns[last];
+        let (prompt, response) = match turn.role {
+            Role::User => (turn.text.clone(), None),
+            Role::Assistant => (
+                turn.prompt.clone().unwrap_or_default(),
+                Some(turn.text.clone()),
+            ),
+        };
+        Some(Judged {
+            prompt,
+            response,
+            context: self.context_of(last, n),
+        })
+    }
+
+    /// The context of `turns[k]`: up to `n` turns before it (before the user turn it answers,
+    /// for an assistant turn).
+    pub fn context_of(&self, k: usize, n: usize) -> Vec<ContextTurn> {
+        let before = &self.turns[..k.min(self.turns.len())];
+        let before = match self.turns.get(k).map(|t| t.role) {
+            Some(Role::Assistant) => before
+                .iter()
+                .rposition(|t| t.role == Role::User)
+                .map_or(before, |prompt| &before[..prompt]),
+            _ => before,
+        };
+        before[before.len().saturating_sub(n)..]
+            .iter()
+            .map(|t| ContextTurn::new(t.role, t.text.clone()))
+            .collect()
+    }
 }
 
 /// How flat records name their fields.

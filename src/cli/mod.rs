@@ -181,9 +181,13 @@ pub struct ScoreArgs {
     /// Read the input from this file ('-' for stdin).
     #[arg(long, short, conflicts_with = "text")]
     pub file: Option<PathBuf>,
-    /// The input is JSON lines: {"prompt": "...", "response": "...", "id": ...} per line.
+    /// The input is JSON lines: {"prompt": "...", "response": "...", "id": ...} or
+    /// {"messages": [...], "id": ...} (the last turn is scored) per line.
     #[arg(long)]
     pub jsonl: bool,
+    /// With `messages` lines: judge the last turn after up to N earlier turns.
+    #[arg(long, value_name = "N", default_value_t = 0, requires = "jsonl")]
+    pub context_turns: usize,
     /// A chatbot response to score with the prompt-response template.
     #[arg(long, conflicts_with_all = ["jsonl", "response_file"])]
     pub response: Option<String>,
@@ -284,6 +288,10 @@ pub struct AuditArgs {
     /// Copy each turn's text into results.jsonl.
     #[arg(long)]
     pub include_text: bool,
+    /// Judge each turn after up to N earlier turns of its conversation (default: the config's
+    /// `[proxy] context_turns`, else 0).
+    #[arg(long, value_name = "N")]
+    pub context_turns: Option<usize>,
     /// Which turns get an explanation (the spans that move P(Yes) most) in results.jsonl and
     /// the report: none, the flagged ones, or all; each costs one more check per span.
     #[arg(long, value_enum, default_value_t = Explain::Off)]
@@ -361,6 +369,14 @@ pub struct TuneArgs {
     /// Examples scored per engine batch.
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
+    /// Score each example after up to N earlier turns of its `messages` (default: the
+    /// config's `[proxy] context_turns`).
+    #[arg(long, value_name = "N")]
+    pub context_turns: Option<usize>,
+    /// Also score every example alone and after up to N earlier turns, and compare how well
+    /// each separates violations (printed, in summary.json and in the report).
+    #[arg(long, value_name = "N")]
+    pub compare_context: Option<usize>,
     /// Exit 0 even when some lines could not be used.
     #[arg(long)]
     pub allow_errors: bool,

@@ -14,7 +14,7 @@ use crate::audit::summary::Summary;
 use crate::audit::{self, AuditOptions, Input, Progress};
 use crate::cli::{AuditArgs, AuditMergeArgs, ProgressMode};
 
-use super::{load_scorer, profile, Outcome};
+use super::{context_turns, load_scorer, profile, Outcome};
 
 /// Parses `I/N`.
 fn parse_shard(spec: &str) -> anyhow::Result<(u64, u64)> {
@@ -91,6 +91,7 @@ pub fn run(args: &AuditArgs) -> anyhow::Result<Outcome> {
         max_turn_chars: args.max_turn_chars,
         shard,
         include_text: args.include_text,
+        context_turns: context_turns(args.context_turns, config.proxy.context_turns)?,
         explain: args.explain,
         explain_spans: args.explain_spans,
         restart: args.restart,

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 
 use crate::cli::PolicyArgs;
-use crate::config::{Config, ModelSettings, PromptFormat};
+use crate::config::{Config, ModelSettings, PromptFormat, MAX_CONTEXT_TURNS};
 use crate::injection::WithInjection;
 use crate::model::load::loader::{self, load_tokenizer, LoadOptions, ModelSource};
 use crate::model::load::quantize::GgufType;
@@ -185,4 +185,16 @@ pub fn profile(
         )
     })?;
     Ok((config, profile))
+}
+
+/// The earlier turns each text is judged after: `--context-turns`, else `configured`.
+pub fn context_turns(flag: Option<usize>, configured: usize) -> anyhow::Result<usize> {
+    let turns = flag.unwrap_or(configured);
+    if turns > MAX_CONTEXT_TURNS {
+        bail!(
+            "--context-turns {turns} is more than {MAX_CONTEXT_TURNS}; long histories are cut \
+             to fit the model anyway, so name at most the turns that matter"
+        );
+    }
+    Ok(turns)
 }

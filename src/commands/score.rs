@@ -9,17 +9,18 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
+use crate::audit::reader::{read_record, Fields, NO_TURN};
 use crate::cli::ScoreArgs;
 use crate::config::ModelSettings;
 use crate::injection::WithInjection;
 use crate::pii::{count, every_kind, Kind};
 use crate::policy::{for_answers, Policy};
-use crate::prompt::{Content, Mode};
+use crate::prompt::{Content, ContextTurn, Mode};
 use crate::scorer::explain::{explain, Explanation};
 use crate::scorer::verdict::Verdict;
 use crate::scorer::{score_each, RequestScores, Score, ScoreError, ScoreRequest};
 
-use super::{load_engine, load_policies, Outcome};
+use super::{context_turns, load_engine, load_policies, Outcome};
 
 /// One output line.
 #[derive(Serialize)]
@@ -38,6 +39,9 @@ struct Output<'a> {
     /// The spans that move P(Yes) most (`--explain`).
     #[serde(skip_serializing_if = "Option::is_none")]
     explanation: Option<Explanation>,
+    /// With `--context-turns`: the earlier turns the verdict was judged after.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    context_turns: Option<usize>,
 }
 
 /// The explanation of a verdict when `--explain` asks for one.
@@ -67,7 +71,7 @@ struct ErrorOutput {
     error: String,
 }
 
-/// One JSON line of input.
+/// One JSON line of input: a prompt with an optional response.
 #[derive(Deserialize)]
 struct JsonInput {
     prompt: String,
@@ -75,6 +79,47 @@ struct JsonInput {
     response: Option<String>,
     #[serde(default)]
     id: Option<serde_json::Value>,
+}
+
+/// What one JSON line asks to score: a prompt (and response), or the last turn of a
+/// `messages` list after its earlier turns.
+struct Input {
+    prompt: String,
+    response: Option<String>,
+    context: Vec<ContextTurn>,
+    id: Option<serde_json::Value>,
+}
+
+impl Input {
+    /// Reads a line's value: `{"prompt", "response"?}` or `{"messages": [...]}`, whose last
+    /// turn is judged (an assistant turn after the user turn before it) with up to
+    /// `context_turns` turns before.
+    fn read(value: serde_json::Value, origin: &str, context_turns: usize) -> Result<Self, String> {
+        let id = value.get("id").cloned();
+        if value.get("messages").is_none() {
+            let input = serde_json::from_value::<JsonInput>(value).map_err(|e| {
+                format!(
+                    "expected {{\"prompt\": string, \"response\"?: string}} or \
+                     {{\"messages\": [...]}}: {e}"
+                )
+            })?;
+            return Ok(Self {
+                prompt: input.prompt,
+                response: input.response,
+                context: Vec::new(),
+                id: input.id,
+            });
+        }
+        let judged = read_record(&value, origin, &Fields::default())?
+            .last_judged(context_turns)
+            .ok_or(NO_TURN)?;
+        Ok(Self {
+            prompt: judged.prompt,
+            response: judged.response,
+            context: judged.context,
+            id,
+        })
+    }
 }
 
 /// Runs the command.
@@ -88,6 +133,7 @@ pub fn run(args: &ScoreArgs) -> anyhow::Result<Outcome> {
             ),
             _ => Box::new(std::io::stdin()),
         };
+        context_turns(Some(args.context_turns), 0)?;
         let (scorer, name) = load_scorer(args)?;
         return score_lines((&*scorer, &name), BufReader::new(reader), &policies, args);
     }
@@ -117,6 +163,7 @@ pub fn run(args: &ScoreArgs) -> anyhow::Result<Outcome> {
         verdict,
         pii: pii_counts(&request.user, request.response.as_deref()),
         explanation,
+        context_turns: None,
     };
     write_json(&mut std::io::stdout().lock(), &output, args.pretty)?;
     Ok(if flagged {
@@ -166,7 +213,7 @@ fn read_text(path: Option<&Path>) -> anyhow::Result<String> {
 
 /// A line waiting for its batch to be scored.
 enum Pending {
-    Ready { line: usize, input: JsonInput },
+    Ready { line: usize, input: Input },
     Failed(ErrorOutput),
 }
 
@@ -206,7 +253,7 @@ fn score_lines(
         if buf.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let entry = parse_line(line, &buf);
+        let entry = parse_line(line, &buf, args.context_turns);
         ready += usize::from(matches!(entry, Pending::Ready { .. }));
         pending.push(entry);
         if ready >= args.batch_size.max(1) {
@@ -234,7 +281,7 @@ fn score_lines(
     })
 }
 
-fn parse_line(line: usize, bytes: &[u8]) -> Pending {
+fn parse_line(line: usize, bytes: &[u8], context_turns: usize) -> Pending {
     let failed = |error: String, id| Pending::Failed(ErrorOutput { line, id, error });
     let text = match std::str::from_utf8(crate::audit::reader::without_bom(bytes)) {
         Ok(t) => t,
@@ -253,12 +300,9 @@ fn parse_line(line: usize, bytes: &[u8]) -> Pending {
         Err(e) => return failed(format!("not valid JSON: {e}"), None),
     };
     let id = value.get("id").cloned();
-    match serde_json::from_value::<JsonInput>(value) {
+    match Input::read(value, &format!("line {line}"), context_turns) {
         Ok(input) => Pending::Ready { line, input },
-        Err(e) => failed(
-            format!("expected {{\"prompt\": string, \"response\"?: string}}: {e}"),
-            id,
-        ),
+        Err(e) => failed(e, id),
     }
 }
 
@@ -285,7 +329,7 @@ fn flush(
                 user: input.prompt.clone(),
                 response: input.response.clone(),
                 policies: checked(policies, input.response.is_some()),
-                context: Vec::new(),
+                context: input.context.clone(),
             }),
             Pending::Failed(_) => None,
         })
@@ -310,9 +354,13 @@ fn flush(
                     let mode = Content {
                         user: &input.prompt,
                         response: input.response.as_deref(),
-                        context: &[],
+                        context: &input.context,
                     }
                     .mode();
+                    let context_turns = (args.context_turns > 0).then(|| {
+                        let dropped = scores.truncated.map_or(0, |t| t.dropped_turns);
+                        input.context.len().saturating_sub(dropped)
+                    });
                     let output = Output {
                         line: Some(line),
                         id: input.id,
@@ -321,6 +369,7 @@ fn flush(
                         verdict,
                         pii: pii_counts(&input.prompt, input.response.as_deref()),
                         explanation,
+                        context_turns,
                     };
                     write_json(out, &output, args.pretty)?;
                 }

@@ -12,7 +12,9 @@ use crate::cli::TuneArgs;
 use crate::config::Config;
 use crate::http::server::{serve, Limits};
 use crate::tune::analysis::{analyse, CategoryReport, Current, Settings};
+use crate::tune::context::{self as context_comparison, compare};
 use crate::tune::curves::Target;
+use crate::tune::data::Example;
 use crate::tune::data::{read_examples, read_traffic, ExampleFields};
 use crate::tune::pii::{shares, KindShare};
 use crate::tune::thresholds::{diff, set_thresholds};
@@ -20,7 +22,7 @@ use crate::tune::workbench::Workbench;
 use crate::tune::{self, score_examples, unscored, Outputs};
 
 use super::serve::{bind, shutdown_signal};
-use super::{load_scorer, profile, Outcome};
+use super::{context_turns, load_scorer, profile, Outcome};
 
 /// Splits the `--target` flags into per-category targets and the default.
 fn parse_targets(
@@ -136,25 +138,6 @@ pub fn run(args: &TuneArgs) -> anyhow::Result<Outcome> {
         traffic_pii.extend(found);
         errors.extend(loaded.errors);
     }
-    let missing = unscored(&examples);
-    if missing > 0 {
-        let scorer = load_scorer(&config, &args.model.apply(config.model.clone()))
-            .with_context(|| {
-                format!("{missing} labelled examples have no scores, so they need the model")
-            })?
-            .scorer;
-        let mut progress = |done: usize, total: usize| eprint!("\rtune: scored {done}/{total}");
-        let (scored, errs) = score_examples(
-            scorer.as_ref(),
-            examples,
-            &policies,
-            args.batch,
-            &mut progress,
-        );
-        eprintln!();
-        examples = scored;
-        errors.extend(errs);
-    }
     let current: Vec<Current> = policies
         .iter()
         .map(|p| Current {
@@ -168,6 +151,73 @@ pub fn run(args: &TuneArgs) -> anyhow::Result<Outcome> {
         bootstrap_rounds: args.bootstrap,
         seed: args.seed,
     };
+    let turns = context_turns(args.context_turns, config.proxy.context_turns)?;
+    let compared = args
+        .compare_context
+        .map(|n| context_turns(Some(n), 0))
+        .transpose()?;
+    let missing = unscored(&examples);
+    let mut comparison = None;
+    if missing > 0 || compared.is_some() {
+        let why = match compared {
+            Some(_) => "--compare-context scores every example".to_string(),
+            None => format!("{missing} labelled examples have no scores"),
+        };
+        let scorer = load_scorer(&config, &args.model.apply(config.model.clone()))
+            .with_context(|| format!("{why}, so it needs the model"))?
+            .scorer;
+        let score = |examples: Vec<_>, turns: usize, what: &str| {
+            let mut progress =
+                |done: usize, total: usize| eprint!("\rtune: scored {done}/{total}{what}");
+            let scored = score_examples(
+                scorer.as_ref(),
+                examples,
+                &policies,
+                (args.batch, turns),
+                &mut progress,
+            );
+            eprintln!();
+            scored
+        };
+        if let Some(n) = compared {
+            let texts = examples.iter().filter(|e| e.prompt.is_some()).count();
+            if texts < examples.len() {
+                bail!(
+                    "--compare-context scores every example, but {} have scores and no text",
+                    examples.len() - texts
+                );
+            }
+            let rescore = |examples: &[Example]| -> Vec<Example> {
+                let mut fresh = examples.to_vec();
+                fresh.iter_mut().for_each(|e| e.scores.clear());
+                fresh
+            };
+            let (alone, errs) = score(rescore(&examples), 0, " alone");
+            errors.extend(errs);
+            let (in_context, errs) = score(rescore(&examples), n, " in context");
+            // Both scorings read the same examples: an example fails in both or in neither.
+            let new: Vec<_> = errs.into_iter().filter(|e| !errors.contains(e)).collect();
+            errors.extend(new);
+            let analysed = |examples: &[Example]| analyse(examples, &[], &current, &settings);
+            comparison = Some(compare(
+                &analysed(&alone),
+                &analysed(&in_context),
+                &in_context,
+                n,
+            ));
+            // The thresholds are suggested for the context the config (or --context-turns)
+            // asks for; the same examples failed above already.
+            examples = match turns {
+                0 => alone,
+                t if t == n => in_context,
+                _ => score(rescore(&examples), turns, "").0,
+            };
+        } else {
+            let (scored, errs) = score(examples, turns, "");
+            examples = scored;
+            errors.extend(errs);
+        }
+    }
     let reports = analyse(&examples, &traffic, &current, &settings);
     let suggested: Vec<(String, f64)> = reports
         .iter()
@@ -186,11 +236,15 @@ pub fn run(args: &TuneArgs) -> anyhow::Result<Outcome> {
             reports: &reports,
             thresholds_toml: &new_text,
             pii: &pii,
+            context: comparison.as_ref(),
             title: &title,
         },
     )?;
     print_table(&reports);
     print_pii(&pii);
+    if let Some(c) = &comparison {
+        println!("\n{}", context_comparison::table(c));
+    }
     let current_name = args
         .config
         .as_ref()

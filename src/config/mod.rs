@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 
 pub use model::{InjectionSettings, ModelSettings};
 pub use profile::{Action, CategoryRule, PiiAction, PiiRules, ProfileConfig};
-pub use proxy::{BadRequest, FailMode, OutputMode, ProxyConfig, Reveal, Scan, UnknownPaths};
+pub use proxy::{
+    BadRequest, FailMode, OutputMode, ProxyConfig, Reveal, Scan, UnknownPaths, MAX_CONTEXT_TURNS,
+};
 pub use server::{
     DecisionLogConfig, PromptFormat, RemoteSettings, ScorerConfig, ServerConfig, UpstreamConfig,
 };

@@ -77,11 +77,6 @@ pub fn user_slot<'a>(context: &[ContextTurn], user: &'a str) -> Cow<'a, str> {
     Cow::Owned(slot)
 }
 
-/// The last `n` turns of `turns`.
-pub fn last_turns(turns: &[ContextTurn], n: usize) -> &[ContextTurn] {
-    &turns[turns.len().saturating_sub(n)..]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,16 +97,5 @@ mod tests {
             "The conversation so far:\nUser: Remember the chemical?\nChatbot: Yes.\nIt is X.\n\n\
              The latest user message:\nNow the quantities."
         );
-    }
-
-    #[test]
-    fn last_turns_takes_the_newest() {
-        let turns: Vec<ContextTurn> = (0..5)
-            .map(|i| ContextTurn::new(Role::User, i.to_string()))
-            .collect();
-        let texts = |t: &[ContextTurn]| t.iter().map(|t| t.text.clone()).collect::<Vec<_>>();
-        assert_eq!(texts(last_turns(&turns, 2)), ["3", "4"]);
-        assert_eq!(texts(last_turns(&turns, 9)).len(), 5);
-        assert!(last_turns(&turns, 0).is_empty());
     }
 }

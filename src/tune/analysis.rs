@@ -215,6 +215,7 @@ mod tests {
                 .map(|p| BTreeMap::from([("hate".to_string(), p)]))
                 .unwrap_or_default(),
             scores: BTreeMap::from([("hate".to_string(), score)]),
+            context: Vec::new(),
             origin: (String::new(), 0),
         }
     }

@@ -8,8 +8,11 @@ use std::path::Path;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::audit::reader::{read_record, Fields, Judged, NO_TURN};
 use crate::audit::records::{Item, Records};
 use crate::audit::source;
+use crate::config::MAX_CONTEXT_TURNS;
+use crate::prompt::ContextTurn;
 
 use super::pii::{found_in_line, Found};
 
@@ -28,6 +31,9 @@ pub struct Example {
     pub labels: BTreeMap<String, bool>,
     /// Per category: P(Yes), given or scored.
     pub scores: Scores,
+    /// The turns before the judged one, for examples given as a `messages` list (oldest first).
+    #[serde(skip)]
+    pub context: Vec<ContextTurn>,
     /// The file and line it came from.
     #[serde(skip)]
     pub origin: (String, u64),
@@ -169,6 +175,13 @@ fn labels_of(value: &Value, categories: &[String]) -> Result<BTreeMap<String, bo
     }
 }
 
+/// The last turn of a `messages` example, the one labelled, with its earlier turns.
+fn last_turn(value: &Value, origin: &str) -> Result<Judged, String> {
+    read_record(value, origin, &Fields::default())?
+        .last_judged(MAX_CONTEXT_TURNS)
+        .ok_or_else(|| NO_TURN.to_string())
+}
+
 /// Reads labelled examples for `categories` from a JSONL file.
 pub fn read_examples(
     path: &Path,
@@ -190,16 +203,24 @@ pub fn read_examples(
                 .map(str::to_string)
         };
         let example = labels_of(&value, categories).and_then(|labels| {
+            let (prompt, response, context) = match value.get("messages") {
+                Some(_) => {
+                    let judged = last_turn(&value, &format!("{file}:{line}"))?;
+                    (Some(judged.prompt), judged.response, judged.context)
+                }
+                None => (text(&fields.prompt), text(&fields.response), Vec::new()),
+            };
             let example = Example {
                 id: match value.get("id") {
                     Some(Value::String(s)) => s.clone(),
                     Some(Value::Number(n)) => n.to_string(),
                     _ => format!("{file}:{line}"),
                 },
-                prompt: text(&fields.prompt),
-                response: text(&fields.response),
+                prompt,
+                response,
                 labels,
                 scores: scores_of(&value).unwrap_or_default(),
+                context,
                 origin: (file.clone(), line),
             };
             if example.prompt.is_none() && example.scores.is_empty() {

@@ -5,6 +5,7 @@
 
 pub mod analysis;
 pub mod bootstrap;
+pub mod context;
 pub mod curves;
 pub mod data;
 pub mod pii;
@@ -63,12 +64,13 @@ pub fn unscored(examples: &[Example]) -> usize {
 }
 
 /// Scores the examples that lack scores (prompt-only, or prompt-response when a response is
-/// given), `batch` at a time; an example that cannot be scored becomes an error and is dropped.
+/// given) after up to `context_turns` of their earlier turns, `batch` at a time; an example
+/// that cannot be scored becomes an error and is dropped.
 pub fn score_examples(
     scorer: &dyn Score,
     examples: Vec<Example>,
     policies: &std::sync::Arc<[Policy]>,
-    batch: usize,
+    (batch, context_turns): (usize, usize),
     progress: &mut dyn FnMut(usize, usize),
 ) -> (Vec<Example>, Vec<LineError>) {
     let total = unscored(&examples);
@@ -89,7 +91,7 @@ pub fn score_examples(
                     Some(_) => answers.clone(),
                     None => policies.clone(),
                 },
-                context: Vec::new(),
+                context: e.context[e.context.len().saturating_sub(context_turns)..].to_vec(),
             })
             .collect();
         for (mut example, result) in chunk.into_iter().zip(score_each(scorer, &requests)) {
@@ -125,6 +127,8 @@ pub struct Outputs<'a> {
     pub thresholds_toml: &'a str,
     /// Personal data and secrets found in the examples and traffic.
     pub pii: &'a [pii::KindShare],
+    /// The examples scored alone and in context, compared (`--compare-context`).
+    pub context: Option<&'a context::Comparison>,
     /// The report's title.
     pub title: &'a str,
 }
@@ -144,8 +148,11 @@ pub fn write_outputs(out: &Path, outputs: &Outputs<'_>) -> Result<(), TuneError>
     std::fs::create_dir_all(out).map_err(io(out))?;
     write_jsonl(&out.join(SCORED), outputs.examples)?;
     write_jsonl(&out.join(ERRORS), outputs.errors)?;
-    let summary = serde_json::json!({"errors": outputs.errors.len(),
+    let mut summary = serde_json::json!({"errors": outputs.errors.len(),
         "categories": outputs.reports, "pii": outputs.pii});
+    if let Some(c) = outputs.context {
+        summary["context"] = serde_json::json!(c);
+    }
     for (name, text) in [
         (
             SUMMARY,
@@ -153,7 +160,7 @@ pub fn write_outputs(out: &Path, outputs: &Outputs<'_>) -> Result<(), TuneError>
         ),
         (
             REPORT,
-            report::html(outputs.reports, outputs.pii, outputs.title),
+            report::html(outputs.reports, outputs.pii, outputs.context, outputs.title),
         ),
         (THRESHOLDS, outputs.thresholds_toml.to_string()),
     ] {

@@ -117,6 +117,7 @@ mod tests {
             response: None,
             labels: BTreeMap::new(),
             scores: BTreeMap::new(),
+            context: Vec::new(),
             origin: (String::new(), 0),
         };
         let examples = [

@@ -6,6 +6,7 @@
 use std::fmt::Write;
 
 use super::analysis::{AtThreshold, CategoryReport};
+use super::context::Comparison;
 use super::pii::KindShare;
 use crate::html::escape;
 
@@ -139,7 +140,12 @@ fn marks(r: &CategoryReport, pick: impl Fn(&AtThreshold) -> Option<(f64, f64)>) 
 }
 
 /// The whole page.
-pub fn html(reports: &[CategoryReport], pii: &[KindShare], title: &str) -> String {
+pub fn html(
+    reports: &[CategoryReport],
+    pii: &[KindShare],
+    context: Option<&Comparison>,
+    title: &str,
+) -> String {
     let mut page = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title><style>\
          body{{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}}\
@@ -208,6 +214,9 @@ pub fn html(reports: &[CategoryReport], pii: &[KindShare], title: &str) -> Strin
         page.push_str("</table></section>");
     }
     page.push_str(&pii_section(pii));
+    if let Some(c) = context {
+        page.push_str(&super::context::html(c));
+    }
     page.push_str("</body></html>\n");
     page
 }
