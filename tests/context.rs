@@ -408,3 +408,77 @@ fn tune_compares_scores_alone_and_in_context() {
     let report = std::fs::read_to_string(out.join("report.html")).expect("report");
     assert!(report.contains("<section id=\"context\">"));
 }
+
+/// Checks of one conversation, turn after turn with context, reuse what the last check
+/// prefilled: in batches of any size, with the same scores as without the prefix cache, and a
+/// hit for each check after the first.
+#[test]
+fn consecutive_turns_of_a_conversation_reuse_the_prefix_cache() {
+    let plain = engine("tiny", DType::F32, EngineOptions::default());
+    let cached = engine(
+        "tiny",
+        DType::F32,
+        EngineOptions {
+            prefix_cache_tokens: 8192,
+            ..EngineOptions::default()
+        },
+    );
+    let turns = history(8);
+    let mut earlier_reuse = 0;
+    let unrelated = [
+        "What is the capital of France?",
+        "Name a red fruit.",
+        "How tall is Everest?",
+    ];
+    for (k, other) in [2, 4, 6].into_iter().zip(unrelated) {
+        let check = ScoreRequest {
+            context: turns[..k].to_vec(),
+            ..request(&turns[k].text, None)
+        };
+        // An unrelated single-turn check rides in the same batch.
+        let batch = [check, request(other, None)];
+        let want = plain.score(&batch).expect("scores");
+        let before = cached.reused_prefix_tokens();
+        let got = cached.score(&batch).expect("scores");
+        for (w, g) in want.iter().zip(&got) {
+            for (a, b) in w.scores.iter().zip(&g.scores) {
+                assert_eq!(a.id, b.id);
+                assert!((a.p_yes - b.p_yes).abs() < 1e-5, "turn {k}: {a:?} vs {b:?}");
+            }
+        }
+        let reused = cached.reused_prefix_tokens() - before;
+        if k > 2 {
+            // Everything up to the last check's judged turn is read from the cache.
+            let previous: usize = turns[..k - 2]
+                .iter()
+                .map(|t| cached.tokenizer().encode(&t.text).expect("ids").len())
+                .sum();
+            assert!(reused as usize > previous, "turn {k}: {reused} reused");
+            assert!(reused > earlier_reuse, "the shared history grows");
+        }
+        earlier_reuse = reused;
+    }
+    let metrics = cached.prefix_cache_metrics();
+    let families: Vec<_> = metrics.iter().flat_map(|m| m.collect()).collect();
+    let value = |name: &str| -> f64 {
+        families
+            .iter()
+            .find(|f| f.name() == name)
+            .map(|f| {
+                // A counter's or a gauge's value; the other reads 0.
+                let m = &f.get_metric()[0];
+                m.get_counter().get_value() + m.get_gauge().get_value()
+            })
+            .expect(name)
+    };
+    // Six checks: the first conversation check and the three unrelated ones miss (a shared
+    // template opening is no hit), the two later conversation checks hit.
+    assert_eq!(value("shieldgate_prefix_cache_hits_total"), 2.0);
+    assert_eq!(value("shieldgate_prefix_cache_misses_total"), 4.0);
+    assert_eq!(
+        value("shieldgate_prefix_cache_saved_tokens_total"),
+        cached.reused_prefix_tokens() as f64
+    );
+    assert!(value("shieldgate_prefix_cache_tokens") > 0.0);
+    assert!(plain.prefix_cache_metrics().is_empty());
+}

@@ -312,7 +312,7 @@ fn the_binary_gateway_scores_with_the_real_model_reloads_and_drains() {
     let write_config = |threshold: f64| {
         let text = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
-             [model]\nsource = \"{}\"\n[scorer]\ncache_entries = 64\n\
+             [model]\nsource = \"{}\"\nprefix_cache_tokens = 4096\n[scorer]\ncache_entries = 64\n\
              [upstream]\nurl = \"http://{}\"\n\
              [decision_log]\npath = \"{}\"\n\
              [profiles.default.categories]\nhate = {{ threshold = {threshold} }}\ndangerous = {{ threshold = 1.0 }}\n",
@@ -416,6 +416,10 @@ fn the_binary_gateway_scores_with_the_real_model_reloads_and_drains() {
         2,
         "the moderated text and the output were scored"
     );
+    // Both went through the prefix cache: other templates, other texts, no hit.
+    assert_eq!(counter("shieldgate_prefix_cache_misses_total"), 2);
+    assert_eq!(counter("shieldgate_prefix_cache_hits_total"), 0);
+    assert!(counter("shieldgate_prefix_cache_tokens") > 0);
 
     let pid = running.0.id().to_string();
     let status = Command::new("kill")

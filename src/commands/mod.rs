@@ -112,38 +112,44 @@ pub struct LoadedScorer {
     pub scorer: Arc<dyn Score>,
     /// The model's name.
     pub model_name: String,
-    /// The verdict cache.
-    pub cache: Option<Arc<CachedScorer>>,
+    /// The caches' metrics (the verdict cache's, the embedded engine's prefix cache's), for
+    /// the gateway's registry.
+    pub metrics: Vec<Box<dyn prometheus::core::Collector>>,
 }
 
 /// The scorer the config asks for — the endpoints of `[scorer.remote]`, or else the embedded
 /// model of `model`, with the injection classifier of `[injection]` beside it — behind the
 /// verdict cache when one is configured.
 pub fn load_scorer(config: &Config, model: &ModelSettings) -> anyhow::Result<LoadedScorer> {
-    let (mut scorer, model_name) = uncached_scorer(config, model)?;
+    let LoadedScorer {
+        mut scorer,
+        model_name,
+        mut metrics,
+    } = uncached_scorer(config, model)?;
     if let Some(source) = &config.injection.model {
         tracing::info!(model = %source, device = %config.injection.device, "loading the injection classifier");
         let guard = crate::injection::load(source, &config.injection.device)
             .with_context(|| format!("[injection] model {source:?}"))?;
         scorer = Arc::new(WithInjection::new(scorer, Arc::new(guard)));
     }
-    let cache = std::num::NonZeroUsize::new(config.scorer.cache_entries)
-        .map(|capacity| Arc::new(CachedScorer::new(scorer.clone(), capacity, &model_name)));
+    if let Some(capacity) = std::num::NonZeroUsize::new(config.scorer.cache_entries) {
+        let cache = CachedScorer::new(scorer, capacity, &model_name);
+        metrics.extend(
+            cache
+                .counters()
+                .map(|c| Box::new(c) as Box<dyn prometheus::core::Collector>),
+        );
+        scorer = Arc::new(cache);
+    }
     Ok(LoadedScorer {
-        scorer: match &cache {
-            Some(c) => c.clone(),
-            None => scorer,
-        },
+        scorer,
         model_name,
-        cache,
+        metrics,
     })
 }
 
-/// The remote or embedded scorer, without the verdict cache.
-fn uncached_scorer(
-    config: &Config,
-    model: &ModelSettings,
-) -> anyhow::Result<(Arc<dyn Score>, String)> {
+/// The remote or embedded scorer, without the verdict cache, with its name and metrics.
+fn uncached_scorer(config: &Config, model: &ModelSettings) -> anyhow::Result<LoadedScorer> {
     match &config.scorer.remote {
         Some(remote) => {
             tracing::info!(endpoints = ?remote.urls, model = %remote.model, format = ?remote.prompt_format, "using remote scorer");
@@ -155,15 +161,20 @@ fn uncached_scorer(
                 ),
                 PromptFormat::Text => None,
             };
-            Ok((
-                Arc::new(RemoteScorer::new(remote.clone(), tokenizer)?),
-                remote.model.clone(),
-            ))
+            Ok(LoadedScorer {
+                scorer: Arc::new(RemoteScorer::new(remote.clone(), tokenizer)?),
+                model_name: remote.model.clone(),
+                metrics: Vec::new(),
+            })
         }
         None => {
             let engine = load_engine(model)?;
             let name = engine.model_name().to_string();
-            Ok((Arc::new(engine), name))
+            Ok(LoadedScorer {
+                metrics: engine.prefix_cache_metrics(),
+                scorer: Arc::new(engine),
+                model_name: name,
+            })
         }
     }
 }

@@ -50,8 +50,8 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<Outcome> {
     let config = effective_config(args)?;
     let metrics = Arc::new(Metrics::new());
     let loaded = load_scorer(&config, &config.model)?;
-    for counter in loaded.cache.iter().flat_map(|c| c.counters()) {
-        metrics.register(Box::new(counter));
+    for metric in loaded.metrics {
+        metrics.register(metric);
     }
     let model_name = loaded.model_name;
     let batches = metrics.batch_size.clone();

@@ -4,9 +4,9 @@
 use candle_core::Tensor;
 
 use crate::model::{Gemma2, GemmaTokenizer, KvCache, LoadedModel};
-use crate::prompt::Templates;
+use crate::prompt::{Content, Mode, Template, Templates};
 
-use super::encode::{encode_request, Encoded, Truncation};
+use super::encode::{encode_rendered, encode_request, Encoded, Truncation};
 use super::groups::{token_groups, Shape};
 use super::prefix_store::PrefixStore;
 use super::{p_yes, PolicyScore, RequestScores, Score, ScoreError, ScoreRequest};
@@ -23,8 +23,9 @@ pub struct EngineOptions {
     /// Padded tokens (rows × longest prompt) run together: a batch's requests are split into
     /// groups of similar length within this budget, which bounds the cache's memory.
     pub batch_tokens: usize,
-    /// Tokens of recently prefilled prefixes kept for checks that extend them (the gateway's
-    /// `incremental` mode); 0 keeps none. Used when a batch holds one request.
+    /// Tokens of recently prefilled prefixes kept for checks that share them (the gateway's
+    /// `incremental` mode, conversations with context); 0 keeps none. With it, each request of
+    /// a batch runs on its own, after the longest stored prefix it shares.
     pub prefix_cache_tokens: usize,
 }
 
@@ -47,18 +48,28 @@ pub struct Engine {
     templates: Templates,
     options: EngineOptions,
     prefixes: Option<PrefixStore>,
+    /// The longest template opening (the ids before the user slot's text), which every check
+    /// of that template shares: reusing no more is no prefix-cache hit.
+    opening: usize,
     name: String,
 }
 
 impl Engine {
     /// Wraps a loaded model; `max_tokens` is capped at the model's context.
     pub fn new(loaded: LoadedModel, options: EngineOptions) -> Self {
+        let templates = Templates::builtin();
+        let opening = [Mode::Prompt, Mode::Response]
+            .into_iter()
+            .map(|mode| template_opening(&loaded.tokenizer, templates.get(mode)))
+            .max()
+            .unwrap_or(0);
         Self {
             model: loaded.model,
             tokenizer: loaded.tokenizer,
-            templates: Templates::builtin(),
+            templates,
             options,
             prefixes: None,
+            opening,
             name: loaded.name,
         }
         .with_options(options)
@@ -81,6 +92,13 @@ impl Engine {
         self.prefixes.as_ref().map_or(0, PrefixStore::reused_tokens)
     }
 
+    /// The prefix cache's metrics (none without it), for a registry.
+    pub fn prefix_cache_metrics(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        self.prefixes
+            .as_ref()
+            .map_or_else(Vec::new, PrefixStore::collectors)
+    }
+
     /// The cache of the shared prefixes of `encoded`: prefilled in one batch, or — for a lone
     /// request with the prefix cache on — extended from the stored prefix it shares most with,
     /// and stored for the next check.
@@ -91,7 +109,7 @@ impl Engine {
         match (&self.prefixes, encoded) {
             (Some(store), [(e, _)]) => {
                 let (reused, past) = store
-                    .take(&e.shared)
+                    .take(&e.shared, self.opening)
                     .map_or((0, None), |(n, c)| (n, Some(c)));
                 let (cache, _) = self.prefill(&[&e.shared[reused..]], past, false)?;
                 if let Some(c) = &cache {
@@ -247,7 +265,12 @@ impl Score for Engine {
             .collect::<Result<Vec<_>, _>>()?;
         let shapes: Vec<Shape> = encoded.iter().map(|(e, _)| shape(e)).collect();
         let mut results: Vec<Option<RequestScores>> = vec![None; requests.len()];
-        for group in token_groups(&shapes, self.options.batch_tokens) {
+        let groups = match self.prefixes {
+            // Each request after the stored prefix it shares most with.
+            Some(_) => (0..requests.len()).map(|i| vec![i]).collect(),
+            None => token_groups(&shapes, self.options.batch_tokens),
+        };
+        for group in groups {
             let members: Vec<&ScoreRequest> = group.iter().map(|&i| &requests[i]).collect();
             let codes: Vec<&(Encoded, Truncation)> = group.iter().map(|&i| &encoded[i]).collect();
             for (i, scores) in group.into_iter().zip(self.score_group(&members, &codes)?) {
@@ -267,6 +290,23 @@ impl Score for Engine {
             shape(&e).padded() as f64 / self.options.batch_tokens.max(1) as f64
         })
     }
+}
+
+/// The ids every prompt of `template` starts with: the common start of two renderings whose
+/// user turns differ in their first character.
+fn template_opening(tokenizer: &GemmaTokenizer, template: &Template) -> usize {
+    let ids = |user: &str| {
+        let content = Content {
+            user,
+            response: Some(user),
+            context: &[],
+        };
+        encode_rendered(tokenizer, &template.render(&content, &["G"]))
+            .map(|e| e.shared)
+            .unwrap_or_default()
+    };
+    let (a, b) = (ids("a"), ids("b"));
+    a.iter().zip(&b).take_while(|(x, y)| x == y).count()
 }
 
 fn shape(e: &Encoded) -> Shape {
