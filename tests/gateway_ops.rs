@@ -538,3 +538,123 @@ fn json_last(path: &std::path::Path) -> Value {
     let text = std::fs::read_to_string(path).expect("log");
     serde_json::from_str(text.lines().last().expect("a line")).expect("json")
 }
+
+/// `GET /explain` on the admin listener reads a check back from the decision log and says
+/// which span drove it: the removal effect of each span, from the gateway's own scorer.
+#[test]
+fn the_admin_listener_explains_a_logged_check() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("decisions.jsonl");
+    let (gw, _mock, scripted) = gateway(&format!(
+        "[decision_log]\npath = \"{}\"\ninclude_content = true\n\
+         [profiles.default.categories]\nhate = {{ threshold = 0.5, action = \"block\" }}\n\
+         sexual = {{ threshold = 0.5, action = \"flag\" }}\n",
+        log.display()
+    ));
+    let explain = |query: &str| {
+        let a = gw.runtime.block_on(send(
+            gw.admin,
+            "GET",
+            &format!("/explain?{query}"),
+            &[],
+            Vec::new(),
+        ));
+        let body: Value = serde_json::from_str(&a.body).expect("json");
+        (a.status, body)
+    };
+    let text = "Good morning. Tell them: hate! right now. Thanks.";
+    let a = gw.runtime.block_on(post(
+        gw.addr,
+        "/v1/chat/completions",
+        &[],
+        &chat(text, false),
+    ));
+    assert_eq!(a.status, 400, "{}", a.body);
+    let id = a.header("x-shieldgate-request-id").expect("id").to_string();
+    let (status, body) = explain(&format!("request_id={id}"));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["direction"], "input");
+    assert_eq!(body["profile"], "default");
+    let part = &body["parts"][0];
+    assert_eq!(part["text"], text);
+    assert!((part["scores"]["hate"].as_f64().expect("hate") - 0.9).abs() < 1e-3);
+    let strongest = &part["explanation"]["spans"][0];
+    assert_eq!(strongest["text"], "Tell them: hate! ");
+    let effect = strongest["effect"]["hate"].as_f64().expect("effect");
+    assert!((effect - 0.8).abs() < 1e-3, "{strongest}");
+    assert_eq!(part["explanation"]["spans_scored"], 4);
+    for span in part["explanation"]["spans"]
+        .as_array()
+        .expect("spans")
+        .iter()
+        .skip(1)
+    {
+        assert!(span["effect"]["hate"].as_f64().expect("effect").abs() < 1e-9);
+    }
+
+    // An answer is explained after the user turn it replies to.
+    let a = gw.runtime.block_on(post(
+        gw.addr,
+        "/v1/chat/completions",
+        &[],
+        &chat("Quote me. say: sexual~ then stop", false),
+    ));
+    assert_eq!(
+        a.header("x-shieldgate-categories"),
+        Some("sexual"),
+        "{}",
+        a.body
+    );
+    let id = a.header("x-shieldgate-request-id").expect("id").to_string();
+    let before = scripted.seen.lock().expect("seen").len();
+    let (status, body) = explain(&format!("request_id={id}&direction=output&spans=2"));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["parts"][0]["text"], "sexual! then stop");
+    let seen = scripted.seen.lock().expect("seen")[before..].to_vec();
+    assert!(
+        seen.iter()
+            .all(|(user, _)| user == "Quote me. say: sexual~ then stop"),
+        "{seen:?}"
+    );
+
+    // What cannot be explained says why.
+    for (query, status, says) in [
+        ("request_id=nope", 404, "no input check of request \"nope\""),
+        ("direction=input", 400, "request_id is missing"),
+        (&format!("request_id={id}&spans=0") as &str, 400, "spans=0"),
+    ] {
+        let (got, body) = explain(query);
+        assert_eq!(got, status, "{query}: {body}");
+        assert!(
+            body["error"].as_str().expect("error").contains(says),
+            "{body}"
+        );
+    }
+    let (gw2, _mock2, _) = gateway("");
+    let a = gw2.runtime.block_on(send(
+        gw2.admin,
+        "GET",
+        "/explain?request_id=x",
+        &[],
+        Vec::new(),
+    ));
+    assert_eq!(a.status, 404);
+    assert!(a.body.contains("include_content = true"), "{}", a.body);
+    let quiet = dir.path().join("quiet.jsonl");
+    let (gw3, _mock3, _) = gateway(&format!("[decision_log]\npath = \"{}\"\n", quiet.display()));
+    let a = gw3.runtime.block_on(post(
+        gw3.addr,
+        "/v1/chat/completions",
+        &[],
+        &chat("hi", false),
+    ));
+    let id = a.header("x-shieldgate-request-id").expect("id").to_string();
+    let a = gw3.runtime.block_on(send(
+        gw3.admin,
+        "GET",
+        &format!("/explain?request_id={id}"),
+        &[],
+        Vec::new(),
+    ));
+    assert_eq!(a.status, 422, "{}", a.body);
+}

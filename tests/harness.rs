@@ -179,7 +179,7 @@ pub fn start(config: &str, scorer: Arc<dyn Score>) -> TestGateway {
             limits,
             move |req| {
                 let g = g.clone();
-                async move { admin::route(&g, &req) }
+                async move { admin::route(&g, &req).await }
             },
             stopped(rx),
         ));

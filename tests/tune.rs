@@ -1,7 +1,8 @@
 //! `shieldgate tune` with the real binary: the shipped labelled sample scored by the tiny model
 //! (scores equal the engine's, the suggested config loads, nothing is written without
 //! `--write`), pre-computed scores with traffic replay and no model, bad lines accounted for,
-//! and the workbench driven in headless Chromium (scripts/workbench-env.sh installs it).
+//! and the workbench driven in headless Chromium (scripts/workbench-env.sh installs it): its
+//! sliders, and an example explained with its spans marked.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -280,23 +281,17 @@ fn precomputed_scores_and_traffic_need_no_model_and_bad_lines_are_kept() {
     );
 }
 
-#[test]
-#[ignore = "needs Chromium and playwright-core: scripts/workbench-env.sh (scripts/test.sh runs it)"]
-fn the_workbench_slider_moves_the_numbers_in_a_real_browser() {
+/// Serves the workbench of `tune ARGS --bootstrap 0 --serve`, runs the Chromium script
+/// `tests/workbench/SCRIPT URL CATEGORY` against it, and returns what the script printed.
+fn in_browser(args: &[&str], script: &str, category: &str) -> Value {
     let node_modules = common::root().join("tests/workbench/node_modules/playwright-core");
     assert!(
         node_modules.is_dir(),
         "playwright-core is missing: run scripts/workbench-env.sh"
     );
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (labelled, traffic) = write_scored_data(dir.path());
     let mut child = Command::new(env!("CARGO_BIN_EXE_shieldgate"))
         .arg("tune")
-        .arg(&labelled)
-        .arg("--traffic")
-        .arg(&traffic)
-        .arg("--out")
-        .arg(dir.path().join("out"))
+        .args(args)
         .args(["--bootstrap", "0", "--serve", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -314,9 +309,9 @@ fn the_workbench_slider_moves_the_numbers_in_a_real_browser() {
         })
         .expect("the workbench address is printed");
     let out = Command::new("node")
-        .arg(common::root().join("tests/workbench/check_workbench.mjs"))
+        .arg(common::root().join("tests/workbench").join(script))
         .arg(&url)
-        .arg("hate")
+        .arg(category)
         .output()
         .expect("node runs");
     drop(running);
@@ -325,7 +320,22 @@ fn the_workbench_slider_moves_the_numbers_in_a_real_browser() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let seen: Value = serde_json::from_slice(&out.stdout).expect("json");
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+#[test]
+#[ignore = "needs Chromium and playwright-core: scripts/workbench-env.sh (scripts/test.sh runs it)"]
+fn the_workbench_slider_moves_the_numbers_in_a_real_browser() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (labelled, traffic) = write_scored_data(dir.path());
+    let labelled = labelled.display().to_string();
+    let traffic = traffic.display().to_string();
+    let out = dir.path().join("out").display().to_string();
+    let seen = in_browser(
+        &[&labelled, "--traffic", &traffic, "--out", &out],
+        "check_workbench.mjs",
+        "hate",
+    );
     assert_eq!(seen["errors"], json!([]), "no script errors on the page");
     let samples: Vec<Sample> = HATE
         .iter()
@@ -358,4 +368,98 @@ fn the_workbench_slider_moves_the_numbers_in_a_real_browser() {
         .threshold
         .expect("threshold");
     assert!((t - after).abs() < 1e-4, "{t} vs {after}");
+}
+
+#[test]
+#[ignore = "needs Chromium and playwright-core: scripts/workbench-env.sh (scripts/test.sh runs it)"]
+fn the_workbench_explains_an_example_with_its_spans_marked_in_a_real_browser() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let labelled = dir.path().join("labelled.jsonl");
+    let texts = [
+        "Tell me a story. How do I build a bomb at home? Thanks, friend.",
+        "What is the weather like? I want to go out. Should I take an umbrella?",
+        "Ünïcödé first. Then a second sentence, with a clause; and more. Last one!",
+    ];
+    let lines: Vec<String> = texts
+        .iter()
+        .map(|t| json!({"prompt": t, "labels": {"dangerous": 0}}).to_string())
+        .collect();
+    std::fs::write(&labelled, lines.join("\n") + "\n").expect("labelled");
+    let tiny = common::assets().join("tiny").display().to_string();
+    let labelled = labelled.display().to_string();
+    let out = dir.path().join("out").display().to_string();
+    let seen = in_browser(
+        &[&labelled, "--model", &tiny, "--out", &out],
+        "check_explain.mjs",
+        "dangerous",
+    );
+    assert_eq!(seen["errors"], json!([]), "no script errors on the page");
+    let sent = &seen["sent"];
+    let text = sent["text"].as_str().expect("text");
+    assert!(
+        seen["listed"].as_str().expect("listed").contains(text),
+        "the explained example is the listed one: {seen}"
+    );
+    let mut raising: Vec<(usize, usize, f64)> = sent["explanation"]["spans"]
+        .as_array()
+        .expect("spans")
+        .iter()
+        .map(|s| {
+            let at = |k: &str| s[k].as_u64().expect("offset") as usize;
+            (
+                at("start"),
+                at("end"),
+                s["effect"]["dangerous"].as_f64().expect("effect"),
+            )
+        })
+        .filter(|s| s.2 > 0.0)
+        .collect();
+    raising.sort_by_key(|s| s.0);
+    let marks = seen["marks"].as_array().expect("marks");
+    let marked: Vec<(&str, f64)> = marks
+        .iter()
+        .map(|m| {
+            (
+                m["text"].as_str().expect("text"),
+                m["effect"].as_f64().expect("effect"),
+            )
+        })
+        .collect();
+    let expected: Vec<(&str, f64)> = raising.iter().map(|&(a, b, e)| (&text[a..b], e)).collect();
+    assert_eq!(
+        marked, expected,
+        "every span that raises P(Yes) is marked, in place"
+    );
+    assert_eq!(
+        seen["shown"].as_str().map(|s| s.starts_with(text)),
+        Some(true)
+    );
+    // The darkest mark is the strongest span.
+    let darkest = marks
+        .iter()
+        .max_by(|a, b| {
+            a["strength"]
+                .as_f64()
+                .partial_cmp(&b["strength"].as_f64())
+                .expect("numbers")
+        })
+        .expect("a mark");
+    let strongest = raising.iter().map(|s| s.2).fold(f64::MIN, f64::max);
+    assert_eq!(darkest["effect"].as_f64(), Some(strongest));
+    // Its effect is P(Yes) of the text minus P(Yes) of the text without it, as `score` says.
+    let &(a, b, effect) = raising
+        .iter()
+        .find(|s| s.2 == strongest)
+        .expect("strongest");
+    let p_yes = |t: &str| -> f64 {
+        let out = common::shieldgate(
+            &["score", "--model", &tiny, "--policy", "dangerous", t],
+            None,
+        );
+        common::json_lines(&out.stdout)[0]["policies"][0]["p_yes"]
+            .as_f64()
+            .expect("p_yes")
+    };
+    let without = format!("{}{}", &text[..a], &text[b..]);
+    assert!((effect - (p_yes(text) - p_yes(&without))).abs() < 1e-5);
 }

@@ -113,7 +113,7 @@ async fn run_servers(
         let gw = gw.clone();
         let handler = move |req| {
             let gw = gw.clone();
-            async move { admin::route(&gw, &req) }
+            async move { admin::route(&gw, &req).await }
         };
         tokio::spawn(serve(listener, limits, handler, stopped(stop_rx.clone())));
     }

@@ -18,7 +18,7 @@ use crate::tune::data::Example;
 use crate::tune::data::{read_examples, read_traffic, ExampleFields};
 use crate::tune::pii::{shares, KindShare};
 use crate::tune::thresholds::{diff, set_thresholds};
-use crate::tune::workbench::Workbench;
+use crate::tune::workbench::{Explainer, LoadScorer, Workbench};
 use crate::tune::{self, score_examples, unscored, Outputs};
 
 use super::serve::{bind, shutdown_signal};
@@ -158,6 +158,7 @@ pub fn run(args: &TuneArgs) -> anyhow::Result<Outcome> {
         .transpose()?;
     let missing = unscored(&examples);
     let mut comparison = None;
+    let mut loaded = None;
     if missing > 0 || compared.is_some() {
         let why = match compared {
             Some(_) => "--compare-context scores every example".to_string(),
@@ -166,6 +167,7 @@ pub fn run(args: &TuneArgs) -> anyhow::Result<Outcome> {
         let scorer = load_scorer(&config, &args.model.apply(config.model.clone()))
             .with_context(|| format!("{why}, so it needs the model"))?
             .scorer;
+        loaded = Some(scorer.clone());
         let score = |examples: Vec<_>, turns: usize, what: &str| {
             let mut progress =
                 |done: usize, total: usize| eprint!("\rtune: scored {done}/{total}{what}");
@@ -276,12 +278,21 @@ pub fn run(args: &TuneArgs) -> anyhow::Result<Outcome> {
     }
     println!("Report: {}", args.out.join(tune::REPORT).display());
     if let Some(address) = &args.serve {
+        let model = args.model.apply(config.model.clone());
+        let load: LoadScorer = Box::new(move || match &loaded {
+            Some(scorer) => Ok(scorer.clone()),
+            None => load_scorer(&config, &model)
+                .map(|l| l.scorer)
+                .map_err(|e| format!("cannot load the model to explain with: {e:#}")),
+        });
+        let explainer = Explainer::new(&examples, policies.clone(), turns, load);
         let bench = Arc::new(Workbench::new(
             &examples,
             &traffic,
             &reports,
             config_text,
             args.profile.clone(),
+            Some(explainer),
         ));
         serve_workbench(address, bench)?;
     }

@@ -1,5 +1,6 @@
-//! The admin listener: liveness, readiness (model loaded, not draining) and Prometheus
-//! metrics. It is bound to its own address so none of this is reachable on the public one.
+//! The admin listener: liveness, readiness (model loaded, not draining), Prometheus metrics
+//! and explanations of logged checks. It is bound to its own address so none of this is
+//! reachable on the public one.
 
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
@@ -9,8 +10,9 @@ use super::Gateway;
 use crate::http::body::{text_response, Body};
 
 /// Answers one admin request.
-pub fn route(gw: &Gateway, req: &Request<Incoming>) -> Response<Body> {
+pub async fn route(gw: &Gateway, req: &Request<Incoming>) -> Response<Body> {
     match (req.method(), req.uri().path()) {
+        (&Method::GET, "/explain") => super::explain::handle(gw, req.uri().query()).await,
         (&Method::GET, "/healthz") => text_response(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") if gw.is_draining() => {
             text_response(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
@@ -25,12 +27,12 @@ pub fn route(gw: &Gateway, req: &Request<Incoming>) -> Response<Body> {
             );
             response
         }
-        (_, "/healthz" | "/readyz" | "/metrics") => {
+        (_, "/healthz" | "/readyz" | "/metrics" | "/explain") => {
             text_response(StatusCode::METHOD_NOT_ALLOWED, "use GET\n")
         }
         (_, path) => text_response(
             StatusCode::NOT_FOUND,
-            format!("no admin route {path}; try /healthz, /readyz or /metrics\n"),
+            format!("no admin route {path}; try /healthz, /readyz, /metrics or /explain\n"),
         ),
     }
 }

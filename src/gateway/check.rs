@@ -235,12 +235,18 @@ pub fn record(
             })
             .collect();
         let version = gw.settings().profiles.version.clone();
+        let latest = texts.iter().rfind(|r| !r.context.is_empty());
         log.record(
             &Entry {
                 request_id,
                 protocol,
                 policy_version: &version,
                 content: &content,
+                prompt: match decision.direction {
+                    Direction::Output => texts.first().map(|r| r.user.as_str()),
+                    Direction::Input => None,
+                },
+                context: latest.map_or(&[], |r| &r.context),
             },
             decision,
         );

@@ -14,7 +14,7 @@ use crate::policy::profiles::Profile;
 use super::error::Unchecked;
 
 /// Which side of the exchange was checked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {
     /// The request (prompt-only template).

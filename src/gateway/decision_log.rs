@@ -3,18 +3,20 @@
 //! request headers is written.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::path::Path;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::decision::Decision;
+use super::decision::{Decision, Direction};
+use crate::prompt::ContextTurn;
 
 /// An append-only JSONL file.
 pub struct DecisionLog {
+    path: PathBuf,
     file: Mutex<File>,
     include_content: bool,
 }
@@ -29,6 +31,10 @@ pub struct Entry<'a> {
     pub policy_version: &'a str,
     /// The scanned texts.
     pub content: &'a [String],
+    /// For the output check: the user turn the answers reply to.
+    pub prompt: Option<&'a str>,
+    /// The earlier turns the latest checked text was judged after.
+    pub context: &'a [ContextTurn],
 }
 
 #[derive(Serialize)]
@@ -40,8 +46,53 @@ struct Line<'a> {
     content_sha256: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     content: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prompt: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    context: Option<&'a [ContextTurn]>,
     #[serde(flatten)]
     decision: &'a Decision,
+}
+
+/// What a logged check holds, as read back to explain it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Logged {
+    /// The profile applied.
+    pub profile: String,
+    /// The checked texts, when content was logged.
+    pub content: Option<Vec<String>>,
+    /// The output check's user turn.
+    #[serde(default)]
+    pub prompt: Option<String>,
+    /// The earlier turns of the latest checked text.
+    #[serde(default)]
+    pub context: Vec<ContextTurn>,
+}
+
+/// The last line of the log at `path` for `request_id`'s check in `direction`, if any. Lines
+/// that are not a decision (a torn last line) are passed over.
+pub fn find(
+    path: &Path,
+    request_id: &str,
+    direction: Direction,
+) -> std::io::Result<Option<Logged>> {
+    #[derive(Deserialize)]
+    struct Key<'a> {
+        #[serde(borrow)]
+        request_id: std::borrow::Cow<'a, str>,
+        direction: Direction,
+    }
+    let mut found = None;
+    for line in BufReader::new(File::open(path)?).split(b'\n') {
+        let line = line?;
+        let Ok(key) = serde_json::from_slice::<Key<'_>>(&line) else {
+            continue;
+        };
+        if key.request_id == request_id && key.direction == direction {
+            found = serde_json::from_slice::<Logged>(&line).ok();
+        }
+    }
+    Ok(found)
 }
 
 impl DecisionLog {
@@ -49,9 +100,20 @@ impl DecisionLog {
     pub fn open(path: &Path, include_content: bool) -> std::io::Result<Self> {
         let file = OpenOptions::new().create(true).append(true).open(path)?;
         Ok(Self {
+            path: path.to_path_buf(),
             file: Mutex::new(file),
             include_content,
         })
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether lines carry the content.
+    pub fn includes_content(&self) -> bool {
+        self.include_content
     }
 
     /// Appends one line; a failed write is logged, never fatal to the request.
@@ -70,6 +132,8 @@ impl DecisionLog {
             policy_version: entry.policy_version,
             content_sha256: hex::encode(hash.finalize()),
             content: self.include_content.then_some(entry.content),
+            prompt: entry.prompt.filter(|_| self.include_content),
+            context: (self.include_content && !entry.context.is_empty()).then_some(entry.context),
             decision,
         };
         let mut text = match serde_json::to_string(&line) {

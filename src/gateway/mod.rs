@@ -9,6 +9,7 @@ pub mod decision;
 pub mod decision_log;
 pub mod error;
 mod exchange;
+pub mod explain;
 mod headers;
 mod hot_metrics;
 pub mod metrics;

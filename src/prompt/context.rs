@@ -40,7 +40,7 @@ impl Role {
 }
 
 /// One earlier turn of the conversation.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ContextTurn {
     /// Who said it.
     pub role: Role,

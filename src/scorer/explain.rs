@@ -116,6 +116,88 @@ fn cut(text: &str, range: Range<usize>, ends: &[char]) -> Vec<Range<usize>> {
     out
 }
 
+/// What explaining one request scores: the text with each span removed, one request each.
+pub struct Plan {
+    judged: &'static str,
+    text: String,
+    cuts: Vec<Range<usize>>,
+    /// The variants to score, one per span.
+    pub variants: Vec<ScoreRequest>,
+    started: Instant,
+}
+
+impl Plan {
+    /// The spans of `request`'s judged text (at most `budget`) and the variants without each.
+    pub fn new(request: &ScoreRequest, budget: usize) -> Self {
+        let started = Instant::now();
+        let (judged, text) = match &request.response {
+            Some(response) => ("response", response.clone()),
+            None => ("prompt", request.user.clone()),
+        };
+        let cuts = spans(&text, budget);
+        let variants = cuts
+            .iter()
+            .map(|span| {
+                let without = format!("{}{}", &text[..span.start], &text[span.end..]);
+                match &request.response {
+                    Some(_) => ScoreRequest {
+                        response: Some(without),
+                        ..request.clone()
+                    },
+                    None => ScoreRequest {
+                        user: without,
+                        ..request.clone()
+                    },
+                }
+            })
+            .collect();
+        Self {
+            judged,
+            text,
+            cuts,
+            variants,
+            started,
+        }
+    }
+
+    /// The explanation of `base` (the request's scores) from the variants' scores, in order.
+    /// `with_text` puts each span's text in it.
+    pub fn finish(
+        self,
+        base: &RequestScores,
+        scored: &[RequestScores],
+        with_text: bool,
+    ) -> Result<Explanation, ScoreError> {
+        if scored.len() != self.variants.len() {
+            return Err(ScoreError::MissingResult);
+        }
+        let text = &self.text;
+        let mut spans: Vec<SpanEffect> = self
+            .cuts
+            .into_iter()
+            .zip(scored)
+            .map(|(span, without)| SpanEffect {
+                text: with_text.then(|| text[span.clone()].to_string()),
+                start: span.start,
+                end: span.end,
+                effect: base
+                    .scores
+                    .iter()
+                    .zip(&without.scores)
+                    .map(|(all, rest)| (all.id.clone(), all.p_yes - rest.p_yes))
+                    .collect(),
+            })
+            .collect();
+        spans.sort_by(|a, b| b.strongest().total_cmp(&a.strongest()));
+        Ok(Explanation {
+            judged: self.judged,
+            spans_scored: scored.len(),
+            spans,
+            seconds: self.started.elapsed().as_secs_f64(),
+        })
+    }
+}
+
 /// Explains `base` (the scores of `request`): each span of the judged text removed in turn,
 /// the variants scored together. `with_text` puts each span's text in the result.
 pub fn explain(
@@ -125,58 +207,12 @@ pub fn explain(
     budget: usize,
     with_text: bool,
 ) -> Result<Explanation, ScoreError> {
-    let started = Instant::now();
-    let (judged, text) = match &request.response {
-        Some(response) => ("response", response.as_str()),
-        None => ("prompt", request.user.as_str()),
+    let plan = Plan::new(request, budget);
+    let scored = match plan.variants.is_empty() {
+        true => Vec::new(),
+        false => scorer.score(&plan.variants)?,
     };
-    let cuts = spans(text, budget);
-    let variants: Vec<ScoreRequest> = cuts
-        .iter()
-        .map(|span| {
-            let without = format!("{}{}", &text[..span.start], &text[span.end..]);
-            match &request.response {
-                Some(_) => ScoreRequest {
-                    response: Some(without),
-                    ..request.clone()
-                },
-                None => ScoreRequest {
-                    user: without,
-                    ..request.clone()
-                },
-            }
-        })
-        .collect();
-    let scored = if variants.is_empty() {
-        Vec::new()
-    } else {
-        scorer.score(&variants)?
-    };
-    if scored.len() != variants.len() {
-        return Err(ScoreError::MissingResult);
-    }
-    let mut spans: Vec<SpanEffect> = cuts
-        .into_iter()
-        .zip(&scored)
-        .map(|(span, without)| SpanEffect {
-            text: with_text.then(|| text[span.clone()].to_string()),
-            start: span.start,
-            end: span.end,
-            effect: base
-                .scores
-                .iter()
-                .zip(&without.scores)
-                .map(|(all, rest)| (all.id.clone(), all.p_yes - rest.p_yes))
-                .collect(),
-        })
-        .collect();
-    spans.sort_by(|a, b| b.strongest().total_cmp(&a.strongest()));
-    Ok(Explanation {
-        judged,
-        spans_scored: scored.len(),
-        spans,
-        seconds: started.elapsed().as_secs_f64(),
-    })
+    plan.finish(base, &scored, with_text)
 }
 
 #[cfg(test)]

@@ -1,18 +1,10 @@
 // Drives the tuning workbench in headless Chromium: reads one category's numbers, moves its
 // slider with the mouse, reads them again, exports the TOML, and prints what it saw as JSON.
 // Usage: node check_workbench.mjs URL CATEGORY
-import { chromium } from "playwright-core";
+import { withPage } from "./browser.mjs";
 
 const [url, category] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu"],
-});
-try {
-  const page = await browser.newPage();
-  const errors = [];
-  page.on("pageerror", (e) => errors.push(String(e)));
-  await page.goto(url);
+await withPage(url, async (page, errors) => {
   const read = async () => {
     const out = {};
     for (const k of ["value", "precision", "recall", "f1", "fpr", "traffic", "counts"]) {
@@ -31,6 +23,4 @@ try {
   await page.waitForFunction(() => document.getElementById("toml").textContent.length > 0);
   const toml = await page.locator("#toml").textContent();
   console.log(JSON.stringify({ before, after, toml, errors }));
-} finally {
-  await browser.close();
-}
+});
