@@ -514,6 +514,25 @@ fn explained_turns_carry_their_spans_and_the_report_marks_the_strongest() {
     assert_eq!(results[1]["explanation"]["judged"], "response");
     let report = std::fs::read_to_string(out.join("report.html")).expect("report");
     assert!(report.contains("<mark>"), "the strongest span is marked");
+    // Each category lists its flagged turns, the span that raises it most marked.
+    let summary = summary(&out);
+    for (id, category) in summary["categories"].as_object().expect("categories") {
+        let flagged = category["flagged"].as_u64().expect("flagged");
+        let examples = category["examples"].as_array().expect("examples");
+        assert_eq!(examples.len() as u64, flagged.min(5), "{id}");
+        for e in examples {
+            assert!(e["violated"]
+                .as_array()
+                .expect("violated")
+                .contains(&Value::from(id.as_str())));
+        }
+    }
+    let listed = summary["categories"]
+        .as_object()
+        .expect("categories")
+        .values()
+        .any(|c| !c["examples"].as_array().expect("examples").is_empty());
+    assert_eq!(report.contains("Highest-scoring flagged turns"), listed);
 
     // Without the text, spans are offsets only; `flagged` explains violating turns alone.
     let out = dir.path().join("out");

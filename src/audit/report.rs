@@ -73,13 +73,14 @@ pub fn html(summary: &Summary, title: &str) -> String {
         let _ = write!(
             page,
             "<div class=\"cat\"><h3>{}</h3><p>{} of {} turns flagged ({:.1}%)</p>\
-             <div class=\"rate\"><div style=\"width:{:.1}%\"></div></div><p>P(Yes) distribution</p>{}</div>",
+             <div class=\"rate\"><div style=\"width:{:.1}%\"></div></div><p>P(Yes) distribution</p>{}{}</div>",
             escape(id),
             cat.flagged,
             c.turns_scored,
             100.0 * cat.flag_rate,
             100.0 * cat.flag_rate,
-            histogram_svg(&cat.histogram)
+            histogram_svg(&cat.histogram),
+            examples(id, &cat.examples)
         );
     }
     page.push_str("</div>");
@@ -94,11 +95,7 @@ pub fn html(summary: &Summary, title: &str) -> String {
     }
     page.push_str("<h2>Highest-scoring turns</h2><table><tr><th>conversation</th><th>file:line</th><th>turn</th><th>role</th><th>violated</th><th>highest P(Yes)</th><th>strongest span</th></tr>");
     for item in &summary.top {
-        let text = |k: &str| match item.get(k) {
-            Some(Value::String(s)) => s.clone(),
-            Some(v) => v.to_string(),
-            None => String::new(),
-        };
+        let text = |k: &str| field(item, k);
         let best = item
             .get("scores")
             .and_then(Value::as_object)
@@ -124,20 +121,70 @@ pub fn html(summary: &Summary, title: &str) -> String {
             escape(&text("turn")),
             escape(&text("role")),
             escape(&violated),
-            strongest_span(item)
+            strongest_span(item, None)
         );
     }
     page.push_str("</table></body></html>\n");
     page
 }
 
+/// A category's highest-scoring flagged turns (HTML), each with its strongest span for the
+/// category when it was explained.
+fn examples(id: &str, items: &[Value]) -> String {
+    if items.is_empty() {
+        return String::new();
+    }
+    let mut list = String::from("<p>Highest-scoring flagged turns</p><ol class=\"examples\">");
+    for item in items {
+        let score = item
+            .pointer(&format!("/scores/{id}"))
+            .and_then(Value::as_f64);
+        let _ = write!(
+            list,
+            "<li>{} turn {} ({}): {:.3} {}</li>",
+            escape(&field(item, "conversation")),
+            escape(&field(item, "turn")),
+            escape(&field(item, "role")),
+            score.unwrap_or(0.0),
+            strongest_span(item, Some(id))
+        );
+    }
+    list.push_str("</ol>");
+    list
+}
+
+/// A field of a results line as text.
+fn field(item: &Value, key: &str) -> String {
+    match item.get(key) {
+        Some(Value::String(s)) => s.clone(),
+        Some(v) => v.to_string(),
+        None => String::new(),
+    }
+}
+
 /// Characters of the turn shown on each side of a marked span.
 const CONTEXT: usize = 60;
 
-/// An explained turn's strongest span (HTML): marked in its text when the results hold the
-/// text, else its byte offsets; with its largest effect and that policy.
-fn strongest_span(item: &Value) -> String {
-    let Some(span) = item.pointer("/explanation/spans/0") else {
+/// An explained turn's strongest span (HTML) — for `category`, or over every policy — marked in
+/// its text when the results hold the text, else its byte offsets; with its effect and that
+/// policy.
+fn strongest_span(item: &Value, category: Option<&str>) -> String {
+    let effect_of = |span: &Value, id: &str| span["effect"][id].as_f64();
+    let spans = item.pointer("/explanation/spans").and_then(Value::as_array);
+    let span = match category {
+        // Spans come strongest (over every policy) first.
+        None => spans.and_then(|s| s.first()),
+        Some(id) => spans.and_then(|s| {
+            s.iter()
+                .filter(|span| effect_of(span, id).is_some())
+                .max_by(|a, b| {
+                    effect_of(a, id)
+                        .unwrap_or(0.0)
+                        .total_cmp(&effect_of(b, id).unwrap_or(0.0))
+                })
+        }),
+    };
+    let Some(span) = span else {
         return String::new();
     };
     let offsets = (span["start"].as_u64(), span["end"].as_u64());
@@ -149,6 +196,7 @@ fn strongest_span(item: &Value) -> String {
         .as_object()
         .into_iter()
         .flatten()
+        .filter(|(id, _)| category.is_none_or(|c| c == id.as_str()))
         .filter_map(|(id, v)| Some((id, v.as_f64()?)))
         .max_by(|a, b| a.1.total_cmp(&b.1));
     let effect = strongest.map_or_else(String::new, |(id, v)| format!(" ({v:+.3} {})", escape(id)));
@@ -188,21 +236,41 @@ mod tests {
         let with_text = serde_json::json!({"text": "hello <b>x</b> there",
             "explanation": {"spans": [span]}});
         assert_eq!(
-            strongest_span(&with_text),
+            strongest_span(&with_text, None),
             "hello <mark>&lt;b&gt;x</mark>&lt;/b&gt; there (+0.500 hate)"
         );
         let without = serde_json::json!({"explanation": {"spans": [span]}});
-        assert_eq!(strongest_span(&without), "bytes 6–10 (+0.500 hate)");
+        assert_eq!(strongest_span(&without, None), "bytes 6–10 (+0.500 hate)");
         let long = format!("{}bad{}", "a".repeat(100), "z".repeat(100));
         let item = serde_json::json!({"text": long, "explanation": {"spans": [
             {"start": 100, "end": 103, "effect": {"hate": 0.2}}]}});
-        let shown = strongest_span(&item);
+        let shown = strongest_span(&item, None);
         assert!(
             shown.starts_with('…') && shown.contains("<mark>bad</mark>"),
             "{shown}"
         );
         assert!(shown.contains("z…"), "{shown}");
-        assert_eq!(strongest_span(&serde_json::json!({})), "");
+        assert_eq!(strongest_span(&serde_json::json!({}), None), "");
+    }
+
+    #[test]
+    fn a_category_marks_the_span_that_raises_it_most() {
+        let item = serde_json::json!({"conversation": "c1", "turn": 2, "role": "user",
+            "scores": {"hate": 0.7, "sexual": 0.9},
+            "text": "one. two. three.", "explanation": {"spans": [
+                {"start": 0, "end": 5, "effect": {"hate": 0.1, "sexual": 0.6}},
+                {"start": 5, "end": 10, "effect": {"hate": 0.3, "sexual": 0.0}}]}});
+        assert_eq!(
+            strongest_span(&item, Some("hate")),
+            "one. <mark>two. </mark>three. (+0.300 hate)"
+        );
+        assert!(strongest_span(&item, None).contains("<mark>one. </mark>"));
+        let list = examples("hate", &[item]);
+        assert!(
+            list.contains("<li>c1 turn 2 (user): 0.700 one. <mark>two. </mark>"),
+            "{list}"
+        );
+        assert_eq!(examples("hate", &[]), "");
     }
 
     #[test]

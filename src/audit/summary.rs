@@ -1,6 +1,7 @@
 //! The audit summary: counts that add up (lines read = scored + skipped + errored + other
-//! shards), flag rates and score histograms per category, and the top-scoring turns, computed
-//! from results.jsonl so that a resumed run summarises exactly what it wrote.
+//! shards), flag rates, score histograms and the highest-scoring flagged turns per category,
+//! and the top-scoring turns, computed from results.jsonl so that a resumed run summarises
+//! exactly what it wrote.
 
 use std::collections::BTreeMap;
 use std::io::BufRead;
@@ -41,7 +42,13 @@ pub struct CategorySummary {
     pub flag_rate: f64,
     /// Turns per P(Yes) decile (0–0.1, …, 0.9–1).
     pub histogram: [u64; 10],
+    /// The flagged turns with the highest P(Yes) for it (at most [`EXAMPLES`]), highest
+    /// first, as results.jsonl has them.
+    pub examples: Vec<Value>,
 }
+
+/// How many flagged turns each category lists.
+pub const EXAMPLES: usize = 5;
 
 /// The summary file.
 #[derive(Debug, Clone, Serialize)]
@@ -62,6 +69,7 @@ pub const TOP: usize = 20;
 /// Summarises results.jsonl.
 pub fn summarize(results: &Path, counts: Counts) -> std::io::Result<Summary> {
     let mut categories: BTreeMap<String, CategorySummary> = BTreeMap::new();
+    let mut examples: BTreeMap<String, Vec<(f64, Value)>> = BTreeMap::new();
     let mut top: Vec<(f64, Value)> = Vec::new();
     let mut pii_turns: BTreeMap<String, u64> = BTreeMap::new();
     let file = std::io::BufReader::new(std::fs::File::open(results)?);
@@ -94,14 +102,25 @@ pub fn summarize(results: &Path, counts: Counts) -> std::io::Result<Summary> {
             c.histogram[((p * 10.0) as usize).min(9)] += 1;
             if violated.contains(&id.as_str()) {
                 c.flagged += 1;
+                let listed = examples.entry(id.clone()).or_default();
+                listed.push((p, v.clone()));
+                if listed.len() > EXAMPLES * 4 {
+                    keep_highest(listed, EXAMPLES);
+                }
             }
         }
         top.push((best, v));
         if top.len() > TOP * 4 {
-            keep_top(&mut top);
+            keep_highest(&mut top, TOP);
         }
     }
-    keep_top(&mut top);
+    keep_highest(&mut top, TOP);
+    for (id, mut listed) in examples {
+        keep_highest(&mut listed, EXAMPLES);
+        if let Some(c) = categories.get_mut(&id) {
+            c.examples = listed.into_iter().map(|(_, v)| v).collect();
+        }
+    }
     for c in categories.values_mut() {
         c.flag_rate = if counts.turns_scored == 0 {
             0.0
@@ -117,8 +136,41 @@ pub fn summarize(results: &Path, counts: Counts) -> std::io::Result<Summary> {
     })
 }
 
-/// Keeps the `TOP` highest, highest first; ties keep input order.
-fn keep_top(top: &mut Vec<(f64, Value)>) {
-    top.sort_by(|a, b| b.0.total_cmp(&a.0));
-    top.truncate(TOP);
+/// Keeps the `n` highest, highest first; ties keep input order.
+fn keep_highest(items: &mut Vec<(f64, Value)>, n: usize) {
+    items.sort_by(|a, b| b.0.total_cmp(&a.0));
+    items.truncate(n);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_category_lists_its_highest_flagged_turns() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let results = dir.path().join("results.jsonl");
+        let mut text = String::new();
+        for i in 0..9 {
+            let hate = f64::from(i) / 10.0;
+            let violated: Vec<&str> = if hate >= 0.3 { vec!["hate"] } else { vec![] };
+            let line = serde_json::json!({"turn": i, "scores": {"hate": hate, "sexual": 0.0},
+                "violated": violated});
+            text.push_str(&format!("{line}\n"));
+        }
+        std::fs::write(&results, text).expect("results");
+        let summary = summarize(&results, Counts::default()).expect("summary");
+        let turns: Vec<&Value> = summary.categories["hate"]
+            .examples
+            .iter()
+            .map(|e| &e["turn"])
+            .collect();
+        assert_eq!(
+            turns,
+            [8, 7, 6, 5, 4],
+            "the five highest flagged, highest first"
+        );
+        assert_eq!(summary.categories["hate"].flagged, 6);
+        assert!(summary.categories["sexual"].examples.is_empty());
+    }
 }
