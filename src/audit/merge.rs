@@ -65,6 +65,7 @@ pub fn merge(shards: &[PathBuf], out: &Path) -> Result<Summary, AuditError> {
         for dir in shards {
             let path = dir.join(name);
             let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+            let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
             for line in text.lines() {
                 let v: Value = serde_json::from_str(line).unwrap_or(Value::Null);
                 lines.push((v, line.to_string()));

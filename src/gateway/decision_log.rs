@@ -85,11 +85,12 @@ pub fn find(
     let mut found = None;
     for line in BufReader::new(File::open(path)?).split(b'\n') {
         let line = line?;
-        let Ok(key) = serde_json::from_slice::<Key<'_>>(&line) else {
+        let line = crate::audit::reader::without_bom(&line);
+        let Ok(key) = serde_json::from_slice::<Key<'_>>(line) else {
             continue;
         };
         if key.request_id == request_id && key.direction == direction {
-            found = serde_json::from_slice::<Logged>(&line).ok();
+            found = serde_json::from_slice::<Logged>(line).ok();
         }
     }
     Ok(found)
@@ -148,5 +149,39 @@ impl DecisionLog {
         if let Err(e) = file.write_all(text.as_bytes()) {
             tracing::error!(error = %e, "cannot write the decision log");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_line_of_a_check_is_found_past_torn_lines_and_a_byte_order_mark() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("decisions.jsonl");
+        std::fs::write(
+            &path,
+            "\u{feff}{\"request_id\": \"r1\", \"direction\": \"input\", \"profile\": \"a\", \"content\": [\"x\"]}\n\
+             {\"request_id\": \"r1\", \"direction\": \"output\", \"profile\": \"a\", \"prompt\": \"x\", \"content\": [\"y\"]}\n\
+             {\"request_id\": \"r1\", \"direction\": \"input\", \"profile\": \"b\"}\n\
+             {\"request_id\": \"r1\", \"dir",
+        )
+        .expect("written");
+        let found = |id, direction| find(&path, id, direction).expect("read");
+        let input = found("r1", Direction::Input).expect("found");
+        assert_eq!(input.profile, "b", "the last line of the check");
+        assert_eq!(input.content, None, "logged without content");
+        let output = found("r1", Direction::Output).expect("found");
+        assert_eq!(output.prompt.as_deref(), Some("x"));
+        assert_eq!(output.content, Some(vec!["y".to_string()]));
+        assert_eq!(found("r2", Direction::Input), None);
+        // The first line, behind its byte-order mark, is read too.
+        std::fs::write(
+            &path,
+            "\u{feff}{\"request_id\": \"r3\", \"direction\": \"input\", \"profile\": \"a\"}\n",
+        )
+        .expect("written");
+        assert!(found("r3", Direction::Input).is_some());
     }
 }

@@ -323,6 +323,33 @@ mod tests {
         assert_eq!(scores_of(&json!({"x": 1})), None);
     }
 
+    /// Files written by Windows tools start with a UTF-8 byte-order mark: labelled data and
+    /// traffic read their first line all the same.
+    #[test]
+    fn a_byte_order_mark_does_not_spoil_the_first_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let labelled = dir.path().join("labelled.jsonl");
+        std::fs::write(
+            &labelled,
+            "\u{feff}{\"prompt\": \"p\", \"labels\": [\"hate\"]}\n\
+             {\"messages\": [{\"role\": \"user\", \"content\": \"a\"}, \
+             {\"role\": \"assistant\", \"content\": \"b\"}, {\"role\": \"user\", \"content\": \"c\"}], \
+             \"labels\": []}\n",
+        )
+        .expect("written");
+        let read = read_examples(&labelled, &ExampleFields::default(), &cats()).expect("read");
+        assert!(read.errors.is_empty(), "{:?}", read.errors);
+        assert_eq!(read.items[0].prompt.as_deref(), Some("p"));
+        // A conversation's last turn is the example, the turns before it its context.
+        assert_eq!(read.items[1].prompt.as_deref(), Some("c"));
+        assert_eq!(read.items[1].context.len(), 2);
+        let traffic = dir.path().join("traffic.jsonl");
+        std::fs::write(&traffic, "\u{feff}{\"scores\": {\"hate\": 0.5}}\n").expect("written");
+        let read = read_traffic(&traffic).expect("read");
+        assert!(read.errors.is_empty(), "{:?}", read.errors);
+        assert_eq!(read.items.len(), 1);
+    }
+
     #[test]
     fn examples_and_errors_keep_their_lines() {
         let dir = tempfile::tempdir().expect("tempdir");
