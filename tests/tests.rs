@@ -7,6 +7,7 @@ mod context;
 mod cuda;
 mod deploy;
 mod docs;
+mod explain;
 mod faults;
 mod gateway;
 mod gateway_ops;
