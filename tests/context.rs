@@ -317,6 +317,20 @@ fn audit_judges_each_turn_in_its_conversation() {
         "nor the answer to it"
     );
     assert_ne!(alone[2]["scores"], with[2]["scores"]);
+    // The prefix cache serves the turns of a conversation and changes no score.
+    let cached = audit(
+        "cached",
+        &["--context-turns", "8", "--prefix-cache-tokens", "8192"],
+    );
+    for (a, b) in with.iter().zip(&cached) {
+        for (id, score) in a["scores"].as_object().expect("scores") {
+            let other = b["scores"][id].as_f64().expect("score");
+            assert!(
+                (score.as_f64().expect("score") - other).abs() < 1e-6,
+                "{id}"
+            );
+        }
+    }
 
     // The same turn scored by `score` with the same context gives the same scores.
     let last = json!({"messages": conversation["messages"].as_array().expect("list")[..3]});

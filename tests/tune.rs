@@ -380,20 +380,50 @@ fn the_workbench_explains_an_example_with_its_spans_marked_in_a_real_browser() {
         "What is the weather like? I want to go out. Should I take an umbrella?",
         "Ünïcödé first. Then a second sentence, with a clause; and more. Last one!",
     ];
+    // One violation, so that the curves (and the context comparison) have numbers.
     let lines: Vec<String> = texts
         .iter()
-        .map(|t| json!({"prompt": t, "labels": {"dangerous": 0}}).to_string())
+        .enumerate()
+        .map(|(i, t)| json!({"prompt": t, "labels": {"dangerous": u8::from(i == 1)}}).to_string())
         .collect();
     std::fs::write(&labelled, lines.join("\n") + "\n").expect("labelled");
     let tiny = common::assets().join("tiny").display().to_string();
     let labelled = labelled.display().to_string();
     let out = dir.path().join("out").display().to_string();
     let seen = in_browser(
-        &[&labelled, "--model", &tiny, "--out", &out],
+        &[
+            &labelled,
+            "--model",
+            &tiny,
+            "--out",
+            &out,
+            "--compare-context",
+            "2",
+        ],
         "check_explain.mjs",
         "dangerous",
     );
     assert_eq!(seen["errors"], json!([]), "no script errors on the page");
+    // The context comparison is on the page as in summary.json.
+    let summary = read_json(&dir.path().join("out/summary.json"));
+    let row = summary["context"]["categories"]
+        .as_array()
+        .expect("categories")
+        .iter()
+        .find(|c| c["id"] == "dangerous")
+        .expect("dangerous");
+    let pair = |k: &str| {
+        let f = |v: &Value| v.as_f64().map_or("n/a".into(), |x| format!("{x:.3}"));
+        format!("{} → {}", f(&row["alone"][k]), f(&row["in_context"][k]))
+    };
+    let context = seen["context"].as_str().expect("context shown");
+    assert!(
+        context.contains("3 examples scored alone and after up to 2"),
+        "{context}"
+    );
+    for k in ["roc_auc", "average_precision", "best_f1"] {
+        assert!(context.contains(&pair(k)), "{k}: {context}");
+    }
     let sent = &seen["sent"];
     let text = sent["text"].as_str().expect("text");
     assert!(

@@ -116,6 +116,10 @@ pub struct ModelArgs {
     /// Run each policy's prompt whole instead of sharing the content prefix across policies.
     #[arg(long)]
     pub no_prefix_reuse: bool,
+    /// Tokens of recent checks' prefixes kept for later checks that share them (a growing
+    /// answer, a conversation's turns); overrides [model] prefix_cache_tokens.
+    #[arg(long, value_name = "N")]
+    pub prefix_cache_tokens: Option<usize>,
 }
 
 impl ModelArgs {
@@ -147,6 +151,9 @@ impl ModelArgs {
         }
         if self.no_prefix_reuse {
             settings.prefix_reuse = false;
+        }
+        if let Some(v) = self.prefix_cache_tokens {
+            settings.prefix_cache_tokens = v;
         }
         settings
     }

@@ -293,6 +293,7 @@ pub fn run(args: &TuneArgs) -> anyhow::Result<Outcome> {
             config_text,
             args.profile.clone(),
             Some(explainer),
+            comparison.as_ref(),
         ));
         serve_workbench(address, bench)?;
     }

@@ -13,6 +13,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 
 use super::analysis::CategoryReport;
+use super::context::Comparison;
 use super::data::{Example, Scores};
 use super::thresholds::set_thresholds;
 use crate::config::Config;
@@ -112,6 +113,7 @@ impl Workbench {
         config_text: String,
         profile: String,
         explainer: Option<Explainer>,
+        context: Option<&Comparison>,
     ) -> Self {
         let categories: Vec<Value> = reports
             .iter()
@@ -143,7 +145,7 @@ impl Workbench {
             })
             .collect();
         let data = json!({"categories": categories, "examples": shown,
-            "explain": explainer.is_some()})
+            "explain": explainer.is_some(), "context": context})
         .to_string();
         // Inside <script>: no "</script>" or "<!--" can appear once '<' is escaped.
         let data = data.replace('<', "\\u003c");

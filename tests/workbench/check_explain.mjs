@@ -24,5 +24,6 @@ await withPage(url, async (page, errors) => {
     })),
   );
   const shown = await item.locator(".why").evaluate((d) => d.innerText);
-  console.log(JSON.stringify({ listed, sent, marks, shown, errors }));
+  const context = await page.locator("#context").evaluate((d) => (d.hidden ? null : d.innerText));
+  console.log(JSON.stringify({ listed, sent, marks, shown, context, errors }));
 });
