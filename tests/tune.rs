@@ -217,6 +217,25 @@ fn precomputed_scores_and_traffic_need_no_model_and_bad_lines_are_kept() {
     assert_eq!(hate["current"]["traffic_flag_rate"], 0.5);
     assert_eq!(hate["suggested"]["traffic_flag_rate"], 0.5);
     assert!((hate["roc_auc"].as_f64().expect("auc") - 7.0 / 9.0).abs() < 1e-12);
+    // Six labels: Platt scaling, an increasing map (a higher score stays more likely).
+    let calibration = &hate["calibration"];
+    assert_eq!(calibration["fitted"]["method"], "platt");
+    assert!(
+        calibration["fitted"]["a"].as_f64().expect("a") > 0.0,
+        "{calibration}"
+    );
+    for k in ["raw", "calibrated"] {
+        assert!(calibration[k]["ece"]
+            .as_f64()
+            .is_some_and(|e| (0.0..=1.0).contains(&e)));
+    }
+    let counted: u64 = calibration["raw"]["bins"]
+        .as_array()
+        .expect("bins")
+        .iter()
+        .map(|b| b["count"].as_u64().expect("count"))
+        .sum();
+    assert_eq!(counted, 6);
     let sexual = summary["categories"]
         .as_array()
         .expect("categories")
@@ -224,6 +243,7 @@ fn precomputed_scores_and_traffic_need_no_model_and_bad_lines_are_kept() {
         .find(|c| c["id"] == "sexual")
         .expect("sexual");
     assert_eq!(sexual["labelled"], 0);
+    assert_eq!(sexual["calibration"], Value::Null, "nothing to fit");
     assert_eq!(
         summary["pii"],
         json!([
@@ -240,6 +260,7 @@ fn precomputed_scores_and_traffic_need_no_model_and_bad_lines_are_kept() {
     );
     let report = std::fs::read_to_string(out.join("report.html")).expect("report");
     assert!(report.contains("<h2>Personal data and secrets</h2>"));
+    assert!(report.contains("<h3>Calibration</h3><p>Platt scaling"));
     assert!(!report.contains("a@example.com"), "values are never shown");
     assert_eq!(sexual["suggested"], Value::Null, "no data, no suggestion");
     assert_eq!(sexual["target"], "recall=0.5");

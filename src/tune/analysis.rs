@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::bootstrap::{interval, Interval};
+use super::calibration::{self, reliability, Calibration, Reliability};
 use super::curves::{Confusion, Curve, Sample, Target};
 use super::data::{Example, Scores};
 
@@ -95,6 +96,33 @@ pub struct CategoryReport {
     pub pr: Vec<(f64, f64)>,
     /// The what-if replay on traffic.
     pub replay: Option<Replay>,
+    /// The calibration fitted on the labelled examples, with the reliability of the raw and
+    /// the calibrated probabilities on them (`None` without both kinds of label).
+    pub calibration: Option<CalibrationReport>,
+}
+
+/// A category's fitted calibration and how reliable its probabilities are before and after,
+/// measured on the examples it was fitted on.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CalibrationReport {
+    /// The fitted map.
+    pub fitted: Calibration,
+    /// Raw P(Yes).
+    pub raw: Reliability,
+    /// Calibrated.
+    pub calibrated: Reliability,
+}
+
+impl CalibrationReport {
+    /// Fits a calibration to the samples; `None` without both kinds of label.
+    fn of(samples: &[Sample]) -> Option<Self> {
+        let fitted = calibration::fit(samples)?;
+        Some(Self {
+            raw: reliability(samples, |p| p),
+            calibrated: reliability(samples, |p| fitted.apply(p)),
+            fitted,
+        })
+    }
 }
 
 /// A category's labelled samples.
@@ -197,6 +225,7 @@ pub fn analyse(
                         })
                         .collect(),
                 }),
+                calibration: CalibrationReport::of(&samples),
             }
         })
         .collect()

@@ -5,6 +5,7 @@
 
 pub mod analysis;
 pub mod bootstrap;
+pub mod calibration;
 pub mod context;
 pub mod curves;
 pub mod data;

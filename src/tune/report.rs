@@ -5,7 +5,8 @@
 
 use std::fmt::Write;
 
-use super::analysis::{AtThreshold, CategoryReport};
+use super::analysis::{AtThreshold, CalibrationReport, CategoryReport};
+use super::calibration::{Calibration, Reliability};
 use super::context::Comparison;
 use super::pii::KindShare;
 use crate::html::escape;
@@ -88,6 +89,41 @@ fn chart(title: &str, x_label: &str, y_label: &str, line: &[(f64, f64)], marks: 
     }
     svg.push_str("</svg>");
     svg
+}
+
+/// The reliability diagram of the raw P(Yes) (the line) and of the calibrated probabilities
+/// (the points), with the fitted map and each one's ECE.
+fn calibration(c: &CalibrationReport) -> String {
+    let points = |r: &Reliability| -> Vec<(f64, f64)> {
+        r.bins.iter().map(|b| (b.predicted, b.observed)).collect()
+    };
+    let calibrated: Vec<Mark> = points(&c.calibrated)
+        .into_iter()
+        .map(|at| Mark {
+            at,
+            label: "calibrated",
+            color: "#c0392b",
+        })
+        .collect();
+    let fitted = match &c.fitted {
+        Calibration::Platt { a, b } => {
+            format!("Platt scaling: 1 / (1 + exp(−({a:.3} · logit(p) + {b:.3})))")
+        }
+        Calibration::Isotonic { steps } => format!("isotonic regression, {} steps", steps.len()),
+    };
+    format!(
+        "<h3>Calibration</h3><p>{}. Expected calibration error on these examples: raw {:.3},          calibrated {:.3} (measured on the data it was fitted on: check it on held-out          examples). Perfect calibration lies on the diagonal.</p><div class=\"charts\">{}</div>",
+        escape(&fitted),
+        c.raw.ece,
+        c.calibrated.ece,
+        chart(
+            "Reliability: raw P(Yes) (line), calibrated (points)",
+            "probability",
+            "share of violations",
+            &points(&c.raw),
+            &calibrated
+        )
+    )
 }
 
 fn num(v: Option<f64>) -> String {
@@ -200,6 +236,9 @@ pub fn html(
                 &marks(r, |a| Some((a.threshold, a.traffic_flag_rate?)))
             )),
         );
+        if let Some(c) = &r.calibration {
+            page.push_str(&calibration(c));
+        }
         page.push_str(
             "<table><tr><th></th><th>threshold</th><th>TP</th><th>FP</th><th>FN</th><th>TN</th>\
              <th>precision</th><th>recall</th><th>F1</th><th>FPR</th><th>traffic flagged</th></tr>",
