@@ -413,8 +413,7 @@ impl Run<'_> {
                             r["truncated"] = json!(true);
                         }
                         if self.opts.context_turns > 0 {
-                            let seen = request.context.len().saturating_sub(cut.dropped_turns);
-                            r["context_turns"] = json!(seen);
+                            r["context_turns"] = json!(request.context_seen(&s));
                         }
                         let pii = count([turn.text.as_str()], &every_kind());
                         if !pii.is_empty() {

@@ -15,7 +15,7 @@ use crate::config::ModelSettings;
 use crate::injection::WithInjection;
 use crate::pii::{count, every_kind, Kind};
 use crate::policy::{for_answers, Policy};
-use crate::prompt::{Content, ContextTurn, Mode};
+use crate::prompt::{ContextTurn, Mode};
 use crate::scorer::explain::{explain, Explanation};
 use crate::scorer::verdict::Verdict;
 use crate::scorer::{score_each, RequestScores, Score, ScoreError, ScoreRequest};
@@ -344,23 +344,15 @@ fn flush(
             Pending::Ready { line, input } => match results.next().map(|(request, result)| {
                 let scores = result?;
                 let explanation = explanation(scorer, args, request, &scores)?;
-                Ok::<_, ScoreError>((scores, explanation))
+                let seen = (args.context_turns > 0).then(|| request.context_seen(&scores));
+                let mode = request.content().mode();
+                Ok::<_, ScoreError>((scores, explanation, seen, mode))
             }) {
-                Some(Ok((scores, explanation))) => {
+                Some(Ok((scores, explanation, context_turns, mode))) => {
                     let policies = checked(policies, input.response.is_some());
                     let verdict = Verdict::new(&scores, &policies);
                     totals.scored += 1;
                     totals.flagged += usize::from(!verdict.violated.is_empty());
-                    let mode = Content {
-                        user: &input.prompt,
-                        response: input.response.as_deref(),
-                        context: &input.context,
-                    }
-                    .mode();
-                    let context_turns = (args.context_turns > 0).then(|| {
-                        let dropped = scores.truncated.map_or(0, |t| t.dropped_turns);
-                        input.context.len().saturating_sub(dropped)
-                    });
                     let output = Output {
                         line: Some(line),
                         id: input.id,

@@ -17,6 +17,7 @@ use crate::tune::curves::Target;
 use crate::tune::data::Example;
 use crate::tune::data::{read_examples, read_traffic, ExampleFields};
 use crate::tune::pii::{shares, KindShare};
+use crate::tune::report::num;
 use crate::tune::thresholds::{diff, set_thresholds};
 use crate::tune::workbench::{Explainer, LoadScorer, Workbench};
 use crate::tune::{self, score_examples, unscored, Outputs};
@@ -47,10 +48,6 @@ fn parse_targets(
         }
     }
     Ok((per, default))
-}
-
-fn num(v: Option<f64>) -> String {
-    v.map_or_else(|| "n/a".into(), |v| format!("{v:.3}"))
 }
 
 /// One line per kind of personal data or secret found, after the thresholds table.

@@ -183,11 +183,8 @@ fn context_seen(
     else {
         return Some(0);
     };
-    let dropped = scored
-        .get(i)
-        .and_then(|s| s.truncated)
-        .map_or(0, |t| t.dropped_turns);
-    Some(request.context.len() - dropped.min(request.context.len()))
+    let scores = scored.get(i).cloned().unwrap_or_default();
+    Some(request.context_seen(&scores))
 }
 
 /// Counts a decision in the metrics and writes it to the decision log; every decision, made

@@ -48,6 +48,13 @@ impl ScoreRequest {
         }
     }
 
+    /// The earlier turns the model saw when it gave `scores`: the context less the turns
+    /// left out to fit.
+    pub fn context_seen(&self, scores: &RequestScores) -> usize {
+        let dropped = scores.truncated.map_or(0, |t| t.dropped_turns);
+        self.context.len().saturating_sub(dropped)
+    }
+
     /// The content as the prompt templates see it.
     pub fn content(&self) -> Content<'_> {
         Content {

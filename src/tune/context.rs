@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::analysis::CategoryReport;
 use super::data::Example;
+use super::report::num;
 use crate::html::escape;
 
 /// How well one scoring separates violations from the rest.
@@ -81,10 +82,6 @@ pub fn compare(
         with_history: examples.iter().filter(|e| !e.context.is_empty()).count(),
         categories,
     }
-}
-
-fn num(v: Option<f64>) -> String {
-    v.map_or_else(|| "n/a".into(), |v| format!("{v:.3}"))
 }
 
 /// A category's cells: id, labelled, then each measure as "alone → in context".

@@ -126,7 +126,8 @@ fn calibration(c: &CalibrationReport) -> String {
     )
 }
 
-fn num(v: Option<f64>) -> String {
+/// A measure with three decimals, or "n/a" where it is not defined.
+pub fn num(v: Option<f64>) -> String {
     v.map_or_else(|| "n/a".into(), |v| format!("{v:.3}"))
 }
 
