@@ -1,6 +1,7 @@
 //! Integration tests, compiled into one binary.
 
 mod audit;
+mod calibration;
 mod cli;
 mod common;
 mod context;

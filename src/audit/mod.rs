@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 use crate::pii::{count, every_kind};
 use crate::policy::{for_answers, Policy};
 use crate::scorer::explain::explain;
+use crate::scorer::verdict::Verdict;
 use crate::scorer::{score_each, Score, ScoreRequest};
 
 use self::checkpoint::Checkpoint;
@@ -394,20 +395,25 @@ impl Run<'_> {
             for turn in &conversation.turns {
                 match scores.next() {
                     Some((request, Ok(s))) => {
+                        let verdict = Verdict::new(&s, &request.policies);
                         let mut map = Map::new();
-                        let mut violated = Vec::new();
-                        for (score, policy) in s.scores.iter().zip(request.policies.iter()) {
-                            map.insert(score.id.clone(), json!(score.p_yes));
-                            if score.p_yes >= policy.threshold {
-                                violated.push(score.id.clone());
+                        let mut raw = Map::new();
+                        for v in &verdict.policies {
+                            map.insert(v.score.id.clone(), json!(v.score.p_yes));
+                            if let Some(p) = v.raw_p_yes {
+                                raw.insert(v.score.id.clone(), json!(p));
                             }
                         }
+                        let violated = verdict.violated;
                         self.state.counts.turns_scored += 1;
                         if !violated.is_empty() {
                             self.state.counts.turns_flagged += 1;
                         }
                         let mut r = json!({"file": p.file, "line": p.line, "conversation": conversation.id,
                             "turn": turn.index, "role": turn.role, "scores": map, "violated": violated});
+                        if !raw.is_empty() {
+                            r["raw_scores"] = Value::Object(raw);
+                        }
                         let cut = s.truncated.unwrap_or_default();
                         if cut.user.is_some() || cut.response.is_some() {
                             r["truncated"] = json!(true);
@@ -507,8 +513,8 @@ fn fingerprint(opts: &AuditOptions) -> std::io::Result<String> {
     }
     for p in opts.policies.iter() {
         h.update(format!(
-            "{}\0{}\0{}\0{}\0",
-            p.id, p.threshold, p.guideline.prompt, p.guideline.response
+            "{}\0{}\0{}\0{}\0{:?}\0",
+            p.id, p.threshold, p.guideline.prompt, p.guideline.response, p.calibration
         ));
     }
     h.update(format!(

@@ -367,6 +367,11 @@ pub struct TuneArgs {
     /// Write the suggested thresholds into the --config file (otherwise only shown as a diff).
     #[arg(long, requires = "config")]
     pub write: bool,
+    /// Fit a calibration per category (Platt scaling, or isotonic regression with 50 labels
+    /// of each kind) and put it into the suggested config as `[calibration.ID]`: the gateway
+    /// and audit then report calibrated probabilities and the thresholds are written as such.
+    #[arg(long)]
+    pub calibrate: bool,
     /// Bootstrap resamples for the confidence intervals (0: none).
     #[arg(long, default_value_t = 1000)]
     pub bootstrap: usize,

@@ -18,7 +18,7 @@ use crate::tune::data::Example;
 use crate::tune::data::{read_examples, read_traffic, ExampleFields};
 use crate::tune::pii::{shares, KindShare};
 use crate::tune::report::num;
-use crate::tune::thresholds::{diff, set_thresholds};
+use crate::tune::thresholds::{diff, Tuned};
 use crate::tune::workbench::{Explainer, LoadScorer, Workbench};
 use crate::tune::{self, score_examples, unscored, Outputs};
 
@@ -48,6 +48,27 @@ fn parse_targets(
         }
     }
     Ok((per, default))
+}
+
+/// The calibrated probability each calibrated category's suggested threshold is written as.
+fn print_calibrated(suggested: &[(String, f64)], tuned: &Tuned) {
+    let lines: Vec<String> = suggested
+        .iter()
+        .filter_map(|(id, raw)| {
+            let c = tuned.calibrations.get(id)?;
+            Some(format!(
+                "  {id}: P(Yes) {raw:.4} = calibrated {:.4}",
+                c.apply(*raw)
+            ))
+        })
+        .collect();
+    if !lines.is_empty() {
+        println!(
+            "\nThresholds above are raw P(Yes); the config holds calibrated categories' \
+             thresholds as calibrated probabilities:\n{}",
+            lines.join("\n")
+        );
+    }
 }
 
 /// One line per kind of personal data or secret found, after the thresholds table.
@@ -135,11 +156,15 @@ pub fn run(args: &TuneArgs) -> anyhow::Result<Outcome> {
         traffic_pii.extend(found);
         errors.extend(loaded.errors);
     }
+    // Tuning works on raw P(Yes): a calibrated threshold is taken back to its raw equal.
     let current: Vec<Current> = policies
         .iter()
         .map(|p| Current {
             id: p.id.clone(),
-            threshold: p.threshold,
+            threshold: p
+                .calibration
+                .as_ref()
+                .map_or(p.threshold, |c| c.raw_threshold(p.threshold)),
         })
         .collect();
     let settings = Settings {
@@ -222,7 +247,13 @@ pub fn run(args: &TuneArgs) -> anyhow::Result<Outcome> {
         .iter()
         .filter_map(|r| Some((r.id.clone(), r.suggested?.threshold)))
         .collect();
-    let new_text = set_thresholds(&config_text, &args.profile, &suggested)?;
+    let fitted: Vec<_> = reports
+        .iter()
+        .filter(|_| args.calibrate)
+        .filter_map(|r| Some((r.id.clone(), r.calibration.as_ref()?.fitted.clone())))
+        .collect();
+    let tuned = Tuned::new(&config_text, &args.profile, &config.calibration, &fitted)?;
+    let new_text = tuned.with_thresholds(&suggested)?;
     Config::parse(&new_text, "the suggested config")
         .context("the suggested config does not load; this is a bug, please report it")?;
     let title = format!("shieldgate threshold tuning (profile {})", args.profile);
@@ -240,6 +271,7 @@ pub fn run(args: &TuneArgs) -> anyhow::Result<Outcome> {
         },
     )?;
     print_table(&reports);
+    print_calibrated(&suggested, &tuned);
     print_pii(&pii);
     if let Some(c) = &comparison {
         println!("\n{}", context_comparison::table(c));
@@ -287,8 +319,7 @@ pub fn run(args: &TuneArgs) -> anyhow::Result<Outcome> {
             &examples,
             &traffic,
             &reports,
-            config_text,
-            args.profile.clone(),
+            tuned,
             Some(explainer),
             comparison.as_ref(),
         ));

@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::policy::calibration::Calibration;
+
 pub use model::{InjectionSettings, ModelSettings};
 pub use profile::{Action, CategoryRule, PiiAction, PiiRules, ProfileConfig};
 pub use proxy::{
@@ -73,6 +75,10 @@ pub struct Config {
     pub decision_log: DecisionLogConfig,
     /// Thresholds and actions, by profile name; `default` applies when no other matches.
     pub profiles: BTreeMap<String, ProfileConfig>,
+    /// Per category id: the map from raw P(Yes) to calibrated probability (written by `tune
+    /// --calibrate`). A calibrated category's thresholds are calibrated probabilities.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub calibration: BTreeMap<String, Calibration>,
 }
 
 /// Policy files loaded in addition to (or instead of) the four built-in harms.
@@ -153,6 +159,11 @@ impl Config {
             profile
                 .validate()
                 .map_err(|e| format!("[profiles.{name}]: {e}"))?;
+        }
+        for (id, calibration) in &self.calibration {
+            calibration
+                .check()
+                .map_err(|e| format!("[calibration.{id}]: {e}"))?;
         }
         Ok(())
     }

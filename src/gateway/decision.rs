@@ -64,8 +64,12 @@ impl Disposition {
 pub struct CategoryResult {
     /// The policy id.
     pub id: String,
-    /// The highest P(Yes) over the checked parts.
+    /// The highest P(Yes) over the checked parts; calibrated where the config calibrates the
+    /// category.
     pub p_yes: f64,
+    /// The model's own P(Yes) before calibration, for calibrated categories.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw_p_yes: Option<f64>,
     /// The threshold in force.
     pub threshold: f64,
     /// The configured action.
@@ -160,37 +164,42 @@ impl Decision {
     /// Compares the scores of each checked part with the profile: every category the direction
     /// reads (answers are not scored for injection) at the highest score any part has for it.
     pub fn from_scores(direction: Direction, profile: &Profile, parts: &[RequestScores]) -> Self {
-        let categories: Vec<CategoryResult> = profile
+        let judged: Vec<(&crate::policy::Policy, CategoryResult)> = profile
             .policies
             .iter()
             .zip(&profile.actions)
             .filter(|(policy, _)| direction == Direction::Input || policy.reads_answers())
             .map(|(policy, &action)| {
-                let p_yes = parts
+                let raw = parts
                     .iter()
                     .flat_map(|s| &s.scores)
                     .filter(|s| s.id == policy.id)
                     .map(|s| s.p_yes)
                     .fold(0.0, f64::max);
-                CategoryResult {
+                // Calibrations are non-decreasing: the highest raw score is the highest
+                // calibrated one.
+                let p_yes = policy.probability(raw);
+                let result = CategoryResult {
                     id: policy.id.clone(),
                     p_yes,
+                    raw_p_yes: policy.calibration.is_some().then_some(raw),
                     threshold: policy.threshold,
                     action,
                     violated: p_yes >= policy.threshold,
-                }
+                };
+                (policy, result)
             })
             .collect();
-        let parts_blocked = parts
-            .iter()
-            .map(|s| {
-                s.scores.iter().any(|score| {
-                    categories.iter().any(|c| {
-                        c.id == score.id && c.action == Action::Block && score.p_yes >= c.threshold
-                    })
-                })
+        // A part is blocked by its own score in a blocking category.
+        let blocks = |score: &crate::scorer::PolicyScore| {
+            judged.iter().any(|(policy, c)| {
+                c.id == score.id
+                    && c.action == Action::Block
+                    && policy.probability(score.p_yes) >= c.threshold
             })
-            .collect();
+        };
+        let parts_blocked = parts.iter().map(|s| s.scores.iter().any(blocks)).collect();
+        let categories: Vec<CategoryResult> = judged.into_iter().map(|(_, c)| c).collect();
         let worst = |action| categories.iter().any(|c| c.violated && c.action == action);
         let disposition = if worst(Action::Block) {
             Disposition::Block

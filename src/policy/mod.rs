@@ -3,6 +3,7 @@
 //! the model card ship built in; users add their own TOML files. [`profiles`] groups them with
 //! thresholds and actions, shared by the gateway, audit and tuning.
 
+pub mod calibration;
 pub mod profiles;
 
 use std::path::Path;
@@ -26,6 +27,10 @@ pub struct Policy {
     /// The model that scores it: ShieldGemma for policy files.
     #[serde(skip)]
     pub classifier: Classifier,
+    /// The config's calibration of its P(Yes), if any; the threshold is then a calibrated
+    /// probability.
+    #[serde(skip)]
+    pub calibration: Option<std::sync::Arc<calibration::Calibration>>,
 }
 
 /// Which model scores a policy.
@@ -78,12 +83,19 @@ impl Policy {
                 response: text.into(),
             },
             classifier: Classifier::PromptGuard,
+            calibration: None,
         }
     }
 
     /// Whether ShieldGemma scores it (the injection categories read only the user's side).
     pub fn reads_answers(&self) -> bool {
         self.classifier == Classifier::ShieldGemma
+    }
+
+    /// The probability compared with the threshold: `p_yes` calibrated, where the config
+    /// calibrates this category.
+    pub fn probability(&self, p_yes: f64) -> f64 {
+        self.calibration.as_ref().map_or(p_yes, |c| c.apply(p_yes))
     }
 
     /// The guideline for a template mode.
@@ -315,6 +327,20 @@ impl PolicySet {
     /// All policies, in order.
     pub fn iter(&self) -> impl Iterator<Item = &Policy> {
         self.entries.iter().map(|(p, _)| p)
+    }
+
+    /// Attaches a calibration to the policy with this id.
+    pub fn calibrate(
+        &mut self,
+        id: &str,
+        calibration: calibration::Calibration,
+    ) -> Result<(), PolicyError> {
+        self.get(id)?;
+        let entry = self.entries.iter_mut().find(|(p, _)| p.id == id);
+        if let Some((policy, _)) = entry {
+            policy.calibration = Some(std::sync::Arc::new(calibration));
+        }
+        Ok(())
     }
 
     /// The policy with this id.

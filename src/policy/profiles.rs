@@ -71,6 +71,10 @@ impl Profiles {
         if config.injection.model.is_some() {
             set.add_injection().map_err(|e| invalid(e.to_string()))?;
         }
+        for (id, calibration) in &config.calibration {
+            set.calibrate(id, calibration.clone())
+                .map_err(|e| invalid(format!("[calibration.{id}]: {e}")))?;
+        }
         let mut list = Vec::new();
         let default = ProfileConfig::default();
         if !config.profiles.contains_key("default") {
@@ -91,6 +95,9 @@ impl Profiles {
                     policy.threshold,
                     action.as_str()
                 ));
+                if let Some(c) = &policy.calibration {
+                    hash.update(format!("{c:?}"));
+                }
                 hash.update(policy.guideline.prompt.as_bytes());
                 hash.update(policy.guideline.response.as_bytes());
             }

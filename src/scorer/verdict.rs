@@ -9,9 +9,12 @@ use super::{PolicyScore, RequestScores, Truncation};
 /// One policy's score and whether it crosses the threshold.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PolicyVerdict {
-    /// The score.
+    /// The score; its `p_yes` calibrated where the policy has a calibration.
     #[serde(flatten)]
     pub score: PolicyScore,
+    /// The model's own P(Yes) before calibration, for calibrated policies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw_p_yes: Option<f64>,
     /// The threshold in force.
     pub threshold: f64,
     /// `p_yes >= threshold`.
@@ -31,16 +34,24 @@ pub struct Verdict {
 }
 
 impl Verdict {
-    /// Compares `scores` (in the order of `policies`) with the policies' thresholds.
+    /// Compares `scores` (in the order of `policies`) with the policies' thresholds, after
+    /// their calibrations.
     pub fn new(scores: &RequestScores, policies: &[Policy]) -> Self {
         let policies: Vec<PolicyVerdict> = scores
             .scores
             .iter()
             .zip(policies)
-            .map(|(s, p)| PolicyVerdict {
-                score: s.clone(),
-                threshold: p.threshold,
-                violated: s.p_yes >= p.threshold,
+            .map(|(s, p)| {
+                let probability = p.probability(s.p_yes);
+                PolicyVerdict {
+                    score: PolicyScore {
+                        p_yes: probability,
+                        ..s.clone()
+                    },
+                    raw_p_yes: p.calibration.is_some().then_some(s.p_yes),
+                    threshold: p.threshold,
+                    violated: probability >= p.threshold,
+                }
             })
             .collect();
         Self {

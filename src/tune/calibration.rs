@@ -1,11 +1,14 @@
-//! Calibration of a category's P(Yes): the share of texts with that score that people label a
-//! violation, fitted on labelled examples. Platt scaling fits a logistic curve to the score's
+//! Fitting a category's [`Calibration`] on labelled examples: the share of texts with a score
+//! that people label a violation. Platt scaling fits a logistic curve to the score's
 //! log-odds; with enough labels of each kind, isotonic regression fits a non-decreasing step
 //! function (pool adjacent violators). A reliability diagram bins the examples by probability
 //! and sets each bin's mean probability against its share of violations; the expected
 //! calibration error (ECE) is their gap, weighted by the bins' sizes.
 
 use serde::Serialize;
+
+pub use crate::policy::calibration::Calibration;
+use crate::policy::calibration::{logit, sigmoid};
 
 use super::curves::Sample;
 
@@ -14,51 +17,6 @@ pub const MIN_ISOTONIC: usize = 50;
 
 /// Bins of the reliability diagram.
 pub const BINS: usize = 10;
-
-/// Scores are kept this far from 0 and 1 before taking their log-odds.
-const EDGE: f64 = 1e-9;
-
-/// A fitted map from raw P(Yes) to calibrated probability.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "method", rename_all = "snake_case")]
-pub enum Calibration {
-    /// `1 / (1 + exp(-(a · logit(p) + b)))`.
-    Platt {
-        /// Slope on the log-odds.
-        a: f64,
-        /// Offset.
-        b: f64,
-    },
-    /// From each step's score upwards (scores ascending), its probability.
-    Isotonic {
-        /// `(lowest score, probability)`, both non-decreasing.
-        steps: Vec<(f64, f64)>,
-    },
-}
-
-impl Calibration {
-    /// The calibrated probability of a raw P(Yes).
-    pub fn apply(&self, p: f64) -> f64 {
-        match self {
-            Calibration::Platt { a, b } => sigmoid(a * logit(p) + b),
-            Calibration::Isotonic { steps } => steps
-                .iter()
-                .rev()
-                .find(|(low, _)| p >= *low)
-                .or(steps.first())
-                .map_or(p, |s| s.1),
-        }
-    }
-}
-
-fn logit(p: f64) -> f64 {
-    let p = p.clamp(EDGE, 1.0 - EDGE);
-    (p / (1.0 - p)).ln()
-}
-
-fn sigmoid(x: f64) -> f64 {
-    1.0 / (1.0 + (-x).exp())
-}
 
 /// Isotonic regression with at least [`MIN_ISOTONIC`] labels of each kind, else Platt
 /// scaling; `None` without both kinds.

@@ -103,13 +103,19 @@ fn json_lines(path: &Path) -> std::io::Result<Loaded<(u64, Value)>> {
     })
 }
 
-/// The P(Yes) per category of a record: `scores` as an object (audit results, labelled data)
-/// or `categories` as a list of `{id, p_yes}` (the gateway's decision log).
+/// The raw P(Yes) per category of a record (tuning works before calibration): `scores` as an
+/// object (audit results, labelled data), its entries replaced by `raw_scores` where the audit
+/// calibrated them, or `categories` as a list of `{id, p_yes, raw_p_yes?}` (the gateway's
+/// decision log).
 pub fn scores_of(value: &Value) -> Option<Scores> {
     if let Some(map) = value.get("scores").and_then(Value::as_object) {
+        let raw = value.get("raw_scores").and_then(Value::as_object);
         return map
             .iter()
-            .map(|(k, v)| Some((k.clone(), v.as_f64()?)))
+            .map(|(k, v)| {
+                let v = raw.and_then(|r| r.get(k)).unwrap_or(v);
+                Some((k.clone(), v.as_f64()?))
+            })
             .collect();
     }
     value
@@ -117,10 +123,8 @@ pub fn scores_of(value: &Value) -> Option<Scores> {
         .and_then(Value::as_array)?
         .iter()
         .map(|c| {
-            Some((
-                c.get("id")?.as_str()?.to_string(),
-                c.get("p_yes")?.as_f64()?,
-            ))
+            let p = c.get("raw_p_yes").unwrap_or(c.get("p_yes")?);
+            Some((c.get("id")?.as_str()?.to_string(), p.as_f64()?))
         })
         .collect()
 }
@@ -318,9 +322,15 @@ mod tests {
         let log = json!({"categories": [{"id": "hate", "p_yes": 0.25, "threshold": 0.5}]});
         let want = BTreeMap::from([("hate".to_string(), 0.25)]);
         assert_eq!(scores_of(&audit), Some(want.clone()));
-        assert_eq!(scores_of(&log), Some(want));
+        assert_eq!(scores_of(&log), Some(want.clone()));
         assert_eq!(scores_of(&json!({"scores": {"hate": "x"}})), None);
         assert_eq!(scores_of(&json!({"x": 1})), None);
+        // Calibrated records give their raw scores.
+        let audit = json!({"scores": {"hate": 0.9, "sexual": 0.1}, "raw_scores": {"hate": 0.25}});
+        let log = json!({"categories": [{"id": "hate", "p_yes": 0.9, "raw_p_yes": 0.25}]});
+        let both = BTreeMap::from([("hate".to_string(), 0.25), ("sexual".to_string(), 0.1)]);
+        assert_eq!(scores_of(&audit), Some(both));
+        assert_eq!(scores_of(&log), Some(want));
     }
 
     /// Files written by Windows tools start with a UTF-8 byte-order mark: labelled data and

@@ -1,8 +1,104 @@
 //! Writing suggested thresholds into the gateway's TOML: the profile's
-//! `[profiles.NAME.categories]` entries get their `threshold` set and nothing else in the file
-//! changes (comments, order, actions, other profiles); the change is shown as a unified diff.
+//! `[profiles.NAME.categories]` entries get their `threshold` set (and, with `--calibrate`, the
+//! `[calibration.ID]` tables their fitted maps) and nothing else in the file changes (comments,
+//! order, actions, other profiles); the change is shown as a unified diff.
 
-use toml_edit::{value, DocumentMut, InlineTable, Item, Table};
+use std::collections::BTreeMap;
+
+use toml_edit::{value, Array, DocumentMut, InlineTable, Item, Table, Value};
+
+use crate::policy::calibration::Calibration;
+
+/// The config being tuned: its text, the profile whose thresholds change and the calibrations
+/// in force once written. Tuning works on raw P(Yes); a calibrated category's threshold is
+/// written as the calibrated probability of the raw one.
+#[derive(Debug, Clone)]
+pub struct Tuned {
+    /// The config's text, with the fitted calibrations written in.
+    pub text: String,
+    /// The profile tuned.
+    pub profile: String,
+    /// Per category id: its calibration in the text.
+    pub calibrations: BTreeMap<String, Calibration>,
+}
+
+impl Tuned {
+    /// The config `text` (whose own calibrations are `current`) with `fitted` written over
+    /// them.
+    pub fn new(
+        text: &str,
+        profile: &str,
+        current: &BTreeMap<String, Calibration>,
+        fitted: &[(String, Calibration)],
+    ) -> Result<Self, EditError> {
+        let mut calibrations = current.clone();
+        calibrations.extend(fitted.iter().cloned());
+        Ok(Self {
+            text: set_calibrations(text, fitted)?,
+            profile: profile.to_string(),
+            calibrations,
+        })
+    }
+
+    /// The text with raw thresholds set, each written as its category's calibrated
+    /// probability where the category is calibrated. (An isotonic step cannot be split: such
+    /// a threshold takes in the whole step it falls on.)
+    pub fn with_thresholds(&self, raw: &[(String, f64)]) -> Result<String, EditError> {
+        let written: Vec<(String, f64)> = raw
+            .iter()
+            .map(|(id, t)| {
+                let t = self.calibrations.get(id).map_or(*t, |c| c.apply(*t));
+                (id.clone(), t)
+            })
+            .collect();
+        set_thresholds(&self.text, &self.profile, &written)
+    }
+}
+
+/// Returns `config` with a `[calibration.ID]` table per entry of `fitted` (replacing what was
+/// there).
+pub fn set_calibrations(
+    config: &str,
+    fitted: &[(String, Calibration)],
+) -> Result<String, EditError> {
+    if fitted.is_empty() {
+        return Ok(config.to_string());
+    }
+    let (bom, config) = split_bom(config);
+    let mut doc: DocumentMut = config.parse()?;
+    let tables = table_at(doc.as_table_mut(), &["calibration"])?;
+    tables.set_implicit(true);
+    for (id, calibration) in fitted {
+        let mut table = Table::new();
+        match calibration {
+            Calibration::Platt { a, b } => {
+                table.insert("method", value("platt"));
+                table.insert("a", value(*a));
+                table.insert("b", value(*b));
+            }
+            Calibration::Isotonic { steps } => {
+                table.insert("method", value("isotonic"));
+                let mut list = Array::new();
+                for &(score, probability) in steps {
+                    let mut pair = Value::from(Array::from_iter([score, probability]));
+                    pair.decor_mut().set_prefix("\n  ");
+                    list.push_formatted(pair);
+                }
+                list.set_trailing("\n");
+                table.insert("steps", value(list));
+            }
+        }
+        tables.insert(id, Item::Table(table));
+    }
+    Ok(format!("{bom}{doc}"))
+}
+
+fn split_bom(config: &str) -> (&'static str, &str) {
+    match config.strip_prefix('\u{feff}') {
+        Some(rest) => ("\u{feff}", rest),
+        None => ("", config),
+    }
+}
 
 /// Why the config could not be edited.
 #[derive(Debug, thiserror::Error)]
@@ -22,10 +118,7 @@ pub fn set_thresholds(
     profile: &str,
     thresholds: &[(String, f64)],
 ) -> Result<String, EditError> {
-    let (bom, config) = match config.strip_prefix('\u{feff}') {
-        Some(rest) => ("\u{feff}", rest),
-        None => ("", config),
-    };
+    let (bom, config) = split_bom(config);
     let mut doc: DocumentMut = config.parse()?;
     let categories = table_at(doc.as_table_mut(), &["profiles", profile, "categories"])?;
     for (id, threshold) in thresholds {
@@ -149,5 +242,48 @@ mod tests {
             Err(EditError::Shape(p)) if p == "profiles"
         ));
         assert_eq!(diff("a\n", "a\n", "x", "y"), "");
+    }
+
+    #[test]
+    fn fitted_calibrations_are_written_and_thresholds_become_calibrated() {
+        let config = "# ours\n[calibration.sexual]\nmethod = \"platt\"\na = 2.0\nb = 0.0\n\
+                      [profiles.default.categories]\nhate = { threshold = 0.5 }\n";
+        let current = Config::parse(config, "t").expect("loads").calibration;
+        let hate = Calibration::Isotonic {
+            steps: vec![(0.0, 0.0), (0.3, 0.25), (0.6, 0.9)],
+        };
+        let tuned = Tuned::new(
+            config,
+            "default",
+            &current,
+            &[("hate".into(), hate.clone())],
+        )
+        .expect("written");
+        let text = tuned
+            .with_thresholds(&[
+                ("hate".into(), 0.4),
+                ("sexual".into(), 0.5),
+                ("dangerous".into(), 0.3),
+            ])
+            .expect("edited");
+        assert!(text.starts_with("# ours\n"), "{text}");
+        let parsed = Config::parse(&text, "t").expect("the gateway loads it");
+        assert_eq!(parsed.calibration["hate"], hate);
+        assert_eq!(parsed.calibration["sexual"], current["sexual"]);
+        let cats = &parsed.profiles["default"].categories;
+        // Raw 0.4 lies on hate's step from 0.3; raw 0.5 maps to 0.5 under a = 2, b = 0.
+        assert_eq!(cats["hate"].threshold, Some(0.25));
+        assert_eq!(cats["sexual"].threshold, Some(0.5));
+        assert_eq!(cats["dangerous"].threshold, Some(0.3), "not calibrated");
+        let platt = Calibration::Platt { a: 1.5, b: -0.25 };
+        let again = Tuned::new(
+            &text,
+            "default",
+            &parsed.calibration,
+            &[("hate".into(), platt.clone())],
+        )
+        .expect("replaced");
+        let parsed = Config::parse(&again.text, "t").expect("loads");
+        assert_eq!(parsed.calibration["hate"], platt);
     }
 }

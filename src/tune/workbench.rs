@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use super::analysis::CategoryReport;
 use super::context::Comparison;
 use super::data::{Example, Scores};
-use super::thresholds::set_thresholds;
+use super::thresholds::Tuned;
 use crate::config::Config;
 use crate::http::body::{json_response, read_limited, text_response, with_type, Body, BodyError};
 use crate::policy::{for_answers, Policy};
@@ -99,8 +99,7 @@ impl Explainer {
 /// What the page shows and how its export edits the config.
 pub struct Workbench {
     page: String,
-    config_text: String,
-    profile: String,
+    config: Tuned,
     explainer: Option<Arc<Explainer>>,
 }
 
@@ -110,8 +109,7 @@ impl Workbench {
         examples: &[Example],
         traffic: &[Scores],
         reports: &[CategoryReport],
-        config_text: String,
-        profile: String,
+        config: Tuned,
         explainer: Option<Explainer>,
         context: Option<&Comparison>,
     ) -> Self {
@@ -151,8 +149,7 @@ impl Workbench {
         let data = data.replace('<', "\\u003c");
         Self {
             page: PAGE.replace("__DATA__", &data),
-            config_text,
-            profile,
+            config,
             explainer: explainer.map(Arc::new),
         }
     }
@@ -229,7 +226,7 @@ impl Workbench {
                 None => return bad(format!("{id}: {v} is not a threshold between 0 and 1")),
             }
         }
-        match set_thresholds(&self.config_text, &self.profile, &thresholds) {
+        match self.config.with_thresholds(&thresholds) {
             Ok(text) => match Config::parse(&text, "the exported config") {
                 Ok(_) => text_response(StatusCode::OK, text),
                 Err(e) => bad(format!("the result would not load: {e}")),
