@@ -19,6 +19,8 @@
 //!   `protocols` (one file per wire format, plus SSE).
 //! - [`config`]: the gateway's TOML configuration.
 //! - [`audit`]: batch scoring of stored conversation logs (readers, resumable run, summary).
+//! - [`drift`]: the gateway's sliding window of recent scores and the baselines it is compared
+//!   with.
 //! - [`tune`]: threshold tuning from labelled data (curves, suggestions, config edits, report,
 //!   browser workbench); [`html`]: helpers of the HTML pages.
 //! - [`cli`]: command-line arguments of the `shieldgate` binary; [`commands`] runs them.
@@ -29,6 +31,7 @@ pub mod audit;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod drift;
 pub mod gateway;
 pub mod html;
 pub mod http;

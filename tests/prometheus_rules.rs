@@ -1,7 +1,8 @@
 //! The shipped Prometheus rules (`deploy/prometheus/`) and Grafana dashboard
 //! (`deploy/grafana/`) cannot drift from the metrics: every series they read is one shieldgate
 //! exports and every alert has promtool cases; with Debian's promtool the rules check and their
-//! unit tests pass, and a real Prometheus scraping the real binary fires the fail-open alert and
+//! unit tests pass, and a real Prometheus scraping the real binary, with a baseline written by
+//! `audit --baseline`, fires the drift alerts on shifted scores and the fail-open alert, and
 //! answers every dashboard query with data.
 
 use std::collections::BTreeSet;
@@ -107,8 +108,9 @@ fn form_value(text: &str) -> String {
         .collect()
 }
 
-/// A Prometheus server on 127.0.0.1 scraping `targets` every second with the shipped rules
-/// (their `for:` durations cut to nothing, so that alerts fire within the test).
+/// A Prometheus server on 127.0.0.1 scraping `admin` every second with the shipped rules
+/// (their `for:` durations cut to nothing, so that alerts fire within the test) and a drift
+/// baseline.
 struct Prometheus {
     addr: std::net::SocketAddr,
     _process: common::KillOnDrop,
@@ -116,8 +118,9 @@ struct Prometheus {
 }
 
 impl Prometheus {
-    fn start(admin: std::net::SocketAddr) -> Self {
+    fn start(admin: std::net::SocketAddr, baseline: &std::path::Path) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::copy(baseline, dir.path().join("baseline.yml")).expect("baseline copied");
         let rules: String = read("shieldgate-rules.yml")
             .lines()
             .map(|l| match l.trim_start().strip_prefix("for: ") {
@@ -131,7 +134,7 @@ impl Prometheus {
             dir.path().join("prometheus.yml"),
             format!(
                 "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-                 rule_files: [rules.yml]\n\
+                 rule_files: [rules.yml, baseline.yml]\n\
                  scrape_configs:\n  - job_name: shieldgate\n    static_configs:\n      - targets: ['{admin}']\n"
             ),
         )
@@ -225,7 +228,8 @@ fn dashboard_queries() -> Vec<(String, String)> {
 
 #[test]
 #[ignore = "needs prometheus: scripts/apt-install.sh promtool prometheus (scripts/test.sh runs it)"]
-fn a_real_prometheus_scrapes_the_gateway_fires_the_fail_open_alert_and_answers_the_dashboard() {
+fn a_real_prometheus_scrapes_the_gateway_fires_the_drift_and_fail_open_alerts_and_answers_the_dashboard(
+) {
     use serde_json::json;
     let runtime = crate::harness::runtime();
     let scorer_runtime = crate::harness::runtime();
@@ -242,6 +246,7 @@ fn a_real_prometheus_scrapes_the_gateway_fires_the_fail_open_alert_and_answers_t
              [model]\nsource = \"synthetic:tiny\"\ntokenizer = {:?}\n\
              [scorer]\ntimeout_ms = 5000\n\
              [scorer.remote]\nurls = [\"http://{completions}\"]\nmodel = \"m\"\nhealth_interval_ms = 0\nretries = 0\n\
+             [drift]\nmin_checks = 3\n\
              [profiles.default.categories]\nhate = {{ threshold = 0.5, action = \"flag\" }}\n\
              dangerous = {{ threshold = 0.5, action = \"block\" }}\n",
             upstream.addr,
@@ -249,8 +254,45 @@ fn a_real_prometheus_scrapes_the_gateway_fires_the_fail_open_alert_and_answers_t
         ),
     )
     .expect("config written");
+    // The baseline: an audit of calm conversations (the mock scores hate low for them).
+    let log = dir.path().join("calm.jsonl");
+    let calm: String = (0..5)
+        .map(|i| {
+            format!("{{\"messages\": [{{\"role\": \"user\", \"content\": \"[calm] {i}\"}}]}}\n")
+        })
+        .collect();
+    std::fs::write(&log, calm).expect("log written");
+    let baseline = dir.path().join("baseline.yml");
+    let audit = Command::new(env!("CARGO_BIN_EXE_shieldgate"))
+        .arg("audit")
+        .arg(&log)
+        .arg("--out")
+        .arg(dir.path().join("audit"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--baseline")
+        .arg(&baseline)
+        .output()
+        .expect("audit runs");
+    assert_eq!(
+        audit.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&audit.stderr)
+    );
+    let check = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&baseline)
+        .output()
+        .expect("promtool runs");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+
     let (_gateway, addr, admin) = crate::serve::spawn_serve(&config);
-    let prometheus = Prometheus::start(admin);
+    let prometheus = Prometheus::start(admin, &baseline);
     prometheus.wait_for("Prometheus ready", || {
         std::net::TcpStream::connect(prometheus.addr).is_ok()
             && prometheus.get(&runtime, "/api/v1/status/buildinfo")["status"] == "success"
@@ -283,6 +325,29 @@ fn a_real_prometheus_scrapes_the_gateway_fires_the_fail_open_alert_and_answers_t
             )
             .is_ok_and(|r| !r.is_empty())
     });
+
+    // Hate flags every question, against none of the calm baseline: both drift alerts fire.
+    let firing = |name: &str| {
+        prometheus.get(&runtime, "/api/v1/alerts")["data"]["alerts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|a| a["labels"]["alertname"] == name && a["state"] == "firing")
+            .map(|a| a["labels"].clone())
+            .collect::<Vec<_>>()
+    };
+    prometheus.wait_for("the drift alerts firing", || {
+        !firing("ShieldgateFlagRateDrift").is_empty() && !firing("ShieldgateScoreDrift").is_empty()
+    });
+    for name in ["ShieldgateFlagRateDrift", "ShieldgateScoreDrift"] {
+        let alerts = firing(name);
+        assert!(
+            alerts
+                .iter()
+                .all(|l| l["category"] == "hate" && l["direction"] == "input"),
+            "{name}: only hate's inputs drifted: {alerts:?}"
+        );
+    }
 
     // The scorer goes away: checks fail, fail-open passes the traffic, the alert fires.
     scorer_runtime.shutdown_background();

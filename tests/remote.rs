@@ -40,7 +40,8 @@ fn prompt_text(prompt: &Value) -> String {
     }
 }
 
-/// Logprobs the mock gives: `Yes` higher than `No` for hate's guideline, lower otherwise.
+/// Logprobs the mock gives: `Yes` higher than `No` for hate's guideline, lower otherwise and
+/// for texts that say `[calm]`.
 pub async fn completions(req: Request<hyper::body::Incoming>) -> Response<Body> {
     let body = req.into_body().collect().await.map(|b| b.to_bytes());
     let request: Value = body
@@ -53,7 +54,8 @@ pub async fn completions(req: Request<hyper::body::Incoming>) -> Response<Body> 
         .flatten()
         .enumerate()
         .map(|(i, p)| {
-            let hate = prompt_text(p).contains("Hate Speech");
+            let text = prompt_text(p);
+            let hate = text.contains("Hate Speech") && !text.contains("[calm]");
             let (yes, no) = if hate { (-0.2, -1.8) } else { (-3.0, -0.05) };
             json!({"index": i, "text": "Yes", "logprobs": {"top_logprobs": [{"Yes": yes, "No": no}]}})
         })

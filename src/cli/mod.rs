@@ -310,6 +310,10 @@ pub struct AuditArgs {
     #[arg(long)]
     pub restart: bool,
     /// Exit 0/1 even when some lines could not be read or scored (they are still in
+    /// Also write a drift baseline here: per direction and category, the share of turns
+    /// flagged and score quantiles, as Prometheus recording rules (docs/operations.md).
+    #[arg(long, value_name = "FILE")]
+    pub baseline: Option<PathBuf>,
     /// errors.jsonl); by default that exits 3.
     #[arg(long)]
     pub allow_errors: bool,
@@ -410,6 +414,11 @@ pub struct AuditMergeArgs {
     /// The merged output folder.
     #[arg(long)]
     pub out: PathBuf,
+    /// Also write a drift baseline here: per direction and category, the share of turns
+    /// flagged and score quantiles, as Prometheus recording rules (docs/operations.md).
+    #[arg(long, value_name = "FILE")]
+    pub baseline: Option<PathBuf>,
+
     /// Exit 0/1 even when some lines could not be read or scored.
     #[arg(long)]
     pub allow_errors: bool,

@@ -13,6 +13,7 @@ use crate::audit::reader::Fields;
 use crate::audit::summary::Summary;
 use crate::audit::{self, AuditOptions, Input, Progress};
 use crate::cli::{AuditArgs, AuditMergeArgs, ProgressMode};
+use crate::drift::baseline;
 
 use super::{context_turns, load_scorer, profile, Outcome};
 
@@ -106,13 +107,34 @@ pub fn run(args: &AuditArgs) -> anyhow::Result<Outcome> {
     let mut reporter = Reporter::new(mode);
     let summary = audit::run(scorer.as_ref(), &opts, &mut |p| reporter.report(p))?;
     reporter.finish();
+    write_baseline(args.baseline.as_deref(), &opts.out, &summary)?;
     Ok(finish(&opts.out, &summary, args.allow_errors))
 }
 
 /// Runs `audit-merge`.
 pub fn merge(args: &AuditMergeArgs) -> anyhow::Result<Outcome> {
     let summary = audit::merge::merge(&args.shards, &args.out)?;
+    write_baseline(args.baseline.as_deref(), &args.out, &summary)?;
     Ok(finish(&args.out, &summary, args.allow_errors))
+}
+
+/// Writes the drift baseline of the results in `out` to `path`, when asked.
+fn write_baseline(path: Option<&Path>, out: &Path, summary: &Summary) -> anyhow::Result<()> {
+    let Some(path) = path else {
+        return Ok(());
+    };
+    let results = out.join(audit::RESULTS);
+    let summaries = baseline::from_results(&results)
+        .with_context(|| format!("cannot read {} for the baseline", results.display()))?;
+    let source = format!(
+        "an audit of {} turns ({})",
+        summary.counts.turns_scored,
+        results.display()
+    );
+    std::fs::write(path, baseline::baseline_rules(&summaries, &source))
+        .with_context(|| format!("cannot write the baseline {}", path.display()))?;
+    eprintln!("audit: wrote the drift baseline {}", path.display());
+    Ok(())
 }
 
 /// Prints the counts and maps them to the exit code.

@@ -7,6 +7,7 @@ mod model;
 mod profile;
 mod proxy;
 mod server;
+mod telemetry;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -23,6 +24,7 @@ pub use proxy::{
 pub use server::{
     DecisionLogConfig, PromptFormat, RemoteSettings, ScorerConfig, ServerConfig, UpstreamConfig,
 };
+pub use telemetry::DriftConfig;
 
 /// Why a configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +75,8 @@ pub struct Config {
     pub proxy: ProxyConfig,
     /// The JSONL decision log.
     pub decision_log: DecisionLogConfig,
+    /// The window of recent checks behind the drift gauges.
+    pub drift: DriftConfig,
     /// Thresholds and actions, by profile name; `default` applies when no other matches.
     pub profiles: BTreeMap<String, ProfileConfig>,
     /// Per category id: the map from raw P(Yes) to calibrated probability (written by `tune
@@ -152,6 +156,7 @@ impl Config {
         self.server.validate()?;
         self.scorer.validate()?;
         self.proxy.validate()?;
+        self.drift.validate()?;
         if let Some(upstream) = &self.upstream {
             upstream.validate()?;
         }

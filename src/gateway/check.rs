@@ -216,6 +216,12 @@ pub fn record(
     }
     let scores = decision.categories.iter().map(|c| (c.id.as_str(), c.p_yes));
     gw.hot_metrics.observe_scores(decision.direction, scores);
+    let results = decision
+        .categories
+        .iter()
+        .map(|c| (c.id.as_str(), c.p_yes, c.violated));
+    m.drift
+        .observe(direction, results, std::time::Instant::now());
     for c in &decision.categories {
         if c.violated {
             m.violations

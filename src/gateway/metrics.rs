@@ -2,6 +2,8 @@
 //! unit in its name; docs/metrics.md is the table of them.
 
 use prometheus::core::Collector;
+
+use crate::drift::window::Drift;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
@@ -33,6 +35,8 @@ pub struct Metrics {
     pub errors: IntCounterVec,
     /// Config reloads, by result (ok, failed).
     pub reloads: IntCounterVec,
+    /// Recent scores and flag ratios, published at every scrape.
+    pub drift: Drift,
 }
 
 impl Metrics {
@@ -120,6 +124,7 @@ impl Metrics {
                 "Config reloads",
                 &["result"],
             ),
+            drift: Drift::new(&registry),
             registry,
         }
     }
@@ -132,8 +137,9 @@ impl Metrics {
         }
     }
 
-    /// The text exposition format.
+    /// The text exposition format, the drift window's gauges brought up to date.
     pub fn render(&self) -> String {
+        self.drift.publish(std::time::Instant::now());
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             return format!("# cannot encode metrics: {e}\n");

@@ -109,6 +109,7 @@ impl Gateway {
                 })
             })
             .transpose()?;
+        metrics.drift.configure(&config.drift);
         Ok(Self {
             scorer,
             hot_metrics: HotMetrics::new(&metrics),
@@ -152,6 +153,7 @@ impl Gateway {
             profiles: Profiles::build(config)?,
         };
         let version = settings.profiles.version.clone();
+        self.metrics.drift.configure(&config.drift);
         *self.settings.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(settings);
         Ok(version)
     }
