@@ -28,4 +28,5 @@ mod quantized;
 mod remote;
 mod sdk;
 mod serve;
+mod traces;
 mod tune;

@@ -19,6 +19,8 @@ use crate::http::workers::Workers;
 use crate::scorer::worker::ScorerHandle;
 
 use super::{load_scorer, Outcome};
+use crate::telemetry::traces::Tracing;
+use opentelemetry_sdk::trace::SdkTracer;
 
 /// The config file with the command-line overrides applied.
 pub fn effective_config(args: &ServeArgs) -> anyhow::Result<Config> {
@@ -70,14 +72,20 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<Outcome> {
         .context("cannot start the async runtime")?;
     let workers = Workers::start(config.server.workers, "shieldgate-worker")
         .context("cannot start the worker threads")?;
-    runtime.block_on(run_servers(
+    let traces = Tracing::start(&config.telemetry)?;
+    let served = runtime.block_on(run_servers(
         config,
         args.config.clone(),
         scorer,
         model_name,
         metrics,
         &workers,
-    ))?;
+        traces.as_ref().map(|t| t.tracer().clone()),
+    ));
+    if let Some(traces) = &traces {
+        traces.shutdown();
+    }
+    served?;
     Ok(Outcome::Clean)
 }
 
@@ -88,8 +96,9 @@ async fn run_servers(
     model_name: String,
     metrics: Arc<Metrics>,
     workers: &Workers,
+    tracer: Option<SdkTracer>,
 ) -> anyhow::Result<()> {
-    let gw = Arc::new(Gateway::new(&config, scorer, model_name, metrics)?);
+    let gw = Arc::new(Gateway::new(&config, scorer, model_name, metrics)?.with_tracer(tracer));
     let limits = Limits::from_server(&config.server);
     let public = bind(&config.server.listen).await?;
     println!(

@@ -24,7 +24,7 @@ pub use proxy::{
 pub use server::{
     DecisionLogConfig, PromptFormat, RemoteSettings, ScorerConfig, ServerConfig, UpstreamConfig,
 };
-pub use telemetry::DriftConfig;
+pub use telemetry::{DriftConfig, OtlpProtocol, TelemetryConfig};
 
 /// Why a configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +77,8 @@ pub struct Config {
     pub decision_log: DecisionLogConfig,
     /// The window of recent checks behind the drift gauges.
     pub drift: DriftConfig,
+    /// OpenTelemetry traces.
+    pub telemetry: TelemetryConfig,
     /// Thresholds and actions, by profile name; `default` applies when no other matches.
     pub profiles: BTreeMap<String, ProfileConfig>,
     /// Per category id: the map from raw P(Yes) to calibrated probability (written by `tune
@@ -157,6 +159,7 @@ impl Config {
         self.scorer.validate()?;
         self.proxy.validate()?;
         self.drift.validate()?;
+        self.telemetry.validate()?;
         if let Some(upstream) = &self.upstream {
             upstream.validate()?;
         }

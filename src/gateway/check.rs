@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use opentelemetry::trace::SpanKind;
+
 use crate::config::{FailMode, PiiAction};
 use crate::scorer::{RequestScores, ScoreRequest};
 
@@ -13,6 +15,7 @@ use super::decision::{Decision, Direction, Disposition, PiiFound};
 use super::decision_log::Entry;
 use super::error::Unchecked;
 use super::protocols::Conversation;
+use super::trace::ExchangeTrace;
 use super::Gateway;
 use crate::pii::Kind;
 use crate::policy::profiles::Profile;
@@ -34,6 +37,8 @@ pub struct CheckInput<'a> {
     pub unscanned: Vec<String>,
     /// Personal data and secrets found in the checked side.
     pub pii: BTreeMap<Kind, PiiFound>,
+    /// The exchange's trace, which gets a span for the check.
+    pub trace: &'a ExchangeTrace,
 }
 
 /// The input check's requests: user turns with the profile's policies for them (injection
@@ -118,6 +123,13 @@ pub async fn run(
 ) -> Decision {
     let direction = input.direction;
     let profile = input.profile;
+    let span = input.trace.child(
+        match direction {
+            Direction::Input => "shieldgate.input_check",
+            Direction::Output => "shieldgate.output_check",
+        },
+        SpanKind::Internal,
+    );
     // A part without policies (an answer when the profile has only injection categories) is
     // not scored, but still counts as a part.
     let requests: Vec<ScoreRequest> = input
@@ -163,6 +175,7 @@ pub async fn run(
         decision.parts_blocked = vec![true; input.requests.len()];
     }
     record(gw, &decision, request_id, protocol, &input.requests);
+    input.trace.record_check(&span, &decision);
     decision
 }
 

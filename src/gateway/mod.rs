@@ -17,12 +17,15 @@ pub mod moderations;
 pub mod pii;
 pub mod protocols;
 mod routes;
+pub mod trace;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::config::{Config, ConfigError, InjectionSettings, ProxyConfig};
+use opentelemetry_sdk::trace::SdkTracer;
+
+use crate::config::{Config, ConfigError, InjectionSettings, ProxyConfig, TelemetryConfig};
 use crate::gateway::metrics::Metrics;
 use crate::scorer::worker::ScorerHandle;
 
@@ -77,6 +80,10 @@ pub struct Gateway {
     decision_log: Option<DecisionLog>,
     /// The injection classifier's settings at start (it is loaded once).
     injection: InjectionSettings,
+    /// Where spans go, at start (the exporter is set up once).
+    telemetry: TelemetryConfig,
+    /// The tracer of `[telemetry]`, when traces are exported.
+    tracer: Option<SdkTracer>,
     ids: AtomicU64,
     /// This process's id, read once (each read is a system call).
     pid: u32,
@@ -122,10 +129,23 @@ impl Gateway {
             settings: RwLock::new(Arc::new(settings)),
             decision_log,
             injection: config.injection.clone(),
+            telemetry: config.telemetry.clone(),
+            tracer: None,
             ids: AtomicU64::new(1),
             pid: std::process::id(),
             draining: AtomicBool::new(false),
         })
+    }
+
+    /// The tracer spans start from, when traces are exported.
+    pub fn tracer(&self) -> Option<&SdkTracer> {
+        self.tracer.as_ref()
+    }
+
+    /// The gateway with traces started by `tracer` (see `crate::telemetry::traces`).
+    pub fn with_tracer(mut self, tracer: Option<SdkTracer>) -> Self {
+        self.tracer = tracer;
+        self
     }
 
     /// The settings in force.
@@ -145,6 +165,14 @@ impl Gateway {
                 origin: "[injection]".into(),
                 reason: "the injection classifier is loaded at start: restart the gateway to \
                          change [injection]"
+                    .into(),
+            });
+        }
+        if config.telemetry != self.telemetry {
+            return Err(ConfigError::Invalid {
+                origin: "[telemetry]".into(),
+                reason: "the trace exporter is set up at start: restart the gateway to change \
+                         [telemetry]"
                     .into(),
             });
         }

@@ -16,9 +16,11 @@ use hyper::header::{ACCEPT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::http::request::Parts;
 use hyper::http::response;
 use hyper::{Request, Response, StatusCode};
+use opentelemetry::trace::SpanKind;
+use opentelemetry::KeyValue;
 use serde_json::Value;
 
-use crate::config::{BadRequest, FailMode, OutputMode, PiiAction};
+use crate::config::{BadRequest, FailMode, OutputMode, PiiAction, Reveal};
 use crate::http::body::{
     collect, full, json_response, pass_through, read_json_request, Body, CollectError,
 };
@@ -36,6 +38,7 @@ use super::pii::{
 };
 use super::protocols::sse::Parser;
 use super::protocols::{Adapter, Block, Conversation, StreamCollector};
+use super::trace::ExchangeTrace;
 use super::{Gateway, Settings};
 
 mod relayed;
@@ -75,6 +78,7 @@ struct Exchange {
     settings: Arc<Settings>,
     profile: Arc<Profile>,
     request_id: String,
+    trace: ExchangeTrace,
 }
 
 /// A request as read: its bytes (masked where the profile masks), what to scan, a decision
@@ -112,17 +116,34 @@ pub async fn handle(
             tenant_header: &settings.proxy.tenant_header,
         })
         .clone();
+    let trace = ExchangeTrace::start(
+        gw.tracer(),
+        &parts.headers,
+        vec![
+            KeyValue::new("http.request.method", parts.method.to_string()),
+            KeyValue::new("url.path", parts.uri.path().to_string()),
+            KeyValue::new("shieldgate.protocol", adapter.protocol()),
+            KeyValue::new("shieldgate.request_id", request_id.clone()),
+            KeyValue::new("shieldgate.profile", profile.name.clone()),
+        ],
+        settings.proxy.reveal == Reveal::Scores,
+    );
     let ex = Exchange {
         gw,
         adapter,
         settings,
         profile,
         request_id,
+        trace,
     };
-    match ex.run(parts, body).await {
+    let response = match ex.run(parts, body).await {
         Ok(response) => response,
         Err(stop) => ex.render(stop),
-    }
+    };
+    let status = i64::from(response.status().as_u16());
+    ex.trace
+        .set([KeyValue::new("http.response.status_code", status)]);
+    response
 }
 
 impl Exchange {
@@ -243,6 +264,7 @@ impl Exchange {
             fail: self.settings.proxy.on_input_error,
             unscanned: request.conversation.unscanned.clone(),
             pii: request.pii.clone(),
+            trace: &self.trace,
         };
         Some(check::run(&self.gw, input, &self.request_id, self.adapter.protocol()).await)
     }
@@ -251,15 +273,22 @@ impl Exchange {
     async fn forward(
         &self,
         upstream: &Upstream,
-        parts: Parts,
+        mut parts: Parts,
         request: &ReadRequest,
     ) -> Result<(Vec<Decision>, Response<Incoming>), Stop> {
         let metrics = &self.gw.hot_metrics;
         let send = async {
+            let span = self.trace.child("shieldgate.upstream", SpanKind::Client);
+            span.inject(&mut parts.headers);
             let started = Instant::now();
             let sent = upstream.send(parts, request.bytes.clone()).await;
-            if let Ok(r) = &sent {
-                metrics.observe_upstream(r.status(), started.elapsed().as_secs_f64());
+            match &sent {
+                Ok(r) => {
+                    metrics.observe_upstream(r.status(), started.elapsed().as_secs_f64());
+                    let status = i64::from(r.status().as_u16());
+                    span.set([KeyValue::new("http.response.status_code", status)]);
+                }
+                Err(e) => span.fail(e.error_type()),
             }
             sent
         };
@@ -478,6 +507,7 @@ impl Exchange {
             fail: self.settings.proxy.on_output_error,
             unscanned: Vec::new(),
             pii,
+            trace: &self.trace,
         };
         check::run(&self.gw, input, &self.request_id, self.adapter.protocol()).await
     }

@@ -1,4 +1,7 @@
-//! Structured logs on stderr (text or JSON), filtered by `--log-level` or `RUST_LOG`.
+//! Structured logs on stderr (text or JSON), filtered by `--log-level` or `RUST_LOG`; OTLP
+//! trace export in [`traces`].
+
+pub mod traces;
 
 use tracing_subscriber::EnvFilter;
 
