@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use shieldgate::config::Config;
 use shieldgate::policy::calibration::{logit, sigmoid};
 
-use crate::common;
+use crate::remote::{audit, gateway_config};
 use crate::serve::{moderate, spawn_serve};
 
 /// The remote mock's P(Yes) for hate (logprobs -0.2 and -1.8) and for every other policy.
@@ -34,20 +34,18 @@ fn the_gateway_moderations_and_audit_compare_and_report_calibrated_probabilities
     // Sexual's raw 0.05 falls on the isotonic step from 0.0: 0.2, over its threshold of 0.15.
     std::fs::write(
         &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
-             [upstream]\nurl = \"http://{}\"\n\
-             [model]\nsource = \"synthetic:tiny\"\ntokenizer = {:?}\n\
-             [scorer.remote]\nurls = [\"http://{mock}\"]\nmodel = \"m\"\nhealth_interval_ms = 0\n\
-             [decision_log]\npath = {:?}\n\
+        gateway_config(
+            upstream.addr,
+            mock,
+            &format!(
+                "[decision_log]\npath = {:?}\n\
              [calibration.hate]\nmethod = \"platt\"\na = 2.0\nb = -1.0\n\
              [calibration.sexual]\nmethod = \"isotonic\"\nsteps = [[0.0, 0.2], [0.5, 0.9]]\n\
              [profiles.default.categories]\nhate = {{ threshold = 0.88, action = \"flag\" }}\n\
              sexual = {{ threshold = 0.15, action = \"flag\" }}\n\
              dangerous = {{ threshold = 0.5, action = \"flag\" }}\n",
-            upstream.addr,
-            common::tokenizer_path(),
-            log.display().to_string()
+                log.display().to_string()
+            ),
         ),
     )
     .expect("config written");
@@ -110,15 +108,7 @@ fn the_gateway_moderations_and_audit_compare_and_report_calibrated_probabilities
     )
     .expect("log written");
     let out = dir.path().join("audit");
-    let audit = Command::new(env!("CARGO_BIN_EXE_shieldgate"))
-        .arg("audit")
-        .arg(&conversations)
-        .arg("--out")
-        .arg(&out)
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .expect("audit runs");
+    let audit = audit(&conversations, &out, &config, &[]);
     assert_eq!(audit.status.code(), Some(1), "flagged turns");
     let results = std::fs::read_to_string(out.join("results.jsonl")).expect("results");
     let line: Value = serde_json::from_str(results.trim()).expect("json");

@@ -240,17 +240,12 @@ fn a_real_prometheus_scrapes_the_gateway_fires_the_drift_and_fail_open_alerts_an
     let config = dir.path().join("gateway.toml");
     std::fs::write(
         &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
-             [upstream]\nurl = \"http://{}\"\n\
-             [model]\nsource = \"synthetic:tiny\"\ntokenizer = {:?}\n\
-             [scorer]\ntimeout_ms = 5000\n\
-             [scorer.remote]\nurls = [\"http://{completions}\"]\nmodel = \"m\"\nhealth_interval_ms = 0\nretries = 0\n\
-             [drift]\nmin_checks = 3\n\
-             [profiles.default.categories]\nhate = {{ threshold = 0.5, action = \"flag\" }}\n\
-             dangerous = {{ threshold = 0.5, action = \"block\" }}\n",
+        crate::remote::gateway_config(
             upstream.addr,
-            common::tokenizer_path()
+            completions,
+            "[drift]\nmin_checks = 3\n\
+             [profiles.default.categories]\nhate = { threshold = 0.5, action = \"flag\" }\n\
+             dangerous = { threshold = 0.5, action = \"block\" }\n",
         ),
     )
     .expect("config written");
@@ -263,17 +258,13 @@ fn a_real_prometheus_scrapes_the_gateway_fires_the_drift_and_fail_open_alerts_an
         .collect();
     std::fs::write(&log, calm).expect("log written");
     let baseline = dir.path().join("baseline.yml");
-    let audit = Command::new(env!("CARGO_BIN_EXE_shieldgate"))
-        .arg("audit")
-        .arg(&log)
-        .arg("--out")
-        .arg(dir.path().join("audit"))
-        .arg("--config")
-        .arg(&config)
-        .arg("--baseline")
-        .arg(&baseline)
-        .output()
-        .expect("audit runs");
+    let out = dir.path().join("audit");
+    let audit = crate::remote::audit(
+        &log,
+        &out,
+        &config,
+        &["--baseline", baseline.to_str().expect("utf-8")],
+    );
     assert_eq!(
         audit.status.code(),
         Some(0),

@@ -66,6 +66,43 @@ pub async fn completions(req: Request<hyper::body::Incoming>) -> Response<Body> 
     )
 }
 
+/// A gateway config in front of `upstream` that scores through the completions mock at
+/// `scorer` with the tiny model's tokenizer (no weights), followed by `rest`.
+pub fn gateway_config(
+    upstream: std::net::SocketAddr,
+    scorer: std::net::SocketAddr,
+    rest: &str,
+) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+         [upstream]\nurl = \"http://{upstream}\"\n\
+         [model]\nsource = \"synthetic:tiny\"\ntokenizer = {:?}\n\
+         [scorer]\ntimeout_ms = 5000\n\
+         [scorer.remote]\nurls = [\"http://{scorer}\"]\nmodel = \"m\"\nhealth_interval_ms = 0\nretries = 0\n\
+         {rest}",
+        common::tokenizer_path()
+    )
+}
+
+/// Runs `shieldgate audit LOG --out OUT --config CONFIG` with `extra` flags.
+pub fn audit(
+    log: &std::path::Path,
+    out: &std::path::Path,
+    config: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_shieldgate"))
+        .arg("audit")
+        .arg(log)
+        .arg("--out")
+        .arg(out)
+        .arg("--config")
+        .arg(config)
+        .args(extra)
+        .output()
+        .expect("audit runs")
+}
+
 fn p_yes(yes: f64, no: f64) -> f64 {
     1.0 / (1.0 + (no - yes).exp())
 }
@@ -109,15 +146,7 @@ fn serve_and_audit_score_through_a_completions_server_without_a_model() {
     )
     .expect("log written");
     let out = dir.path().join("audit");
-    let audit = Command::new(env!("CARGO_BIN_EXE_shieldgate"))
-        .arg("audit")
-        .arg(&log)
-        .arg("--out")
-        .arg(&out)
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .expect("audit runs");
+    let audit = audit(&log, &out, &config, &[]);
     assert_eq!(audit.status.code(), Some(1), "hate is flagged");
     let results = std::fs::read_to_string(out.join("results.jsonl")).expect("results");
     let line: Value = serde_json::from_str(results.trim()).expect("json");

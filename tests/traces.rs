@@ -14,8 +14,6 @@ use prost::Message;
 use serde_json::{json, Value};
 use shieldgate::http::body::{json_response, Body};
 
-use crate::common;
-
 /// One exported span, as the test reads it.
 #[derive(Debug, Clone)]
 struct Seen {
@@ -151,18 +149,16 @@ fn one_exchange(
     let config = dir.path().join("traced.toml");
     std::fs::write(
         &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
-             [upstream]\nurl = \"http://{}\"\n\
-             [model]\nsource = \"synthetic:tiny\"\ntokenizer = {:?}\n\
-             [scorer.remote]\nurls = [\"http://{scorer}\"]\nmodel = \"m\"\nhealth_interval_ms = 0\n\
-             [proxy]\nreveal = \"{reveal}\"\n\
-             [telemetry]\notlp_endpoint = \"http://{endpoint}\"\nprotocol = \"{protocol}\"\n\
-             batch_delay_ms = 100\nservice_name = \"gateway-under-test\"\n\
-             [profiles.default.categories]\nhate = {{ threshold = 0.5, action = \"flag\" }}\n\
-             sexual = {{ threshold = 0.5, action = \"block\" }}\n",
+        crate::remote::gateway_config(
             upstream.addr,
-            common::tokenizer_path(),
+            scorer,
+            &format!(
+                "[proxy]\nreveal = \"{reveal}\"\n\
+                 [telemetry]\notlp_endpoint = \"http://{endpoint}\"\nprotocol = \"{protocol}\"\n\
+                 batch_delay_ms = 100\nservice_name = \"gateway-under-test\"\n\
+                 [profiles.default.categories]\nhate = {{ threshold = 0.5, action = \"flag\" }}\n\
+                 sexual = {{ threshold = 0.5, action = \"block\" }}\n"
+            ),
         ),
     )
     .expect("config written");
