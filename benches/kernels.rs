@@ -1,13 +1,19 @@
-//! Quantized-matmul kernel benchmark: one linear layer of each ShieldGemma-2B shape, for each
-//! GGUF type the kernels cover, through candle's quantized matmul (`SHIELDGATE_KERNELS=candle`
-//! while the layer is built) and each of shieldgate's kernels the CPU runs: the AVX2 int8 tile
-//! (`avx2`), the AVX-512 VNNI tile (`vnni`) and the AMX path (the default where it runs), on the
-//! same weights and activations; prints ms per call (the best of the iterations), GOP/s and the
-//! ratio of the default kernel to candle.
+//! Kernel benchmark and roofline. First the CPU's measured ceilings: each instruction sequence a
+//! GEMM kernel is built on, in a microkernel that only multiplies, on every thread. Then one
+//! linear layer of each ShieldGemma-2B shape, for each GGUF type the kernels cover, through
+//! candle's quantized matmul (`SHIELDGATE_KERNELS=candle` while the layer is built) and each of
+//! shieldgate's kernels the CPU runs: the AVX2 int8 tile (`avx2`), the AVX-512 VNNI tile
+//! (`vnni`) and the AMX path (the default where it runs), on the same weights and activations;
+//! ms per call (the best of the iterations), GOP/s, the default kernel's share of its ceiling
+//! and its ratio to candle. Last, where one short 4-policy check on the 2B shape spends its
+//! time, phase by phase, and how far it is from the int8 floor (its GEMM work at the int8
+//! ceiling).
 //!
-//! Run: `cargo bench --bench kernels`
+//! Run: `scripts/fetch-tokenizer.sh && cargo bench --bench kernels`
 //! Environment: SHIELDGATE_BENCH_ROWS (tokens per call, 462: a short check's prefill),
-//! SHIELDGATE_BENCH_TYPES (q8_0,q4_k,q4_0,q6_k), SHIELDGATE_BENCH_ITERS (5).
+//! SHIELDGATE_BENCH_TYPES (q8_0,q4_k,q4_0,q6_k; empty for none), SHIELDGATE_BENCH_ITERS (5),
+//! SHIELDGATE_BENCH_CHECK (the check's weights: q8_0, any precision of the engine bench, or
+//! none).
 
 mod common;
 
@@ -17,8 +23,11 @@ use std::time::Instant;
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
+use shieldgate::model::kernels::peak::Micro;
 use shieldgate::model::load::synthetic;
 use shieldgate::model::load::weights::{StoredTensor, WeightSource};
+use shieldgate::model::profile::{self, Phase};
+use shieldgate::scorer::Score;
 
 use common::{cpu_name, env_or, number};
 
@@ -94,23 +103,123 @@ fn time(layer: &impl Module, x: &Tensor, iters: usize) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
+/// The ceiling a kernel runs against: the instructions of its inner loop.
+fn ceiling_of(kernel: &str) -> Option<Micro> {
+    match kernel {
+        "vnni" => Some(Micro::Vnni),
+        "avx2" => Some(Micro::Avx2Int8),
+        // The AMX path's bf16 tiles have no microkernel here.
+        _ => None,
+    }
+}
+
+/// Prints the measured ceilings and returns them.
+fn ceilings(threads: usize) -> Vec<(Micro, f64)> {
+    println!("Ceilings (microkernels that only multiply, {threads} threads):\n");
+    println!("| instructions | GOP/s |");
+    println!("|---|---|");
+    let measured: Vec<(Micro, f64)> = Micro::ALL
+        .into_iter()
+        .filter_map(|m| {
+            let rate = m.measure(threads, std::time::Duration::from_millis(300))?;
+            Some((m, rate))
+        })
+        .collect();
+    for (m, rate) in &measured {
+        println!("| {} | {:.0} |", m.name(), rate / 1e9);
+    }
+    println!();
+    measured
+}
+
+/// One timed check: seconds in all, each phase's seconds, and the weight GEMMs' operations.
+struct Timed {
+    total: f64,
+    phases: Vec<(Phase, f64)>,
+    ops: f64,
+}
+
+/// Times one short check with the forward pass's phases timed, and prints where it went.
+fn check_breakdown(precision: &str, ceilings: &[(Micro, f64)], iters: usize) {
+    let engine = common::engine("2b", precision);
+    let policies = common::policies();
+    let user = &common::buckets()[0].1;
+    let request = common::request(user, &policies);
+    let mut best: Option<Timed> = None;
+    for _ in 0..iters.clamp(1, 3) {
+        profile::enable(true);
+        let start = Instant::now();
+        if let Err(e) = engine.score(std::slice::from_ref(&request)) {
+            common::fail(&format!("scoring failed: {e}"));
+        }
+        let total = start.elapsed().as_secs_f64();
+        let run = Timed {
+            total,
+            phases: profile::seconds(),
+            ops: profile::gemm_ops(),
+        };
+        profile::enable(false);
+        if best.as_ref().is_none_or(|b| total < b.total) {
+            best = Some(run);
+        }
+    }
+    let Some(Timed { total, phases, ops }) = best else {
+        return;
+    };
+    println!(
+        "\nOne short 4-policy check, synthetic:2b {precision}, prefix reuse, {} threads: {total:.2} s\n",
+        rayon::current_num_threads()
+    );
+    println!("| phase | s | share of the check |");
+    println!("|---|---|---|");
+    for (phase, s) in &phases {
+        println!("| {} | {s:.2} | {:.0} % |", phase.name(), 100.0 * s / total);
+    }
+    let other = total - phases.iter().map(|(_, s)| s).sum::<f64>();
+    println!(
+        "| the rest (embedding, masks, Yes/No head, tokenizing, engine) | {other:.2} | {:.0} % |",
+        100.0 * other / total
+    );
+    let int8 = ceilings
+        .iter()
+        .find(|(m, _)| matches!(m, Micro::Vnni))
+        .or_else(|| ceilings.iter().find(|(m, _)| matches!(m, Micro::Avx2Int8)));
+    if let Some((m, rate)) = int8 {
+        let floor = ops / rate;
+        println!(
+            "\nWeight GEMM work: {:.0} GOP. At the {} ceiling that is {floor:.2} s: the check takes {:.1}× this int8 floor.",
+            ops / 1e9,
+            m.name(),
+            total / floor
+        );
+    }
+}
+
 fn main() {
     let rows = number("SHIELDGATE_BENCH_ROWS", 462);
     let iters = number("SHIELDGATE_BENCH_ITERS", 5).max(1);
     let types = env_or("SHIELDGATE_BENCH_TYPES", "q8_0,q4_k,q4_0,q6_k");
+    let check = env_or("SHIELDGATE_BENCH_CHECK", "q8_0");
     let here: Vec<bool> = KERNELS
         .iter()
         .map(|(kernels, name)| with_kernels(kernels, shieldgate::model::quantized_kernel) == *name)
         .collect();
     let default = shieldgate::model::quantized_kernel();
+    let threads = rayon::current_num_threads();
     println!(
-        "quantized matmul, {rows} tokens per call (1 for the last row), best of {iters}, {} threads, {}; default kernel {default}\n",
-        rayon::current_num_threads(),
-        cpu_name(),
+        "shieldgate kernels and roofline, {threads} threads, {}\n",
+        cpu_name()
     );
-    println!("| type | layer | out × in | candle ms | AVX2 ms | VNNI ms | AMX ms | candle GOP/s | {default} GOP/s | {default} / candle time |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
-    for name in types.split(',').map(str::trim) {
+    let ceilings = ceilings(threads);
+    let ceiling = ceiling_of(default)
+        .and_then(|m| ceilings.iter().find(|(c, _)| *c == m))
+        .map(|&(_, rate)| rate);
+    println!(
+        "quantized matmul, {rows} tokens per call (1 for the last row), best of {iters}; default kernel {default}\n",
+    );
+    println!("| type | layer | out × in | candle ms | AVX2 ms | VNNI ms | AMX ms | candle GOP/s | {default} GOP/s | {default} share of its ceiling | {default} / candle time |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for name in types.split(',').map(str::trim).filter(|t| !t.is_empty()) {
         let dtype = ggml_type(name);
         for (label, out_dim, in_dim) in SHAPES {
             let tokens = if label.ends_with("(1 token)") {
@@ -139,13 +248,19 @@ fn main() {
                 .iter()
                 .map(|t| t.map_or("–".to_string(), |t| format!("{:.2}", t * 1e3)))
                 .collect();
+            let share = ceiling.map_or("–".to_string(), |c| {
+                format!("{:.0} %", 100.0 * ops / ours / c)
+            });
             println!(
-                "| {name} | {label} | {out_dim} × {in_dim} | {} | {:.0} | {:.0} | {:.2} |",
+                "| {name} | {label} | {out_dim} × {in_dim} | {} | {:.0} | {:.0} | {share} | {:.2} |",
                 cells.join(" | "),
                 ops / candle / 1e9,
                 ops / ours / 1e9,
                 ours / candle
             );
         }
+    }
+    if check != "none" {
+        check_breakdown(&check, &ceilings, iters);
     }
 }

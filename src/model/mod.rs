@@ -6,6 +6,7 @@ mod device;
 pub mod forward;
 pub mod kernels;
 pub mod load;
+pub mod profile;
 
 use std::path::PathBuf;
 

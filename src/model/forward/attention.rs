@@ -9,6 +9,7 @@ use crate::model::forward::slots::Slots;
 use crate::model::kernels::softmax::softcapped_softmax;
 use crate::model::load::config::Gemma2Config;
 use crate::model::load::weights::WeightSource;
+use crate::model::profile::{self, Phase};
 
 /// Which keys each query may see: causal, optionally within a sliding window.
 pub struct AttentionMask {
@@ -113,13 +114,31 @@ impl Attention {
                 .transpose(1, 2)?
                 .contiguous()
         };
-        let q = split(self.q_proj.forward(x)?, self.heads)?;
-        let k = split(self.k_proj.forward(x)?, self.kv_heads)?;
-        let v = split(self.v_proj.forward(x)?, self.kv_heads)?;
-        let q = candle_nn::rotary_emb::rope(&q, rope.0, rope.1)?;
-        let k = candle_nn::rotary_emb::rope(&k, rope.0, rope.1)?;
+        let (q, k, v) = (
+            self.q_proj.forward(x)?,
+            self.k_proj.forward(x)?,
+            self.v_proj.forward(x)?,
+        );
+        let (q, k, v) = profile::timed(Phase::Copies, || {
+            Ok::<_, candle_core::Error>((
+                split(q, self.heads)?,
+                split(k, self.kv_heads)?,
+                split(v, self.kv_heads)?,
+            ))
+        })?;
+        let (q, k) = profile::timed(Phase::Elementwise, || {
+            Ok::<_, candle_core::Error>((
+                candle_nn::rotary_emb::rope(&q, rope.0, rope.1)?,
+                candle_nn::rotary_emb::rope(&k, rope.0, rope.1)?,
+            ))
+        })?;
         let (k, v) = match past {
-            Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
+            Some((pk, pv)) => profile::timed(Phase::Copies, || {
+                Ok::<_, candle_core::Error>((
+                    Tensor::cat(&[pk, &k], 2)?,
+                    Tensor::cat(&[pv, &v], 2)?,
+                ))
+            })?,
             None => (k, v),
         };
         let tk = k.dim(2)?;
@@ -127,16 +146,20 @@ impl Attention {
         // Query heads of one key/value head are stacked along the token axis, so grouped-query
         // attention is one matmul per key/value head without copying keys.
         let q = q.reshape((b, self.kv_heads, group * t, self.head_dim))?;
-        let scores = q.matmul(&k.t()?)?.reshape((b, self.heads, t, tk))?;
-        let probs =
-            softcapped_softmax(&scores, mask, self.scale, self.softcap)?.to_dtype(v.dtype())?;
-        let out = probs
-            .reshape((b, self.kv_heads, group * t, tk))?
-            .matmul(&v)?
-            .reshape((b, self.heads, t, self.head_dim))?
-            .transpose(1, 2)?
-            .reshape((b, t, self.heads * self.head_dim))?;
-        Ok((self.o_proj.forward(&slots.pack(&out)?)?, (k, v)))
+        let out = profile::timed(Phase::Attention, || {
+            let scores = q.matmul(&k.t()?)?.reshape((b, self.heads, t, tk))?;
+            let probs =
+                softcapped_softmax(&scores, mask, self.scale, self.softcap)?.to_dtype(v.dtype())?;
+            probs.reshape((b, self.kv_heads, group * t, tk))?.matmul(&v)
+        })?;
+        let out = profile::timed(Phase::Copies, || {
+            let out = out
+                .reshape((b, self.heads, t, self.head_dim))?
+                .transpose(1, 2)?
+                .reshape((b, t, self.heads * self.head_dim))?;
+            slots.pack(&out)
+        })?;
+        Ok((self.o_proj.forward(&out)?, (k, v)))
     }
 }
 

@@ -13,6 +13,7 @@ use crate::model::forward::slots::Slots;
 use crate::model::kernels::geglu::geglu;
 use crate::model::load::config::Gemma2Config;
 use crate::model::load::weights::WeightSource;
+use crate::model::profile::{self, Phase};
 
 struct Mlp {
     gate: Linear,
@@ -31,7 +32,8 @@ impl Mlp {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // GeGLU with the tanh approximation of gelu.
-        let hidden = geglu(&self.gate.forward(x)?, &self.up.forward(x)?)?;
+        let (gate, up) = (self.gate.forward(x)?, self.up.forward(x)?);
+        let hidden = profile::timed(Phase::Elementwise, || geglu(&gate, &up))?;
         self.down.forward(&hidden)
     }
 }
@@ -74,11 +76,14 @@ impl Block {
         } else {
             &mask.full
         };
-        let h = self.input_norm.forward(x)?;
+        let elementwise = |f: &dyn Fn() -> Result<Tensor>| profile::timed(Phase::Elementwise, f);
+        let h = elementwise(&|| self.input_norm.forward(x))?;
         let (h, kv) = self.attention.forward(&h, slots, rope, mask, past)?;
-        let x = (x + self.post_attention_norm.forward(&h)?)?;
-        let h = self.mlp.forward(&self.pre_ffn_norm.forward(&x)?)?;
-        let x = (x + self.post_ffn_norm.forward(&h)?)?;
+        let x = elementwise(&|| x + self.post_attention_norm.forward(&h)?)?;
+        let h = self
+            .mlp
+            .forward(&elementwise(&|| self.pre_ffn_norm.forward(&x))?)?;
+        let x = elementwise(&|| &x + self.post_ffn_norm.forward(&h)?)?;
         Ok((x, kv))
     }
 }

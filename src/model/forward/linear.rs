@@ -5,6 +5,7 @@ use candle_core::quantized::QMatMul;
 use candle_core::{DType, Module, Result, Tensor};
 
 use crate::model::kernels::int8_gemm::PackedInt8;
+use crate::model::profile::{self, Phase};
 
 /// `y = x W^T` with `W` stored `[out, in]` as in the checkpoints.
 pub enum Linear {
@@ -22,15 +23,16 @@ impl Module for Linear {
         let in_dim = dims.last().copied().unwrap_or(0);
         let rows: usize = dims[..dims.len().saturating_sub(1)].iter().product();
         let x2 = x.reshape((rows, in_dim))?;
-        let y = match self {
-            Self::Dense(w) => x2.matmul(&w.t()?)?,
-            Self::Quantized(q) => q.forward(&x2.to_dtype(DType::F32)?)?.to_dtype(x.dtype())?,
+        let y = profile::timed(Phase::Gemm, || match self {
+            Self::Dense(w) => x2.matmul(&w.t()?),
+            Self::Quantized(q) => q.forward(&x2.to_dtype(DType::F32)?)?.to_dtype(x.dtype()),
             Self::Packed(p) => x2
                 .to_dtype(DType::F32)?
                 .contiguous()?
                 .apply_op1_no_bwd(p)?
-                .to_dtype(x.dtype())?,
-        };
+                .to_dtype(x.dtype()),
+        })?;
+        profile::count_gemm(rows, in_dim, y.dim(1)?);
         let mut out_shape = dims.to_vec();
         if let Some(last) = out_shape.last_mut() {
             *last = y.dim(1)?;

@@ -17,6 +17,8 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CustomOp1, Device, Layout, Result, Shape};
 use rayon::prelude::*;
 
+use crate::model::profile::{self, Phase};
+
 mod activations;
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod amx;
@@ -185,7 +187,9 @@ impl PackedInt8 {
             return amx::matmul(&self.panels, self.out_dim, self.in_dim, x, rows);
         }
         let tiles = rows.div_ceil(ROWS);
-        let acts = Activations::quantize(x, rows, tiles * ROWS, self.in_dim, self.encoding());
+        let acts = profile::timed(Phase::Quantize, || {
+            Activations::quantize(x, rows, tiles * ROWS, self.in_dim, self.encoding())
+        });
         let pairs = self.out_dim / (2 * PANEL);
         // Each task takes a run of panel pairs over all rows: a pair's weights stay in L2
         // while every row tile passes over them.
@@ -212,14 +216,16 @@ impl PackedInt8 {
                 (first * 2 * PANEL, out)
             })
             .collect();
-        let mut y = vec![0f32; rows * self.out_dim];
-        for (start, out) in &columns {
-            let width = out.len() / (tiles * ROWS);
-            for (row, dst) in y.chunks_exact_mut(self.out_dim).enumerate() {
-                dst[*start..start + width].copy_from_slice(&out[row * width..][..width]);
+        profile::timed(Phase::Copies, || {
+            let mut y = vec![0f32; rows * self.out_dim];
+            for (start, out) in &columns {
+                let width = out.len() / (tiles * ROWS);
+                for (row, dst) in y.chunks_exact_mut(self.out_dim).enumerate() {
+                    dst[*start..start + width].copy_from_slice(&out[row * width..][..width]);
+                }
             }
-        }
-        y
+            y
+        })
     }
 
     /// Sums of `ROWS` rows from `row` × the 32 outputs of panel pair `pair`, of which `live`

@@ -5,4 +5,5 @@
 pub(crate) mod approx;
 pub(crate) mod geglu;
 pub mod int8_gemm;
+pub mod peak;
 pub(crate) mod softmax;

@@ -21,6 +21,8 @@ use std::thread::LocalKey;
 
 use rayon::prelude::*;
 
+use crate::model::profile::{self, Phase};
+
 use super::avx512::block_scales;
 use super::{nibbles, q8_0, Line, Panels, BLOCK, PANEL};
 
@@ -79,7 +81,9 @@ pub(super) fn matmul(
     assert!(x.len() >= rows * in_dim);
     let padded = rows.next_multiple_of(GROUP);
     let mut y = with_scratch(&ACTIVATIONS, |a| {
-        activations_bf16(x, rows, padded, in_dim, a);
+        profile::timed(Phase::Quantize, || {
+            activations_bf16(x, rows, padded, in_dim, a)
+        });
         widened_matmul(panels, out_dim, in_dim, a, padded)
     });
     y.truncate(rows * out_dim);
