@@ -39,6 +39,10 @@ const BLOCK: usize = 32;
 const PANEL: usize = 16;
 /// Tokens per register tile; the kernel holds ROWS × 2 panels of sums and of results.
 const ROWS: usize = 6;
+/// Blocks of 32 inputs the VNNI tiles run over before the next row tile: a panel pair's weights
+/// for them (16 KiB of Q8_0) stay in L1 while every row tile passes over them, instead of
+/// coming from L2 for each (twice the rate on a Xeon: docs/benchmarks.md#roofline).
+const CHUNK_BLOCKS: usize = 16;
 /// Fewest tokens that take the AMX path: below it, widening every weight to bf16 costs
 /// more than the VNNI tile's per-block work.
 const AMX_MIN_ROWS: usize = 32;
@@ -191,6 +195,11 @@ impl PackedInt8 {
             Activations::quantize(x, rows, tiles * ROWS, self.in_dim, self.encoding())
         });
         let pairs = self.out_dim / (2 * PANEL);
+        let blocks = self.in_dim / BLOCK;
+        let chunk = match self.kernel {
+            Kernel::Amx | Kernel::Vnni => CHUNK_BLOCKS,
+            Kernel::Avx2 => blocks,
+        };
         // Each task takes a run of panel pairs over all rows: a pair's weights stay in L2
         // while every row tile passes over them.
         let per_task = pairs.div_ceil(4 * rayon::current_num_threads()).max(1);
@@ -202,11 +211,19 @@ impl PackedInt8 {
                 let last = (first + per_task).min(pairs);
                 let width = (last - first) * 2 * PANEL;
                 let mut out = vec![0f32; tiles * ROWS * width];
+                let mut sums = vec![[[0f32; 2 * PANEL]; ROWS]; tiles];
                 for pair in first..last {
-                    for tile in 0..tiles {
-                        let mut sums = [[0f32; 2 * PANEL]; ROWS];
-                        let live = (rows - tile * ROWS).min(ROWS);
-                        self.tile(pair, &acts, tile * ROWS, live, &mut sums);
+                    sums.iter_mut().for_each(|s| *s = [[0f32; 2 * PANEL]; ROWS]);
+                    // Runs of blocks small enough that the pair's weights for them stay in L1
+                    // while every row tile passes over them.
+                    for start in (0..blocks).step_by(chunk) {
+                        let range = start..(start + chunk).min(blocks);
+                        for (tile, sums) in sums.iter_mut().enumerate() {
+                            let live = (rows - tile * ROWS).min(ROWS);
+                            self.tile(pair, &acts, tile * ROWS, live, range.clone(), sums);
+                        }
+                    }
+                    for (tile, sums) in sums.iter().enumerate() {
                         for (r, sum) in sums.iter().enumerate() {
                             let at = (tile * ROWS + r) * width + (pair - first) * 2 * PANEL;
                             out[at..at + 2 * PANEL].copy_from_slice(sum);
@@ -228,23 +245,38 @@ impl PackedInt8 {
         })
     }
 
-    /// Sums of `ROWS` rows from `row` × the 32 outputs of panel pair `pair`, of which `live`
-    /// are real (the AVX2 tile computes only those; the VNNI tile all `ROWS`).
+    /// Adds the sums of `ROWS` rows from `row` × the 32 outputs of panel pair `pair` over the
+    /// blocks `range` to `sums`; `live` rows are real (the AVX2 tile computes only those; the
+    /// VNNI tile all `ROWS`). The AVX2 tile takes whole rows: `range` all blocks, `sums` zero.
     fn tile(
         &self,
         pair: usize,
         acts: &Activations,
         row: usize,
         live: usize,
+        range: std::ops::Range<usize>,
         sums: &mut [[f32; 2 * PANEL]; ROWS],
     ) {
         #[cfg(target_arch = "x86_64")]
         match (&self.panels, self.kernel) {
-            (Panels::Q8_0(p), Kernel::Amx | Kernel::Vnni) => {
-                avx512::tile_q8_0(&p.panel(2 * pair), &p.panel(2 * pair + 1), acts, row, sums)
-            }
-            (Panels::Nibbles(p), Kernel::Amx | Kernel::Vnni) => {
-                avx512::tile_nibbles(&p.panel(2 * pair), &p.panel(2 * pair + 1), acts, row, sums)
+            (Panels::Q8_0(p), Kernel::Amx | Kernel::Vnni) => avx512::tile_q8_0(
+                &p.panel(2 * pair),
+                &p.panel(2 * pair + 1),
+                acts,
+                row,
+                range,
+                sums,
+            ),
+            (Panels::Nibbles(p), Kernel::Amx | Kernel::Vnni) => avx512::tile_nibbles(
+                &p.panel(2 * pair),
+                &p.panel(2 * pair + 1),
+                acts,
+                row,
+                range,
+                sums,
+            ),
+            (_, Kernel::Avx2) if range.len() != self.in_dim / BLOCK => {
+                unreachable!("the AVX2 tile takes whole rows")
             }
             (Panels::Q8_0(p), Kernel::Avx2) => avx2::tile(
                 [&p.panel(2 * pair), &p.panel(2 * pair + 1)],
@@ -263,7 +295,7 @@ impl PackedInt8 {
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
-            let _ = (pair, acts, row, live, sums);
+            let _ = (pair, acts, row, live, range, sums);
             unreachable!("PackedInt8 is only built where a kernel runs")
         }
     }
@@ -441,10 +473,11 @@ mod tests {
     #[test]
     fn the_tiles_compute_the_integer_reference_for_odd_row_counts() {
         for (kernel, (dtype, in_dim)) in tiles_here().into_iter().flat_map(|k| {
+            // Several runs of CHUNK_BLOCKS blocks and a partial one.
             [
-                (GgmlDType::Q8_0, 96),
-                (GgmlDType::Q4K, 512),
-                (GgmlDType::Q4_0, 96),
+                (GgmlDType::Q8_0, 1056),
+                (GgmlDType::Q4K, 1280),
+                (GgmlDType::Q4_0, 1056),
             ]
             .map(|case| (k, case))
         }) {

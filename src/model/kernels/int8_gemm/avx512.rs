@@ -1,16 +1,19 @@
 //! The register tiles of the int8 GEMM with AVX-512 VNNI intrinsics: `ROWS` tokens × 2 panels
-//! of 16 outputs. Per 32-wide block, 8 steps of `vpdpbusd` add 4 products to each of the
-//! `ROWS × 2` integer sums; the block's sums then become f32, scaled by weight scale ×
-//! activation scale, and join the running results. This is the crate's one use of SIMD
+//! of 16 outputs, over a run of blocks (the running results start from and return to memory).
+//! Per 32-wide block, 8 steps of `vpdpbusd` add 4 products to each of the `ROWS × 2` integer
+//! sums; the block's sums then become f32, scaled by weight scale × activation scale, and join
+//! the running results. This is the crate's one use of SIMD
 //! intrinsics, so it allows `unsafe` here and nowhere else but the mmap.
 #![allow(unsafe_code)]
+
+use std::ops::Range;
 
 use std::arch::x86_64::{
     __m512, __m512i, _mm256_loadu_si256, _mm512_abs_ps, _mm512_add_epi32, _mm512_and_si512,
     _mm512_cvtepi32_epi8, _mm512_cvtepi32_ps, _mm512_cvtepu8_epi32, _mm512_cvtph_ps,
     _mm512_cvtps_epi32, _mm512_dpbusd_epi32, _mm512_fmadd_ps, _mm512_fnmadd_ps, _mm512_load_si512,
     _mm512_loadu_ps, _mm512_loadu_si512, _mm512_max_ps, _mm512_mul_ps, _mm512_reduce_add_epi32,
-    _mm512_reduce_max_ps, _mm512_set1_epi32, _mm512_set1_epi8, _mm512_set1_ps, _mm512_setzero_ps,
+    _mm512_reduce_max_ps, _mm512_set1_epi32, _mm512_set1_epi8, _mm512_set1_ps,
     _mm512_setzero_si512, _mm512_srli_epi16, _mm512_storeu_ps, _mm512_sub_epi32, _mm_loadu_si128,
     _mm_storeu_si128,
 };
@@ -28,24 +31,27 @@ pub(super) fn available() -> bool {
         && is_x86_feature_detected!("avx512vnni")
 }
 
-/// Sums of the `ROWS` activation rows from `row` against two Q8_0 panels.
+/// Adds the sums of the `ROWS` activation rows from `row` against two Q8_0 panels over the
+/// blocks `range` to `sums` (the same arithmetic, split at any block, as over all at once).
 pub(super) fn tile_q8_0(
     left: &Q8_0Panel,
     right: &Q8_0Panel,
     acts: &Activations,
     row: usize,
+    range: Range<usize>,
     sums: &mut [[f32; 2 * PANEL]; ROWS],
 ) {
     let blocks = acts.in_dim / BLOCK;
     left.check(blocks);
     right.check(blocks);
     acts.check_rows(row, ROWS);
+    assert!(range.end <= blocks, "blocks {range:?} of {blocks}");
     assert!(available(), "the VNNI kernel needs AVX-512 F, BW and VNNI");
     // SAFETY: the CPU has the features (checked above; `PackedInt8` is only built where it
     // does), every pointer the kernel forms stays inside the slices whose lengths were
     // checked above, and the weight loads are aligned: `Line` is 64-byte aligned and the
     // kernel reads whole lines.
-    unsafe { tile_q8_0_vnni(left, right, acts, row, blocks, sums) }
+    unsafe { tile_q8_0_vnni(left, right, acts, row, blocks, range, sums) }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
@@ -55,6 +61,7 @@ unsafe fn tile_q8_0_vnni(
     acts: &Activations,
     row: usize,
     blocks: usize,
+    range: Range<usize>,
     sums: &mut [[f32; 2 * PANEL]; ROWS],
 ) {
     let weights = [
@@ -65,8 +72,8 @@ unsafe fn tile_q8_0_vnni(
     let offsets = [left.offsets.as_ptr(), right.offsets.as_ptr()];
     let x = acts.bytes.as_ptr().add(row * acts.in_dim);
     let x_scales = acts.scales.as_ptr().add(row * blocks);
-    let mut results: [[__m512; 2]; ROWS] = [[_mm512_setzero_ps(); 2]; ROWS];
-    for b in 0..blocks {
+    let mut results: [[__m512; 2]; ROWS] = load(sums);
+    for b in range {
         let mut dots: [[__m512i; 2]; ROWS] = [[_mm512_setzero_si512(); 2]; ROWS];
         for step in 0..BLOCK / 4 {
             let at = (b * BLOCK / 4 + step) * PANEL * 4;
@@ -104,22 +111,25 @@ unsafe fn tile_q8_0_vnni(
     store(&results, sums);
 }
 
-/// Sums of the `ROWS` activation rows from `row` against two 4-bit panels.
+/// Adds the sums of the `ROWS` activation rows from `row` against two 4-bit panels over the
+/// blocks `range` to `sums`.
 pub(super) fn tile_nibbles(
     left: &NibblePanel,
     right: &NibblePanel,
     acts: &Activations,
     row: usize,
+    range: Range<usize>,
     sums: &mut [[f32; 2 * PANEL]; ROWS],
 ) {
     let blocks = acts.in_dim / BLOCK;
     left.check(acts.in_dim);
     right.check(acts.in_dim);
     acts.check_rows(row, ROWS);
+    assert!(range.end <= blocks, "blocks {range:?} of {blocks}");
     assert!(available(), "the VNNI kernel needs AVX-512 F, BW and VNNI");
     // SAFETY: as for `tile_q8_0`: features and every slice length checked above, whole
     // aligned lines read.
-    unsafe { tile_nibbles_vnni(left, right, acts, row, blocks, sums) }
+    unsafe { tile_nibbles_vnni(left, right, acts, row, blocks, range, sums) }
 }
 
 /// Block `b`'s weight scales and mins of a panel's 16 rows.
@@ -160,6 +170,7 @@ unsafe fn tile_nibbles_vnni(
     acts: &Activations,
     row: usize,
     blocks: usize,
+    range: Range<usize>,
     sums: &mut [[f32; 2 * PANEL]; ROWS],
 ) {
     let panels = [left, right];
@@ -167,8 +178,8 @@ unsafe fn tile_nibbles_vnni(
     let x = acts.bytes.as_ptr().add(row * acts.in_dim);
     let x_scales = acts.scales.as_ptr().add(row * blocks);
     let x_sums = acts.sums.as_ptr().add(row * blocks);
-    let mut results: [[__m512; 2]; ROWS] = [[_mm512_setzero_ps(); 2]; ROWS];
-    for b in 0..blocks {
+    let mut results: [[__m512; 2]; ROWS] = load(sums);
+    for b in range {
         let mut dots: [[__m512i; 2]; ROWS] = [[_mm512_setzero_si512(); 2]; ROWS];
         for line in 0..nibbles::LINES_PER_BLOCK {
             let at = b * nibbles::LINES_PER_BLOCK + line;
@@ -249,6 +260,16 @@ unsafe fn quantize_row_avx512(
         scales[b] = d;
         sums[b] = d * _mm512_reduce_add_epi32(total) as f32;
     }
+}
+
+#[target_feature(enable = "avx512f")]
+unsafe fn load(sums: &[[f32; 2 * PANEL]; ROWS]) -> [[__m512; 2]; ROWS] {
+    std::array::from_fn(|r| {
+        [
+            _mm512_loadu_ps(sums[r].as_ptr()),
+            _mm512_loadu_ps(sums[r].as_ptr().add(PANEL)),
+        ]
+    })
 }
 
 #[target_feature(enable = "avx512f")]
