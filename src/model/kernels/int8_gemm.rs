@@ -233,14 +233,17 @@ impl PackedInt8 {
                 (first * 2 * PANEL, out)
             })
             .collect();
+        // Each task's columns join the output rows, rows spread over the threads.
         profile::timed(Phase::Copies, || {
             let mut y = vec![0f32; rows * self.out_dim];
-            for (start, out) in &columns {
-                let width = out.len() / (tiles * ROWS);
-                for (row, dst) in y.chunks_exact_mut(self.out_dim).enumerate() {
-                    dst[*start..start + width].copy_from_slice(&out[row * width..][..width]);
-                }
-            }
+            y.par_chunks_mut(self.out_dim)
+                .enumerate()
+                .for_each(|(row, dst)| {
+                    for (start, out) in &columns {
+                        let width = out.len() / (tiles * ROWS);
+                        dst[*start..start + width].copy_from_slice(&out[row * width..][..width]);
+                    }
+                });
             y
         })
     }
