@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
+use opentelemetry_sdk::trace::SdkTracer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -17,10 +18,9 @@ use crate::gateway::{admin, route, Gateway};
 use crate::http::server::{serve, serve_on, Limits};
 use crate::http::workers::Workers;
 use crate::scorer::worker::ScorerHandle;
+use crate::telemetry::traces::Tracing;
 
 use super::{load_scorer, Outcome};
-use crate::telemetry::traces::Tracing;
-use opentelemetry_sdk::trace::SdkTracer;
 
 /// The config file with the command-line overrides applied.
 pub fn effective_config(args: &ServeArgs) -> anyhow::Result<Config> {

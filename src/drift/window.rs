@@ -25,7 +25,8 @@ struct Sample {
 /// The sliding windows and the gauges they are published to.
 pub struct Drift {
     settings: Mutex<DriftConfig>,
-    windows: Mutex<BTreeMap<(&'static str, String), VecDeque<Sample>>>,
+    /// By direction, then category (looked up without allocating on every check).
+    windows: Mutex<BTreeMap<&'static str, BTreeMap<String, VecDeque<Sample>>>>,
     score: GaugeVec,
     flag_ratio: GaugeVec,
     checks: IntGaugeVec,
@@ -81,12 +82,11 @@ impl Drift {
         now: Instant,
     ) {
         let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        let windows = windows.entry(direction).or_default();
         for (category, score, violated) in results {
-            let window = match windows.get_mut(&(direction, category.to_string())) {
+            let window = match windows.get_mut(category) {
                 Some(w) => w,
-                None => windows
-                    .entry((direction, category.to_string()))
-                    .or_default(),
+                None => windows.entry(category.to_string()).or_default(),
             };
             if window.len() == MAX_SAMPLES {
                 window.pop_front();
@@ -107,37 +107,53 @@ impl Drift {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let span = Duration::from_secs(settings.window_seconds);
         let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
         self.score.reset();
         self.flag_ratio.reset();
         self.checks.reset();
-        windows.retain(|(direction, category), window| {
-            while window
-                .front()
-                .is_some_and(|s| now.saturating_duration_since(s.at) > span)
-            {
-                window.pop_front();
-            }
-            if window.len() >= settings.min_checks.max(1) {
-                let summary = Summary::of(window.iter().map(|s| (s.score, s.violated)));
-                if let Some(summary) = summary {
-                    let labels = [*direction, category.as_str()];
-                    self.checks
-                        .with_label_values(&labels)
-                        .set(summary.checks as i64);
-                    self.flag_ratio
-                        .with_label_values(&labels)
-                        .set(summary.flag_ratio);
-                    for (q, value) in QUANTILES.iter().zip(summary.quantiles) {
-                        self.score
-                            .with_label_values(&[*direction, category.as_str(), &q.to_string()])
-                            .set(value);
-                    }
+        windows.retain(|direction, categories| {
+            categories.retain(|category, window| {
+                self.publish_one(direction, category, window, now, &settings)
+            });
+            !categories.is_empty()
+        });
+    }
+
+    /// Drops what fell out of one window and sets its gauges when it holds `min_checks`;
+    /// whether anything is left in it.
+    fn publish_one(
+        &self,
+        direction: &str,
+        category: &str,
+        window: &mut VecDeque<Sample>,
+        now: Instant,
+        settings: &DriftConfig,
+    ) -> bool {
+        let span = Duration::from_secs(settings.window_seconds);
+        while window
+            .front()
+            .is_some_and(|s| now.saturating_duration_since(s.at) > span)
+        {
+            window.pop_front();
+        }
+        if window.len() >= settings.min_checks.max(1) {
+            let summary = Summary::of(window.iter().map(|s| (s.score, s.violated)));
+            if let Some(summary) = summary {
+                let labels = [direction, category];
+                self.checks
+                    .with_label_values(&labels)
+                    .set(summary.checks as i64);
+                self.flag_ratio
+                    .with_label_values(&labels)
+                    .set(summary.flag_ratio);
+                for (q, value) in QUANTILES.iter().zip(summary.quantiles) {
+                    self.score
+                        .with_label_values(&[direction, category, &q.to_string()])
+                        .set(value);
                 }
             }
-            !window.is_empty()
-        });
+        }
+        !window.is_empty()
     }
 }
 

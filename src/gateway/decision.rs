@@ -178,14 +178,14 @@ impl Decision {
                     .fold(0.0, f64::max);
                 // Calibrations are non-decreasing: the highest raw score is the highest
                 // calibrated one.
-                let p_yes = policy.probability(raw);
+                let judged = policy.judge(raw);
                 let result = CategoryResult {
                     id: policy.id.clone(),
-                    p_yes,
-                    raw_p_yes: policy.calibration.is_some().then_some(raw),
+                    p_yes: judged.p_yes,
+                    raw_p_yes: judged.raw_p_yes,
                     threshold: policy.threshold,
                     action,
-                    violated: p_yes >= policy.threshold,
+                    violated: judged.violated,
                 };
                 (policy, result)
             })
@@ -193,9 +193,7 @@ impl Decision {
         // A part is blocked by its own score in a blocking category.
         let blocks = |score: &crate::scorer::PolicyScore| {
             judged.iter().any(|(policy, c)| {
-                c.id == score.id
-                    && c.action == Action::Block
-                    && policy.probability(score.p_yes) >= c.threshold
+                c.id == score.id && c.action == Action::Block && policy.judge(score.p_yes).violated
             })
         };
         let parts_blocked = parts.iter().map(|s| s.scores.iter().any(blocks)).collect();

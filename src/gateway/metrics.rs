@@ -2,11 +2,11 @@
 //! unit in its name; docs/metrics.md is the table of them.
 
 use prometheus::core::Collector;
-
-use crate::drift::window::Drift;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
+
+use crate::drift::window::Drift;
 
 /// The gateway's metrics and their registry.
 pub struct Metrics {

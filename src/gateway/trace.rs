@@ -27,11 +27,11 @@ pub struct ChildSpan(Option<Context>);
 
 impl ExchangeTrace {
     /// Starts the exchange's span under the client's `traceparent` (if any); `attributes`
-    /// describe the request.
+    /// describe the request and are only built when tracing is on.
     pub fn start(
         tracer: Option<&SdkTracer>,
         headers: &HeaderMap,
-        attributes: Vec<KeyValue>,
+        attributes: impl FnOnce() -> Vec<KeyValue>,
         reveal_scores: bool,
     ) -> Self {
         let Some(tracer) = tracer else {
@@ -41,7 +41,7 @@ impl ExchangeTrace {
         let span = tracer
             .span_builder("shieldgate.exchange")
             .with_kind(SpanKind::Server)
-            .with_attributes(attributes)
+            .with_attributes(attributes())
             .start_with_context(tracer, &parent);
         Self {
             span: Some((tracer.clone(), parent.with_span(span))),

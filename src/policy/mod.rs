@@ -33,6 +33,17 @@ pub struct Policy {
     pub calibration: Option<std::sync::Arc<calibration::Calibration>>,
 }
 
+/// A P(Yes) compared with a policy's threshold.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Judgement {
+    /// The probability compared: calibrated where the config calibrates the category.
+    pub p_yes: f64,
+    /// The model's own P(Yes), for calibrated categories.
+    pub raw_p_yes: Option<f64>,
+    /// `p_yes >= threshold`.
+    pub violated: bool,
+}
+
 /// Which model scores a policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Classifier {
@@ -92,10 +103,18 @@ impl Policy {
         self.classifier == Classifier::ShieldGemma
     }
 
-    /// The probability compared with the threshold: `p_yes` calibrated, where the config
-    /// calibrates this category.
-    pub fn probability(&self, p_yes: f64) -> f64 {
-        self.calibration.as_ref().map_or(p_yes, |c| c.apply(p_yes))
+    /// Compares the model's P(Yes) with the threshold, after the config's calibration of this
+    /// category where it has one.
+    pub fn judge(&self, raw_p_yes: f64) -> Judgement {
+        let p_yes = self
+            .calibration
+            .as_ref()
+            .map_or(raw_p_yes, |c| c.apply(raw_p_yes));
+        Judgement {
+            p_yes,
+            raw_p_yes: self.calibration.is_some().then_some(raw_p_yes),
+            violated: p_yes >= self.threshold,
+        }
     }
 
     /// The guideline for a template mode.
@@ -335,12 +354,13 @@ impl PolicySet {
         id: &str,
         calibration: calibration::Calibration,
     ) -> Result<(), PolicyError> {
-        self.get(id)?;
-        let entry = self.entries.iter_mut().find(|(p, _)| p.id == id);
-        if let Some((policy, _)) = entry {
-            policy.calibration = Some(std::sync::Arc::new(calibration));
+        match self.entries.iter_mut().find(|(p, _)| p.id == id) {
+            Some((policy, _)) => {
+                policy.calibration = Some(std::sync::Arc::new(calibration));
+                Ok(())
+            }
+            None => self.get(id).map(|_| ()),
         }
-        Ok(())
     }
 
     /// The policy with this id.

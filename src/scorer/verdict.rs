@@ -42,15 +42,15 @@ impl Verdict {
             .iter()
             .zip(policies)
             .map(|(s, p)| {
-                let probability = p.probability(s.p_yes);
+                let judged = p.judge(s.p_yes);
                 PolicyVerdict {
                     score: PolicyScore {
-                        p_yes: probability,
+                        p_yes: judged.p_yes,
                         ..s.clone()
                     },
-                    raw_p_yes: p.calibration.is_some().then_some(s.p_yes),
+                    raw_p_yes: judged.raw_p_yes,
                     threshold: p.threshold,
-                    violated: probability >= p.threshold,
+                    violated: judged.violated,
                 }
             })
             .collect();

@@ -112,7 +112,9 @@ fn calibration(c: &CalibrationReport) -> String {
         Calibration::Isotonic { steps } => format!("isotonic regression, {} steps", steps.len()),
     };
     format!(
-        "<h3>Calibration</h3><p>{}. Expected calibration error on these examples: raw {:.3},          calibrated {:.3} (measured on the data it was fitted on: check it on held-out          examples). Perfect calibration lies on the diagonal.</p><div class=\"charts\">{}</div>",
+        "<h3>Calibration</h3><p>{}. Expected calibration error on these examples: raw {:.3}, \
+         calibrated {:.3} (measured on the data it was fitted on: check it on held-out \
+         examples). Perfect calibration lies on the diagonal.</p><div class=\"charts\">{}</div>",
         escape(&fitted),
         c.raw.ece,
         c.calibrated.ece,

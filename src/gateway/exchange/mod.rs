@@ -119,13 +119,15 @@ pub async fn handle(
     let trace = ExchangeTrace::start(
         gw.tracer(),
         &parts.headers,
-        vec![
-            KeyValue::new("http.request.method", parts.method.to_string()),
-            KeyValue::new("url.path", parts.uri.path().to_string()),
-            KeyValue::new("shieldgate.protocol", adapter.protocol()),
-            KeyValue::new("shieldgate.request_id", request_id.clone()),
-            KeyValue::new("shieldgate.profile", profile.name.clone()),
-        ],
+        || {
+            vec![
+                KeyValue::new("http.request.method", parts.method.to_string()),
+                KeyValue::new("url.path", parts.uri.path().to_string()),
+                KeyValue::new("shieldgate.protocol", adapter.protocol()),
+                KeyValue::new("shieldgate.request_id", request_id.clone()),
+                KeyValue::new("shieldgate.profile", profile.name.clone()),
+            ]
+        },
         settings.proxy.reveal == Reveal::Scores,
     );
     let ex = Exchange {
