@@ -5,13 +5,15 @@
 //! shieldgate's kernels the CPU runs: the AVX2 int8 tile (`avx2`), the AVX-512 VNNI tile
 //! (`vnni`) and the AMX path (the default where it runs), on the same weights and activations;
 //! ms per call (the best of the iterations), GOP/s, the default kernel's share of its ceiling
-//! and its ratio to candle. Last, where one short 4-policy check on the 2B shape spends its
-//! time, phase by phase, and how far it is from the int8 floor (its GEMM work at the int8
-//! ceiling).
+//! and its ratio to candle. Then the same shapes with bf16 weights: candle's matmul (which
+//! widens to f32 on every call), candle's f32 matmul on the same weights in f32, and the bf16
+//! tile where the CPU has AVX-512 BF16. Last, where one short 4-policy check on the 2B shape
+//! spends its time, phase by phase, and how far it is from its floor (its GEMM work at the
+//! ceiling of the instructions its weights run on).
 //!
 //! Run: `scripts/fetch-tokenizer.sh && cargo bench --bench kernels`
 //! Environment: SHIELDGATE_BENCH_ROWS (tokens per call, 462: a short check's prefill),
-//! SHIELDGATE_BENCH_TYPES (q8_0,q4_k,q4_0,q6_k; empty for none), SHIELDGATE_BENCH_ITERS (5),
+//! SHIELDGATE_BENCH_TYPES (q8_0,q4_k,q4_0,q6_k,bf16; empty for none), SHIELDGATE_BENCH_ITERS (5),
 //! SHIELDGATE_BENCH_CHECK (the check's weights: q8_0, any precision of the engine bench, or
 //! none).
 
@@ -40,6 +42,15 @@ const SHAPES: [(&str, usize, usize); 6] = [
     ("down_proj", 2304, 9216),
     ("down_proj (1 token)", 2304, 9216),
 ];
+
+/// Tokens per call for a row of `SHAPES`.
+fn tokens_of(label: &str, rows: usize) -> usize {
+    if label.ends_with("(1 token)") {
+        1
+    } else {
+        rows
+    }
+}
 
 fn or_fail<T>(result: candle_core::Result<T>) -> T {
     result.unwrap_or_else(|e| common::fail(&e.to_string()))
@@ -76,13 +87,26 @@ fn with_kernels<T>(kernels: &str, f: impl FnOnce() -> T) -> T {
     result
 }
 
-/// A layer over `q`, built with `SHIELDGATE_KERNELS` set to `kernels`.
-fn layer(q: &Arc<QTensor>, kernels: &str) -> impl Module {
-    let (out_dim, in_dim) = or_fail(q.shape().dims2());
-    let tensors = HashMap::from([("w.weight".to_string(), StoredTensor::Quantized(q.clone()))]);
-    let source = WeightSource::from_tensors(tensors, DType::F32, &Device::Cpu);
+/// A layer over `w`, in `dtype`, built with `SHIELDGATE_KERNELS` set to `kernels`.
+fn layer(w: StoredTensor, dtype: DType, kernels: &str) -> impl Module {
+    let (out_dim, in_dim) = match &w {
+        StoredTensor::Quantized(q) => or_fail(q.shape().dims2()),
+        StoredTensor::Dense(t) => or_fail(t.dims2()),
+    };
+    let tensors = HashMap::from([("w.weight".to_string(), w)]);
+    let source = WeightSource::from_tensors(tensors, dtype, &Device::Cpu);
     with_kernels(kernels, || source.linear(in_dim, out_dim, "w"))
         .unwrap_or_else(|e| common::fail(&format!("layer: {e}")))
+}
+
+/// A layer's f32 weights `[out, in]` and `tokens` rows of activations.
+fn operands(out_dim: usize, in_dim: usize, tokens: usize) -> (Tensor, Tensor) {
+    let w = synthetic::values("bench.weight", &[out_dim, in_dim]);
+    let x = synthetic::values("bench.input", &[tokens, in_dim]);
+    (
+        or_fail(Tensor::from_vec(w, (out_dim, in_dim), &Device::Cpu)),
+        or_fail(Tensor::from_vec(x, (tokens, in_dim), &Device::Cpu)),
+    )
 }
 
 /// Fewest seconds per call of `layer` on `x` over `iters` calls, after one untimed call (the
@@ -180,14 +204,20 @@ fn check_breakdown(precision: &str, ceilings: &[(Micro, f64)], iters: usize) {
         "| the rest (embedding, masks, Yes/No head, tokenizing, engine) | {other:.2} | {:.0} % |",
         100.0 * other / total
     );
-    let int8 = ceilings
+    // The floor: the check's weight GEMM work at the ceiling of the instructions its weights
+    // run on (bf16 tile, f32 FMA, or the int8 tiles).
+    let wanted: &[Micro] = match precision {
+        "bf16" => &[Micro::Bf16, Micro::Fma512, Micro::Fma256],
+        "f32" | "f16" => &[Micro::Fma512, Micro::Fma256],
+        _ => &[Micro::Vnni, Micro::Avx2Int8],
+    };
+    let ceiling = wanted
         .iter()
-        .find(|(m, _)| matches!(m, Micro::Vnni))
-        .or_else(|| ceilings.iter().find(|(m, _)| matches!(m, Micro::Avx2Int8)));
-    if let Some((m, rate)) = int8 {
+        .find_map(|w| ceilings.iter().find(|(m, _)| m == w));
+    if let Some((m, rate)) = ceiling {
         let floor = ops / rate;
         println!(
-            "\nWeight GEMM work: {:.0} GOP. At the {} ceiling that is {floor:.2} s: the check takes {:.1}× this int8 floor.",
+            "\nWeight GEMM work: {:.0} GOP. At the {} ceiling that is {floor:.2} s: the check takes {:.1}× this floor.",
             ops / 1e9,
             m.name(),
             total / floor
@@ -219,23 +249,26 @@ fn main() {
     );
     println!("| type | layer | out × in | candle ms | AVX2 ms | VNNI ms | AMX ms | candle GOP/s | {default} GOP/s | {default} share of its ceiling | {default} / candle time |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
-    for name in types.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+    let types: Vec<&str> = types
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .collect();
+    for &name in types.iter().filter(|&&t| t != "bf16") {
         let dtype = ggml_type(name);
         for (label, out_dim, in_dim) in SHAPES {
-            let tokens = if label.ends_with("(1 token)") {
-                1
-            } else {
-                rows
-            };
-            let w = synthetic::values("bench.weight", &[out_dim, in_dim]);
-            let x = synthetic::values("bench.input", &[tokens, in_dim]);
-            let w = or_fail(Tensor::from_vec(w, (out_dim, in_dim), &Device::Cpu));
-            let x = or_fail(Tensor::from_vec(x, (tokens, in_dim), &Device::Cpu));
+            let tokens = tokens_of(label, rows);
+            let (w, x) = operands(out_dim, in_dim, tokens);
             let q = Arc::new(or_fail(QTensor::quantize(&w, dtype)));
             let times: Vec<Option<f64>> = KERNELS
                 .iter()
                 .zip(&here)
-                .map(|((kernels, _), &here)| here.then(|| time(&layer(&q, kernels), &x, iters)))
+                .map(|((kernels, _), &here)| {
+                    here.then(|| {
+                        let layer = layer(StoredTensor::Quantized(q.clone()), DType::F32, kernels);
+                        time(&layer, &x, iters)
+                    })
+                })
                 .collect();
             let candle = times[0].unwrap_or(f64::NAN);
             let ours = KERNELS
@@ -260,7 +293,53 @@ fn main() {
             );
         }
     }
+    if types.contains(&"bf16") {
+        bf16_layers(rows, iters, &ceilings);
+    }
     if check != "none" {
         check_breakdown(&check, &ceilings, iters);
+    }
+}
+
+/// The 2B shapes with bf16 weights: candle's bf16 and f32 matmuls and the bf16 tile.
+fn bf16_layers(rows: usize, iters: usize, ceilings: &[(Micro, f64)]) {
+    let tile = shieldgate::model::kernels::bf16_gemm::available();
+    let ceiling = ceilings
+        .iter()
+        .find(|(m, _)| matches!(m, Micro::Bf16))
+        .map(|&(_, rate)| rate);
+    println!(
+        "\nbf16 weights, {rows} tokens per call (1 for the last row), best of {iters}; the bf16 tile {}\n",
+        if tile { "runs here" } else { "does not run here (no AVX-512 BF16)" }
+    );
+    println!("| layer | out × in | candle bf16 ms | candle f32 ms | bf16 tile ms | tile GOP/s | tile share of the vdpbf16ps ceiling | tile / candle bf16 time | tile / candle f32 time |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (label, out_dim, in_dim) in SHAPES {
+        let tokens = tokens_of(label, rows);
+        let (w, x) = operands(out_dim, in_dim, tokens);
+        let (w16, x16) = (
+            or_fail(w.to_dtype(DType::BF16)),
+            or_fail(x.to_dtype(DType::BF16)),
+        );
+        let dense =
+            |w: &Tensor, dtype, kernels| layer(StoredTensor::Dense(w.clone()), dtype, kernels);
+        let candle = time(&dense(&w16, DType::BF16, "candle"), &x16, iters);
+        let f32 = time(&dense(&w, DType::F32, "candle"), &x, iters);
+        let ours = tile.then(|| time(&dense(&w16, DType::BF16, ""), &x16, iters));
+        let ops = 2.0 * (tokens * out_dim * in_dim) as f64;
+        let cell = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("–".to_string(), f);
+        println!(
+            "| {label} | {out_dim} × {in_dim} | {:.2} | {:.2} | {} | {} | {} | {} | {} |",
+            candle * 1e3,
+            f32 * 1e3,
+            cell(ours, &|t| format!("{:.2}", t * 1e3)),
+            cell(ours, &|t| format!("{:.0}", ops / t / 1e9)),
+            cell(ours, &|t| ceiling.map_or("–".to_string(), |c| format!(
+                "{:.0} %",
+                100.0 * ops / t / c
+            ))),
+            cell(ours, &|t| format!("{:.2}", t / candle)),
+            cell(ours, &|t| format!("{:.2}", t / f32)),
+        );
     }
 }

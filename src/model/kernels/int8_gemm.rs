@@ -15,8 +15,8 @@
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CustomOp1, Device, Layout, Result, Shape};
-use rayon::prelude::*;
 
+use super::panels::{Plan, Sums, PANEL, ROWS};
 use crate::model::profile::{self, Phase};
 
 mod activations;
@@ -35,10 +35,6 @@ use q8_0::Q8_0Panels;
 
 /// Inputs per quantization block (Q8_0's block, Q4_K's sub-block).
 const BLOCK: usize = 32;
-/// Output rows per packed panel: one 512-bit register of i32 sums.
-const PANEL: usize = 16;
-/// Tokens per register tile; the kernel holds ROWS × 2 panels of sums and of results.
-const ROWS: usize = 6;
 /// Blocks of 32 inputs the VNNI tiles run over before the next row tile: a panel pair's weights
 /// for them (16 KiB of Q8_0) stay in L1 while every row tile passes over them, instead of
 /// coming from L2 for each (twice the rate on a Xeon: docs/benchmarks.md#roofline).
@@ -190,62 +186,25 @@ impl PackedInt8 {
         if self.kernel == Kernel::Amx && rows >= AMX_MIN_ROWS {
             return amx::matmul(&self.panels, self.out_dim, self.in_dim, x, rows);
         }
-        let tiles = rows.div_ceil(ROWS);
-        let acts = profile::timed(Phase::Quantize, || {
-            Activations::quantize(x, rows, tiles * ROWS, self.in_dim, self.encoding())
-        });
-        let pairs = self.out_dim / (2 * PANEL);
-        let blocks = self.in_dim / BLOCK;
-        let chunk = match self.kernel {
-            Kernel::Amx | Kernel::Vnni => CHUNK_BLOCKS,
-            Kernel::Avx2 => blocks,
+        let plan = Plan {
+            rows,
+            pairs: self.out_dim / (2 * PANEL),
+            steps: self.in_dim / BLOCK,
+            chunk: match self.kernel {
+                Kernel::Amx | Kernel::Vnni => CHUNK_BLOCKS,
+                Kernel::Avx2 => self.in_dim / BLOCK,
+            },
         };
-        // Each task takes a run of panel pairs over all rows: a pair's weights stay in L2
-        // while every row tile passes over them.
-        let per_task = pairs.div_ceil(4 * rayon::current_num_threads()).max(1);
-        let columns: Vec<(usize, Vec<f32>)> = (0..pairs)
-            .step_by(per_task)
-            .collect::<Vec<_>>()
-            .into_par_iter()
-            .map(|first| {
-                let last = (first + per_task).min(pairs);
-                let width = (last - first) * 2 * PANEL;
-                let mut out = vec![0f32; tiles * ROWS * width];
-                let mut sums = vec![[[0f32; 2 * PANEL]; ROWS]; tiles];
-                for pair in first..last {
-                    sums.iter_mut().for_each(|s| *s = [[0f32; 2 * PANEL]; ROWS]);
-                    // Runs of blocks small enough that the pair's weights for them stay in L1
-                    // while every row tile passes over them.
-                    for start in (0..blocks).step_by(chunk) {
-                        let range = start..(start + chunk).min(blocks);
-                        for (tile, sums) in sums.iter_mut().enumerate() {
-                            let live = (rows - tile * ROWS).min(ROWS);
-                            self.tile(pair, &acts, tile * ROWS, live, range.clone(), sums);
-                        }
-                    }
-                    for (tile, sums) in sums.iter().enumerate() {
-                        for (r, sum) in sums.iter().enumerate() {
-                            let at = (tile * ROWS + r) * width + (pair - first) * 2 * PANEL;
-                            out[at..at + 2 * PANEL].copy_from_slice(sum);
-                        }
-                    }
-                }
-                (first * 2 * PANEL, out)
-            })
-            .collect();
-        // Each task's columns join the output rows, rows spread over the threads.
-        profile::timed(Phase::Copies, || {
-            let mut y = vec![0f32; rows * self.out_dim];
-            y.par_chunks_mut(self.out_dim)
-                .enumerate()
-                .for_each(|(row, dst)| {
-                    for (start, out) in &columns {
-                        let width = out.len() / (tiles * ROWS);
-                        dst[*start..start + width].copy_from_slice(&out[row * width..][..width]);
-                    }
-                });
-            y
-        })
+        let acts = profile::timed(Phase::Quantize, || {
+            Activations::quantize(x, rows, plan.tiles() * ROWS, self.in_dim, self.encoding())
+        });
+        plan.run(
+            |pair, tile, range, sums| {
+                let live = (rows - tile * ROWS).min(ROWS);
+                self.tile(pair, &acts, tile * ROWS, live, range, sums);
+            },
+            |src, dst| dst.copy_from_slice(src),
+        )
     }
 
     /// Adds the sums of `ROWS` rows from `row` × the 32 outputs of panel pair `pair` over the
@@ -258,7 +217,7 @@ impl PackedInt8 {
         row: usize,
         live: usize,
         range: std::ops::Range<usize>,
-        sums: &mut [[f32; 2 * PANEL]; ROWS],
+        sums: &mut Sums,
     ) {
         #[cfg(target_arch = "x86_64")]
         match (&self.panels, self.kernel) {

@@ -11,6 +11,7 @@ use candle_nn::VarBuilder;
 
 use crate::model::forward::embedding::Embedding;
 use crate::model::forward::linear::Linear;
+use crate::model::kernels::bf16_gemm::PackedBf16;
 use crate::model::kernels::int8_gemm::PackedInt8;
 
 /// One stored tensor (from a GGUF file or quantized in memory), under its Hugging Face name.
@@ -142,7 +143,7 @@ impl WeightSource {
 
     /// The linear layer `name` (its `weight`, `[out, in]`), quantized if stored quantized. A
     /// matrix repacked for the int8 kernel is taken out of the source (freeing the stored copy),
-    /// so it can be read this way once.
+    /// so it can be read this way once; a bf16 one is repacked for the bf16 kernel where it runs.
     pub fn linear(&self, in_dim: usize, out_dim: usize, name: &str) -> Result<Linear> {
         let source = self.pp(name);
         if let Backend::Gguf { .. } = self.backend.as_ref() {
@@ -158,7 +159,11 @@ impl WeightSource {
                 });
             }
         }
-        Ok(Linear::Dense(source.tensor((out_dim, in_dim), "weight")?))
+        let dense = source.tensor((out_dim, in_dim), "weight")?;
+        Ok(match PackedBf16::from_tensor(&dense)? {
+            Some(packed) => Linear::PackedBf16(packed),
+            None => Linear::Dense(dense),
+        })
     }
 
     /// The embedding table `name` (`[vocab, hidden]`): kept quantized when stored so,

@@ -14,14 +14,14 @@ use std::arch::x86_64::{
     _mm512_cvtps_epi32, _mm512_dpbusd_epi32, _mm512_fmadd_ps, _mm512_fnmadd_ps, _mm512_load_si512,
     _mm512_loadu_ps, _mm512_loadu_si512, _mm512_max_ps, _mm512_mul_ps, _mm512_reduce_add_epi32,
     _mm512_reduce_max_ps, _mm512_set1_epi32, _mm512_set1_epi8, _mm512_set1_ps,
-    _mm512_setzero_si512, _mm512_srli_epi16, _mm512_storeu_ps, _mm512_sub_epi32, _mm_loadu_si128,
-    _mm_storeu_si128,
+    _mm512_setzero_si512, _mm512_srli_epi16, _mm512_sub_epi32, _mm_loadu_si128, _mm_storeu_si128,
 };
 
 use super::activations::Activations;
 use super::nibbles::{self, NibblePanel, PanelScales, SUPER};
 use super::q8_0::Q8_0Panel;
 use super::{BLOCK, PANEL, ROWS};
+use crate::model::kernels::panels::registers::{load, store};
 
 /// Whether this CPU runs the kernel (`is_x86_feature_detected!` caches its answer, so the
 /// checks before each tile and each quantized row cost a load).
@@ -259,23 +259,5 @@ unsafe fn quantize_row_avx512(
         let d = max / 127.0;
         scales[b] = d;
         sums[b] = d * _mm512_reduce_add_epi32(total) as f32;
-    }
-}
-
-#[target_feature(enable = "avx512f")]
-unsafe fn load(sums: &[[f32; 2 * PANEL]; ROWS]) -> [[__m512; 2]; ROWS] {
-    std::array::from_fn(|r| {
-        [
-            _mm512_loadu_ps(sums[r].as_ptr()),
-            _mm512_loadu_ps(sums[r].as_ptr().add(PANEL)),
-        ]
-    })
-}
-
-#[target_feature(enable = "avx512f")]
-unsafe fn store(results: &[[__m512; 2]; ROWS], sums: &mut [[f32; 2 * PANEL]; ROWS]) {
-    for (sum, result) in sums.iter_mut().zip(results) {
-        _mm512_storeu_ps(sum.as_mut_ptr(), result[0]);
-        _mm512_storeu_ps(sum.as_mut_ptr().add(PANEL), result[1]);
     }
 }

@@ -1,0 +1,142 @@
+//! The work plan both GEMM kernels share: the weights are packed in panels of `PANEL` output
+//! rows, a register tile holds `ROWS` tokens × a pair of panels, and the panel pairs are split
+//! into runs, one task each over all tokens, so that a pair's weights stay in cache while every
+//! row tile passes over them. The tasks' columns are then gathered into the output rows, on
+//! all threads.
+
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use crate::model::profile::{self, Phase};
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod registers;
+
+/// Output rows per packed panel: one 512-bit register of 32-bit sums.
+pub(crate) const PANEL: usize = 16;
+/// Tokens per register tile; a tile holds `ROWS` × 2 panels of sums.
+pub(crate) const ROWS: usize = 6;
+
+/// One row tile's running results: `ROWS` tokens × the 32 outputs of a panel pair.
+pub(crate) type Sums = [[f32; 2 * PANEL]; ROWS];
+
+/// The shape of one GEMM: `rows` tokens, `pairs` panel pairs (`out_dim = pairs × 32`), and
+/// `steps` units of the input dimension (blocks or input pairs) taken `chunk` at a time.
+pub(crate) struct Plan {
+    pub(crate) rows: usize,
+    pub(crate) pairs: usize,
+    pub(crate) steps: usize,
+    pub(crate) chunk: usize,
+}
+
+impl Plan {
+    /// Row tiles, the last one padded.
+    pub(crate) fn tiles(&self) -> usize {
+        self.rows.div_ceil(ROWS)
+    }
+
+    /// Runs `tile(pair, row tile, steps, sums)`, which adds the tile's products over `steps`
+    /// to `sums`, for every panel pair, run of steps and row tile, and returns the
+    /// `rows × out_dim` results, each row written by `emit(results, destination)`.
+    pub(crate) fn run<T: Copy + Default + Send>(
+        &self,
+        tile: impl Fn(usize, usize, Range<usize>, &mut Sums) + Sync,
+        emit: impl Fn(&[f32], &mut [T]) + Sync,
+    ) -> Vec<T> {
+        let tiles = self.tiles();
+        let chunk = self.chunk.max(1);
+        let per_task = self.pairs.div_ceil(4 * rayon::current_num_threads()).max(1);
+        let columns: Vec<(usize, Vec<f32>)> = (0..self.pairs)
+            .step_by(per_task)
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .map(|first| {
+                let last = (first + per_task).min(self.pairs);
+                let width = (last - first) * 2 * PANEL;
+                let mut out = vec![0f32; tiles * ROWS * width];
+                let mut sums = vec![[[0f32; 2 * PANEL]; ROWS]; tiles];
+                for pair in first..last {
+                    sums.iter_mut().for_each(|s| *s = [[0f32; 2 * PANEL]; ROWS]);
+                    for start in (0..self.steps).step_by(chunk) {
+                        let range = start..(start + chunk).min(self.steps);
+                        for (t, sums) in sums.iter_mut().enumerate() {
+                            tile(pair, t, range.clone(), sums);
+                        }
+                    }
+                    for (t, sums) in sums.iter().enumerate() {
+                        for (r, sum) in sums.iter().enumerate() {
+                            let at = (t * ROWS + r) * width + (pair - first) * 2 * PANEL;
+                            out[at..at + 2 * PANEL].copy_from_slice(sum);
+                        }
+                    }
+                }
+                (first * 2 * PANEL, out)
+            })
+            .collect();
+        let out_dim = self.pairs * 2 * PANEL;
+        profile::timed(Phase::Copies, || {
+            let mut y = vec![T::default(); self.rows * out_dim];
+            y.par_chunks_mut(out_dim.max(1))
+                .enumerate()
+                .for_each(|(row, dst)| {
+                    for (start, out) in &columns {
+                        let width = out.len() / (tiles * ROWS);
+                        emit(
+                            &out[row * width..][..width],
+                            &mut dst[*start..start + width],
+                        );
+                    }
+                });
+            y
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_output_is_its_tiles_sum_over_all_steps_in_its_place() {
+        // A fake tile: output (row, column) gains `step + 1` for each step, plus a mark of
+        // where it is, so a misplaced or missing run shows.
+        let plan = Plan {
+            rows: 13,
+            pairs: 5,
+            steps: 7,
+            chunk: 3,
+        };
+        let y = plan.run(
+            |pair, tile, steps, sums| {
+                for (r, row) in sums.iter_mut().enumerate() {
+                    for (c, v) in row.iter_mut().enumerate() {
+                        for s in steps.clone() {
+                            *v += (s + 1) as f32;
+                        }
+                        if steps.start == 0 {
+                            *v += ((tile * ROWS + r) * 1000 + pair * 2 * PANEL + c) as f32;
+                        }
+                    }
+                }
+            },
+            |src: &[f32], dst: &mut [f64]| {
+                for (d, s) in dst.iter_mut().zip(src) {
+                    *d = f64::from(*s);
+                }
+            },
+        );
+        let out_dim = 5 * 2 * PANEL;
+        assert_eq!(y.len(), 13 * out_dim);
+        for row in 0..13 {
+            for col in 0..out_dim {
+                let want = (1..=7).sum::<usize>() + row * 1000 + col;
+                assert_eq!(
+                    y[row * out_dim + col],
+                    want as f64,
+                    "row {row}, column {col}"
+                );
+            }
+        }
+    }
+}
