@@ -153,6 +153,7 @@ impl Micro {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use std::arch::asm;
     use std::arch::x86_64::{
         __m256, __m256i, __m512, __m512bh, __m512i, _mm256_add_epi32, _mm256_fmadd_ps,
         _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_set1_epi16, _mm256_set1_epi8,
@@ -189,18 +190,26 @@ mod x86 {
 
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn avx2_int8(n: u64) -> f64 {
-        let (a, b, ones) = (
-            black_box(_mm256_set1_epi8(1)),
+        let (b, ones) = (
             black_box(_mm256_set1_epi8(1)),
             black_box(_mm256_set1_epi16(1)),
         );
+        let mut a: [__m256i; ACC] = [black_box(_mm256_set1_epi8(1)); ACC];
         let mut acc: [__m256i; ACC] = [_mm256_setzero_si256(); ACC];
         for _ in 0..n {
-            // The products do not depend on the sums: without this the compiler would compute
-            // them once, outside the loop.
-            let a = black_box(a);
-            for x in acc.iter_mut() {
-                *x = _mm256_add_epi32(*x, _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), ones));
+            for (x, a) in acc.iter_mut().zip(a.iter_mut()) {
+                // Each sum gets its own operand, which the compiler must take as changed on
+                // every pass (an empty asm block that claims to write it): otherwise it
+                // multiplies once and adds that one product to all twelve sums.
+                // SAFETY: the block is empty: it touches no memory, stack or flags.
+                unsafe {
+                    asm!(
+                        "/* {0} */",
+                        inout(ymm_reg) * a,
+                        options(nomem, nostack, preserves_flags)
+                    )
+                };
+                *x = _mm256_add_epi32(*x, _mm256_madd_epi16(_mm256_maddubs_epi16(*a, b), ones));
             }
         }
         let mut total = 0f64;
