@@ -2,8 +2,7 @@
 //! of 16 outputs, over a run of blocks (the running results start from and return to memory).
 //! Per 32-wide block, 8 steps of `vpdpbusd` add 4 products to each of the `ROWS × 2` integer
 //! sums; the block's sums then become f32, scaled by weight scale × activation scale, and join
-//! the running results. This is the crate's one use of SIMD
-//! intrinsics, so it allows `unsafe` here and nowhere else but the mmap.
+//! the running results. It allows `unsafe` for its intrinsics.
 #![allow(unsafe_code)]
 
 use std::ops::Range;
@@ -14,7 +13,7 @@ use std::arch::x86_64::{
     _mm512_cvtps_epi32, _mm512_dpbusd_epi32, _mm512_fmadd_ps, _mm512_fnmadd_ps, _mm512_load_si512,
     _mm512_loadu_ps, _mm512_loadu_si512, _mm512_max_ps, _mm512_mul_ps, _mm512_reduce_add_epi32,
     _mm512_reduce_max_ps, _mm512_set1_epi32, _mm512_set1_epi8, _mm512_set1_ps,
-    _mm512_setzero_si512, _mm512_srli_epi16, _mm512_sub_epi32, _mm_loadu_si128, _mm_storeu_si128,
+    _mm512_setzero_si512, _mm512_srli_epi16, _mm_loadu_si128, _mm_storeu_si128,
 };
 
 use super::activations::Activations;
@@ -74,7 +73,13 @@ unsafe fn tile_q8_0_vnni(
     let x_scales = acts.scales.as_ptr().add(row * blocks);
     let mut results: [[__m512; 2]; ROWS] = load(sums);
     for b in range {
-        let mut dots: [[__m512i; 2]; ROWS] = [[_mm512_setzero_si512(); 2]; ROWS];
+        let meta = b * PANEL;
+        // The integer sums start from the offsets that undo the activations' shift.
+        let offset = [
+            _mm512_loadu_si512(offsets[0].add(meta).cast()),
+            _mm512_loadu_si512(offsets[1].add(meta).cast()),
+        ];
+        let mut dots: [[__m512i; 2]; ROWS] = [offset; ROWS];
         for step in 0..BLOCK / 4 {
             let at = (b * BLOCK / 4 + step) * PANEL * 4;
             let w = [
@@ -91,11 +96,6 @@ unsafe fn tile_q8_0_vnni(
                 dot[1] = _mm512_dpbusd_epi32(dot[1], a, w[1]);
             }
         }
-        let meta = b * PANEL;
-        let offset = [
-            _mm512_loadu_si512(offsets[0].add(meta).cast()),
-            _mm512_loadu_si512(offsets[1].add(meta).cast()),
-        ];
         let scale = [
             _mm512_loadu_ps(scales[0].add(meta)),
             _mm512_loadu_ps(scales[1].add(meta)),
@@ -103,7 +103,7 @@ unsafe fn tile_q8_0_vnni(
         for (r, (result, dot)) in results.iter_mut().zip(&dots).enumerate() {
             let x_scale = _mm512_set1_ps(*x_scales.add(r * blocks + b));
             for p in 0..2 {
-                let exact = _mm512_cvtepi32_ps(_mm512_sub_epi32(dot[p], offset[p]));
+                let exact = _mm512_cvtepi32_ps(dot[p]);
                 result[p] = _mm512_fmadd_ps(exact, _mm512_mul_ps(scale[p], x_scale), result[p]);
             }
         }

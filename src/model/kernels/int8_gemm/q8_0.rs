@@ -18,8 +18,9 @@ pub(super) struct Q8_0Panels {
     weights: Vec<Line>,
     /// Per panel, per block: each row's Q8_0 scale.
     scales: Vec<f32>,
-    /// Per panel, per block: 128 × the sum of each row's 32 weights. Activations enter
-    /// `vpdpbusd` as unsigned bytes (`q + 128`); subtracting this undoes the shift.
+    /// Per panel, per block: −128 × the sum of each row's 32 weights. Activations enter
+    /// `vpdpbusd` as unsigned bytes (`q + 128`); the integer sums start from this, which undoes
+    /// the shift.
     offsets: Vec<i32>,
 }
 
@@ -58,7 +59,7 @@ impl Q8_0Panels {
                 let meta = (panel * blocks + b) * PANEL + lane;
                 let (scale, qs) = q8_0_block(block);
                 scales[meta] = scale;
-                offsets[meta] = 128 * qs.clone().map(i32::from).sum::<i32>();
+                offsets[meta] = -128 * qs.clone().map(i32::from).sum::<i32>();
                 let base = (panel * blocks + b) * BLOCK * PANEL + lane * 4;
                 for (k, v) in qs.enumerate() {
                     let at = base + (k / 4) * PANEL * 4 + k % 4;
