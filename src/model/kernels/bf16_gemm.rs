@@ -10,7 +10,7 @@
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor};
 use half::bf16;
 
-use super::panels::{Plan, PANEL, ROWS};
+use super::panels::{activation_rows, Plan, PANEL, ROWS};
 use crate::model::profile::{self, Phase};
 
 #[cfg(target_arch = "x86_64")]
@@ -138,38 +138,23 @@ impl CustomOp1 for PackedBf16 {
         let CpuStorage::BF16(x) = storage else {
             candle_core::bail!("{} takes bf16 activations", self.name())
         };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("{} takes contiguous activations", self.name())
-        };
-        let (rows, in_dim) = layout.shape().dims2()?;
-        if in_dim != self.in_dim {
-            candle_core::bail!(
-                "{}: activations have {in_dim} columns, the matrix {}",
-                self.name(),
-                self.in_dim
-            )
-        }
-        let y = self.matmul(&x[start..end], rows);
+        let (rows, range) = activation_rows(self.name(), layout, self.in_dim)?;
+        let y = self.matmul(&x[range], rows);
         Ok((CpuStorage::BF16(y), Shape::from((rows, self.out_dim))))
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::panels::test_values;
     use super::*;
     use candle_core::Module;
 
-    /// Deterministic bf16 values in [-1, 1) with a few large outliers.
+    /// The kernels' test values, rounded to bf16.
     fn values(n: usize, seed: u64) -> Vec<bf16> {
-        let mut z = seed;
-        (0..n)
-            .map(|i| {
-                z = z
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                let v = ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0;
-                bf16::from_f32(if i % 97 == 0 { v * 8.0 } else { v })
-            })
+        test_values(n, seed)
+            .into_iter()
+            .map(bf16::from_f32)
             .collect()
     }
 

@@ -16,7 +16,7 @@
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CustomOp1, Device, Layout, Result, Shape};
 
-use super::panels::{Plan, Sums, PANEL, ROWS};
+use super::panels::{activation_rows, Plan, Sums, PANEL, ROWS};
 use crate::model::profile::{self, Phase};
 
 mod activations;
@@ -272,47 +272,20 @@ impl CustomOp1 for PackedInt8 {
         let CpuStorage::F32(x) = storage else {
             candle_core::bail!("{} takes f32 activations", self.name())
         };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("{} takes contiguous activations", self.name())
-        };
-        let (rows, in_dim) = layout.shape().dims2()?;
-        if in_dim != self.in_dim {
-            candle_core::bail!(
-                "{}: activations have {in_dim} columns, the matrix {}",
-                self.name(),
-                self.in_dim
-            )
-        }
-        let y = self.matmul(&x[start..end], rows);
+        let (rows, range) = activation_rows(self.name(), layout, self.in_dim)?;
+        let y = self.matmul(&x[range], rows);
         Ok((CpuStorage::F32(y), Shape::from((rows, self.out_dim))))
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::panels::test_values as values;
     use super::q8_0::{q8_0_block, Q8_0_BYTES};
     use super::*;
     use candle_core::quantized::QMatMul;
     use candle_core::{Module, Tensor};
     use half::f16;
-
-    /// Deterministic values in [-1, 1) with a few large outliers, like real activations.
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut z = seed;
-        (0..n)
-            .map(|i| {
-                z = z
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                let v = ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0;
-                if i % 97 == 0 {
-                    v * 8.0
-                } else {
-                    v
-                }
-            })
-            .collect()
-    }
 
     fn matrix(dtype: GgmlDType, out_dim: usize, in_dim: usize) -> QTensor {
         let w = Tensor::from_vec(values(out_dim * in_dim, 7), (out_dim, in_dim), &Device::Cpu)

@@ -6,6 +6,7 @@
 
 use std::ops::Range;
 
+use candle_core::{Layout, Result};
 use rayon::prelude::*;
 
 use crate::model::profile::{self, Phase};
@@ -91,6 +92,43 @@ impl Plan {
             y
         })
     }
+}
+
+/// The rows and element range of a packed matmul's activations: they must be contiguous and
+/// `in_dim` wide (`op` names the operation in errors).
+pub(crate) fn activation_rows(
+    op: &str,
+    layout: &Layout,
+    in_dim: usize,
+) -> Result<(usize, Range<usize>)> {
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("{op} takes contiguous activations")
+    };
+    let (rows, columns) = layout.shape().dims2()?;
+    if columns != in_dim {
+        candle_core::bail!("{op}: activations have {columns} columns, the matrix {in_dim}")
+    }
+    Ok((rows, start..end))
+}
+
+/// Deterministic values in [-1, 1) with a few large outliers, like real activations: the
+/// kernels' test inputs.
+#[cfg(test)]
+pub(crate) fn test_values(n: usize, seed: u64) -> Vec<f32> {
+    let mut z = seed;
+    (0..n)
+        .map(|i| {
+            z = z
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let v = ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0;
+            if i % 97 == 0 {
+                v * 8.0
+            } else {
+                v
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
