@@ -69,6 +69,9 @@ impl ExchangeTrace {
 
     /// Records a check's outcome on its span and, per direction, on the exchange's.
     pub fn record_check(&self, span: &ChildSpan, decision: &Decision) {
+        if self.span.is_none() {
+            return;
+        }
         let direction = decision.direction.as_str();
         let action = decision.disposition.as_str();
         let mut attributes = vec![

@@ -11,6 +11,7 @@ use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, T
 use half::bf16;
 
 use super::panels::{activation_rows, Plan, PANEL, ROWS};
+use super::Cap;
 use crate::model::profile::{self, Phase};
 
 #[cfg(target_arch = "x86_64")]
@@ -38,10 +39,7 @@ pub struct PackedBf16 {
 /// Whether the bf16 tile runs here: the CPU has AVX-512 BF16 and `SHIELDGATE_KERNELS` does
 /// not cap the kernels below AVX-512 (`candle`, `avx2`).
 pub fn available() -> bool {
-    let capped = matches!(
-        std::env::var("SHIELDGATE_KERNELS").ok().as_deref(),
-        Some("candle" | "avx2")
-    );
+    let capped = matches!(Cap::from_env(), Cap::Avx2 | Cap::Candle);
     #[cfg(target_arch = "x86_64")]
     {
         !capped && avx512::available()

@@ -17,6 +17,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CustomOp1, Device, Layout, Result, Shape};
 
 use super::panels::{activation_rows, Plan, Sums, PANEL, ROWS};
+use super::Cap;
 use crate::model::profile::{self, Phase};
 
 mod activations;
@@ -78,12 +79,12 @@ impl Kernel {
     /// The fastest kernel this CPU runs, unless `SHIELDGATE_KERNELS` names a slower one
     /// (`vnni`, `avx2`, or `candle` for none).
     fn chosen() -> Option<Self> {
-        let wanted = std::env::var("SHIELDGATE_KERNELS").ok();
-        let allowed = |k: Self| match wanted.as_deref() {
-            Some("candle") => false,
-            Some("vnni") => k != Self::Amx,
-            Some("avx2") => k == Self::Avx2,
-            _ => true,
+        let cap = Cap::from_env();
+        let allowed = |k: Self| match cap {
+            Cap::Candle => false,
+            Cap::Vnni => k != Self::Amx,
+            Cap::Avx2 => k == Self::Avx2,
+            Cap::None => true,
         };
         [Self::Amx, Self::Vnni, Self::Avx2]
             .into_iter()

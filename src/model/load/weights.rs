@@ -189,6 +189,36 @@ mod tests {
     use candle_core::quantized::GgmlDType;
 
     #[test]
+    fn bf16_matrices_take_the_bf16_tile_where_it_runs_and_compute_the_same() {
+        let values: Vec<f32> = (0..32 * 64)
+            .map(|i| ((i % 17) as f32 - 8.0) / 16.0)
+            .collect();
+        let w = Tensor::from_vec(values, (32, 64), &Device::Cpu).expect("w");
+        let x = Tensor::ones((3, 64), DType::BF16, &Device::Cpu).expect("x");
+        let source = |w: &Tensor, dtype| {
+            let tensors = HashMap::from([("a.weight".to_string(), StoredTensor::Dense(w.clone()))]);
+            WeightSource::from_tensors(tensors, dtype, &Device::Cpu)
+        };
+        let w16 = w.to_dtype(DType::BF16).expect("bf16");
+        let bf16 = source(&w16, DType::BF16)
+            .linear(64, 32, "a")
+            .expect("linear");
+        let tile = crate::model::kernels::bf16_gemm::available();
+        assert_eq!(matches!(bf16, Linear::PackedBf16(_)), tile);
+        let f32 = source(&w, DType::F32).linear(64, 32, "a").expect("linear");
+        assert!(matches!(f32, Linear::Dense(_)), "f32 stays with candle");
+        // Sixteenths: every f32 sum is exact, and both paths round it once to bf16.
+        use candle_core::Module;
+        let got = bf16.forward(&x).expect("forward");
+        let want = x.matmul(&w16.t().expect("t")).expect("matmul");
+        let diff = (got.to_dtype(DType::F32).expect("f32")
+            - want.to_dtype(DType::F32).expect("f32"))
+        .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>())
+        .expect("difference");
+        assert_eq!(diff, 0.0);
+    }
+
+    #[test]
     fn a_packed_matrix_leaves_the_source_and_others_stay() {
         let w = Tensor::ones((32, 64), DType::F32, &Device::Cpu).expect("w");
         let q = QTensor::quantize(&w, GgmlDType::Q8_0).expect("quantize");

@@ -21,7 +21,7 @@ use std::arch::x86_64::{
 use super::activations::Activations;
 use super::nibbles::{self, NibblePanel, PanelScales, SUPER};
 use super::q8_0::Q8_0Panel;
-use super::{BLOCK, PANEL, ROWS};
+use super::{Sums, BLOCK, PANEL, ROWS};
 
 /// Output rows in one half of a line: one 256-bit register of i32 sums.
 const HALF: usize = PANEL / 2;
@@ -89,7 +89,7 @@ pub(super) fn tile<P: Halves>(
     acts: &Activations,
     row: usize,
     live: usize,
-    sums: &mut [[f32; 2 * PANEL]; ROWS],
+    sums: &mut Sums,
 ) {
     for panel in panels {
         panel.check_inputs(acts.in_dim);
@@ -242,11 +242,7 @@ unsafe fn half_nibbles<const R: usize>(
 
 /// Writes each row's 8 sums at `first` of its row of `sums`.
 #[target_feature(enable = "avx")]
-unsafe fn store<const R: usize>(
-    results: &[__m256; R],
-    sums: &mut [[f32; 2 * PANEL]; ROWS],
-    first: usize,
-) {
+unsafe fn store<const R: usize>(results: &[__m256; R], sums: &mut Sums, first: usize) {
     for (sum, result) in sums.iter_mut().zip(results) {
         _mm256_storeu_ps(sum[first..first + HALF].as_mut_ptr(), *result);
     }

@@ -19,7 +19,7 @@ use std::arch::x86_64::{
 use super::activations::Activations;
 use super::nibbles::{self, NibblePanel, PanelScales, SUPER};
 use super::q8_0::Q8_0Panel;
-use super::{BLOCK, PANEL, ROWS};
+use super::{Sums, BLOCK, PANEL, ROWS};
 use crate::model::kernels::panels::registers::{load, store};
 
 /// Whether this CPU runs the kernel (`is_x86_feature_detected!` caches its answer, so the
@@ -38,7 +38,7 @@ pub(super) fn tile_q8_0(
     acts: &Activations,
     row: usize,
     range: Range<usize>,
-    sums: &mut [[f32; 2 * PANEL]; ROWS],
+    sums: &mut Sums,
 ) {
     let blocks = acts.in_dim / BLOCK;
     left.check(blocks);
@@ -61,7 +61,7 @@ unsafe fn tile_q8_0_vnni(
     row: usize,
     blocks: usize,
     range: Range<usize>,
-    sums: &mut [[f32; 2 * PANEL]; ROWS],
+    sums: &mut Sums,
 ) {
     let weights = [
         left.weights.as_ptr().cast::<u8>(),
@@ -119,7 +119,7 @@ pub(super) fn tile_nibbles(
     acts: &Activations,
     row: usize,
     range: Range<usize>,
-    sums: &mut [[f32; 2 * PANEL]; ROWS],
+    sums: &mut Sums,
 ) {
     let blocks = acts.in_dim / BLOCK;
     left.check(acts.in_dim);
@@ -171,7 +171,7 @@ unsafe fn tile_nibbles_vnni(
     row: usize,
     blocks: usize,
     range: Range<usize>,
-    sums: &mut [[f32; 2 * PANEL]; ROWS],
+    sums: &mut Sums,
 ) {
     let panels = [left, right];
     let low_nibbles = _mm512_set1_epi8(0x0F);
