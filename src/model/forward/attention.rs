@@ -5,8 +5,9 @@
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 
 use crate::model::forward::linear::Linear;
-use crate::model::forward::slots::Slots;
-use crate::model::kernels::softmax::softcapped_softmax;
+use crate::model::kernels::attention::{attention, Softcap};
+use crate::model::kernels::heads::split_heads;
+use crate::model::kernels::rows::Rows;
 use crate::model::load::config::Gemma2Config;
 use crate::model::load::weights::WeightSource;
 use crate::model::profile::{self, Phase};
@@ -72,9 +73,7 @@ pub struct Attention {
     o_proj: Linear,
     heads: usize,
     kv_heads: usize,
-    head_dim: usize,
-    scale: f64,
-    softcap: f64,
+    softcap: Softcap,
 }
 
 impl Attention {
@@ -89,75 +88,44 @@ impl Attention {
             o_proj: ws.linear(q_out, c.hidden_size, "o_proj")?,
             heads: c.num_attention_heads,
             kv_heads: c.num_key_value_heads,
-            head_dim: c.head_dim,
-            scale: 1.0 / c.query_pre_attn_scalar.sqrt(),
-            softcap: c.attn_logit_softcapping,
+            softcap: Softcap {
+                scale: 1.0 / c.query_pre_attn_scalar.sqrt(),
+                cap: c.attn_logit_softcapping,
+            },
         })
     }
 
-    /// Attends the real tokens `x` (`[tokens, hidden]`, packed by `slots`) over the cached
+    /// Attends the real tokens `x` (`[tokens, hidden]`, packed by `rows`) over the cached
     /// keys plus their own row's; returns the output (packed) and the keys/values including
     /// the new ones (padded, zeros in padding slots).
     pub fn forward(
         &self,
         x: &Tensor,
-        slots: &Slots,
+        rows: Rows<'_>,
         rope: (&Tensor, &Tensor),
         mask: &Tensor,
         past: Option<&(Tensor, Tensor)>,
     ) -> Result<(Tensor, (Tensor, Tensor))> {
-        let (b, t) = slots.dims();
-        let split = |y: Tensor, heads: usize| {
-            slots
-                .unpack(&y)?
-                .reshape((b, t, heads, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
         let (q, k, v) = (
             self.q_proj.forward(x)?,
             self.k_proj.forward(x)?,
             self.v_proj.forward(x)?,
         );
-        let (q, k, v) = profile::timed(Phase::Copies, || {
-            Ok::<_, candle_core::Error>((
-                split(q, self.heads)?,
-                split(k, self.kv_heads)?,
-                split(v, self.kv_heads)?,
-            ))
-        })?;
         let (q, k) = profile::timed(Phase::Elementwise, || {
             Ok::<_, candle_core::Error>((
-                candle_nn::rotary_emb::rope(&q, rope.0, rope.1)?,
-                candle_nn::rotary_emb::rope(&k, rope.0, rope.1)?,
+                split_heads(&q, rows, self.heads, Some(rope))?,
+                split_heads(&k, rows, self.kv_heads, Some(rope))?,
             ))
         })?;
-        let (k, v) = match past {
-            Some((pk, pv)) => profile::timed(Phase::Copies, || {
-                Ok::<_, candle_core::Error>((
-                    Tensor::cat(&[pk, &k], 2)?,
-                    Tensor::cat(&[pv, &v], 2)?,
-                ))
-            })?,
-            None => (k, v),
-        };
-        let tk = k.dim(2)?;
-        let group = self.heads / self.kv_heads;
-        // Query heads of one key/value head are stacked along the token axis, so grouped-query
-        // attention is one matmul per key/value head without copying keys.
-        let q = q.reshape((b, self.kv_heads, group * t, self.head_dim))?;
-        let out = profile::timed(Phase::Attention, || {
-            let scores = q.matmul(&k.t()?)?.reshape((b, self.heads, t, tk))?;
-            let probs =
-                softcapped_softmax(&scores, mask, self.scale, self.softcap)?.to_dtype(v.dtype())?;
-            probs.reshape((b, self.kv_heads, group * t, tk))?.matmul(&v)
+        let (k, v) = profile::timed(Phase::Copies, || {
+            let v = split_heads(&v, rows, self.kv_heads, None)?;
+            match past {
+                Some((pk, pv)) => Ok((Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?)),
+                None => Ok::<_, candle_core::Error>((k, v)),
+            }
         })?;
-        let out = profile::timed(Phase::Copies, || {
-            let out = out
-                .reshape((b, self.heads, t, self.head_dim))?
-                .transpose(1, 2)?
-                .reshape((b, t, self.heads * self.head_dim))?;
-            slots.pack(&out)
+        let out = profile::timed(Phase::Attention, || {
+            attention((&q, &k, &v), rows, mask, self.softcap)
         })?;
         Ok((self.o_proj.forward(&out)?, (k, v)))
     }

@@ -9,8 +9,8 @@ use crate::model::forward::head::YesNoHead;
 use crate::model::forward::kv_cache::KvCache;
 use crate::model::forward::linear::Linear;
 use crate::model::forward::norm::RmsNorm;
-use crate::model::forward::slots::Slots;
 use crate::model::kernels::geglu::geglu;
+use crate::model::kernels::rows::Rows;
 use crate::model::load::config::Gemma2Config;
 use crate::model::load::weights::WeightSource;
 use crate::model::profile::{self, Phase};
@@ -62,11 +62,11 @@ impl Block {
         })
     }
 
-    /// Runs the block on the real tokens `x` (`[tokens, hidden]`, packed by `slots`).
+    /// Runs the block on the real tokens `x` (`[tokens, hidden]`, packed by `rows`).
     fn forward(
         &self,
         x: &Tensor,
-        slots: &Slots,
+        rows: Rows<'_>,
         rope: (&Tensor, &Tensor),
         mask: &AttentionMask,
         past: Option<&(Tensor, Tensor)>,
@@ -78,12 +78,12 @@ impl Block {
         };
         let elementwise = |f: &dyn Fn() -> Result<Tensor>| profile::timed(Phase::Elementwise, f);
         let h = elementwise(&|| self.input_norm.forward(x))?;
-        let (h, kv) = self.attention.forward(&h, slots, rope, mask, past)?;
-        let x = elementwise(&|| x + self.post_attention_norm.forward(&h)?)?;
+        let (h, kv) = self.attention.forward(&h, rows, rope, mask, past)?;
+        let x = elementwise(&|| self.post_attention_norm.add_to(x, &h))?;
         let h = self
             .mlp
             .forward(&elementwise(&|| self.pre_ffn_norm.forward(&x))?)?;
-        let x = elementwise(&|| &x + self.post_ffn_norm.forward(&h)?)?;
+        let x = elementwise(&|| self.post_ffn_norm.add_to(&x, &h))?;
         Ok((x, kv))
     }
 }
@@ -159,9 +159,12 @@ impl Gemma2 {
             }
         }
         let lengths: Vec<usize> = tokens.iter().map(Vec::len).collect();
-        let slots = Slots::new(&lengths, &self.device)?;
-        let (_, width) = slots.dims();
-        let mut ids = Vec::with_capacity(slots.tokens());
+        let width = lengths.iter().copied().max().unwrap_or(0).max(1);
+        let rows = Rows {
+            lengths: &lengths,
+            width,
+        };
+        let mut ids = Vec::with_capacity(lengths.iter().sum());
         let mut query_pos = Vec::with_capacity(batch);
         let mut rope_pos = Vec::with_capacity(batch);
         for (b, row) in tokens.iter().enumerate() {
@@ -197,19 +200,19 @@ impl Gemma2 {
         )?;
         let (cos, sin) = self.rope.select(&rope_pos)?;
 
-        // The blocks run on the real tokens only (see `Slots`).
+        // The blocks run on the real tokens only (see `Rows`).
         let mut x = (self.embed.rows(&ids)? * (self.config.hidden_size as f64).sqrt())?;
         let mut layers = Vec::with_capacity(self.blocks.len());
         for (i, block) in self.blocks.iter().enumerate() {
             let layer_past = past.map(|p| p.layer(i)).transpose()?;
-            let (next, kv) = block.forward(&x, &slots, (&cos, &sin), &mask, layer_past.as_ref())?;
+            let (next, kv) = block.forward(&x, rows, (&cos, &sin), &mask, layer_past.as_ref())?;
             x = next;
             if keep_cache {
                 layers.push(kv);
             }
         }
         Ok(Step {
-            hidden: slots.unpack(&x)?,
+            hidden: rows.unpack(&x)?,
             cache: keep_cache.then_some(KvCache {
                 layers,
                 selected: None,

@@ -8,4 +8,3 @@ pub(crate) mod head;
 pub mod kv_cache;
 pub(crate) mod linear;
 pub(crate) mod norm;
-pub(crate) mod slots;

@@ -2,6 +2,7 @@
 
 use candle_core::{DType, Module, Result, Tensor};
 
+use crate::model::kernels::norm::{add_rms_norm, rms_norm};
 use crate::model::load::weights::WeightSource;
 
 /// An RMSNorm with its `1 + w` scale precomputed in f32.
@@ -22,16 +23,17 @@ impl RmsNorm {
 
     /// Normalizes in f32 and returns f32.
     pub fn forward_f32(&self, x: &Tensor) -> Result<Tensor> {
-        candle_nn::ops::rms_norm(
-            &x.to_dtype(DType::F32)?.contiguous()?,
-            &self.scale,
-            self.eps,
-        )
+        self.forward(&x.to_dtype(DType::F32)?)
+    }
+
+    /// `residual + self.forward(h)`, in one pass where it can.
+    pub fn add_to(&self, residual: &Tensor, h: &Tensor) -> Result<Tensor> {
+        add_rms_norm(residual, h, &self.scale, self.eps)
     }
 }
 
 impl Module for RmsNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.forward_f32(x)?.to_dtype(x.dtype())
+        rms_norm(x, &self.scale, self.eps)
     }
 }

@@ -1,14 +1,18 @@
 //! CPU kernels candle lacks or runs slowly: int8 GEMM tiles for quantized weights (AVX2,
 //! AVX-512 VNNI or AMX, chosen at run time), a bf16 GEMM tile for bf16 weights (AVX-512 BF16),
-//! and fused soft-capped softmax and GeGLU built on vectorizable `exp`/`tanh` approximations.
+//! and fused attention, RMS norms and GeGLU built on vectorizable `exp`/`tanh` approximations.
 
 pub(crate) mod approx;
+pub(crate) mod attention;
 pub mod bf16_gemm;
+pub(crate) mod float;
 pub(crate) mod geglu;
+pub(crate) mod heads;
 pub mod int8_gemm;
+pub(crate) mod norm;
 pub(crate) mod panels;
 pub mod peak;
-pub(crate) mod softmax;
+pub(crate) mod rows;
 
 /// How far `SHIELDGATE_KERNELS` caps the kernels this CPU would pick: `vnni` (no AMX), `avx2`
 /// (no AVX-512 kernel), `candle` (none of ours). Read at each load, so a test or bench can

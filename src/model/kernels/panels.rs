@@ -1,15 +1,13 @@
 //! The work plan both GEMM kernels share: the weights are packed in panels of `PANEL` output
 //! rows, a register tile holds `ROWS` tokens × a pair of panels, and the panel pairs are split
 //! into runs, one task each over all tokens, so that a pair's weights stay in cache while every
-//! row tile passes over them. The tasks' columns are then gathered into the output rows, on
-//! all threads.
+//! row tile passes over them. Each task writes its columns of the output rows directly.
 
+use std::marker::PhantomData;
 use std::ops::Range;
 
 use candle_core::{Layout, Result};
 use rayon::prelude::*;
-
-use crate::model::profile::{self, Phase};
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod registers;
@@ -40,6 +38,7 @@ impl Plan {
     /// Runs `tile(pair, row tile, steps, sums)`, which adds the tile's products over `steps`
     /// to `sums`, for every panel pair, run of steps and row tile, and returns the
     /// `rows × out_dim` results, each row written by `emit(results, destination)`.
+    #[allow(unsafe_code)]
     pub(crate) fn run<T: Copy + Default + Send>(
         &self,
         tile: impl Fn(usize, usize, Range<usize>, &mut Sums) + Sync,
@@ -48,16 +47,16 @@ impl Plan {
         let tiles = self.tiles();
         let chunk = self.chunk.max(1);
         let per_task = self.pairs.div_ceil(4 * rayon::current_num_threads()).max(1);
-        let columns: Vec<(usize, Vec<f32>)> = (0..self.pairs)
+        let out_dim = self.pairs * 2 * PANEL;
+        let mut y = vec![T::default(); self.rows * out_dim];
+        let shared = SharedOutput::new(&mut y);
+        (0..self.pairs)
             .step_by(per_task)
             .collect::<Vec<_>>()
             .into_par_iter()
-            .map(|first| {
-                let last = (first + per_task).min(self.pairs);
-                let width = (last - first) * 2 * PANEL;
-                let mut out = vec![0f32; tiles * ROWS * width];
+            .for_each(|first| {
                 let mut sums = vec![[[0f32; 2 * PANEL]; ROWS]; tiles];
-                for pair in first..last {
+                for pair in first..(first + per_task).min(self.pairs) {
                     sums.iter_mut().for_each(|s| *s = [[0f32; 2 * PANEL]; ROWS]);
                     for start in (0..self.steps).step_by(chunk) {
                         let range = start..(start + chunk).min(self.steps);
@@ -65,32 +64,48 @@ impl Plan {
                             tile(pair, t, range.clone(), sums);
                         }
                     }
-                    for (t, sums) in sums.iter().enumerate() {
-                        for (r, sum) in sums.iter().enumerate() {
-                            let at = (t * ROWS + r) * width + (pair - first) * 2 * PANEL;
-                            out[at..at + 2 * PANEL].copy_from_slice(sum);
-                        }
+                    let rows = sums.iter().flatten().take(self.rows);
+                    for (row, sum) in rows.enumerate() {
+                        let at = row * out_dim + pair * 2 * PANEL;
+                        // SAFETY: this task alone writes the columns of its panel pairs.
+                        emit(sum, unsafe { shared.segment(at, 2 * PANEL) });
                     }
                 }
-                (first * 2 * PANEL, out)
-            })
-            .collect();
-        let out_dim = self.pairs * 2 * PANEL;
-        profile::timed(Phase::Copies, || {
-            let mut y = vec![T::default(); self.rows * out_dim];
-            y.par_chunks_mut(out_dim.max(1))
-                .enumerate()
-                .for_each(|(row, dst)| {
-                    for (start, out) in &columns {
-                        let width = out.len() / (tiles * ROWS);
-                        emit(
-                            &out[row * width..][..width],
-                            &mut dst[*start..start + width],
-                        );
-                    }
-                });
-            y
-        })
+            });
+        y
+    }
+}
+
+/// The output matrix, written by every task at once, each task in the columns of its own
+/// panel pairs, so that results go straight to their rows without a gathering pass.
+struct SharedOutput<'a, T> {
+    start: *mut T,
+    len: usize,
+    _borrow: PhantomData<&'a mut [T]>,
+}
+
+// SAFETY: tasks write disjoint elements (see `segment`); `T: Send` lets them cross threads.
+#[allow(unsafe_code)]
+unsafe impl<T: Send> Sync for SharedOutput<'_, T> {}
+
+impl<'a, T> SharedOutput<'a, T> {
+    fn new(out: &'a mut [T]) -> Self {
+        Self {
+            start: out.as_mut_ptr(),
+            len: out.len(),
+            _borrow: PhantomData,
+        }
+    }
+
+    /// Elements `at..at + len`.
+    ///
+    /// # Safety
+    /// No other live slice from this output may overlap them.
+    #[allow(unsafe_code, clippy::mut_from_ref)]
+    unsafe fn segment(&self, at: usize, len: usize) -> &mut [T] {
+        assert!(at + len <= self.len, "segment out of the output");
+        // SAFETY: in bounds (asserted); exclusive by the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.start.add(at), len) }
     }
 }
 
@@ -129,6 +144,14 @@ pub(crate) fn test_values(n: usize, seed: u64) -> Vec<f32> {
             }
         })
         .collect()
+}
+
+/// [`test_values`] as a CPU tensor of `shape`.
+#[cfg(test)]
+pub(crate) fn test_tensor(shape: impl Into<candle_core::Shape>, seed: u64) -> candle_core::Tensor {
+    let shape = shape.into();
+    let values = test_values(shape.elem_count(), seed);
+    candle_core::Tensor::from_vec(values, shape, &candle_core::Device::Cpu).expect("test tensor")
 }
 
 #[cfg(test)]
