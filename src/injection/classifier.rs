@@ -13,6 +13,7 @@ use tokenizers::Tokenizer;
 use super::config::{attack_label, labels, parse};
 use super::windows::windows;
 use super::InjectionError;
+use crate::model::load::safetensors_files;
 use crate::model::ModelError;
 
 /// Tokens (windows × padded length) run in one forward pass at most.
@@ -53,10 +54,11 @@ impl PromptGuard {
             }
             .into());
         }
-        let vb = mmap(&weights, device).map_err(|e| ModelError::Weights {
-            origin: weights.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        let vb = safetensors_files::var_builder(std::slice::from_ref(&weights), DType::F32, device)
+            .map_err(|reason| ModelError::Weights {
+                origin: weights.display().to_string(),
+                reason,
+            })?;
         Self::new(&config, vb, tokenizer, &weights.display().to_string())
     }
 
@@ -212,13 +214,6 @@ fn special_tokens_only() -> Result<Tokenizer, InjectionError> {
     let mut tokenizer = Tokenizer::new(model);
     tokenizer.with_pre_tokenizer(Some(Whitespace {}));
     Ok(tokenizer)
-}
-
-#[allow(unsafe_code)]
-fn mmap(weights: &Path, device: &Device) -> candle_core::Result<VarBuilder<'static>> {
-    // SAFETY: the file is memory-mapped read-only; like every mmap-based loader we rely on
-    // nobody truncating it while the model is loaded.
-    unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, device) }
 }
 
 /// A text's verdict: the logit of the attack label and the log-sum-exp of the others in its

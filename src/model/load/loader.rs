@@ -7,6 +7,7 @@ use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
 use crate::model::load::quantize::{quantize, GgufType};
+use crate::model::load::safetensors_files;
 use crate::model::load::synthetic;
 use crate::model::load::weights::WeightSource;
 use crate::model::{Gemma2, Gemma2Config, GemmaTokenizer, ModelError};
@@ -343,23 +344,20 @@ fn open_hf(files: HfFiles, opts: &LoadOptions, name: String) -> Result<Weights, 
     let config = Gemma2Config::from_hf_json(&text, &files.config.display().to_string())?;
     Ok(Weights {
         config,
-        source: WeightSource::from_var_builder(mmap_safetensors(&files.weights, opts)?),
+        source: WeightSource::from_var_builder(read_safetensors(&files.weights, opts)?),
         tokenizer: opts.tokenizer.clone().unwrap_or(files.tokenizer),
         name,
     })
 }
 
-#[allow(unsafe_code)]
-fn mmap_safetensors(
+fn read_safetensors(
     paths: &[PathBuf],
     opts: &LoadOptions,
 ) -> Result<VarBuilder<'static>, ModelError> {
-    // SAFETY: the files are memory-mapped read-only; like every mmap-based loader we rely on
-    // nobody truncating them while the model is loaded.
-    unsafe { VarBuilder::from_mmaped_safetensors(paths, opts.dtype, &opts.device) }.map_err(|e| {
+    safetensors_files::var_builder(paths, opts.dtype, &opts.device).map_err(|reason| {
         ModelError::Weights {
             origin: describe(paths),
-            reason: format!("cannot read safetensors: {e}"),
+            reason: format!("cannot read safetensors: {reason}"),
         }
     })
 }

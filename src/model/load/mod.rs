@@ -11,6 +11,7 @@ pub(crate) mod hub;
 pub mod loader;
 pub(crate) mod malloc;
 pub mod quantize;
+pub(crate) mod safetensors_files;
 pub mod synthetic;
 pub mod tokenizer;
 pub mod weights;
