@@ -2,14 +2,13 @@
 //! key/value head it computes the scores over the keys that block may see, the soft-capped
 //! (`softcap · tanh(s · scale / softcap)`), masked softmax and the weighted values, and writes
 //! them straight into the packed token rows the output projection reads (padding queries are
-//! skipped). Only one block's
-//! scores (its queries × its visible keys, f32) exist at a time, keys no query of the block may
-//! see (a causal prefill's future, a sliding window's past, padding at the ends) are never
-//! multiplied, and the products run in f32 through `gemm` whatever the model's dtype (bf16 and
-//! f16 keys and values are widened once per layer). candle's ops, which other devices take,
-//! materialise every head's whole score matrix, take seven passes over it with libm's `tanh`
-//! and `exp` one value at a time, copy the output between layouts twice and, in bf16, round
-//! scores and probabilities to bf16.
+//! skipped). Only one block's scores (its queries × its visible keys, f32) exist at a time,
+//! keys no query of the block may see (a causal prefill's future, a sliding window's past,
+//! padding at the ends) are never multiplied, and the products run in f32 through `gemm`
+//! whatever the model's dtype (bf16 and f16 keys and values are widened once per layer).
+//! candle's ops, which other devices take, materialise every head's whole score matrix, take
+//! seven passes over it with libm's `tanh` and `exp` one value at a time, copy the output
+//! between layouts twice and, in bf16, round scores and probabilities to bf16.
 
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
