@@ -16,10 +16,10 @@ pub enum Phase {
     Quantize,
     /// Attention scores, the soft-capped softmax and the weighted values.
     Attention,
-    /// RMS norms, RoPE, GeGLU and residual additions.
+    /// RMS norms with their residual additions, the query and key head splits with RoPE, GeGLU.
     Elementwise,
-    /// Moving data between layouts: head splits and merges, key/value concatenation,
-    /// packing rows, gathering a kernel's output columns.
+    /// Moving data between layouts: the value head split, key/value concatenation, repacking
+    /// activations for a kernel.
     Copies,
 }
 
