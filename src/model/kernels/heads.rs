@@ -38,10 +38,12 @@ pub fn split_heads(
         }
     };
     let rotate = rope.is_some();
-    if rotate && cos.dims() != [batch, rows.width, head_dim / 2] {
+    let tables = [batch, rows.width, head_dim / 2];
+    if rotate && (cos.dims() != tables || sin.dims() != tables) {
         candle_core::bail!(
-            "RoPE tables {:?} for {batch} rows of {}",
+            "RoPE tables {:?} and {:?} for {batch} rows of {} and heads of {head_dim}",
             cos.shape(),
+            sin.shape(),
             rows.width
         )
     }
@@ -210,12 +212,20 @@ mod tests {
     }
 
     #[test]
-    fn lengths_that_do_not_add_up_are_an_error() {
+    fn lengths_that_do_not_add_up_and_rope_tables_of_another_shape_are_errors() {
         let lengths = [2, 2];
         let rows = Rows {
             lengths: &lengths,
             width: 2,
         };
         assert!(split_heads(&test_tensor((3, 8), 1), rows, 2, None).is_err());
+        // RoPE tables of another shape (here `sin` one position short) are refused, not read.
+        let x = test_tensor((4, 8), 1);
+        let cos = test_tensor((2 * 2, 2), 2).reshape((2, 2, 2)).expect("cos");
+        let sin = test_tensor((2 * 2 - 1, 2), 3)
+            .reshape((1, 3, 2))
+            .expect("sin");
+        let err = split_heads(&x, rows, 2, Some((&cos, &sin))).expect_err("tables");
+        assert!(err.to_string().contains("RoPE tables"), "{err}");
     }
 }

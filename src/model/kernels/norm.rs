@@ -58,20 +58,7 @@ impl CustomOp1 for Norm<'_> {
 
     fn cpu_fwd(&self, x: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         fn run<T: Float>(x: &[T], layout: &Layout, scale: &[f32], eps: f32) -> Result<Vec<T>> {
-            let x = contiguous(x, layout)?;
-            let width = scale.len();
-            let mut out = vec![T::zero(); x.len()];
-            out.par_chunks_mut(ROWS * width)
-                .zip(x.par_chunks(ROWS * width))
-                .for_each(|(out, x)| {
-                    for (out, x) in out.chunks_exact_mut(width).zip(x.chunks_exact(width)) {
-                        let inverse = inverse_rms(x, eps);
-                        for ((o, &v), &s) in out.iter_mut().zip(x).zip(scale) {
-                            *o = T::narrow(v.widen() * inverse * s);
-                        }
-                    }
-                });
-            Ok(out)
+            Ok(normalized(contiguous(x, layout)?, None, scale, eps))
         }
         let out = with_host_f32(self.scale, |scale| {
             Ok(match x {
@@ -108,31 +95,13 @@ impl CustomOp2 for AddNorm<'_> {
             scale: &[f32],
             eps: f32,
         ) -> Result<Vec<T>> {
-            let (residual, h) = (
-                contiguous(residual, residual_layout)?,
+            let residual = contiguous(residual, residual_layout)?;
+            Ok(normalized(
                 contiguous(h, h_layout)?,
-            );
-            let width = scale.len();
-            let mut out = vec![T::zero(); h.len()];
-            out.par_chunks_mut(ROWS * width)
-                .zip(
-                    residual
-                        .par_chunks(ROWS * width)
-                        .zip(h.par_chunks(ROWS * width)),
-                )
-                .for_each(|(out, (residual, h))| {
-                    let rows = out
-                        .chunks_exact_mut(width)
-                        .zip(residual.chunks_exact(width).zip(h.chunks_exact(width)));
-                    for (out, (residual, h)) in rows {
-                        let inverse = inverse_rms(h, eps);
-                        for (((o, &r), &v), &s) in out.iter_mut().zip(residual).zip(h).zip(scale) {
-                            let normed = T::narrow(v.widen() * inverse * s);
-                            *o = T::narrow(r.widen() + normed.widen());
-                        }
-                    }
-                });
-            Ok(out)
+                Some(residual),
+                scale,
+                eps,
+            ))
         }
         let (r, l) = (residual, residual_layout);
         let out = with_host_f32(self.scale, |scale| {
@@ -151,6 +120,32 @@ impl CustomOp2 for AddNorm<'_> {
         })?;
         Ok((out, h_layout.shape().clone()))
     }
+}
+
+/// Each row of `h` (`scale.len()` wide) normalized and scaled, rounded to `T`, then added to
+/// the same row of `residual` and rounded again when there is one; rows spread over the threads.
+fn normalized<T: Float>(h: &[T], residual: Option<&[T]>, scale: &[f32], eps: f32) -> Vec<T> {
+    let width = scale.len();
+    let mut out = vec![T::zero(); h.len()];
+    out.par_chunks_mut(ROWS * width)
+        .zip(h.par_chunks(ROWS * width))
+        .enumerate()
+        .for_each(|(task, (out, h))| {
+            let residual = residual.map(|r| &r[task * ROWS * width..][..h.len()]);
+            let rows = out.chunks_exact_mut(width).zip(h.chunks_exact(width));
+            for (row, (out, h)) in rows.enumerate() {
+                let inverse = inverse_rms(h, eps);
+                for ((o, &v), &s) in out.iter_mut().zip(h).zip(scale) {
+                    *o = T::narrow(v.widen() * inverse * s);
+                }
+                if let Some(residual) = residual {
+                    for (o, &r) in out.iter_mut().zip(&residual[row * width..]) {
+                        *o = T::narrow(r.widen() + o.widen());
+                    }
+                }
+            }
+        });
+    out
 }
 
 /// `1 / √(mean(x²) + eps)`, the squares summed in sixteen lanes so the loop vectorizes.

@@ -26,9 +26,14 @@ impl Rows<'_> {
             .collect()
     }
 
+    /// Whether every row fills the width (packed and padded layouts then coincide).
+    fn unpadded(&self) -> bool {
+        self.lengths.iter().all(|&n| n == self.width)
+    }
+
     /// The real tokens of a padded `[batch, width, d]` tensor, packed to `[tokens, d]`.
     pub fn pack(&self, padded: &Tensor) -> Result<Tensor> {
-        if self.lengths.iter().all(|&n| n == self.width) {
+        if self.unpadded() {
             return padded.flatten_to(1);
         }
         let rows = self
@@ -43,7 +48,7 @@ impl Rows<'_> {
     /// `[tokens, d]` → `[batch, width, d]`, zeros in the padding slots.
     pub fn unpack(&self, packed: &Tensor) -> Result<Tensor> {
         let d = packed.dim(1)?;
-        if self.lengths.iter().all(|&n| n == self.width) {
+        if self.unpadded() {
             return packed.reshape((self.lengths.len(), self.width, d));
         }
         let mut rows = Vec::with_capacity(self.lengths.len());
