@@ -15,7 +15,8 @@
 //! Environment: SHIELDGATE_BENCH_ROWS (tokens per call, 462: a short check's prefill),
 //! SHIELDGATE_BENCH_TYPES (q8_0,q4_k,q4_0,q6_k,bf16; empty for none), SHIELDGATE_BENCH_ITERS (5),
 //! SHIELDGATE_BENCH_CHECK (the check's weights: q8_0, any precision of the engine bench, or
-//! none).
+//! none). `SHIELDGATE_KERNELS=avx2 MISTRALRS_FORCE_AVX2=1` (the second is candle's) times the
+//! layers and the check as an AVX2-only CPU would run them.
 
 mod common;
 
@@ -75,15 +76,18 @@ const KERNELS: [(&str, &str); 4] = [
     ("", "amx"),
 ];
 
-/// Runs `f` with `SHIELDGATE_KERNELS` set to `kernels` (unset when empty).
+/// Runs `f` with `SHIELDGATE_KERNELS` set to `kernels` (the caller's own value when empty, so
+/// that `SHIELDGATE_KERNELS=avx2 cargo bench` times the check as an AVX2-only CPU would run it).
 fn with_kernels<T>(kernels: &str, f: impl FnOnce() -> T) -> T {
-    if kernels.is_empty() {
-        std::env::remove_var("SHIELDGATE_KERNELS");
-    } else {
+    let own = std::env::var_os("SHIELDGATE_KERNELS");
+    if !kernels.is_empty() {
         std::env::set_var("SHIELDGATE_KERNELS", kernels);
     }
     let result = f();
-    std::env::remove_var("SHIELDGATE_KERNELS");
+    match own {
+        Some(value) => std::env::set_var("SHIELDGATE_KERNELS", value),
+        None => std::env::remove_var("SHIELDGATE_KERNELS"),
+    }
     result
 }
 
@@ -127,10 +131,15 @@ fn time(layer: &impl Module, x: &Tensor, iters: usize) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
-/// The ceiling a kernel runs against: the instructions of its inner loop.
-fn ceiling_of(kernel: &str) -> Option<Micro> {
+/// The ceiling a kernel runs against on weights of `ggml_type` (q8_0, q6_k, q4_k, q4_0 or a
+/// check's precision): the instructions of its inner loop. The AVX2 tile multiplies 8-bit
+/// weights (Q8_0, and Q6_K requantized to it) with the sign trick, 4-bit ones without.
+fn ceiling_of(kernel: &str, ggml_type: &str) -> Option<Micro> {
     match kernel {
         "vnni" => Some(Micro::Vnni),
+        "avx2" if ggml_type.starts_with("q8") || ggml_type.starts_with("q6") => {
+            Some(Micro::Avx2SignedInt8)
+        }
         "avx2" => Some(Micro::Avx2Int8),
         // The AMX path's bf16 tiles have no microkernel here.
         _ => None,
@@ -208,11 +217,16 @@ fn check_breakdown(precision: &str, ceilings: &[(Micro, f64)], iters: usize) {
         100.0 * other / total
     );
     // The floor: the check's weight GEMM work at the ceiling of the instructions its weights
-    // run on (bf16 tile, f32 FMA, or the int8 tiles).
-    let wanted: &[Micro] = match precision {
-        "bf16" => &[Micro::Bf16, Micro::Fma512, Micro::Fma256],
-        "f32" | "f16" => &[Micro::Fma512, Micro::Fma256],
-        _ => &[Micro::Vnni, Micro::Avx2Int8],
+    // run on (bf16 tile, f32 FMA, or the int8 tile the CPU and `SHIELDGATE_KERNELS` choose)
+    // (the AMX path, which has no microkernel, against the VNNI tile's).
+    let int8 = match shieldgate::model::quantized_kernel() {
+        "amx" => Some(Micro::Vnni),
+        kernel => ceiling_of(kernel, precision),
+    };
+    let wanted: Vec<Micro> = match precision {
+        "bf16" => vec![Micro::Bf16, Micro::Fma512, Micro::Fma256],
+        "f32" | "f16" => vec![Micro::Fma512, Micro::Fma256],
+        _ => int8.into_iter().collect(),
     };
     let ceiling = wanted
         .iter()
@@ -244,9 +258,6 @@ fn main() {
         cpu_name()
     );
     let ceilings = ceilings(threads);
-    let ceiling = ceiling_of(default)
-        .and_then(|m| ceilings.iter().find(|(c, _)| *c == m))
-        .map(|&(_, rate)| rate);
     println!(
         "quantized matmul, {rows} tokens per call (1 for the last row), best of {iters}; default kernel {default}\n",
     );
@@ -259,6 +270,9 @@ fn main() {
         .collect();
     for &name in types.iter().filter(|&&t| t != "bf16") {
         let dtype = ggml_type(name);
+        let ceiling = ceiling_of(default, name)
+            .and_then(|m| ceilings.iter().find(|(c, _)| *c == m))
+            .map(|&(_, rate)| rate);
         for (label, out_dim, in_dim) in SHAPES {
             let tokens = tokens_of(label, rows);
             let (w, x) = operands(out_dim, in_dim, tokens);

@@ -11,9 +11,12 @@ use std::time::{Duration, Instant};
 pub enum Micro {
     /// `vpdpbusd` on 512 bits (the VNNI tile): 64 u8 × s8 products into i32 per instruction.
     Vnni,
-    /// `vpmaddubsw`, `vpmaddwd`, `vpaddd` on 256 bits (the AVX2 tile's Q8_0 sequence): 32
-    /// products per three instructions.
+    /// `vpmaddubsw`, `vpmaddwd`, `vpaddd` on 256 bits: 32 products of unsigned by signed bytes
+    /// per three instructions (the AVX2 tile's 4-bit types take no more per product).
     Avx2Int8,
+    /// The same with `vpsignb` first (the AVX2 tile's Q8_0 sequence: signed by signed bytes
+    /// as `|w|` times `x` with `w`'s sign): 32 products per four instructions.
+    Avx2SignedInt8,
     /// `vdpbf16ps` on 512 bits: 32 bf16 pairs into f32 per instruction.
     Bf16,
     /// `vfmadd` on 512 bits: 16 f32 multiply-adds.
@@ -24,12 +27,16 @@ pub enum Micro {
 
 /// Independent accumulators: enough to cover the latency of any of the instructions.
 const ACC: usize = 12;
+/// Accumulators of the AVX2 sequences: with one operand each and the two constants they fill
+/// 14 of AVX2's 16 registers (12 would spill to the stack and measure the spills).
+const ACC_AVX2: usize = 6;
 
 impl Micro {
     /// Every sequence, fastest first within each kind.
-    pub const ALL: [Micro; 5] = [
+    pub const ALL: [Micro; 6] = [
         Micro::Vnni,
         Micro::Avx2Int8,
+        Micro::Avx2SignedInt8,
         Micro::Bf16,
         Micro::Fma512,
         Micro::Fma256,
@@ -40,6 +47,7 @@ impl Micro {
         match self {
             Micro::Vnni => "int8 AVX-512 VNNI (vpdpbusd)",
             Micro::Avx2Int8 => "int8 AVX2 (vpmaddubsw + vpmaddwd)",
+            Micro::Avx2SignedInt8 => "int8 AVX2 signed (vpsignb + vpmaddubsw + vpmaddwd)",
             Micro::Bf16 => "bf16 AVX-512 (vdpbf16ps)",
             Micro::Fma512 => "f32 AVX-512 FMA",
             Micro::Fma256 => "f32 AVX2 FMA",
@@ -61,7 +69,7 @@ impl Micro {
             };
             match self {
                 Micro::Vnni => f("avx512f") && f("avx512bw") && f("avx512vnni"),
-                Micro::Avx2Int8 => f("avx2"),
+                Micro::Avx2Int8 | Micro::Avx2SignedInt8 => f("avx2"),
                 Micro::Bf16 => f("avx512f") && f("avx512bf16"),
                 Micro::Fma512 => f("avx512f"),
                 Micro::Fma256 => f("avx2") && f("fma"),
@@ -78,12 +86,20 @@ impl Micro {
     fn ops_per_iteration(self) -> f64 {
         let per_instruction = match self {
             Micro::Vnni => 128.0,
-            Micro::Avx2Int8 => 64.0,
+            Micro::Avx2Int8 | Micro::Avx2SignedInt8 => 64.0,
             Micro::Bf16 => 64.0,
             Micro::Fma512 => 32.0,
             Micro::Fma256 => 16.0,
         };
-        per_instruction * ACC as f64
+        per_instruction * self.accumulators() as f64
+    }
+
+    /// Independent sums the kernel keeps.
+    fn accumulators(self) -> usize {
+        match self {
+            Micro::Avx2Int8 | Micro::Avx2SignedInt8 => ACC_AVX2,
+            _ => ACC,
+        }
     }
 
     /// Runs `iterations` loop iterations and returns the sum of every accumulator lane (all
@@ -101,7 +117,8 @@ impl Micro {
             Some(unsafe {
                 match self {
                     Micro::Vnni => x86::vnni(n),
-                    Micro::Avx2Int8 => x86::avx2_int8(n),
+                    Micro::Avx2Int8 => x86::avx2_int8::<false>(n),
+                    Micro::Avx2SignedInt8 => x86::avx2_int8::<true>(n),
                     Micro::Bf16 => x86::bf16(n),
                     Micro::Fma512 => x86::fma512(n),
                     Micro::Fma256 => x86::fma256(n),
@@ -118,12 +135,12 @@ impl Micro {
     /// What [`Micro::run`] returns after `iterations`.
     pub fn expected(self, iterations: u64) -> f64 {
         let n = iterations as f64;
-        let acc = ACC as f64;
+        let acc = self.accumulators() as f64;
         match self {
             // 16 i32 lanes, each adding 4 products of 1 × 1 per instruction.
             Micro::Vnni => acc * 16.0 * 4.0 * n,
             // 8 i32 lanes, each adding 4 products per sequence.
-            Micro::Avx2Int8 => acc * 8.0 * 4.0 * n,
+            Micro::Avx2Int8 | Micro::Avx2SignedInt8 => acc * 8.0 * 4.0 * n,
             // 16 f32 lanes, each adding 2 products of 1 × 2⁻¹⁰.
             Micro::Bf16 => acc * 16.0 * 2.0 * n / 1024.0,
             Micro::Fma512 => acc * 16.0 * n / 1024.0,
@@ -157,14 +174,14 @@ mod x86 {
     use std::arch::x86_64::{
         __m256, __m256i, __m512, __m512bh, __m512i, _mm256_add_epi32, _mm256_fmadd_ps,
         _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_set1_epi16, _mm256_set1_epi8,
-        _mm256_set1_ps, _mm256_setzero_ps, _mm256_setzero_si256, _mm256_storeu_ps,
-        _mm256_storeu_si256, _mm512_cvtne2ps_pbh, _mm512_dpbf16_ps, _mm512_dpbusd_epi32,
-        _mm512_fmadd_ps, _mm512_reduce_add_ps, _mm512_set1_epi8, _mm512_set1_ps, _mm512_setzero_ps,
-        _mm512_setzero_si512, _mm512_storeu_si512,
+        _mm256_set1_ps, _mm256_setzero_ps, _mm256_setzero_si256, _mm256_sign_epi8,
+        _mm256_storeu_ps, _mm256_storeu_si256, _mm512_cvtne2ps_pbh, _mm512_dpbf16_ps,
+        _mm512_dpbusd_epi32, _mm512_fmadd_ps, _mm512_reduce_add_ps, _mm512_set1_epi8,
+        _mm512_set1_ps, _mm512_setzero_ps, _mm512_setzero_si512, _mm512_storeu_si512,
     };
     use std::hint::black_box;
 
-    use super::ACC;
+    use super::{ACC, ACC_AVX2};
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub(super) unsafe fn vnni(n: u64) -> f64 {
@@ -188,19 +205,20 @@ mod x86 {
         total
     }
 
+    /// `SIGNED`: each operand through `vpsignb` first (by ones: the values stay ones).
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn avx2_int8(n: u64) -> f64 {
+    pub(super) unsafe fn avx2_int8<const SIGNED: bool>(n: u64) -> f64 {
         let (b, ones) = (
             black_box(_mm256_set1_epi8(1)),
             black_box(_mm256_set1_epi16(1)),
         );
-        let mut a: [__m256i; ACC] = [black_box(_mm256_set1_epi8(1)); ACC];
-        let mut acc: [__m256i; ACC] = [_mm256_setzero_si256(); ACC];
+        let mut a: [__m256i; ACC_AVX2] = [black_box(_mm256_set1_epi8(1)); ACC_AVX2];
+        let mut acc: [__m256i; ACC_AVX2] = [_mm256_setzero_si256(); ACC_AVX2];
         for _ in 0..n {
             for (x, a) in acc.iter_mut().zip(a.iter_mut()) {
                 // Each sum gets its own operand, which the compiler must take as changed on
                 // every pass (an empty asm block that claims to write it): otherwise it
-                // multiplies once and adds that one product to all twelve sums.
+                // multiplies once and adds that one product to every sum.
                 // SAFETY: the block is empty: it touches no memory, stack or flags.
                 unsafe {
                     asm!(
@@ -209,7 +227,8 @@ mod x86 {
                         options(nomem, nostack, preserves_flags)
                     )
                 };
-                *x = _mm256_add_epi32(*x, _mm256_madd_epi16(_mm256_maddubs_epi16(*a, b), ones));
+                let signed = if SIGNED { _mm256_sign_epi8(*a, b) } else { *a };
+                *x = _mm256_add_epi32(*x, _mm256_madd_epi16(_mm256_maddubs_epi16(b, signed), ones));
             }
         }
         let mut total = 0f64;
