@@ -173,19 +173,23 @@ impl Engine {
             // Scoring needs no cache after the last chunk: dropping each layer's keys and values
             // as it finishes keeps a long batch's peak memory down.
             let keep_cache = !want_logits || start + chunk < longest;
-            let step = self.model.forward(&pieces, past.as_ref(), keep_cache)?;
-            if want_logits {
-                let ending: Vec<(usize, usize)> = rows
-                    .iter()
+            // The rows that end in this chunk, at their last token.
+            let ending: Vec<(usize, usize)> = if want_logits {
+                rows.iter()
                     .enumerate()
                     .filter(|(_, r)| r.len() > start && r.len() <= start + chunk)
                     .map(|(b, r)| (b, r.len() - 1 - start))
-                    .collect();
-                if !ending.is_empty() {
-                    let values = self.model.yes_no_logits(&step.hidden, &ending)?;
-                    for ((b, _), pair) in ending.iter().zip(rows_of(&values)?) {
-                        logits[*b] = pair;
-                    }
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let step = self
+                .model
+                .forward(&pieces, past.as_ref(), keep_cache, &ending)?;
+            if let Some(hidden) = &step.hidden {
+                let values = self.model.yes_no_logits(hidden)?;
+                for ((b, _), pair) in ending.iter().zip(rows_of(&values)?) {
+                    logits[*b] = pair;
                 }
             }
             past = step.cache;

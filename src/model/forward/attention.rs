@@ -106,28 +106,52 @@ impl Attention {
         mask: &Tensor,
         past: Option<&(Tensor, Tensor)>,
     ) -> Result<(Tensor, (Tensor, Tensor))> {
-        let (q, k, v) = (
-            self.q_proj.forward(x)?,
-            self.k_proj.forward(x)?,
-            self.v_proj.forward(x)?,
-        );
-        let (q, k) = profile::timed(Phase::Elementwise, || {
-            Ok::<_, candle_core::Error>((
-                split_heads(&q, rows, self.heads, Some(rope))?,
-                split_heads(&k, rows, self.kv_heads, Some(rope))?,
-            ))
+        let kv = self.keys_values(x, rows, rope, past)?;
+        let out = self.attend(x, rows, rope, (&kv.0, &kv.1), mask)?;
+        Ok((out, kv))
+    }
+
+    /// The keys (with RoPE) and values of the real tokens `x` (packed by `rows`), after the
+    /// cached ones: `[batch, kv_heads, keys, head_dim]`, zeros in padding slots.
+    pub fn keys_values(
+        &self,
+        x: &Tensor,
+        rows: Rows<'_>,
+        rope: (&Tensor, &Tensor),
+        past: Option<&(Tensor, Tensor)>,
+    ) -> Result<(Tensor, Tensor)> {
+        let (k, v) = (self.k_proj.forward(x)?, self.v_proj.forward(x)?);
+        let k = profile::timed(Phase::Elementwise, || {
+            split_heads(&k, rows, self.kv_heads, Some(rope))
         })?;
-        let (k, v) = profile::timed(Phase::Copies, || {
+        profile::timed(Phase::Copies, || {
             let v = split_heads(&v, rows, self.kv_heads, None)?;
             match past {
                 Some((pk, pv)) => Ok((Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?)),
                 None => Ok::<_, candle_core::Error>((k, v)),
             }
+        })
+    }
+
+    /// The attention output of the query tokens `x` (packed by `rows`, at the positions of
+    /// `rope`) over `keys_values` of the same batch rows under `mask`, projected: `[tokens,
+    /// hidden]`, packed.
+    pub fn attend(
+        &self,
+        x: &Tensor,
+        rows: Rows<'_>,
+        rope: (&Tensor, &Tensor),
+        (k, v): (&Tensor, &Tensor),
+        mask: &Tensor,
+    ) -> Result<Tensor> {
+        let q = self.q_proj.forward(x)?;
+        let q = profile::timed(Phase::Elementwise, || {
+            split_heads(&q, rows, self.heads, Some(rope))
         })?;
         let out = profile::timed(Phase::Attention, || {
-            attention((&q, &k, &v), rows, mask, self.softcap)
+            attention((&q, k, v), rows, mask, self.softcap)
         })?;
-        Ok((self.o_proj.forward(&out)?, (k, v)))
+        self.o_proj.forward(&out)
     }
 }
 
