@@ -133,14 +133,15 @@ fn time(layer: &impl Module, x: &Tensor, iters: usize) -> f64 {
 
 /// The ceiling a kernel runs against on weights of `ggml_type` (q8_0, q6_k, q4_k, q4_0 or a
 /// check's precision): the instructions of its inner loop. The AVX2 tile multiplies 8-bit
-/// weights (Q8_0, and Q6_K requantized to it) with the sign trick, 4-bit ones without.
+/// weights (Q8_0, and Q6_K requantized to it) with the sign trick, 4-bit ones in 16-bit sums
+/// (a Q4_K_M check's Q6_K matrices aside).
 fn ceiling_of(kernel: &str, ggml_type: &str) -> Option<Micro> {
     match kernel {
         "vnni" => Some(Micro::Vnni),
         "avx2" if ggml_type.starts_with("q8") || ggml_type.starts_with("q6") => {
             Some(Micro::Avx2SignedInt8)
         }
-        "avx2" => Some(Micro::Avx2Int8),
+        "avx2" => Some(Micro::Avx2Nibble),
         // The AMX path's bf16 tiles have no microkernel here.
         _ => None,
     }

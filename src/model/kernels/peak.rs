@@ -17,6 +17,10 @@ pub enum Micro {
     /// The same with `vpsignb` first (the AVX2 tile's Q8_0 sequence: signed by signed bytes
     /// as `|w|` times `x` with `w`'s sign): 32 products per four instructions.
     Avx2SignedInt8,
+    /// `vpmaddubsw` and `vpaddw` eight times into 16-bit sums, then one `vpmaddwd` and `vpaddd`
+    /// (the AVX2 tile's 4-bit sequence: a block's pair sums stay below 32768): 256 products per
+    /// eighteen instructions.
+    Avx2Nibble,
     /// `vdpbf16ps` on 512 bits: 32 bf16 pairs into f32 per instruction.
     Bf16,
     /// `vfmadd` on 512 bits: 16 f32 multiply-adds.
@@ -30,13 +34,16 @@ const ACC: usize = 12;
 /// Accumulators of the AVX2 sequences: with one operand each and the two constants they fill
 /// 14 of AVX2's 16 registers (12 would spill to the stack and measure the spills).
 const ACC_AVX2: usize = 6;
+/// Accumulators of the 4-bit AVX2 sequence, which also keeps a 16-bit sum beside each.
+const ACC_NIBBLE: usize = 4;
 
 impl Micro {
     /// Every sequence, fastest first within each kind.
-    pub const ALL: [Micro; 6] = [
+    pub const ALL: [Micro; 7] = [
         Micro::Vnni,
         Micro::Avx2Int8,
         Micro::Avx2SignedInt8,
+        Micro::Avx2Nibble,
         Micro::Bf16,
         Micro::Fma512,
         Micro::Fma256,
@@ -48,6 +55,7 @@ impl Micro {
             Micro::Vnni => "int8 AVX-512 VNNI (vpdpbusd)",
             Micro::Avx2Int8 => "int8 AVX2 (vpmaddubsw + vpmaddwd)",
             Micro::Avx2SignedInt8 => "int8 AVX2 signed (vpsignb + vpmaddubsw + vpmaddwd)",
+            Micro::Avx2Nibble => "int8 AVX2 4-bit (vpmaddubsw, 16-bit sums)",
             Micro::Bf16 => "bf16 AVX-512 (vdpbf16ps)",
             Micro::Fma512 => "f32 AVX-512 FMA",
             Micro::Fma256 => "f32 AVX2 FMA",
@@ -69,7 +77,7 @@ impl Micro {
             };
             match self {
                 Micro::Vnni => f("avx512f") && f("avx512bw") && f("avx512vnni"),
-                Micro::Avx2Int8 | Micro::Avx2SignedInt8 => f("avx2"),
+                Micro::Avx2Int8 | Micro::Avx2SignedInt8 | Micro::Avx2Nibble => f("avx2"),
                 Micro::Bf16 => f("avx512f") && f("avx512bf16"),
                 Micro::Fma512 => f("avx512f"),
                 Micro::Fma256 => f("avx2") && f("fma"),
@@ -84,9 +92,11 @@ impl Micro {
 
     /// Operations per loop iteration (a multiply-add counts two).
     fn ops_per_iteration(self) -> f64 {
+        // Per instruction, or per sequence where the sequence has a fixed length.
         let per_instruction = match self {
             Micro::Vnni => 128.0,
             Micro::Avx2Int8 | Micro::Avx2SignedInt8 => 64.0,
+            Micro::Avx2Nibble => 512.0,
             Micro::Bf16 => 64.0,
             Micro::Fma512 => 32.0,
             Micro::Fma256 => 16.0,
@@ -98,6 +108,7 @@ impl Micro {
     fn accumulators(self) -> usize {
         match self {
             Micro::Avx2Int8 | Micro::Avx2SignedInt8 => ACC_AVX2,
+            Micro::Avx2Nibble => ACC_NIBBLE,
             _ => ACC,
         }
     }
@@ -119,6 +130,7 @@ impl Micro {
                     Micro::Vnni => x86::vnni(n),
                     Micro::Avx2Int8 => x86::avx2_int8::<false>(n),
                     Micro::Avx2SignedInt8 => x86::avx2_int8::<true>(n),
+                    Micro::Avx2Nibble => x86::avx2_nibble(n),
                     Micro::Bf16 => x86::bf16(n),
                     Micro::Fma512 => x86::fma512(n),
                     Micro::Fma256 => x86::fma256(n),
@@ -141,6 +153,8 @@ impl Micro {
             Micro::Vnni => acc * 16.0 * 4.0 * n,
             // 8 i32 lanes, each adding 4 products per sequence.
             Micro::Avx2Int8 | Micro::Avx2SignedInt8 => acc * 8.0 * 4.0 * n,
+            // 8 i32 lanes, each adding 8 × 4 products per sequence.
+            Micro::Avx2Nibble => acc * 8.0 * 32.0 * n,
             // 16 f32 lanes, each adding 2 products of 1 × 2⁻¹⁰.
             Micro::Bf16 => acc * 16.0 * 2.0 * n / 1024.0,
             Micro::Fma512 => acc * 16.0 * n / 1024.0,
@@ -172,16 +186,17 @@ impl Micro {
 mod x86 {
     use std::arch::asm;
     use std::arch::x86_64::{
-        __m256, __m256i, __m512, __m512bh, __m512i, _mm256_add_epi32, _mm256_fmadd_ps,
-        _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_set1_epi16, _mm256_set1_epi8,
-        _mm256_set1_ps, _mm256_setzero_ps, _mm256_setzero_si256, _mm256_sign_epi8,
-        _mm256_storeu_ps, _mm256_storeu_si256, _mm512_cvtne2ps_pbh, _mm512_dpbf16_ps,
-        _mm512_dpbusd_epi32, _mm512_fmadd_ps, _mm512_reduce_add_ps, _mm512_set1_epi8,
-        _mm512_set1_ps, _mm512_setzero_ps, _mm512_setzero_si512, _mm512_storeu_si512,
+        __m256, __m256i, __m512, __m512bh, __m512i, _mm256_add_epi16, _mm256_add_epi32,
+        _mm256_fmadd_ps, _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_set1_epi16,
+        _mm256_set1_epi8, _mm256_set1_ps, _mm256_setzero_ps, _mm256_setzero_si256,
+        _mm256_sign_epi8, _mm256_storeu_ps, _mm256_storeu_si256, _mm512_cvtne2ps_pbh,
+        _mm512_dpbf16_ps, _mm512_dpbusd_epi32, _mm512_fmadd_ps, _mm512_reduce_add_ps,
+        _mm512_set1_epi8, _mm512_set1_ps, _mm512_setzero_ps, _mm512_setzero_si512,
+        _mm512_storeu_si512,
     };
     use std::hint::black_box;
 
-    use super::{ACC, ACC_AVX2};
+    use super::{ACC, ACC_AVX2, ACC_NIBBLE};
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub(super) unsafe fn vnni(n: u64) -> f64 {
@@ -229,6 +244,43 @@ mod x86 {
                 };
                 let signed = if SIGNED { _mm256_sign_epi8(*a, b) } else { *a };
                 *x = _mm256_add_epi32(*x, _mm256_madd_epi16(_mm256_maddubs_epi16(b, signed), ones));
+            }
+        }
+        let mut total = 0f64;
+        for x in acc {
+            let mut lanes = [0i32; 8];
+            // SAFETY: `lanes` holds 32 bytes.
+            unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), x) };
+            total += lanes.iter().map(|&v| f64::from(v)).sum::<f64>();
+        }
+        total
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn avx2_nibble(n: u64) -> f64 {
+        let (b, ones) = (
+            black_box(_mm256_set1_epi8(1)),
+            black_box(_mm256_set1_epi16(1)),
+        );
+        let mut a: [__m256i; ACC_NIBBLE] = [black_box(_mm256_set1_epi8(1)); ACC_NIBBLE];
+        let mut acc: [__m256i; ACC_NIBBLE] = [_mm256_setzero_si256(); ACC_NIBBLE];
+        for _ in 0..n {
+            let mut pairs: [__m256i; ACC_NIBBLE] = [_mm256_setzero_si256(); ACC_NIBBLE];
+            for _ in 0..8 {
+                for (p, a) in pairs.iter_mut().zip(a.iter_mut()) {
+                    // SAFETY: as in `avx2_int8`, an empty block.
+                    unsafe {
+                        asm!(
+                            "/* {0} */",
+                            inout(ymm_reg) * a,
+                            options(nomem, nostack, preserves_flags)
+                        )
+                    };
+                    *p = _mm256_add_epi16(*p, _mm256_maddubs_epi16(*a, b));
+                }
+            }
+            for (x, p) in acc.iter_mut().zip(pairs) {
+                *x = _mm256_add_epi32(*x, _mm256_madd_epi16(p, ones));
             }
         }
         let mut total = 0f64;
