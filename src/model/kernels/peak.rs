@@ -220,6 +220,36 @@ mod x86 {
         total
     }
 
+    /// Each sum gets its own operand, which the compiler must take as changed on every pass (an
+    /// empty asm block that claims to write it): otherwise it multiplies once and adds that one
+    /// product to every sum.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn opaque(a: &mut __m256i) {
+        // SAFETY: the block is empty: it touches no memory, stack or flags.
+        unsafe {
+            asm!(
+                "/* {0} */",
+                inout(ymm_reg) * a,
+                options(nomem, nostack, preserves_flags)
+            )
+        };
+    }
+
+    /// The sum of every i32 lane of `acc`.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn lane_sum(acc: &[__m256i]) -> f64 {
+        let mut total = 0f64;
+        for &x in acc {
+            let mut lanes = [0i32; 8];
+            // SAFETY: `lanes` holds 32 bytes.
+            unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), x) };
+            total += lanes.iter().map(|&v| f64::from(v)).sum::<f64>();
+        }
+        total
+    }
+
     /// `SIGNED`: each operand through `vpsignb` first (by ones: the values stay ones).
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn avx2_int8<const SIGNED: bool>(n: u64) -> f64 {
@@ -231,29 +261,12 @@ mod x86 {
         let mut acc: [__m256i; ACC_AVX2] = [_mm256_setzero_si256(); ACC_AVX2];
         for _ in 0..n {
             for (x, a) in acc.iter_mut().zip(a.iter_mut()) {
-                // Each sum gets its own operand, which the compiler must take as changed on
-                // every pass (an empty asm block that claims to write it): otherwise it
-                // multiplies once and adds that one product to every sum.
-                // SAFETY: the block is empty: it touches no memory, stack or flags.
-                unsafe {
-                    asm!(
-                        "/* {0} */",
-                        inout(ymm_reg) * a,
-                        options(nomem, nostack, preserves_flags)
-                    )
-                };
+                opaque(a);
                 let signed = if SIGNED { _mm256_sign_epi8(*a, b) } else { *a };
                 *x = _mm256_add_epi32(*x, _mm256_madd_epi16(_mm256_maddubs_epi16(b, signed), ones));
             }
         }
-        let mut total = 0f64;
-        for x in acc {
-            let mut lanes = [0i32; 8];
-            // SAFETY: `lanes` holds 32 bytes.
-            unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), x) };
-            total += lanes.iter().map(|&v| f64::from(v)).sum::<f64>();
-        }
-        total
+        lane_sum(&acc)
     }
 
     #[target_feature(enable = "avx2")]
@@ -268,14 +281,7 @@ mod x86 {
             let mut pairs: [__m256i; ACC_NIBBLE] = [_mm256_setzero_si256(); ACC_NIBBLE];
             for _ in 0..8 {
                 for (p, a) in pairs.iter_mut().zip(a.iter_mut()) {
-                    // SAFETY: as in `avx2_int8`, an empty block.
-                    unsafe {
-                        asm!(
-                            "/* {0} */",
-                            inout(ymm_reg) * a,
-                            options(nomem, nostack, preserves_flags)
-                        )
-                    };
+                    opaque(a);
                     *p = _mm256_add_epi16(*p, _mm256_maddubs_epi16(*a, b));
                 }
             }
@@ -283,14 +289,7 @@ mod x86 {
                 *x = _mm256_add_epi32(*x, _mm256_madd_epi16(p, ones));
             }
         }
-        let mut total = 0f64;
-        for x in acc {
-            let mut lanes = [0i32; 8];
-            // SAFETY: `lanes` holds 32 bytes.
-            unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), x) };
-            total += lanes.iter().map(|&v| f64::from(v)).sum::<f64>();
-        }
-        total
+        lane_sum(&acc)
     }
 
     #[target_feature(enable = "avx512f,avx512bf16")]
