@@ -137,9 +137,8 @@ fn elementwise(f: &dyn Fn() -> Result<Tensor>) -> Result<Tensor> {
 /// batch rows (each with its wanted tokens, in order), where they sit in the packed batch,
 /// their RoPE tables and their attention masks over their rows' keys.
 struct Queries {
-    /// Wanted tokens per selected batch row.
+    /// Wanted tokens per selected batch row (at least one each).
     lengths: Vec<usize>,
-    width: usize,
     /// Packed indices of the wanted tokens, row by row.
     picked: Tensor,
     /// The selected batch rows, when not every row is.
@@ -154,7 +153,7 @@ impl Queries {
     fn rows(&self) -> Rows<'_> {
         Rows {
             lengths: &self.lengths,
-            width: self.width,
+            width: self.lengths.iter().copied().max().unwrap_or(1),
         }
     }
 }
@@ -384,7 +383,6 @@ impl Gemma2 {
             rope: self.rope.select(&rope_pos)?,
             mask: AttentionMask::new(&positions, &keys, self.config.sliding_window, &self.device)?,
             lengths,
-            width,
             order: index(order)?,
         }))
     }

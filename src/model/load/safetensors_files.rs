@@ -15,8 +15,8 @@ use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 use safetensors::tensor::{Metadata, TensorInfo, TensorView};
 
-/// The largest header accepted (the format's own limit).
-const MAX_HEADER: u64 = 100 * 1024 * 1024;
+/// The largest header accepted (the `safetensors` crate's own limit).
+const MAX_HEADER: u64 = 100_000_000;
 
 /// One tensor's place: which file, where its bytes start, its dtype and shape.
 struct Entry {
