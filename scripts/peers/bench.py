@@ -6,6 +6,9 @@ and writes the model files; the options below name what that script prepared.
 
 Every engine runs in its own process (so its peak RSS is its own), scores one untimed warm-up
 check, then each case (bucket x template) `--iters` times; the table keeps the fastest run.
+With `--rounds N` the engines run in pairs instead (ours and its peer, both loaded): each case
+is timed N times in each, alternating which goes first, so that a change in the machine's speed
+during the run reaches both; the table gives each round's ratio (median and range).
 Token ids come from the real Gemma tokenizer here; transformers and llama.cpp get these ids,
 shieldgate gets the texts and its reported token counts are checked against them.
 """
@@ -14,6 +17,7 @@ import argparse
 import json
 import os
 import pathlib
+import statistics
 import subprocess
 import sys
 import time
@@ -171,7 +175,8 @@ def file_mib(path):
     return sum(f.stat().st_size for f in files) / 2**20
 
 
-def run_engine(args, name, all_cases, warm_up):
+def start_engine(args, name, warm_up):
+    """The engine `name` loaded and warmed up, and the seconds that took."""
     kind, weights = name.split(":")
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
     start = time.perf_counter()
@@ -179,6 +184,17 @@ def run_engine(args, name, all_cases, warm_up):
     engine.check(warm_up)
     ready = time.perf_counter() - start
     print(f"{name}: {engine.info}; load + warm-up {ready:.1f} s", file=sys.stderr, flush=True)
+    return engine, ready
+
+
+def timed_check(engine, case):
+    t = time.perf_counter()
+    engine.check(case)
+    return time.perf_counter() - t
+
+
+def run_engine(args, name, all_cases, warm_up):
+    engine, ready = start_engine(args, name, warm_up)
     rows = []
     for case in all_cases:
         best, logits, run = float("inf"), None, 0
@@ -195,6 +211,38 @@ def run_engine(args, name, all_cases, warm_up):
     engine.proc.close()
     return dict(engine=name, info=engine.info, ready_s=ready, peak_rss_mib=rss,
                 file_mib=file_mib(engine.file)), rows
+
+
+def run_pair(args, ours, peer, all_cases, warm_up):
+    """Both engines loaded; each case timed `args.rounds` times in each, the order alternating."""
+    engines = {name: start_engine(args, name, warm_up)[0] for name in (ours, peer)}
+    rows = []
+    for case in all_cases:
+        times = {ours: [], peer: []}
+        for k in range(args.rounds):
+            for name in (ours, peer) if k % 2 == 0 else (peer, ours):
+                times[name].append(timed_check(engines[name], case))
+        ratios = [a / b for a, b in zip(times[ours], times[peer])]
+        rows.append(dict(ours=ours, peer=peer, bucket=case["bucket"], mode=case["mode"],
+                         ours_s=times[ours], peer_s=times[peer], ratios=ratios))
+        print(f"  {case['bucket']}/{case['mode']}: ratios "
+              + ", ".join(f"{r:.2f}" for r in ratios), file=sys.stderr, flush=True)
+    for engine in engines.values():
+        engine.proc.close()
+    return rows
+
+
+def report_pairs(rows, args):
+    print(f"\nshieldgate peer benchmark in pairs, {time.strftime('%Y-%m-%d')}, {cpu_name()}, "
+          f"{args.threads} threads, {args.rounds} rounds per case, the order alternating\n")
+    print("| ours / peer | bucket | template | ours s (median) | peer s (median) | "
+          "ratio (median) | ratio (range) |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        low, high = min(r["ratios"]), max(r["ratios"])
+        print(f"| {r['ours']} / {r['peer']} | {r['bucket']} | {r['mode']} | "
+              f"{statistics.median(r['ours_s']):.2f} | {statistics.median(r['peer_s']):.2f} | "
+              f"{statistics.median(r['ratios']):.2f} | {low:.2f}–{high:.2f} |")
 
 
 def max_logit_gap(row, reference):
@@ -260,6 +308,8 @@ def main():
     ap.add_argument("--buckets", default="short,medium,long")
     ap.add_argument("--templates", default="prompt,response")
     ap.add_argument("--iters", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=0,
+                    help="run the pairs among --engines side by side, N rounds per case")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", help="also write every measurement here")
     args = ap.parse_args()
@@ -268,6 +318,17 @@ def main():
     assert tok.token_to_id("Yes") == 3553 and tok.token_to_id("No") == 1294, "not Gemma's tokenizer"
     all_cases = list(cases(tok, args.buckets.split(","), args.templates.split(",")))
     warm_up = next(cases(tok, ["short"], ["prompt"]))
+    if args.rounds > 0:
+        names = args.engines.split(",")
+        pairs = [(a, b) for a, b in PAIRS if a in names and b in names]
+        if not pairs:
+            sys.exit("bench: --rounds needs ours and its peer in --engines, e.g. "
+                     "--engines shieldgate:q8_0,llama:q8_0")
+        rows = [row for a, b in pairs for row in run_pair(args, a, b, all_cases, warm_up)]
+        report_pairs(rows, args)
+        if args.json:
+            pathlib.Path(args.json).write_text(json.dumps(dict(pairs=rows), indent=1))
+        return
     engines, rows = [], []
     for name in args.engines.split(","):
         e, r = run_engine(args, name, all_cases, warm_up)
