@@ -1,7 +1,8 @@
 //! Quantized linear layers as an int8 GEMM. The weights are repacked once at load time into
 //! panels of 16 output rows so that one `vpdpbusd` multiplies 4 inputs of 16 rows at once; the
-//! activations are quantized per 32-wide block (like Q8_0) and a tile of 6 tokens × 32 outputs
-//! stays in registers for the whole input dimension. Q8_0 keeps its 8-bit values, Q4_K and Q4_0
+//! activations are quantized per 32-wide block (like Q8_0; for Q4_K with one scale per 256
+//! inputs, like llama.cpp's Q8_K, so that a super-block's sub-block sums add as integers) and a
+//! tile of 6 tokens × 32 outputs runs over the input dimension. Q8_0 keeps its 8-bit values, Q4_K and Q4_0
 //! their 4-bit values with their own scales (`int8_gemm/nibbles.rs`), and Q6_K is requantized to
 //! Q8_0 (its 6-bit values with a scale per 16 inputs fit no 32-wide block; the added rounding is
 //! at most about an eighth of a Q6_K step). The packed matrix replaces the file's copy (candle's
@@ -177,6 +178,7 @@ impl PackedInt8 {
     fn encoding(&self) -> Encoding {
         match (&self.panels, self.kernel) {
             (Panels::Q8_0(_), Kernel::Amx | Kernel::Vnni) => Encoding::Shifted,
+            (Panels::Nibbles(p), _) if p.is_q4_k() => Encoding::SignedPer256,
             _ => Encoding::Signed,
         }
     }

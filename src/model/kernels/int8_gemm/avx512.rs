@@ -10,13 +10,15 @@ use std::ops::Range;
 use std::arch::x86_64::{
     __m512, __m512i, _mm256_loadu_si256, _mm512_abs_ps, _mm512_add_epi32, _mm512_and_si512,
     _mm512_cvtepi32_epi8, _mm512_cvtepi32_ps, _mm512_cvtepu8_epi32, _mm512_cvtph_ps,
-    _mm512_cvtps_epi32, _mm512_dpbusd_epi32, _mm512_fmadd_ps, _mm512_fnmadd_ps, _mm512_load_si512,
-    _mm512_loadu_ps, _mm512_loadu_si512, _mm512_max_ps, _mm512_mul_ps, _mm512_reduce_add_epi32,
-    _mm512_reduce_max_ps, _mm512_set1_epi32, _mm512_set1_epi8, _mm512_set1_ps,
-    _mm512_setzero_si512, _mm512_srli_epi16, _mm_loadu_si128, _mm_storeu_si128,
+    _mm512_cvtps_epi32, _mm512_dpbusd_epi32, _mm512_dpwssd_epi32, _mm512_fmadd_ps,
+    _mm512_fnmadd_ps, _mm512_load_si512, _mm512_loadu_ps, _mm512_loadu_si512, _mm512_max_ps,
+    _mm512_mul_ps, _mm512_mullo_epi32, _mm512_or_si512, _mm512_reduce_add_epi32,
+    _mm512_reduce_max_ps, _mm512_set1_epi32, _mm512_set1_epi8, _mm512_set1_ps, _mm512_setzero_ps,
+    _mm512_setzero_si512, _mm512_slli_epi32, _mm512_srli_epi16, _mm512_storeu_ps, _mm_loadu_si128,
+    _mm_storeu_si128,
 };
 
-use super::activations::Activations;
+use super::activations::{Activations, Row};
 use super::nibbles::{self, NibblePanel, PanelScales, SUPER};
 use super::q8_0::Q8_0Panel;
 use super::{Sums, BLOCK, PANEL, ROWS};
@@ -127,9 +129,122 @@ pub(super) fn tile_nibbles(
     acts.check_rows(row, ROWS);
     assert!(range.end <= blocks, "blocks {range:?} of {blocks}");
     assert!(available(), "the VNNI kernel needs AVX-512 F, BW and VNNI");
-    // SAFETY: as for `tile_q8_0`: features and every slice length checked above, whole
-    // aligned lines read.
-    unsafe { tile_nibbles_vnni(left, right, acts, row, blocks, range, sums) }
+    match (&left.scales, &right.scales) {
+        (PanelScales::Q4K { .. }, PanelScales::Q4K { .. }) => {
+            let per = SUPER / BLOCK;
+            assert!(range.start.is_multiple_of(per) && range.end.is_multiple_of(per));
+            // SAFETY: as for `tile_q8_0`: features and every slice length checked above
+            // (`check` covers the super-block scales, `check_rows` the block totals), whole
+            // aligned lines read, and the range holds whole super-blocks.
+            unsafe { tile_q4_k_vnni([left, right], acts, row, blocks, range, sums) }
+        }
+        // SAFETY: as above.
+        _ => unsafe { tile_nibbles_vnni(left, right, acts, row, blocks, range, sums) },
+    }
+}
+
+/// The integer sums of block `b` of `ROWS` activation rows from `x` (`in_dim` apart) against
+/// two 4-bit panels: per line, the low nibbles times 4 inputs and the high nibbles times the
+/// next 4.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn nibble_dots(
+    panels: [&NibblePanel; 2],
+    x: *const u8,
+    in_dim: usize,
+    b: usize,
+) -> [[__m512i; 2]; ROWS] {
+    let low_nibbles = _mm512_set1_epi8(0x0F);
+    let mut dots = [[_mm512_setzero_si512(); 2]; ROWS];
+    for line in 0..nibbles::LINES_PER_BLOCK {
+        let at = b * nibbles::LINES_PER_BLOCK + line;
+        let packed = panels.map(|p| _mm512_load_si512(p.weights.as_ptr().add(at).cast()));
+        let low = packed.map(|w| _mm512_and_si512(w, low_nibbles));
+        let high = packed.map(|w| _mm512_and_si512(_mm512_srli_epi16(w, 4), low_nibbles));
+        for (r, dot) in dots.iter_mut().enumerate() {
+            let four = x.add(r * in_dim + b * BLOCK + line * 8).cast::<i32>();
+            let a = _mm512_set1_epi32(four.read_unaligned());
+            dot[0] = _mm512_dpbusd_epi32(dot[0], low[0], a);
+            dot[1] = _mm512_dpbusd_epi32(dot[1], low[1], a);
+            let a = _mm512_set1_epi32(four.add(1).read_unaligned());
+            dot[0] = _mm512_dpbusd_epi32(dot[0], high[0], a);
+            dot[1] = _mm512_dpbusd_epi32(dot[1], high[1], a);
+        }
+    }
+    dots
+}
+
+/// The Q4_K tile: per super-block, each sub-block's integer sums times its 6-bit scale are
+/// added as integers (`vpmulld`), and its 6-bit mins times the activations' block totals
+/// (`vpdpwssd`, two sub-blocks per instruction); both become f32 once per super-block, scaled
+/// by `d` and `dmin` × the activations' scale, which the super-block's 8 blocks share
+/// ([`Encoding::SignedPer256`](super::activations::Encoding)). The running results stay in
+/// `sums`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn tile_q4_k_vnni(
+    panels: [&NibblePanel; 2],
+    acts: &Activations,
+    row: usize,
+    blocks: usize,
+    range: Range<usize>,
+    sums: &mut Sums,
+) {
+    let scales = panels.map(|p| match p.scales {
+        PanelScales::Q4K {
+            d,
+            dmin,
+            scales,
+            mins,
+        } => (d.as_ptr(), dmin.as_ptr(), scales.as_ptr(), mins.as_ptr()),
+        PanelScales::Q4_0 { .. } => unreachable!("Q4_K panels"),
+    });
+    let widen = |bytes: *const u8| _mm512_cvtepu8_epi32(_mm_loadu_si128(bytes.cast()));
+    let x = acts.bytes.as_ptr().add(row * acts.in_dim);
+    let x_scales = acts.scales.as_ptr().add(row * blocks);
+    let x_totals = acts.totals.as_ptr().add(row * blocks);
+    let per = SUPER / BLOCK;
+    for first in range.step_by(per) {
+        // |Σ over 8 blocks of scale × dot| ≤ 8 · 63 · (32 · 15 · 127) < 2³¹.
+        let mut dots: [[__m512i; 2]; ROWS] = [[_mm512_setzero_si512(); 2]; ROWS];
+        for b in first..first + per {
+            let block = nibble_dots(panels, x, acts.in_dim, b);
+            let scale = scales.map(|(_, _, s, _)| widen(s.add(b * PANEL)));
+            for (sum, dot) in dots.iter_mut().zip(&block) {
+                for p in 0..2 {
+                    sum[p] = _mm512_add_epi32(sum[p], _mm512_mullo_epi32(dot[p], scale[p]));
+                }
+            }
+        }
+        // Two blocks' mins per 32-bit lane (low and high half) against two block totals.
+        let mut mins: [[__m512i; 2]; ROWS] = [[_mm512_setzero_si512(); 2]; ROWS];
+        for b in (first..first + per).step_by(2) {
+            let pair = scales.map(|(_, _, _, m)| {
+                let next = _mm512_slli_epi32(widen(m.add((b + 1) * PANEL)), 16);
+                _mm512_or_si512(widen(m.add(b * PANEL)), next)
+            });
+            for (r, min) in mins.iter_mut().enumerate() {
+                let totals = x_totals.add(r * blocks + b).cast::<i32>().read_unaligned();
+                let totals = _mm512_set1_epi32(totals);
+                min[0] = _mm512_dpwssd_epi32(min[0], pair[0], totals);
+                min[1] = _mm512_dpwssd_epi32(min[1], pair[1], totals);
+            }
+        }
+        let s = first / per * PANEL;
+        let d = scales.map(|(d, _, _, _)| _mm512_loadu_ps(d.add(s)));
+        let dmin = scales.map(|(_, m, _, _)| _mm512_loadu_ps(m.add(s)));
+        for (r, (dot, min)) in dots.iter().zip(&mins).enumerate() {
+            let x_scale = _mm512_set1_ps(*x_scales.add(r * blocks + first));
+            for p in 0..2 {
+                let out = sums[r].as_mut_ptr().add(p * PANEL);
+                let exact = _mm512_cvtepi32_ps(dot[p]);
+                let mut result =
+                    _mm512_fmadd_ps(exact, _mm512_mul_ps(d[p], x_scale), _mm512_loadu_ps(out));
+                let min_term = _mm512_cvtepi32_ps(min[p]);
+                result = _mm512_fnmadd_ps(min_term, _mm512_mul_ps(dmin[p], x_scale), result);
+                _mm512_storeu_ps(out, result);
+            }
+        }
+    }
 }
 
 /// Block `b`'s weight scales and mins of a panel's 16 rows.
@@ -174,28 +289,12 @@ unsafe fn tile_nibbles_vnni(
     sums: &mut Sums,
 ) {
     let panels = [left, right];
-    let low_nibbles = _mm512_set1_epi8(0x0F);
     let x = acts.bytes.as_ptr().add(row * acts.in_dim);
     let x_scales = acts.scales.as_ptr().add(row * blocks);
     let x_sums = acts.sums.as_ptr().add(row * blocks);
     let mut results: [[__m512; 2]; ROWS] = load(sums);
     for b in range {
-        let mut dots: [[__m512i; 2]; ROWS] = [[_mm512_setzero_si512(); 2]; ROWS];
-        for line in 0..nibbles::LINES_PER_BLOCK {
-            let at = b * nibbles::LINES_PER_BLOCK + line;
-            let packed = panels.map(|p| _mm512_load_si512(p.weights.as_ptr().add(at).cast()));
-            let low = packed.map(|w| _mm512_and_si512(w, low_nibbles));
-            let high = packed.map(|w| _mm512_and_si512(_mm512_srli_epi16(w, 4), low_nibbles));
-            for (r, dot) in dots.iter_mut().enumerate() {
-                let first = x.add(r * acts.in_dim + b * BLOCK + line * 8).cast::<i32>();
-                let a = _mm512_set1_epi32(first.read_unaligned());
-                dot[0] = _mm512_dpbusd_epi32(dot[0], low[0], a);
-                dot[1] = _mm512_dpbusd_epi32(dot[1], low[1], a);
-                let a = _mm512_set1_epi32(first.add(1).read_unaligned());
-                dot[0] = _mm512_dpbusd_epi32(dot[0], high[0], a);
-                dot[1] = _mm512_dpbusd_epi32(dot[1], high[1], a);
-            }
-        }
+        let dots = nibble_dots(panels, x, acts.in_dim, b);
         let (left_scale, left_min) = block_scales(&left.scales, b);
         let (right_scale, right_min) = block_scales(&right.scales, b);
         let (scale, min) = ([left_scale, right_scale], [left_min, right_min]);
@@ -212,52 +311,46 @@ unsafe fn tile_nibbles_vnni(
     store(&results, sums);
 }
 
-/// [`super::activations`]' quantizer for one row, 32 values per block: `max |x|` by vector
-/// max, `round(x × 127 / max)` by `vcvtps2dq` (ties to even), bytes by `vpmovdb`.
-pub(super) fn quantize_row(
-    x: &[f32],
-    bytes: &mut [u8],
-    scales: &mut [f32],
-    sums: &mut [f32],
-    shift: i32,
-) {
+/// [`super::activations`]' quantizer for one row, `group` values per scale: `max |x|` by
+/// vector max, `round(x × 127 / max)` by `vcvtps2dq` (ties to even), bytes by `vpmovdb`.
+pub(super) fn quantize_row(x: &[f32], row: Row, shift: i32, group: usize) {
     let blocks = x.len() / BLOCK;
-    assert!(bytes.len() >= blocks * BLOCK && scales.len() >= blocks && sums.len() >= blocks);
+    assert!(group.is_multiple_of(BLOCK) && x.len().is_multiple_of(group));
+    assert!(row.bytes.len() >= blocks * BLOCK);
+    assert!(row.scales.len() >= blocks && row.sums.len() >= blocks && row.totals.len() >= blocks);
     assert!(available(), "the VNNI kernel needs AVX-512 F, BW and VNNI");
     // SAFETY: the CPU has AVX-512 F and BW (asserted), and the loops stay inside the
     // lengths asserted above.
-    unsafe { quantize_row_avx512(x, bytes, scales, sums, shift, blocks) }
+    unsafe { quantize_row_avx512(x, row, shift, group) }
 }
 
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn quantize_row_avx512(
-    x: &[f32],
-    bytes: &mut [u8],
-    scales: &mut [f32],
-    sums: &mut [f32],
-    shift: i32,
-    blocks: usize,
-) {
+unsafe fn quantize_row_avx512(x: &[f32], row: Row, shift: i32, group: usize) {
     let shift = _mm512_set1_epi32(shift);
-    for b in 0..blocks {
-        let halves = [
-            _mm512_loadu_ps(x.as_ptr().add(b * BLOCK)),
-            _mm512_loadu_ps(x.as_ptr().add(b * BLOCK + PANEL)),
-        ];
-        let max = _mm512_reduce_max_ps(_mm512_max_ps(
-            _mm512_abs_ps(halves[0]),
-            _mm512_abs_ps(halves[1]),
-        ));
-        let inv = _mm512_set1_ps(if max > 0.0 { 127.0 / max } else { 0.0 });
-        let mut total = _mm512_setzero_si512();
-        for (h, half) in halves.iter().enumerate() {
-            let q = _mm512_cvtps_epi32(_mm512_mul_ps(*half, inv));
-            total = _mm512_add_epi32(total, q);
-            let out = bytes.as_mut_ptr().add(b * BLOCK + h * PANEL);
-            _mm_storeu_si128(out.cast(), _mm512_cvtepi32_epi8(_mm512_add_epi32(q, shift)));
+    let per = group / BLOCK;
+    for g in 0..x.len() / group {
+        let first = x.as_ptr().add(g * group);
+        let mut max = _mm512_setzero_ps();
+        for v in 0..group / PANEL {
+            max = _mm512_max_ps(max, _mm512_abs_ps(_mm512_loadu_ps(first.add(v * PANEL))));
         }
+        let max = _mm512_reduce_max_ps(max);
+        let inv = _mm512_set1_ps(if max > 0.0 { 127.0 / max } else { 0.0 });
         let d = max / 127.0;
-        scales[b] = d;
-        sums[b] = d * _mm512_reduce_add_epi32(total) as f32;
+        for b in g * per..(g + 1) * per {
+            let mut total = _mm512_setzero_si512();
+            for h in 0..BLOCK / PANEL {
+                let half = _mm512_loadu_ps(x.as_ptr().add(b * BLOCK + h * PANEL));
+                let q = _mm512_cvtps_epi32(_mm512_mul_ps(half, inv));
+                total = _mm512_add_epi32(total, q);
+                let out = row.bytes.as_mut_ptr().add(b * BLOCK + h * PANEL);
+                _mm_storeu_si128(out.cast(), _mm512_cvtepi32_epi8(_mm512_add_epi32(q, shift)));
+            }
+            let total = _mm512_reduce_add_epi32(total);
+            *row.scales.get_unchecked_mut(b) = d;
+            *row.sums.get_unchecked_mut(b) = d * total as f32;
+            // |total| ≤ 32 × 127.
+            *row.totals.get_unchecked_mut(b) = total as i16;
+        }
     }
 }

@@ -215,6 +215,11 @@ impl NibblePanels {
         })
     }
 
+    /// Whether these are Q4_K panels, whose tiles take one activation scale per super-block.
+    pub(super) fn is_q4_k(&self) -> bool {
+        matches!(self.scales, Scales::Q4K { .. })
+    }
+
     /// The panel `p`.
     pub(super) fn panel(&self, p: usize) -> NibblePanel<'_> {
         let blocks = self.blocks;
