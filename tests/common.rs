@@ -24,7 +24,12 @@ pub fn shieldgate(args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
         .expect("binary runs");
     let mut pipe = child.stdin.take().expect("stdin");
     if let Some(bytes) = stdin {
-        pipe.write_all(bytes).expect("stdin written");
+        // A child that exits before reading (a refused option) closes the pipe first; its
+        // exit status and messages then say why, for the caller to check.
+        match pipe.write_all(bytes) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+            written => written.expect("stdin written"),
+        }
     }
     drop(pipe);
     child.wait_with_output().expect("binary finishes")
