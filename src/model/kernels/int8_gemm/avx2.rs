@@ -5,18 +5,20 @@
 //! A 16-bit pair sum saturates above 32767, so Q8_0 takes signed activations and the sign
 //! trick (`|w|` times `x` with `w`'s sign, both at most 128 in magnitude), and the 4-bit types,
 //! whose pair sums stay below 3810, add a whole block's pairs in 16 bits before widening once.
-//! Per block the sums become f32, scaled by weight scale × activation scale (less the min term
-//! of the 4-bit types), as in the VNNI tile.
+//! Per block the sums become f32, scaled by weight scale × activation scale (less Q4_0's min
+//! term); Q4_K's add as integers over a super-block first, as in the VNNI tile.
 #![allow(unsafe_code)]
 
 use std::arch::x86_64::{
-    __m256, _mm256_abs_epi8, _mm256_add_epi16, _mm256_add_epi32, _mm256_and_si256,
+    __m256, __m256i, _mm256_abs_epi8, _mm256_add_epi16, _mm256_add_epi32, _mm256_and_si256,
     _mm256_cvtepi32_ps, _mm256_cvtepu8_epi32, _mm256_cvtph_ps, _mm256_fmadd_ps, _mm256_fnmadd_ps,
     _mm256_load_si256, _mm256_loadu_ps, _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_mul_ps,
-    _mm256_set1_epi16, _mm256_set1_epi32, _mm256_set1_epi8, _mm256_set1_ps, _mm256_setzero_ps,
-    _mm256_setzero_si256, _mm256_sign_epi8, _mm256_srli_epi16, _mm256_storeu_ps, _mm_loadl_epi64,
-    _mm_loadu_si128,
+    _mm256_or_si256, _mm256_set1_epi16, _mm256_set1_epi32, _mm256_set1_epi8, _mm256_set1_ps,
+    _mm256_setzero_ps, _mm256_setzero_si256, _mm256_sign_epi8, _mm256_slli_epi32,
+    _mm256_srli_epi16, _mm256_storeu_ps, _mm_loadl_epi64, _mm_loadu_si128,
 };
+
+use half::f16;
 
 use super::activations::Activations;
 use super::nibbles::{self, NibblePanel, PanelScales, SUPER};
@@ -77,7 +79,10 @@ impl Halves for NibblePanel<'_> {
         acts: &Activations,
         row: usize,
     ) -> [__m256; R] {
-        half_nibbles::<R>(self, half, acts, row)
+        match self.scales {
+            PanelScales::Q4K { .. } => half_q4_k::<R>(self, half, acts, row),
+            PanelScales::Q4_0 { d } => half_q4_0::<R>(self, d, half, acts, row),
+        }
     }
 }
 
@@ -164,77 +169,132 @@ unsafe fn half_q8_0<const R: usize>(
     results
 }
 
-/// Block `b`'s weight scales and mins of the 8 rows of `half` of a panel.
+/// `R` rows' sums against the 8 rows of `half` of a Q4_0 panel: per block, its f16 scale `d`
+/// and min `8d`.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn block_scales(scales: &PanelScales, b: usize, half: usize) -> (__m256, __m256) {
-    let widen =
-        |bytes: *const u8| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(bytes.cast())));
-    let first = half * HALF;
-    match *scales {
-        PanelScales::Q4K {
-            d,
-            dmin,
-            scales,
-            mins,
-        } => {
-            let s = b * BLOCK / SUPER * PANEL + first;
-            (
-                _mm256_mul_ps(
-                    _mm256_loadu_ps(d.as_ptr().add(s)),
-                    widen(scales.as_ptr().add(b * PANEL + first)),
-                ),
-                _mm256_mul_ps(
-                    _mm256_loadu_ps(dmin.as_ptr().add(s)),
-                    widen(mins.as_ptr().add(b * PANEL + first)),
-                ),
-            )
-        }
-        PanelScales::Q4_0 { d } => {
-            let scale = _mm256_cvtph_ps(_mm_loadu_si128(d.as_ptr().add(b * PANEL + first).cast()));
-            (scale, _mm256_mul_ps(scale, _mm256_set1_ps(8.0)))
-        }
-    }
-}
-
-/// `R` rows' sums against the 8 rows of `half` of a 4-bit panel.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn half_nibbles<const R: usize>(
+unsafe fn half_q4_0<const R: usize>(
     panel: &NibblePanel,
+    d: &[f16],
     half: usize,
     acts: &Activations,
     row: usize,
 ) -> [__m256; R] {
     let blocks = acts.in_dim / BLOCK;
     let ones = _mm256_set1_epi16(1);
-    let low_nibbles = _mm256_set1_epi8(0x0F);
-    let weights = panel.weights.as_ptr().cast::<u8>();
     let x = acts.bytes.as_ptr().add(row * acts.in_dim);
     let x_scales = acts.scales.as_ptr().add(row * blocks);
     let x_sums = acts.sums.as_ptr().add(row * blocks);
     let mut results = [_mm256_setzero_ps(); R];
     for b in 0..blocks {
-        // A block's 16 products per row and pair lane stay below 16 · 15 · 127 < 32768.
-        let mut pairs = [_mm256_setzero_si256(); R];
-        for line in 0..nibbles::LINES_PER_BLOCK {
-            let at = (b * nibbles::LINES_PER_BLOCK + line) * PANEL * 4 + half * HALF * 4;
-            let packed = _mm256_load_si256(weights.add(at).cast());
-            let low = _mm256_and_si256(packed, low_nibbles);
-            let high = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low_nibbles);
-            for (r, sum) in pairs.iter_mut().enumerate() {
-                let first = x.add(r * acts.in_dim + b * BLOCK + line * 8).cast::<i32>();
-                let a = _mm256_set1_epi32(first.read_unaligned());
-                *sum = _mm256_add_epi16(*sum, _mm256_maddubs_epi16(low, a));
-                let a = _mm256_set1_epi32(first.add(1).read_unaligned());
-                *sum = _mm256_add_epi16(*sum, _mm256_maddubs_epi16(high, a));
-            }
-        }
-        let (scale, min) = block_scales(&panel.scales, b, half);
+        let pairs = nibble_pairs::<R>(panel, x, acts.in_dim, b, half);
+        let at = b * PANEL + half * HALF;
+        let scale = _mm256_cvtph_ps(_mm_loadu_si128(d.as_ptr().add(at).cast()));
+        let min = _mm256_mul_ps(scale, _mm256_set1_ps(8.0));
         for (r, (result, sum)) in results.iter_mut().zip(&pairs).enumerate() {
             let x_scale = _mm256_set1_ps(*x_scales.add(r * blocks + b));
             let x_sum = _mm256_set1_ps(*x_sums.add(r * blocks + b));
             let exact = _mm256_cvtepi32_ps(_mm256_madd_epi16(*sum, ones));
             *result = _mm256_fmadd_ps(exact, _mm256_mul_ps(scale, x_scale), *result);
             *result = _mm256_fnmadd_ps(min, x_sum, *result);
+        }
+    }
+    results
+}
+
+/// Block `b`'s 16-bit pair sums of `R` activation rows from `x` (`in_dim` apart) against the
+/// 8 rows of `half` of a 4-bit panel. A block's 16 products per row and pair lane stay below
+/// 16 · 15 · 127 < 32768.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn nibble_pairs<const R: usize>(
+    panel: &NibblePanel,
+    x: *const u8,
+    in_dim: usize,
+    b: usize,
+    half: usize,
+) -> [__m256i; R] {
+    let low_nibbles = _mm256_set1_epi8(0x0F);
+    let weights = panel.weights.as_ptr().cast::<u8>();
+    let mut pairs = [_mm256_setzero_si256(); R];
+    for line in 0..nibbles::LINES_PER_BLOCK {
+        let at = (b * nibbles::LINES_PER_BLOCK + line) * PANEL * 4 + half * HALF * 4;
+        let packed = _mm256_load_si256(weights.add(at).cast());
+        let low = _mm256_and_si256(packed, low_nibbles);
+        let high = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low_nibbles);
+        for (r, sum) in pairs.iter_mut().enumerate() {
+            let first = x.add(r * in_dim + b * BLOCK + line * 8).cast::<i32>();
+            let a = _mm256_set1_epi32(first.read_unaligned());
+            *sum = _mm256_add_epi16(*sum, _mm256_maddubs_epi16(low, a));
+            let a = _mm256_set1_epi32(first.add(1).read_unaligned());
+            *sum = _mm256_add_epi16(*sum, _mm256_maddubs_epi16(high, a));
+        }
+    }
+    pairs
+}
+
+/// `R` rows' sums against the 8 rows of `half` of a Q4_K panel, as the VNNI Q4_K tile computes
+/// them: per super-block, each sub-block's pair sums times its 6-bit scale (`vpmaddwd`, which
+/// also widens them) and the mins times the activations' block totals add as integers, and
+/// become f32 once per super-block.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn half_q4_k<const R: usize>(
+    panel: &NibblePanel,
+    half: usize,
+    acts: &Activations,
+    row: usize,
+) -> [__m256; R] {
+    let PanelScales::Q4K {
+        d,
+        dmin,
+        scales,
+        mins,
+    } = panel.scales
+    else {
+        unreachable!("a Q4_K panel")
+    };
+    let blocks = acts.in_dim / BLOCK;
+    let first_row = half * HALF;
+    let widen =
+        |bytes: *const u8| _mm256_cvtepu8_epi32(_mm_loadl_epi64(bytes.add(first_row).cast()));
+    // Each 32-bit lane holds one output's value twice, as two 16-bit halves.
+    let twice = |bytes: *const u8| {
+        let wide = widen(bytes);
+        _mm256_or_si256(wide, _mm256_slli_epi32(wide, 16))
+    };
+    let x = acts.bytes.as_ptr().add(row * acts.in_dim);
+    let x_scales = acts.scales.as_ptr().add(row * blocks);
+    let x_totals = acts.totals.as_ptr().add(row * blocks);
+    let per = SUPER / BLOCK;
+    let mut results = [_mm256_setzero_ps(); R];
+    for first in (0..blocks).step_by(per) {
+        // |Σ over 8 blocks of scale × dot| ≤ 8 · 63 · (32 · 15 · 127) < 2³¹.
+        let mut dots = [_mm256_setzero_si256(); R];
+        for b in first..first + per {
+            let pairs = nibble_pairs::<R>(panel, x, acts.in_dim, b, half);
+            let scale = twice(scales.as_ptr().add(b * PANEL));
+            for (dot, pair) in dots.iter_mut().zip(&pairs) {
+                *dot = _mm256_add_epi32(*dot, _mm256_madd_epi16(*pair, scale));
+            }
+        }
+        // Two blocks' mins per 32-bit lane (low and high half) against two block totals.
+        let mut min_sums = [_mm256_setzero_si256(); R];
+        for b in (first..first + per).step_by(2) {
+            let next = _mm256_slli_epi32(widen(mins.as_ptr().add((b + 1) * PANEL)), 16);
+            let pair = _mm256_or_si256(widen(mins.as_ptr().add(b * PANEL)), next);
+            for (r, sum) in min_sums.iter_mut().enumerate() {
+                let totals = x_totals.add(r * blocks + b).cast::<i32>().read_unaligned();
+                *sum = _mm256_add_epi32(*sum, _mm256_madd_epi16(pair, _mm256_set1_epi32(totals)));
+            }
+        }
+        let s = first / per * PANEL + first_row;
+        let d = _mm256_loadu_ps(d.as_ptr().add(s));
+        let dmin = _mm256_loadu_ps(dmin.as_ptr().add(s));
+        for (r, result) in results.iter_mut().enumerate() {
+            let x_scale = _mm256_set1_ps(*x_scales.add(r * blocks + first));
+            let exact = _mm256_cvtepi32_ps(dots[r]);
+            *result = _mm256_fmadd_ps(exact, _mm256_mul_ps(d, x_scale), *result);
+            let min_term = _mm256_cvtepi32_ps(min_sums[r]);
+            *result = _mm256_fnmadd_ps(min_term, _mm256_mul_ps(dmin, x_scale), *result);
         }
     }
     results
