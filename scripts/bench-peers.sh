@@ -3,7 +3,7 @@
 # llama.cpp, in one run, on one random-weight model of the exact ShieldGemma-2B shape, same
 # token ids, same threads. Prints markdown tables (scripts/peers/bench.py says what is in them).
 #
-#   scripts/bench-peers.sh [bench.py options, e.g. --engines shieldgate:q8_0,llama:q8_0 --iters 3]
+#   scripts/bench-peers.sh [bench.py options, e.g. --engines shieldgate:q8_0,llama:q8_0 --rounds 4]
 #
 # Installs what it needs outside the work tree (~/.cache/shieldgate: llama-cpp-python built for
 # this CPU, torch + transformers; SHIELDGATE_TORCH_PYTHON reuses a python that has them) and
