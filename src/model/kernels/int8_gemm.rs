@@ -343,7 +343,8 @@ mod tests {
                         }
                     };
                     let x_scale = acts.scales[r * blocks + b];
-                    total += dot as f32 * scale * x_scale - min * acts.sums[r * blocks + b];
+                    let x_sum = x_scale * f32::from(acts.totals[r * blocks + b]);
+                    total += dot as f32 * scale * x_scale - min * x_sum;
                 }
                 y[r * out_dim + n] = total;
             }

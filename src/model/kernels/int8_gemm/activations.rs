@@ -4,6 +4,7 @@
 
 use rayon::prelude::*;
 
+use super::nibbles::SUPER;
 use super::BLOCK;
 
 /// How the quantized activations enter `vpdpbusd`.
@@ -22,18 +23,17 @@ impl Encoding {
     fn group(self) -> usize {
         match self {
             Self::Shifted | Self::Signed => BLOCK,
-            Self::SignedPer256 => 256,
+            Self::SignedPer256 => SUPER,
         }
     }
 }
 
 /// `q = round(x / d)` in [-127, 127] with `d = max |x| / 127` per group of the encoding, in
 /// its bytes; rows past the real ones are zero. Per 32-wide block, `scales` holds its group's
-/// `d`, `totals` its `Σ q` and `sums` `d × Σ q`.
+/// `d` and `totals` its `Σ q`.
 pub(super) struct Activations {
     pub(super) bytes: Vec<u8>,
     pub(super) scales: Vec<f32>,
-    pub(super) sums: Vec<f32>,
     pub(super) totals: Vec<i16>,
     pub(super) in_dim: usize,
 }
@@ -58,19 +58,16 @@ impl Activations {
         );
         let mut bytes = vec![shift as u8; padded_rows * in_dim];
         let mut scales = vec![0f32; padded_rows * blocks];
-        let mut sums = vec![0f32; padded_rows * blocks];
         let mut totals = vec![0i16; padded_rows * blocks];
         bytes[..rows * in_dim]
             .par_chunks_mut(in_dim)
             .zip(scales[..rows * blocks].par_chunks_mut(blocks))
-            .zip(sums[..rows * blocks].par_chunks_mut(blocks))
             .zip(totals[..rows * blocks].par_chunks_mut(blocks))
             .zip(x.par_chunks(in_dim))
-            .for_each(|((((bytes, scales), sums), totals), x)| {
+            .for_each(|(((bytes, scales), totals), x)| {
                 let row = Row {
                     bytes,
                     scales,
-                    sums,
                     totals,
                 };
                 quantize_row(x, row, shift, group);
@@ -78,7 +75,6 @@ impl Activations {
         Self {
             bytes,
             scales,
-            sums,
             totals,
             in_dim,
         }
@@ -90,7 +86,6 @@ impl Activations {
         let blocks = self.in_dim / BLOCK;
         assert!(self.bytes.len() >= (row + count) * self.in_dim);
         assert!(self.scales.len() >= (row + count) * blocks);
-        assert!(self.sums.len() >= (row + count) * blocks);
         assert!(self.totals.len() >= (row + count) * blocks);
     }
 
@@ -109,12 +104,10 @@ impl Activations {
 pub(super) struct Row<'a> {
     pub(super) bytes: &'a mut [u8],
     pub(super) scales: &'a mut [f32],
-    pub(super) sums: &'a mut [f32],
     pub(super) totals: &'a mut [i16],
 }
 
-/// Quantizes one row group by group into `q + shift` bytes and each block's scale, `d × Σ q`
-/// and `Σ q`: with AVX-512 where the CPU has it, else in plain code; both round to the
+/// Quantizes one row group by group into `q + shift` bytes and each block's scale and `Σ q`: with AVX-512 where the CPU has it, else in plain code; both round to the
 /// nearest, ties to even, and agree exactly.
 fn quantize_row(x: &[f32], row: Row, shift: i32, group: usize) {
     #[cfg(target_arch = "x86_64")]
@@ -139,7 +132,6 @@ fn quantize_row_plain(x: &[f32], row: Row, shift: i32, group: usize) {
                 *q = (value + shift) as u8;
             }
             row.scales[b] = d;
-            row.sums[b] = d * total as f32;
             // |total| ≤ 32 × 127.
             row.totals[b] = total as i16;
         }
@@ -161,19 +153,13 @@ mod tests {
             .chain([0.0; 256])
             .collect();
         let blocks = x.len() / BLOCK;
-        type Out = (Vec<u8>, Vec<f32>, Vec<f32>, Vec<i16>);
+        type Out = (Vec<u8>, Vec<f32>, Vec<i16>);
         let run = |quantize: fn(&[f32], Row, i32, usize), shift, group| -> Out {
-            let mut out = (
-                vec![0u8; x.len()],
-                vec![0f32; blocks],
-                vec![0f32; blocks],
-                vec![0i16; blocks],
-            );
+            let mut out = (vec![0u8; x.len()], vec![0f32; blocks], vec![0i16; blocks]);
             let row = Row {
                 bytes: &mut out.0,
                 scales: &mut out.1,
-                sums: &mut out.2,
-                totals: &mut out.3,
+                totals: &mut out.2,
             };
             quantize(&x, row, shift, group);
             out
@@ -205,7 +191,6 @@ mod tests {
                 let d = signed.scales[row * 2 + block];
                 let total = values.iter().sum::<i32>();
                 assert_eq!(i32::from(signed.totals[row * 2 + block]), total);
-                assert_eq!(signed.sums[row * 2 + block], d * total as f32);
                 for (k, &q) in values.iter().enumerate() {
                     let v = x.get(row * 64 + block * BLOCK + k).copied().unwrap_or(0.0);
                     assert!((q as f32 * d - v).abs() <= d / 2.0 + 1e-6);
@@ -241,7 +226,6 @@ mod tests {
                         total += q;
                     }
                     assert_eq!(i32::from(acts.totals[b]), total);
-                    assert_eq!(acts.sums[b], d * total as f32);
                 }
             }
         }

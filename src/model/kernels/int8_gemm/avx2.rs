@@ -183,7 +183,7 @@ unsafe fn half_q4_0<const R: usize>(
     let ones = _mm256_set1_epi16(1);
     let x = acts.bytes.as_ptr().add(row * acts.in_dim);
     let x_scales = acts.scales.as_ptr().add(row * blocks);
-    let x_sums = acts.sums.as_ptr().add(row * blocks);
+    let x_totals = acts.totals.as_ptr().add(row * blocks);
     let mut results = [_mm256_setzero_ps(); R];
     for b in 0..blocks {
         let pairs = nibble_pairs::<R>(panel, x, acts.in_dim, b, half);
@@ -192,7 +192,9 @@ unsafe fn half_q4_0<const R: usize>(
         let min = _mm256_mul_ps(scale, _mm256_set1_ps(8.0));
         for (r, (result, sum)) in results.iter_mut().zip(&pairs).enumerate() {
             let x_scale = _mm256_set1_ps(*x_scales.add(r * blocks + b));
-            let x_sum = _mm256_set1_ps(*x_sums.add(r * blocks + b));
+            // d × Σ q, the min term's activation sum.
+            let at = r * blocks + b;
+            let x_sum = _mm256_set1_ps(*x_scales.add(at) * f32::from(*x_totals.add(at)));
             let exact = _mm256_cvtepi32_ps(_mm256_madd_epi16(*sum, ones));
             *result = _mm256_fmadd_ps(exact, _mm256_mul_ps(scale, x_scale), *result);
             *result = _mm256_fnmadd_ps(min, x_sum, *result);

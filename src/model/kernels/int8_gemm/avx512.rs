@@ -291,7 +291,7 @@ unsafe fn tile_nibbles_vnni(
     let panels = [left, right];
     let x = acts.bytes.as_ptr().add(row * acts.in_dim);
     let x_scales = acts.scales.as_ptr().add(row * blocks);
-    let x_sums = acts.sums.as_ptr().add(row * blocks);
+    let x_totals = acts.totals.as_ptr().add(row * blocks);
     let mut results: [[__m512; 2]; ROWS] = load(sums);
     for b in range {
         let dots = nibble_dots(panels, x, acts.in_dim, b);
@@ -300,7 +300,9 @@ unsafe fn tile_nibbles_vnni(
         let (scale, min) = ([left_scale, right_scale], [left_min, right_min]);
         for (r, (result, dot)) in results.iter_mut().zip(&dots).enumerate() {
             let x_scale = _mm512_set1_ps(*x_scales.add(r * blocks + b));
-            let x_sum = _mm512_set1_ps(*x_sums.add(r * blocks + b));
+            // d × Σ q, the min term's activation sum.
+            let at = r * blocks + b;
+            let x_sum = _mm512_set1_ps(*x_scales.add(at) * f32::from(*x_totals.add(at)));
             for p in 0..2 {
                 let exact = _mm512_cvtepi32_ps(dot[p]);
                 result[p] = _mm512_fmadd_ps(exact, _mm512_mul_ps(scale[p], x_scale), result[p]);
@@ -317,7 +319,7 @@ pub(super) fn quantize_row(x: &[f32], row: Row, shift: i32, group: usize) {
     let blocks = x.len() / BLOCK;
     assert!(group.is_multiple_of(BLOCK) && x.len().is_multiple_of(group));
     assert!(row.bytes.len() >= blocks * BLOCK);
-    assert!(row.scales.len() >= blocks && row.sums.len() >= blocks && row.totals.len() >= blocks);
+    assert!(row.scales.len() >= blocks && row.totals.len() >= blocks);
     assert!(available(), "the VNNI kernel needs AVX-512 F, BW and VNNI");
     // SAFETY: the CPU has AVX-512 F and BW (asserted), and the loops stay inside the
     // lengths asserted above.
@@ -348,7 +350,6 @@ unsafe fn quantize_row_avx512(x: &[f32], row: Row, shift: i32, group: usize) {
             }
             let total = _mm512_reduce_add_epi32(total);
             *row.scales.get_unchecked_mut(b) = d;
-            *row.sums.get_unchecked_mut(b) = d * total as f32;
             // |total| ≤ 32 × 127.
             *row.totals.get_unchecked_mut(b) = total as i16;
         }
