@@ -12,7 +12,6 @@ use half::bf16;
 
 use super::panels::{activation_rows, Plan, PANEL, ROWS};
 use super::Cap;
-use crate::model::profile::{self, Phase};
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
@@ -87,6 +86,7 @@ impl PackedBf16 {
     }
 
     /// `x W^T` for `rows` rows of `x` (`rows × in_dim`, row-major), rounded to bf16.
+    #[cfg(target_arch = "x86_64")]
     fn matmul(&self, x: &[bf16], rows: usize) -> Vec<bf16> {
         let plan = Plan {
             rows,
@@ -94,30 +94,20 @@ impl PackedBf16 {
             steps: self.in_dim / 2,
             chunk: CHUNK_PAIRS,
         };
-        let x = profile::timed(Phase::Copies, || {
-            let mut words = vec![0u32; plan.tiles() * ROWS * plan.steps];
-            for (w, pair) in words.iter_mut().zip(x.chunks_exact(2)) {
-                *w = word(pair[0], pair[1]);
-            }
-            words
-        });
-        self.run(&plan, &x)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    fn run(&self, plan: &Plan, x: &[u32]) -> Vec<bf16> {
         let panel = |p: usize| &self.weights[p * plan.steps..][..plan.steps];
         plan.run(
             |pair, tile, range, sums| {
-                let rows = &x[tile * ROWS * plan.steps..][..ROWS * plan.steps];
-                avx512::tile([panel(2 * pair), panel(2 * pair + 1)], rows, range, sums);
+                let first = tile * ROWS;
+                let live = (rows - first).min(ROWS);
+                let x = &x[first * self.in_dim..][..live * self.in_dim];
+                avx512::tile([panel(2 * pair), panel(2 * pair + 1)], x, range, sums);
             },
             avx512::narrow,
         )
     }
 
     #[cfg(not(target_arch = "x86_64"))]
-    fn run(&self, _: &Plan, _: &[u32]) -> Vec<bf16> {
+    fn matmul(&self, _: &[bf16], _: usize) -> Vec<bf16> {
         unreachable!("PackedBf16 is only built where the tile runs")
     }
 }
@@ -180,25 +170,28 @@ mod tests {
             eprintln!("no AVX-512 BF16 here: candle's matmul runs instead");
             return;
         }
-        // 13 rows: two full tiles and a partial one; 3 panel pairs; 600 inputs: two full runs
-        // of pairs and a partial one.
-        let (rows, out_dim, in_dim) = (13, 96, 600);
+        // 1 to 7 rows (each size of a last tile) and 13 (two full tiles and a partial one);
+        // 3 panel pairs; 600 inputs: two full runs of pairs and a partial one.
+        let (out_dim, in_dim) = (96, 600);
         let w = values(out_dim * in_dim, 7);
-        let x = values(rows * in_dim, 11);
         let packed = PackedBf16::from_tensor(&tensor(w.clone(), out_dim, in_dim))
             .expect("pack")
             .expect("a shape the tile covers");
-        let y = packed.matmul(&x, rows);
-        for (i, (got, (want, size))) in y.iter().zip(reference(&w, &x, in_dim)).enumerate() {
-            // f32 sums carry at most about in_dim roundings of 2^-24 of the running size; the
-            // result is then one bf16 rounding (2^-9 relative) from its f32 value.
-            let f32_error = size * in_dim as f64 * f64::from(f32::EPSILON);
-            let allowed = want.abs() / 256.0 + f32_error;
-            let got = f64::from(got.to_f32());
-            assert!(
-                (got - want).abs() <= allowed,
-                "output {i}: {got} against {want} (allowed {allowed})"
-            );
+        for rows in (1..=7).chain([13]) {
+            let x = values(rows * in_dim, 11 + rows as u64);
+            let y = packed.matmul(&x, rows);
+            assert_eq!(y.len(), rows * out_dim);
+            for (i, (got, (want, size))) in y.iter().zip(reference(&w, &x, in_dim)).enumerate() {
+                // f32 sums carry at most about in_dim roundings of 2^-24 of the running size;
+                // the result is then one bf16 rounding (2^-9 relative) from its f32 value.
+                let f32_error = size * in_dim as f64 * f64::from(f32::EPSILON);
+                let allowed = want.abs() / 256.0 + f32_error;
+                let got = f64::from(got.to_f32());
+                assert!(
+                    (got - want).abs() <= allowed,
+                    "{rows} rows, output {i}: {got} against {want} (allowed {allowed})"
+                );
+            }
         }
     }
 

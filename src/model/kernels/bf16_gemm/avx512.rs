@@ -1,6 +1,7 @@
 //! The bf16 tile with AVX-512 BF16 intrinsics: `ROWS` tokens × 2 panels of 16 outputs over a
 //! run of input pairs (the running results start from and return to memory); per pair, one
-//! broadcast per token and one `vdpbf16ps` per token and panel.
+//! broadcast per token and one `vdpbf16ps` per token and panel. A last tile of fewer tokens
+//! computes only those.
 #![allow(unsafe_code)]
 
 use std::arch::x86_64::{
@@ -20,37 +21,53 @@ pub(super) fn available() -> bool {
     is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16")
 }
 
-/// Adds the products of `ROWS` token rows (`x`: each row's input pairs, `ROWS × pairs` words)
-/// with two panels (`pairs` lines each) over the input pairs `range` to `sums`.
-pub(super) fn tile(panels: [&[Pairs]; 2], x: &[u32], range: Range<usize>, sums: &mut Sums) {
+/// Adds the products of the token rows `x` (1 to `ROWS` rows of `2 × pairs` bf16 values, read
+/// in place as input pairs) with two panels (`pairs` lines each) over the input pairs `range`
+/// to the first rows of `sums`.
+pub(super) fn tile(panels: [&[Pairs]; 2], x: &[bf16], range: Range<usize>, sums: &mut Sums) {
     let pairs = panels[0].len();
-    assert!(panels[1].len() == pairs && x.len() == ROWS * pairs);
+    let width = 2 * pairs;
+    assert!(panels[1].len() == pairs && width > 0 && x.len().is_multiple_of(width));
     assert!(range.end <= pairs, "pairs {range:?} of {pairs}");
     assert!(available(), "the bf16 tile needs AVX-512 F and BF16");
     // SAFETY: the CPU has the features (checked above); every index the kernel forms is below
-    // `range.end <= pairs`, inside each panel and each row of `x` (lengths checked above); the
-    // weight loads are aligned: `Pairs` is 64-byte aligned.
-    unsafe { tile_dpbf16(panels, x, pairs, range, sums) }
+    // `range.end <= pairs`, inside each panel and each of the `R` rows of `x` (lengths checked
+    // above and by the match); the weight loads are aligned: `Pairs` is 64-byte aligned.
+    unsafe {
+        match x.len() / width {
+            1 => tile_dpbf16::<1>(panels, x, pairs, range, sums),
+            2 => tile_dpbf16::<2>(panels, x, pairs, range, sums),
+            3 => tile_dpbf16::<3>(panels, x, pairs, range, sums),
+            4 => tile_dpbf16::<4>(panels, x, pairs, range, sums),
+            5 => tile_dpbf16::<5>(panels, x, pairs, range, sums),
+            6 => tile_dpbf16::<6>(panels, x, pairs, range, sums),
+            rows => panic!("a bf16 tile takes 1 to {ROWS} rows, not {rows}"),
+        }
+    }
 }
 
 #[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn tile_dpbf16(
+unsafe fn tile_dpbf16<const R: usize>(
     panels: [&[Pairs]; 2],
-    x: &[u32],
+    x: &[bf16],
     pairs: usize,
     range: Range<usize>,
     sums: &mut Sums,
 ) {
     let weights = [panels[0].as_ptr(), panels[1].as_ptr()];
-    let x = x.as_ptr();
-    let mut results = load(sums);
+    // Each input pair, two bf16 values side by side, is one 32-bit word, the first value in
+    // the low half: the operand layout of `vdpbf16ps`.
+    let x = x.as_ptr().cast::<u32>();
+    let mut results = load::<R>(sums);
     for j in range {
         let w: [__m512bh; 2] = [
             bh(_mm512_load_si512(weights[0].add(j).cast())),
             bh(_mm512_load_si512(weights[1].add(j).cast())),
         ];
         for (r, result) in results.iter_mut().enumerate() {
-            let a = bh(_mm512_set1_epi32(*x.add(r * pairs + j) as i32));
+            let a = bh(_mm512_set1_epi32(
+                x.add(r * pairs + j).read_unaligned() as i32
+            ));
             result[0] = _mm512_dpbf16_ps(result[0], a, w[0]);
             result[1] = _mm512_dpbf16_ps(result[1], a, w[1]);
         }

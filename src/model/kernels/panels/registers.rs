@@ -6,9 +6,10 @@ use std::arch::x86_64::{__m512, _mm512_loadu_ps, _mm512_storeu_ps};
 
 use super::{Sums, PANEL, ROWS};
 
-/// The tile's sums as `ROWS` × 2 registers.
+/// The first `R` rows of the tile's sums as `R` × 2 registers.
 #[target_feature(enable = "avx512f")]
-pub(crate) fn load(sums: &Sums) -> [[__m512; 2]; ROWS] {
+pub(crate) fn load<const R: usize>(sums: &Sums) -> [[__m512; 2]; R] {
+    const { assert!(R <= ROWS) };
     // SAFETY: each row of `sums` holds 2 × PANEL floats: both loads stay inside it.
     std::array::from_fn(|r| unsafe {
         [
@@ -18,9 +19,9 @@ pub(crate) fn load(sums: &Sums) -> [[__m512; 2]; ROWS] {
     })
 }
 
-/// Writes the registers back to the tile's sums.
+/// Writes the registers back to the first `R` rows of the tile's sums.
 #[target_feature(enable = "avx512f")]
-pub(crate) fn store(results: &[[__m512; 2]; ROWS], sums: &mut Sums) {
+pub(crate) fn store<const R: usize>(results: &[[__m512; 2]; R], sums: &mut Sums) {
     for (sum, result) in sums.iter_mut().zip(results) {
         // SAFETY: as for `load`.
         unsafe {
