@@ -321,7 +321,9 @@ fn main() {
 
 /// The 2B shapes with bf16 weights: candle's bf16 and f32 matmuls and the bf16 tile.
 fn bf16_layers(rows: usize, iters: usize, ceilings: &[(Micro, f64)]) {
-    let tile = shieldgate::model::kernels::bf16_gemm::available();
+    let tile = shieldgate::model::kernels::dense_gemm::available(
+        shieldgate::model::kernels::dense_gemm::Precision::Bf16,
+    );
     let ceiling = ceilings
         .iter()
         .find(|(m, _)| matches!(m, Micro::Bf16))

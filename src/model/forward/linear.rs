@@ -4,7 +4,7 @@
 use candle_core::quantized::QMatMul;
 use candle_core::{DType, Module, Result, Tensor};
 
-use crate::model::kernels::bf16_gemm::PackedBf16;
+use crate::model::kernels::dense_gemm::PackedDense;
 use crate::model::kernels::int8_gemm::PackedInt8;
 use crate::model::profile::{self, Phase};
 
@@ -16,8 +16,9 @@ pub enum Linear {
     Quantized(QMatMul),
     /// A Q8_0, Q4_K or Q6_K matrix repacked for the AVX-512 VNNI kernel; activations go through it in f32.
     Packed(PackedInt8),
-    /// A bf16 matrix repacked for the AVX-512 BF16 kernel; activations go through it in bf16.
-    PackedBf16(PackedBf16),
+    /// A bf16 or f32 matrix repacked for the AVX-512 dense kernel; activations go through it
+    /// in the weights' dtype.
+    PackedDense(PackedDense),
 }
 
 impl Module for Linear {
@@ -34,8 +35,8 @@ impl Module for Linear {
                 .contiguous()?
                 .apply_op1_no_bwd(p)?
                 .to_dtype(x.dtype()),
-            Self::PackedBf16(p) => x2
-                .to_dtype(DType::BF16)?
+            Self::PackedDense(p) => x2
+                .to_dtype(p.dtype())?
                 .contiguous()?
                 .apply_op1_no_bwd(p)?
                 .to_dtype(x.dtype()),

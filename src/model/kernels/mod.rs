@@ -1,10 +1,10 @@
 //! CPU kernels candle lacks or runs slowly: int8 GEMM tiles for quantized weights (AVX2,
-//! AVX-512 VNNI or AMX, chosen at run time), a bf16 GEMM tile for bf16 weights (AVX-512 BF16),
+//! AVX-512 VNNI or AMX, chosen at run time), a dense GEMM tile for bf16 and f32 weights (AVX-512, BF16 for bf16),
 //! and fused attention, RMS norms and GeGLU built on vectorizable `exp`/`tanh` approximations.
 
 pub(crate) mod approx;
 pub(crate) mod attention;
-pub mod bf16_gemm;
+pub mod dense_gemm;
 pub(crate) mod float;
 pub(crate) mod geglu;
 pub(crate) mod heads;

@@ -11,7 +11,7 @@ use candle_nn::VarBuilder;
 
 use crate::model::forward::embedding::Embedding;
 use crate::model::forward::linear::Linear;
-use crate::model::kernels::bf16_gemm::PackedBf16;
+use crate::model::kernels::dense_gemm::PackedDense;
 use crate::model::kernels::int8_gemm::PackedInt8;
 
 /// One stored tensor (from a GGUF file or quantized in memory), under its Hugging Face name.
@@ -142,8 +142,9 @@ impl WeightSource {
     }
 
     /// The linear layer `name` (its `weight`, `[out, in]`), quantized if stored quantized. A
-    /// matrix repacked for the int8 kernel is taken out of the source (freeing the stored copy),
-    /// so it can be read this way once; a bf16 one is repacked for the bf16 kernel where it runs.
+    /// matrix repacked for the int8 kernel, or (bf16, f32) for the dense kernel where it runs,
+    /// is taken out of an in-memory source (freeing the stored copy), so it can be read this
+    /// way once.
     pub fn linear(&self, in_dim: usize, out_dim: usize, name: &str) -> Result<Linear> {
         let source = self.pp(name);
         if let Backend::Gguf { .. } = self.backend.as_ref() {
@@ -152,7 +153,7 @@ impl WeightSource {
             {
                 return Ok(match PackedInt8::from_qtensor(&q)? {
                     Some(packed) => {
-                        source.stored()?.remove(&source.full_name("weight"));
+                        source.forget("weight")?;
                         Linear::Packed(packed)
                     }
                     None => Linear::Quantized(QMatMul::from_arc(q)?),
@@ -160,10 +161,22 @@ impl WeightSource {
             }
         }
         let dense = source.tensor((out_dim, in_dim), "weight")?;
-        Ok(match PackedBf16::from_tensor(&dense)? {
-            Some(packed) => Linear::PackedBf16(packed),
+        Ok(match PackedDense::from_tensor(&dense)? {
+            Some(packed) => {
+                source.forget("weight")?;
+                Linear::PackedDense(packed)
+            }
             None => Linear::Dense(dense),
         })
+    }
+
+    /// Drops the in-memory copy of `name` once a kernel has repacked it (files are read
+    /// tensor by tensor and keep none).
+    fn forget(&self, name: &str) -> Result<()> {
+        if let Backend::Gguf { .. } = self.backend.as_ref() {
+            self.stored()?.remove(&self.full_name(name));
+        }
+        Ok(())
     }
 
     /// The embedding table `name` (`[vocab, hidden]`): kept quantized when stored so,
@@ -189,33 +202,32 @@ mod tests {
     use candle_core::quantized::GgmlDType;
 
     #[test]
-    fn bf16_matrices_take_the_bf16_tile_where_it_runs_and_compute_the_same() {
+    fn bf16_and_f32_matrices_take_the_dense_tile_where_it_runs_and_compute_the_same() {
+        use crate::model::kernels::dense_gemm::{available, Precision};
+        use candle_core::Module;
         let values: Vec<f32> = (0..32 * 64)
             .map(|i| ((i % 17) as f32 - 8.0) / 16.0)
             .collect();
         let w = Tensor::from_vec(values, (32, 64), &Device::Cpu).expect("w");
-        let x = Tensor::ones((3, 64), DType::BF16, &Device::Cpu).expect("x");
-        let source = |w: &Tensor, dtype| {
+        for (dtype, precision) in [(DType::BF16, Precision::Bf16), (DType::F32, Precision::F32)] {
+            let w = w.to_dtype(dtype).expect("dtype");
+            let x = Tensor::ones((3, 64), dtype, &Device::Cpu).expect("x");
             let tensors = HashMap::from([("a.weight".to_string(), StoredTensor::Dense(w.clone()))]);
-            WeightSource::from_tensors(tensors, dtype, &Device::Cpu)
-        };
-        let w16 = w.to_dtype(DType::BF16).expect("bf16");
-        let bf16 = source(&w16, DType::BF16)
-            .linear(64, 32, "a")
-            .expect("linear");
-        let tile = crate::model::kernels::bf16_gemm::available();
-        assert_eq!(matches!(bf16, Linear::PackedBf16(_)), tile);
-        let f32 = source(&w, DType::F32).linear(64, 32, "a").expect("linear");
-        assert!(matches!(f32, Linear::Dense(_)), "f32 stays with candle");
-        // Sixteenths: every f32 sum is exact, and both paths round it once to bf16.
-        use candle_core::Module;
-        let got = bf16.forward(&x).expect("forward");
-        let want = x.matmul(&w16.t().expect("t")).expect("matmul");
-        let diff = (got.to_dtype(DType::F32).expect("f32")
-            - want.to_dtype(DType::F32).expect("f32"))
-        .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>())
-        .expect("difference");
-        assert_eq!(diff, 0.0);
+            let source = WeightSource::from_tensors(tensors, dtype, &Device::Cpu);
+            let linear = source.linear(64, 32, "a").expect("linear");
+            assert_eq!(
+                matches!(linear, Linear::PackedDense(_)),
+                available(precision)
+            );
+            // Sixteenths: every f32 sum is exact, and both paths round it once to the dtype.
+            let got = linear.forward(&x).expect("forward");
+            let want = x.matmul(&w.t().expect("t")).expect("matmul");
+            let diff = (got.to_dtype(DType::F32).expect("f32")
+                - want.to_dtype(DType::F32).expect("f32"))
+            .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>())
+            .expect("difference");
+            assert_eq!(diff, 0.0, "{dtype:?}");
+        }
     }
 
     #[test]
@@ -223,9 +235,11 @@ mod tests {
         let w = Tensor::ones((32, 64), DType::F32, &Device::Cpu).expect("w");
         let q = QTensor::quantize(&w, GgmlDType::Q8_0).expect("quantize");
         let packable = PackedInt8::from_qtensor(&q).expect("pack").is_some();
+        let w48 = Tensor::ones((48, 64), DType::F32, &Device::Cpu).expect("w");
         let tensors = HashMap::from([
             ("a.weight".to_string(), StoredTensor::Quantized(Arc::new(q))),
-            ("b.weight".to_string(), StoredTensor::Dense(w)),
+            // 48 rows: no kernel repacks it.
+            ("b.weight".to_string(), StoredTensor::Dense(w48)),
         ]);
         let source = WeightSource::from_tensors(tensors, DType::F32, &Device::Cpu);
         let first = source.linear(64, 32, "a").expect("linear");
@@ -237,6 +251,6 @@ mod tests {
         } else {
             assert!(second.is_ok());
         }
-        assert!(source.linear(64, 32, "b").is_ok() && source.linear(64, 32, "b").is_ok());
+        assert!(source.linear(64, 48, "b").is_ok() && source.linear(64, 48, "b").is_ok());
     }
 }
