@@ -94,31 +94,38 @@ impl PackedDense {
     /// whose inputs into pairs), when its tile runs here; `None` leaves it to candle.
     pub fn from_tensor(w: &Tensor) -> Result<Option<Self>> {
         match Precision::of(w.dtype()) {
-            Some(precision) if available(precision) => Self::pack(w, precision),
+            Some(precision) if available(precision) => Self::pack(w),
             _ => Ok(None),
         }
     }
 
-    /// Packs `w`; `None` for other devices and shapes.
-    fn pack(w: &Tensor, precision: Precision) -> Result<Option<Self>> {
-        if !matches!(w.device(), Device::Cpu) || w.dtype() != precision.dtype() {
+    /// Packs `w`; `None` for other devices, dtypes and shapes.
+    fn pack(w: &Tensor) -> Result<Option<Self>> {
+        let Some(precision) = Precision::of(w.dtype()) else {
             return Ok(None);
-        }
+        };
         let (out_dim, in_dim) = w.dims2()?;
         let per_step = precision.per_step();
-        if out_dim % (2 * PANEL) != 0 || in_dim % per_step != 0 || in_dim == 0 {
+        if !matches!(w.device(), Device::Cpu)
+            || out_dim % (2 * PANEL) != 0
+            || in_dim % per_step != 0
+            || in_dim == 0
+        {
             return Ok(None);
         }
+        let steps = in_dim / per_step;
         let w = w.contiguous()?;
         let (storage, layout) = w.storage_and_layout();
         let lines = match (&*storage, layout.contiguous_offsets()) {
             (Storage::Cpu(CpuStorage::BF16(values)), Some((start, end))) => {
-                panel_lines(&values[start..end], in_dim, |row, j| {
+                panel_lines(&values[start..end], in_dim, steps, |row, j| {
                     word(row[2 * j], row[2 * j + 1])
                 })
             }
             (Storage::Cpu(CpuStorage::F32(values)), Some((start, end))) => {
-                panel_lines(&values[start..end], in_dim, |row, j| row[j].to_bits())
+                panel_lines(&values[start..end], in_dim, steps, |row, j| {
+                    row[j].to_bits()
+                })
             }
             _ => return Ok(None),
         };
@@ -174,15 +181,15 @@ impl PackedDense {
     }
 }
 
-/// The panels' lines of a row-major `[out, in]` matrix whose row `r`'s step `j` is
-/// `word(row r, j)`: a panel at a time (one per task), its lines in order, its 16 rows read side
-/// by side.
+/// The panels' lines of a row-major `[out, in]` matrix of `steps` steps per row, whose row
+/// `r`'s step `j` is `word(row r, j)`: a panel at a time (one per task), its lines in order, its
+/// 16 rows read side by side.
 fn panel_lines<T: Sync>(
     values: &[T],
     in_dim: usize,
+    steps: usize,
     word: impl Fn(&[T], usize) -> u32 + Sync,
 ) -> Vec<Line> {
-    let steps = in_dim / (4 / size_of::<T>());
     let panels = values.len() / (PANEL * in_dim);
     let mut lines = vec![Line([0; PANEL]); panels * steps];
     lines
@@ -324,18 +331,22 @@ mod tests {
 
     #[test]
     fn other_dtypes_and_shapes_stay_with_candle() {
-        for precision in [Precision::Bf16, Precision::F32] {
-            let w = tensor(48, 64, precision.dtype(), 1);
-            assert!(
-                PackedDense::pack(&w, precision).expect("pack").is_none(),
-                "48 rows"
-            );
+        for dtype in [DType::BF16, DType::F32] {
+            let w = tensor(48, 64, dtype, 1);
+            assert!(PackedDense::pack(&w).expect("pack").is_none(), "48 rows");
         }
         let w = tensor(64, 63, DType::BF16, 1);
-        let odd = PackedDense::pack(&w, Precision::Bf16).expect("pack");
-        assert!(odd.is_none(), "odd inputs in bf16");
+        assert!(
+            PackedDense::pack(&w).expect("pack").is_none(),
+            "odd inputs in bf16"
+        );
+        let w = tensor(64, 63, DType::F32, 1);
+        assert!(
+            PackedDense::pack(&w).expect("pack").is_some(),
+            "odd inputs in f32"
+        );
         let w = tensor(64, 64, DType::F16, 1);
-        assert!(PackedDense::from_tensor(&w).expect("pack").is_none(), "f16");
+        assert!(PackedDense::pack(&w).expect("pack").is_none(), "f16");
     }
 
     #[test]

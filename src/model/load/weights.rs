@@ -227,6 +227,14 @@ mod tests {
             .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>())
             .expect("difference");
             assert_eq!(diff, 0.0, "{dtype:?}");
+            // A repacked matrix has left the in-memory source: it is not held twice.
+            let again = source.linear(64, 32, "a");
+            if available(precision) {
+                let err = again.err().map(|e| e.to_string()).unwrap_or_default();
+                assert!(err.contains("read once"), "{dtype:?}: {err}");
+            } else {
+                assert!(again.is_ok(), "{dtype:?}");
+            }
         }
     }
 
