@@ -11,15 +11,28 @@
 # a Hugging Face folder in bf16 (transformers; shieldgate f32/bf16) and GGUF files exported from
 # it (Q8_0, Q4_K_M, F16: llama.cpp and shieldgate read the same files). A full run takes about an
 # hour on 2 cores; SHIELDGATE_PEERS_PRESET=tiny makes a quick smoke run.
+# SHIELDGATE_PEERS_ISA=avx2 caps every engine at AVX2 (shieldgate's tiles, candle, llama.cpp's
+# build, torch and oneDNN), so that an AVX-512 machine runs them as an AVX2-only CPU of the
+# same core would; its results go to results-avx2.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 preset="${SHIELDGATE_PEERS_PRESET:-2b}"
 dir="${SHIELDGATE_PEERS_DIR:-${HOME}/.cache/shieldgate/peers}/$preset"
 tokenizer=tests/assets/tokenizer.json
+isa="${SHIELDGATE_PEERS_ISA:-native}"
+results="$dir/results.json"
+case "$isa" in
+  native) ;;
+  avx2)
+    export SHIELDGATE_KERNELS=avx2 MISTRALRS_FORCE_AVX2=1 ATEN_CPU_CAPABILITY=avx2 \
+      ONEDNN_MAX_CPU_ISA=AVX2
+    results="$dir/results-avx2.json" ;;
+  *) echo "bench-peers: SHIELDGATE_PEERS_ISA is native or avx2, not '$isa'" >&2; exit 2 ;;
+esac
 scripts/fetch-tokenizer.sh
 cargo build --release --locked --quiet
 bin=target/release/shieldgate
-llama_python=$(scripts/llama-venv.sh native)
+llama_python=$(scripts/llama-venv.sh "$isa")
 torch_python=$(scripts/torch-venv.sh)
 mkdir -p "$dir"
 # Each file is written under a temporary name and renamed, so an interrupted run never leaves
@@ -41,4 +54,4 @@ for type in q8_0 q4_k_m f16; do
 done
 exec "$llama_python" scripts/peers/bench.py --shieldgate "$bin" --tokenizer "$tokenizer" \
   --hf "$dir/hf" "${gguf[@]}" --torch-python "$torch_python" --llama-python "$llama_python" \
-  --json "$dir/results.json" "$@"
+  --json "$results" --isa "$isa" "$@"

@@ -6,22 +6,28 @@
 #                                  BF16 where /proc/cpuinfo lists them), plus tokenizers. AMX
 #                                  stays off: llama-cpp-python 0.3.36's AMX kernels die with
 #                                  SIGILL (tileloadd) on this project's VMs.
+#   scripts/llama-venv.sh avx2     the same, capped at AVX2 (no AVX-512): how an AVX2-only CPU
+#                                  of this core runs it.
 # The remote-scorer tests use llama.cpp's own server instead (scripts/llama-server.sh).
 set -euo pipefail
 version=0.3.36
 cpu_args=""
-case "${1:-native}" in
-  native)
-    venv="${SHIELDGATE_LLAMA_NATIVE_VENV:-${HOME}/.cache/shieldgate/llama-venv-native-$version}"
-    flags=$(grep -m1 '^flags' /proc/cpuinfo)
-    package="llama-cpp-python==$version" extra="tokenizers==0.23.3 numpy"
-    for pair in avx:AVX avx2:AVX2 fma:FMA f16c:F16C bmi2:BMI2 avx512f:AVX512 \
-      avx512vbmi:AVX512_VBMI avx512_vnni:AVX512_VNNI avx512_bf16:AVX512_BF16 avx_vnni:AVX_VNNI; do
-      if [[ " $flags " == *" ${pair%%:*} "* ]]; then cpu_args+=" -DGGML_${pair#*:}=ON"; fi
-    done
-    probe="import llama_cpp, tokenizers" ;;
-  *) echo "usage: scripts/llama-venv.sh [native]" >&2; exit 2 ;;
+isa="${1:-native}"
+extensions="avx:AVX avx2:AVX2 fma:FMA f16c:F16C bmi2:BMI2"
+case "$isa" in
+  native) extensions+=" avx512f:AVX512 avx512vbmi:AVX512_VBMI avx512_vnni:AVX512_VNNI
+    avx512_bf16:AVX512_BF16 avx_vnni:AVX_VNNI" ;;
+  avx2) ;;
+  *) echo "usage: scripts/llama-venv.sh [native|avx2]" >&2; exit 2 ;;
 esac
+venv_var="SHIELDGATE_LLAMA_${isa^^}_VENV"
+venv="${!venv_var:-${HOME}/.cache/shieldgate/llama-venv-$isa-$version}"
+flags=$(grep -m1 '^flags' /proc/cpuinfo)
+package="llama-cpp-python==$version" extra="tokenizers==0.23.3 numpy"
+for pair in $extensions; do
+  if [[ " $flags " == *" ${pair%%:*} "* ]]; then cpu_args+=" -DGGML_${pair#*:}=ON"; fi
+done
+probe="import llama_cpp, tokenizers"
 # GGML_NATIVE stays off: the build names its CPU flags itself (see above).
 cmake_args="-DGGML_NATIVE=OFF$cpu_args -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
 # The build arguments are kept in the venv: a venv built with other ones is rebuilt.

@@ -233,7 +233,7 @@ def run_pair(args, ours, peer, all_cases, warm_up):
 
 
 def report_pairs(rows, args):
-    print(f"\nshieldgate peer benchmark in pairs, {time.strftime('%Y-%m-%d')}, {cpu_name()}, "
+    print(f"\nshieldgate peer benchmark in pairs, {time.strftime('%Y-%m-%d')}, {cpu_name(args)}, "
           f"{args.threads} threads, {args.rounds} rounds per case, the order alternating\n")
     print("| ours / peer | bucket | template | ours s (median) | peer s (median) | "
           "ratio (median) | ratio (range) |")
@@ -253,7 +253,7 @@ def max_logit_gap(row, reference):
 
 
 def report(engines, rows, args):
-    print(f"\nshieldgate peer benchmark, {time.strftime('%Y-%m-%d')}, {cpu_name()}, "
+    print(f"\nshieldgate peer benchmark, {time.strftime('%Y-%m-%d')}, {cpu_name(args)}, "
           f"{args.threads} threads, best of {args.iters}\n")
     print("| engine | file MiB | load + warm-up s | peak RSS MiB | RSS / (1.25 × file + 300) | info |")
     print("|---|---|---|---|---|---|")
@@ -286,11 +286,12 @@ def report(engines, rows, args):
         print(f"| {bucket} | {mode} | " + " | ".join(cells) + " |")
 
 
-def cpu_name():
-    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
+def cpu_name(args):
+    """The CPU's model name, and the cap on its vector extensions when there is one."""
+    name = next((line.split(":", 1)[1].strip()
+                 for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")), "unknown CPU")
+    return name if args.isa == "native" else f"{name} capped at {args.isa.upper()}"
 
 
 def main():
@@ -312,6 +313,8 @@ def main():
                     help="run the pairs among --engines side by side, N rounds per case")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", help="also write every measurement here")
+    ap.add_argument("--isa", default="native",
+                    help="the cap bench-peers.sh put on every engine's vector extensions")
     args = ap.parse_args()
     args.gguf = dict(g.split("=", 1) for g in args.gguf)
     tok = tokenizers.Tokenizer.from_file(args.tokenizer)
