@@ -5,15 +5,14 @@
 //! shieldgate's kernels the CPU runs: the AVX2 int8 tile (`avx2`), the AVX-512 VNNI tile
 //! (`vnni`) and the AMX path (the default where it runs), on the same weights and activations;
 //! ms per call (the best of the iterations), GOP/s, the default kernel's share of its ceiling
-//! and its ratio to candle. Then the same shapes with bf16 weights: candle's matmul (which
-//! widens to f32 on every call), candle's f32 matmul on the same weights in f32, and the bf16
-//! tile where the CPU has AVX-512 BF16. Last, where one short 4-policy check on the 2B shape
+//! and its ratio to candle. Then the same shapes with bf16 and f32 weights: candle's matmul
+//! against the dense tile where the CPU runs it (AVX-512 BF16 for bf16, AVX-512 for f32). Last, where one short 4-policy check on the 2B shape
 //! spends its time, phase by phase, and how far it is from its floor (its GEMM work at the
 //! ceiling of the instructions its weights run on).
 //!
 //! Run: `scripts/fetch-tokenizer.sh && cargo bench --bench kernels`
 //! Environment: SHIELDGATE_BENCH_ROWS (tokens per call, 462: a short check's prefill),
-//! SHIELDGATE_BENCH_TYPES (q8_0,q4_k,q4_0,q6_k,bf16; empty for none), SHIELDGATE_BENCH_ITERS (5),
+//! SHIELDGATE_BENCH_TYPES (q8_0,q4_k,q4_0,q6_k,bf16,f32; empty for none), SHIELDGATE_BENCH_ITERS (5),
 //! SHIELDGATE_BENCH_CHECK (the check's weights: q8_0, any precision of the engine bench, or
 //! none). `SHIELDGATE_KERNELS=avx2 MISTRALRS_FORCE_AVX2=1` (the second is candle's) times the
 //! layers and the check as an AVX2-only CPU would run them.
@@ -26,6 +25,7 @@ use std::time::Instant;
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
+use shieldgate::model::kernels::dense_gemm::{self, Precision};
 use shieldgate::model::kernels::peak::Micro;
 use shieldgate::model::load::synthetic;
 use shieldgate::model::load::weights::{StoredTensor, WeightSource};
@@ -246,7 +246,7 @@ fn check_breakdown(precision: &str, ceilings: &[(Micro, f64)], iters: usize) {
 fn main() {
     let rows = number("SHIELDGATE_BENCH_ROWS", 462);
     let iters = number("SHIELDGATE_BENCH_ITERS", 5).max(1);
-    let types = env_or("SHIELDGATE_BENCH_TYPES", "q8_0,q4_k,q4_0,q6_k");
+    let types = env_or("SHIELDGATE_BENCH_TYPES", "q8_0,q4_k,q4_0,q6_k,bf16,f32");
     let check = env_or("SHIELDGATE_BENCH_CHECK", "q8_0");
     let here: Vec<bool> = KERNELS
         .iter()
@@ -269,7 +269,10 @@ fn main() {
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .collect();
-    for &name in types.iter().filter(|&&t| t != "bf16") {
+    for &name in types
+        .iter()
+        .filter(|t| !DENSE.iter().any(|(dense, ..)| dense == *t))
+    {
         let dtype = ggml_type(name);
         let ceiling = ceiling_of(default, name)
             .and_then(|m| ceilings.iter().find(|(c, _)| *c == m))
@@ -311,55 +314,63 @@ fn main() {
             );
         }
     }
-    if types.contains(&"bf16") {
-        bf16_layers(rows, iters, &ceilings);
-    }
+    dense_layers(&types, rows, iters, &ceilings);
     if check != "none" {
         check_breakdown(&check, &ceilings, iters);
     }
 }
 
-/// The 2B shapes with bf16 weights: candle's bf16 and f32 matmuls and the bf16 tile.
-fn bf16_layers(rows: usize, iters: usize, ceilings: &[(Micro, f64)]) {
-    let tile = shieldgate::model::kernels::dense_gemm::available(
-        shieldgate::model::kernels::dense_gemm::Precision::Bf16,
-    );
-    let ceiling = ceilings
-        .iter()
-        .find(|(m, _)| matches!(m, Micro::Bf16))
-        .map(|&(_, rate)| rate);
-    println!(
-        "\nbf16 weights, {rows} tokens per call (1 for the last row), best of {iters}; the bf16 tile {}\n",
-        if tile { "runs here" } else { "does not run here (no AVX-512 BF16)" }
-    );
-    println!("| layer | out × in | candle bf16 ms | candle f32 ms | bf16 tile ms | tile GOP/s | tile share of the vdpbf16ps ceiling | tile / candle bf16 time | tile / candle f32 time |");
-    println!("|---|---|---|---|---|---|---|---|---|");
-    for (label, out_dim, in_dim) in SHAPES {
-        let tokens = tokens_of(label, rows);
-        let (w, x) = operands(out_dim, in_dim, tokens);
-        let (w16, x16) = (
-            or_fail(w.to_dtype(DType::BF16)),
-            or_fail(x.to_dtype(DType::BF16)),
-        );
-        let dense =
-            |w: &Tensor, dtype, kernels| layer(StoredTensor::Dense(w.clone()), dtype, kernels);
-        let candle = time(&dense(&w16, DType::BF16, "candle"), &x16, iters);
-        let f32 = time(&dense(&w, DType::F32, "candle"), &x, iters);
-        let ours = tile.then(|| time(&dense(&w16, DType::BF16, ""), &x16, iters));
-        let ops = 2.0 * (tokens * out_dim * in_dim) as f64;
-        let cell = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("–".to_string(), f);
-        println!(
-            "| {label} | {out_dim} × {in_dim} | {:.2} | {:.2} | {} | {} | {} | {} | {} |",
-            candle * 1e3,
-            f32 * 1e3,
-            cell(ours, &|t| format!("{:.2}", t * 1e3)),
-            cell(ours, &|t| format!("{:.0}", ops / t / 1e9)),
-            cell(ours, &|t| ceiling.map_or("–".to_string(), |c| format!(
-                "{:.0} %",
-                100.0 * ops / t / c
-            ))),
-            cell(ours, &|t| format!("{:.2}", t / candle)),
-            cell(ours, &|t| format!("{:.2}", t / f32)),
-        );
+/// The dense precisions the tile covers, with the ceiling it runs against.
+const DENSE: [(&str, DType, Precision, Micro); 2] = [
+    ("bf16", DType::BF16, Precision::Bf16, Micro::Bf16),
+    ("f32", DType::F32, Precision::F32, Micro::Fma512),
+];
+
+/// The 2B shapes with dense weights (`bf16`, `f32`): candle's matmul (which widens bf16 to f32
+/// on every call) and the dense tile where the CPU runs it, on the same weights.
+fn dense_layers(names: &[&str], rows: usize, iters: usize, ceilings: &[(Micro, f64)]) {
+    if !DENSE.iter().any(|(name, ..)| names.contains(name)) {
+        return;
+    }
+    println!("\ndense weights, {rows} tokens per call (1 for the last row), best of {iters}\n");
+    println!("| weights | layer | out × in | candle ms | tile ms | tile GOP/s | tile share of its ceiling | tile / candle time |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for (name, dtype, precision, micro) in DENSE {
+        if !names.contains(&name) {
+            continue;
+        }
+        let tile = dense_gemm::available(precision);
+        let ceiling = ceilings
+            .iter()
+            .find(|(m, _)| *m == micro)
+            .map(|&(_, rate)| rate);
+        for (label, out_dim, in_dim) in SHAPES {
+            let tokens = tokens_of(label, rows);
+            let (w, x) = operands(out_dim, in_dim, tokens);
+            let (w, x) = (or_fail(w.to_dtype(dtype)), or_fail(x.to_dtype(dtype)));
+            let dense = |kernels| layer(StoredTensor::Dense(w.clone()), dtype, kernels);
+            let candle = time(&dense("candle"), &x, iters);
+            let ours = tile.then(|| time(&dense(""), &x, iters));
+            let ops = 2.0 * (tokens * out_dim * in_dim) as f64;
+            let cell = |f: &dyn Fn(f64) -> String| ours.map_or("–".to_string(), f);
+            println!(
+                "| {name} | {label} | {out_dim} × {in_dim} | {:.2} | {} | {} | {} | {} |",
+                candle * 1e3,
+                cell(&|t| format!("{:.2}", t * 1e3)),
+                cell(&|t| format!("{:.0}", ops / t / 1e9)),
+                cell(&|t| ceiling.map_or("–".to_string(), |c| format!(
+                    "{:.0} % ({})",
+                    100.0 * ops / t / c,
+                    micro.name()
+                ))),
+                cell(&|t| format!("{:.2}", t / candle)),
+            );
+        }
+        if !tile {
+            println!(
+                "\n(no {name} tile on this CPU: it needs AVX-512{})",
+                if name == "bf16" { " BF16" } else { "" }
+            );
+        }
     }
 }
