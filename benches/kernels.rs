@@ -6,13 +6,14 @@
 //! (`vnni`) and the AMX path (the default where it runs), on the same weights and activations;
 //! ms per call (the best of the iterations), GOP/s, the default kernel's share of its ceiling
 //! and its ratio to candle. Then the same shapes with bf16 and f32 weights: candle's matmul
-//! against the dense tile where the CPU runs it (AVX-512 BF16 for bf16, AVX-512 for f32). Last, where one short 4-policy check on the 2B shape
-//! spends its time, phase by phase, and how far it is from its floor (its GEMM work at the
-//! ceiling of the instructions its weights run on).
+//! against the dense tile where the CPU runs it (AVX-512 BF16 for bf16, AVX-512 for f32). Last,
+//! where one short 4-policy check on the 2B shape spends its time, phase by phase, and how far
+//! it is from its floor (its GEMM work at the ceiling of the instructions its weights run on).
 //!
 //! Run: `scripts/fetch-tokenizer.sh && cargo bench --bench kernels`
 //! Environment: SHIELDGATE_BENCH_ROWS (tokens per call, 462: a short check's prefill),
-//! SHIELDGATE_BENCH_TYPES (q8_0,q4_k,q4_0,q6_k,bf16,f32; empty for none), SHIELDGATE_BENCH_ITERS (5),
+//! SHIELDGATE_BENCH_TYPES (q8_0,q4_k,q4_0,q6_k,bf16,f32; empty for none),
+//! SHIELDGATE_BENCH_ITERS (5),
 //! SHIELDGATE_BENCH_CHECK (the check's weights: q8_0, any precision of the engine bench, or
 //! none). `SHIELDGATE_KERNELS=avx2 MISTRALRS_FORCE_AVX2=1` (the second is candle's) times the
 //! layers and the check as an AVX2-only CPU would run them.
@@ -323,26 +324,35 @@ fn main() {
     }
 }
 
-/// The dense precisions the tile covers, with the ceiling it runs against.
-const DENSE: [(&str, DType, Precision, Micro); 2] = [
-    ("bf16", DType::BF16, Precision::Bf16, Micro::Bf16),
-    ("f32", DType::F32, Precision::F32, Micro::Fma512),
+/// The dense weight types, with the ceiling the dense tile runs against in each.
+const DENSE: [(&str, DType, Micro); 2] = [
+    ("bf16", DType::BF16, Micro::Bf16),
+    ("f32", DType::F32, Micro::Fma512),
 ];
 
 /// The 2B shapes with dense weights (`bf16`, `f32`): candle's matmul (which widens bf16 to f32
 /// on every call) and the dense tile where the CPU runs it, on the same weights.
 fn dense_layers(names: &[&str], rows: usize, iters: usize, ceilings: &[(Micro, f64)]) {
-    if !DENSE.iter().any(|(name, ..)| names.contains(name)) {
+    let wanted: Vec<_> = DENSE
+        .into_iter()
+        .filter(|(name, ..)| names.contains(name))
+        .collect();
+    if wanted.is_empty() {
         return;
     }
-    println!("\ndense weights, {rows} tokens per call (1 for the last row), best of {iters}\n");
+    let against: Vec<String> = wanted
+        .iter()
+        .map(|(name, _, micro)| format!("{name} against {}", micro.name()))
+        .collect();
+    println!(
+        "\ndense weights, {rows} tokens per call (1 for the last row), best of {iters}; shares: {}\n",
+        against.join(", ")
+    );
     println!("| weights | layer | out × in | candle ms | tile ms | tile GOP/s | tile share of its ceiling | tile / candle time |");
     println!("|---|---|---|---|---|---|---|---|");
-    for (name, dtype, precision, micro) in DENSE {
-        if !names.contains(&name) {
-            continue;
-        }
-        let tile = dense_gemm::available(precision);
+    let mut without_tile = Vec::new();
+    for (name, dtype, micro) in wanted {
+        let tile = Precision::of(dtype).is_some_and(dense_gemm::available);
         let ceiling = ceilings
             .iter()
             .find(|(m, _)| *m == micro)
@@ -362,18 +372,20 @@ fn dense_layers(names: &[&str], rows: usize, iters: usize, ceilings: &[(Micro, f
                 cell(&|t| format!("{:.2}", t * 1e3)),
                 cell(&|t| format!("{:.0}", ops / t / 1e9)),
                 cell(&|t| ceiling.map_or("–".to_string(), |c| format!(
-                    "{:.0} % ({})",
-                    100.0 * ops / t / c,
-                    micro.name()
+                    "{:.0} %",
+                    100.0 * ops / t / c
                 ))),
                 cell(&|t| format!("{:.2}", t / candle)),
             );
         }
         if !tile {
-            println!(
-                "\n(no {name} tile on this CPU: it needs AVX-512{})",
-                if name == "bf16" { " BF16" } else { "" }
-            );
+            without_tile.push(name);
         }
+    }
+    if !without_tile.is_empty() {
+        println!(
+            "\n(no {} tile on this CPU: candle's matmul only)",
+            without_tile.join(" or ")
+        );
     }
 }

@@ -39,7 +39,8 @@ pub enum Precision {
 }
 
 impl Precision {
-    fn of(dtype: DType) -> Option<Self> {
+    /// The tile's precision for weights of `dtype`; `None` for the dtypes it does not cover.
+    pub fn of(dtype: DType) -> Option<Self> {
         match dtype {
             DType::BF16 => Some(Self::Bf16),
             DType::F32 => Some(Self::F32),
